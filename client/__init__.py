@@ -1,0 +1,1 @@
+"""Parley reference client: protocol core (crypto), local state, API and the `parley` CLI."""

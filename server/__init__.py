@@ -1,0 +1,1 @@
+"""Parley server: gRPC servicers over domain services over a SQLite store."""

@@ -1,0 +1,111 @@
+"""Assemble the server: store, domain services, servicers, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from parley.v1 import account_pb2, account_pb2_grpc
+
+from server.config import Settings
+from server.domain.accounts import AccountRegistry
+from server.domain.auth import Authenticator
+from server.domain.clock import Clock, SystemClock
+from server.domain.codes import CodeSender, LogCodeSender
+from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
+from server.rpc.account_servicer import AccountServicer
+from server.rpc.interceptors import ParleyInterceptor
+from server.storage.database import Database
+
+log = logging.getLogger("parley.server")
+
+# grpcio-health-checking ships the asyncio servicer untyped, as `health.aio`.
+AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
+
+SERVICE_NAMES = (account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,)
+
+
+@dataclass
+class ParleyServer:
+    """A built, not yet started server. `port` is the bound port (useful with port 0)."""
+
+    grpc_server: aio.Server
+    port: int
+    db: Database
+    health: Any  # AsyncHealthServicer
+    settings: Settings
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "listening on %s:%d",
+            self.settings.host,
+            self.port,
+            extra={"port": self.port, "tls": self.settings.tls_cert is not None},
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish for `grace` seconds, close the DB."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
+        self.db.close()
+        log.info("stopped")
+
+
+async def build_server(
+    settings: Settings, *, clock: Clock | None = None, code_sender: CodeSender | None = None
+) -> ParleyServer:
+    clock = clock or SystemClock()
+    db = Database(settings.database, synchronous=settings.sqlite_synchronous)
+    authenticator = Authenticator(db, clock)
+    registry = AccountRegistry(
+        db, clock, authenticator, code_sender or LogCodeSender(), settings.account_policy()
+    )
+    server = aio.server(
+        interceptors=[ParleyInterceptor(authenticator, ACCOUNT_OPEN_METHODS)],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(registry), server)
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        if settings.tls_cert and settings.tls_key:
+            creds = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except Exception:
+        db.close()
+        raise
+    return ParleyServer(server, port, db, health_servicer, settings)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    server = await build_server(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
+    await server.stop()

@@ -1,0 +1,155 @@
+"""Server settings: defaults, overridden by PARLEY_* environment variables, overridden by flags.
+
+`OPTIONS` is the single table of settings; the argument parser is built from it and the README's
+configuration table is checked against it by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from server.domain.accounts import AccountPolicy
+from server.domain.ratelimit import Rate
+
+
+def _test_numbers(text: str) -> dict[str, str]:
+    """ "+15550001111=123456,+15550002222=654321" -> {number: code}."""
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        number, sep, code = item.partition("=")
+        if not sep:
+            raise ValueError(f"test number {item!r} must look like +15550001111=123456")
+        out[number.strip()] = code.strip()
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "localhost"
+    port: int = 50051
+    database: Path = Path("parley.db")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    test_numbers: Mapping[str, str] = field(default_factory=dict)
+    log_level: str = "INFO"
+    log_format: str = "json"
+    code_ttl: float = 600.0
+    verification_rate: Rate = Rate(5, 3600.0)
+    lookup_rate: Rate = Rate(100, 60.0)
+    linking_code_ttl: float = 600.0
+    max_devices: int = 6
+    max_request_bytes: int = 4 * 1024 * 1024
+    sqlite_synchronous: str = "FULL"
+    shutdown_grace: float = 5.0
+
+    def account_policy(self) -> AccountPolicy:
+        return AccountPolicy(
+            code_ttl=self.code_ttl,
+            verification_rate=self.verification_rate,
+            lookup_rate=self.lookup_rate,
+            linking_code_ttl=self.linking_code_ttl,
+            max_devices=self.max_devices,
+            test_numbers=dict(self.test_numbers),
+        )
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # Settings field; flag is --name-with-dashes, env PARLEY_NAME
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "PARLEY_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "interface to listen on (0.0.0.0 for all)"),
+    Option("port", int, "TCP port; 0 picks a free one (the log says which)"),
+    Option("database", Path, "SQLite file, created and migrated on start"),
+    Option("tls_cert", Path, "PEM certificate chain; with --tls-key serves TLS"),
+    Option("tls_key", Path, "PEM private key for --tls-cert"),
+    Option(
+        "test_numbers",
+        _test_numbers,
+        "demo number with a fixed code, NUMBER=CODE (flag repeatable; env comma-separated)",
+        repeatable=True,
+    ),
+    Option("log_level", str.upper, "DEBUG, INFO, WARNING or ERROR"),
+    Option("log_format", str.lower, "json (one object per line) or text"),
+    Option("code_ttl", float, "seconds a verification code stays valid"),
+    Option("verification_rate", Rate.parse, "verification codes per number, e.g. 5/h"),
+    Option("lookup_rate", Rate.parse, "LookupAccount calls per account, e.g. 100/min"),
+    Option("linking_code_ttl", float, "seconds a device-linking code stays valid"),
+    Option("max_devices", int, "devices per account, the primary included"),
+    Option("max_request_bytes", int, "largest request message accepted, in bytes"),
+    Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),
+    Option("shutdown_grace", float, "seconds in-flight calls get to finish on SIGTERM"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parley-server",
+        description="Parley gRPC server. Every flag can also be set as PARLEY_<NAME>.",
+    )
+    defaults = Settings()
+    for opt in OPTIONS:
+        default = getattr(defaults, opt.name)
+        parser.add_argument(
+            opt.flag.replace("test-numbers", "test-number") if opt.repeatable else opt.flag,
+            dest=opt.name,
+            action="append" if opt.repeatable else "store",
+            default=None,
+            metavar=opt.env.removeprefix("PARLEY_"),
+            help=f"{opt.help} [env {opt.env}; default {default!s}]",
+        )
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults < environment < command line; errors name the bad source."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw_env = environ.get(opt.env)
+        raw_arg = getattr(args, opt.name)
+        try:
+            if raw_arg is not None:
+                raw = ",".join(raw_arg) if opt.repeatable else raw_arg
+                values[opt.name] = opt.parse(raw)
+            elif raw_env is not None and raw_env != "":
+                values[opt.name] = opt.parse(raw_env)
+        except ValueError as exc:
+            source = opt.flag if raw_arg is not None else opt.env
+            raise SystemExit(f"parley-server: invalid {source}: {exc}") from None
+    settings = replace(Settings(), **values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SystemExit("parley-server: --tls-cert and --tls-key go together")
+    if s.log_format not in ("json", "text"):
+        raise SystemExit("parley-server: --log-format must be json or text")
+    if s.sqlite_synchronous not in ("FULL", "NORMAL", "EXTRA"):
+        raise SystemExit("parley-server: --sqlite-synchronous must be FULL, NORMAL or EXTRA")
+    if not 0 <= s.port <= 65535:
+        raise SystemExit("parley-server: --port must be between 0 and 65535")
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

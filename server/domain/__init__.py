@@ -1,0 +1,1 @@
+"""Domain services: the rules of Parley, free of gRPC types and of SQL."""

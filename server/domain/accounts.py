@@ -1,0 +1,327 @@
+"""Accounts and devices: phone verification, registration, linking, removal, lookup.
+
+Rules kept here:
+1. A code is 6 digits, lives `code_ttl` seconds, allows `max_attempts` wrong guesses, works once.
+   Wrong guesses are counted durably before the caller hears "wrong code".
+2. Registering a number that has an account keeps the account id and replaces every device:
+   old tokens stop working at once (the new primary device is device 1).
+3. Only the primary device links new devices or deletes the account; a linked device may remove
+   only itself; the primary device cannot be removed (delete the account or re-register).
+4. Device ids are never reused within an account, so a stale session never meets a new device
+   that happens to have the old id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import sqlite3
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from server.domain import validation
+from server.domain.auth import PRIMARY_DEVICE_ID, Authenticator, Principal, hash_token, new_token
+from server.domain.clock import Clock
+from server.domain.codes import CodeSender
+from server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from server.domain.ratelimit import Rate, RateLimiter
+from server.storage import accounts as store
+from server.storage.database import Database
+
+CODE_LENGTH = 6
+LINKING_CODE_BYTES = 12  # 96 bits: unguessable within a code's few minutes of life
+# Finished or expired verifications are kept this long for support questions, then purged.
+VERIFICATION_RETENTION = 86400.0
+
+
+class AccountKind(IntEnum):
+    PERSON = 1
+    BUSINESS = 2
+
+
+@dataclass(frozen=True)
+class AccountPolicy:
+    code_ttl: float = 600.0
+    max_attempts: int = 5
+    verification_rate: Rate = Rate(5, 3600.0)
+    lookup_rate: Rate = Rate(100, 60.0)
+    linking_code_ttl: float = 600.0
+    max_devices: int = 6
+    test_numbers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingVerification:
+    verification_id: str
+    expires_at: float
+    code_length: int
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a newly registered or linked device needs; the token is shown only here."""
+
+    account_id: str
+    device_id: int
+    auth_token: str
+    reregistered: bool = False
+
+
+@dataclass(frozen=True)
+class AccountView:
+    account_id: str
+    kind: AccountKind
+    phone_number: str | None  # only for the account itself
+    created_at: float
+    device_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _WrongCode:
+    attempts_left: int
+
+
+def _code_hash(verification_id: str, code: str) -> bytes:
+    return hashlib.sha256(f"{verification_id}:{code}".encode()).digest()
+
+
+class AccountRegistry:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        authenticator: Authenticator,
+        code_sender: CodeSender,
+        policy: AccountPolicy,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._auth = authenticator
+        self._sender = code_sender
+        self.policy = policy
+        self._verify_limit = RateLimiter(policy.verification_rate, clock, "verification requests")
+        self._lookup_limit = RateLimiter(policy.lookup_rate, clock, "account lookups")
+        for number, code in policy.test_numbers.items():
+            validation.phone_number(number, field="test number", allow=(number,))
+            validation.digits(code, field=f"test code of {number}", length=CODE_LENGTH)
+
+    # -- verification and registration ------------------------------------------------------
+
+    async def start_verification(self, phone_number: str) -> PendingVerification:
+        phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
+        fixed_code = self.policy.test_numbers.get(phone)
+        if fixed_code is None:  # test numbers are the operator's own demo numbers: not limited
+            self._verify_limit.check(phone)
+        code = fixed_code or f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
+        now = self._clock.now()
+        vid = str(uuid.uuid4())
+        row = store.VerificationRow(
+            verification_id=vid,
+            phone_number=phone,
+            code_hash=_code_hash(vid, code),
+            created_at=now,
+            expires_at=now + self.policy.code_ttl,
+            attempts=0,
+            completed=False,
+        )
+
+        def save(conn: sqlite3.Connection) -> None:
+            store.delete_verifications_expired_before(conn, now - VERIFICATION_RETENTION)
+            store.insert_verification(conn, row)
+
+        await self._db.write(save)
+        if fixed_code is None:
+            await self._sender.send(phone, code, row.verification_id)
+        return PendingVerification(row.verification_id, row.expires_at, CODE_LENGTH)
+
+    async def complete_verification(
+        self, verification_id: str, code: str, device_name: str, kind: AccountKind | None
+    ) -> Credentials:
+        vid = validation.uuid_string(verification_id, field="verification_id")
+        code = validation.digits(code, field="code", length=CODE_LENGTH)
+        name = validation.display_name(device_name, field="device_name")
+        if kind is None:
+            raise InvalidArgument(
+                "account_kind is required: ACCOUNT_KIND_PERSON or ACCOUNT_KIND_BUSINESS"
+            )
+        token = new_token()
+        now = self._clock.now()
+        policy = self.policy
+
+        def complete(conn: sqlite3.Connection) -> Credentials | _WrongCode:
+            v = store.get_verification(conn, vid)
+            if v is None:
+                raise NotFound(f"no verification {vid}; call StartVerification first")
+            if v.completed:
+                raise FailedPrecondition(
+                    "this verification was already used; call StartVerification for a new code"
+                )
+            if now >= v.expires_at:
+                raise FailedPrecondition(
+                    f"the code expired {now - v.expires_at:.0f} s ago (codes last "
+                    f"{policy.code_ttl:.0f} s); call StartVerification for a new one"
+                )
+            if v.attempts >= policy.max_attempts:
+                raise ResourceExhausted(
+                    f"too many wrong codes ({policy.max_attempts}); call StartVerification "
+                    "for a new code"
+                )
+            if not hmac.compare_digest(v.code_hash, _code_hash(vid, code)):
+                store.add_verification_attempt(conn, vid)
+                return _WrongCode(policy.max_attempts - v.attempts - 1)
+            store.complete_verification(conn, vid)
+            return self._register(conn, v.phone_number, kind, name, token, now)
+
+        outcome = await self._db.write(complete)
+        if isinstance(outcome, _WrongCode):
+            if outcome.attempts_left == 0:
+                raise ResourceExhausted(
+                    "wrong code, and that was the last attempt; call StartVerification for a "
+                    "new code"
+                )
+            raise PermissionDenied(
+                f"wrong code; {outcome.attempts_left} attempt(s) left for this verification"
+            )
+        if outcome.reregistered:
+            self._auth.forget_account(outcome.account_id)
+        return outcome
+
+    @staticmethod
+    def _register(
+        conn: sqlite3.Connection,
+        phone: str,
+        kind: AccountKind,
+        device_name: str,
+        token: str,
+        now: float,
+    ) -> Credentials:
+        existing = store.get_account_by_phone(conn, phone)
+        if existing is None:
+            account_id = str(uuid.uuid4())
+            store.insert_account(conn, store.AccountRow(account_id, phone, int(kind), now))
+        else:
+            if existing.kind != kind:
+                raise FailedPrecondition(
+                    f"{phone[:3]}… is registered as a {AccountKind(existing.kind).name.lower()} "
+                    f"account; register with that kind, or delete the account first"
+                )
+            account_id = existing.account_id
+            store.delete_all_devices(conn, account_id)
+        device = store.DeviceRow(account_id, PRIMARY_DEVICE_ID, device_name, now, now)
+        store.insert_device(conn, device, hash_token(token))
+        return Credentials(account_id, PRIMARY_DEVICE_ID, token, reregistered=existing is not None)
+
+    # -- account and devices ---------------------------------------------------------------
+
+    async def get_account(self, caller: Principal, account_id: str) -> AccountView:
+        target = (
+            caller.account_id
+            if not account_id
+            else validation.uuid_string(account_id, field="account_id")
+        )
+
+        def load(conn: sqlite3.Connection) -> tuple[store.AccountRow | None, list[int]]:
+            row = store.get_account(conn, target)
+            return row, [d.device_id for d in store.list_devices(conn, target)] if row else []
+
+        row, device_ids = await self._db.read(load)
+        if row is None:
+            raise NotFound(f"no account {target}")
+        own = row.account_id == caller.account_id
+        return AccountView(
+            row.account_id,
+            AccountKind(row.kind),
+            row.phone_number if own else None,
+            row.created_at,
+            device_ids,
+        )
+
+    async def list_devices(self, caller: Principal) -> list[store.DeviceRow]:
+        return await self._db.read(lambda c: store.list_devices(c, caller.account_id))
+
+    async def create_linking_code(self, caller: Principal) -> tuple[str, float]:
+        if not caller.is_primary:
+            raise PermissionDenied("only the primary device (device 1) can link new devices")
+        code = secrets.token_urlsafe(LINKING_CODE_BYTES)
+        now = self._clock.now()
+        expires_at = now + self.policy.linking_code_ttl
+
+        def save(conn: sqlite3.Connection) -> None:
+            store.delete_linking_codes_expired_before(conn, now)
+            store.insert_linking_code(conn, hash_token(code), caller.account_id, expires_at)
+
+        await self._db.write(save)
+        return code, expires_at
+
+    async def link_device(self, linking_code: str, device_name: str) -> Credentials:
+        if not linking_code or len(linking_code) > 64:
+            raise InvalidArgument("linking_code is required: the code from CreateLinkingCode")
+        name = validation.display_name(device_name, field="device_name")
+        token = new_token()
+        now = self._clock.now()
+        max_devices = self.policy.max_devices
+
+        def link(conn: sqlite3.Connection) -> Credentials:
+            taken = store.take_linking_code(conn, hash_token(linking_code))
+            if taken is None:
+                raise NotFound(
+                    "unknown or already used linking code; create a new one on the primary device"
+                )
+            account_id, expires_at = taken
+            if now >= expires_at:
+                raise FailedPrecondition(
+                    "the linking code expired; create a new one on the primary device"
+                )
+            if store.count_devices(conn, account_id) >= max_devices:
+                raise ResourceExhausted(
+                    f"the account already has {max_devices} devices, the most allowed; "
+                    "remove one first"
+                )
+            device_id = store.allocate_device_id(conn, account_id)
+            store.insert_device(
+                conn, store.DeviceRow(account_id, device_id, name, now, now), hash_token(token)
+            )
+            return Credentials(account_id, device_id, token)
+
+        return await self._db.write(link)
+
+    async def remove_device(self, caller: Principal, device_id: int) -> None:
+        device_id = validation.device_id(device_id)
+        if device_id == PRIMARY_DEVICE_ID:
+            raise FailedPrecondition(
+                "the primary device cannot be removed; use DeleteAccount, or register the "
+                "number again on a new phone"
+            )
+        if not caller.is_primary and device_id != caller.device_id:
+            raise PermissionDenied(
+                "a linked device may remove only itself; ask the primary device to remove others"
+            )
+        removed = await self._db.write(
+            lambda c: store.delete_device(c, caller.account_id, device_id)
+        )
+        if not removed:
+            raise NotFound(f"the account has no device {device_id}; see ListDevices")
+        self._auth.forget_device(caller.account_id, device_id)
+
+    async def delete_account(self, caller: Principal) -> None:
+        if not caller.is_primary:
+            raise PermissionDenied("only the primary device (device 1) can delete the account")
+        await self._db.write(lambda c: store.delete_account(c, caller.account_id))
+        self._auth.forget_account(caller.account_id)
+
+    async def lookup(self, caller: Principal, phone_number: str) -> tuple[str, AccountKind]:
+        self._lookup_limit.check(caller.account_id)
+        phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
+        row = await self._db.read(lambda c: store.get_account_by_phone(c, phone))
+        if row is None:
+            raise NotFound("no account is registered with that number")
+        return row.account_id, AccountKind(row.kind)

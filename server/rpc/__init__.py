@@ -1,0 +1,1 @@
+"""gRPC adapters: interceptors and one thin servicer per proto service."""

@@ -1,0 +1,55 @@
+"""The one place where domain errors become gRPC statuses (with google.rpc details)."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.domain import errors
+
+_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_code(error: errors.DomainError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in _CODES:
+            return _CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _details(error: errors.DomainError) -> list[Message]:
+    details: list[Message] = [d for d in error.details if isinstance(d, Message)]
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
+        wait = duration_pb2.Duration(seconds=max(1, math.ceil(error.retry_after)))
+        details.append(error_details_pb2.RetryInfo(retry_delay=wait))
+    return details
+
+
+def trailing_metadata(error: errors.DomainError) -> tuple[tuple[str, bytes], ...]:
+    """google.rpc.Status in the trailers, as grpcio-status clients expect; empty if no details."""
+    details = _details(error)
+    if not details:
+        return ()
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    code = status_code(error).value[0]
+    status = status_pb2.Status(code=code, message=error.message, details=packed)
+    assert code != code_pb2.OK
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)

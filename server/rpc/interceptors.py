@@ -1,0 +1,154 @@
+"""One interceptor around every Parley RPC: authenticate, map errors, log.
+
+Authentication sets the caller's Principal in a context variable that the servicers read with
+`caller()`. Each RPC runs in its own task, so the variable never leaks between calls.
+Health and reflection are not Parley services and pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from grpc import aio
+
+from server.domain.auth import Authenticator, Principal
+from server.domain.errors import DomainError, Unauthenticated
+from server.rpc import errors
+
+log = logging.getLogger("parley.rpc")
+
+_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("parley_principal")
+PARLEY_PREFIX = "/parley."
+
+
+def caller() -> Principal:
+    """The authenticated device of the current RPC (only on RPCs that require auth)."""
+    return _PRINCIPAL.get()
+
+
+def bearer_token(metadata: Any) -> str:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the authorization metadata must be 'Bearer <auth_token>'")
+            return token.strip()
+    return ""
+
+
+if TYPE_CHECKING:
+    _Interceptor = aio.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = aio.ServerInterceptor
+
+
+class ParleyInterceptor(_Interceptor):
+    def __init__(self, authenticator: Authenticator, open_methods: frozenset[str]) -> None:
+        self._auth = authenticator
+        self._open = open_methods
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(PARLEY_PREFIX):
+            return handler
+        needs_auth = method not in self._open
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, needs_auth),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(
+                    cast(Callable[..., AsyncIterator[Any]], handler.unary_stream),
+                    method,
+                    needs_auth,
+                ),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise NotImplementedError(f"{method}: client-streaming RPCs are not used by Parley")
+
+    async def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> None:
+        token = bearer_token(context.invocation_metadata())
+        _PRINCIPAL.set(await self._auth.authenticate(token))
+
+    def _unary(
+        self, inner: Callable[..., Awaitable[Any]], method: str, needs_auth: bool
+    ) -> Callable[..., Awaitable[Any]]:
+        async def behavior(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            try:
+                if needs_auth:
+                    await self._authenticate(context)
+                return await inner(request, context)
+            except Exception as exc:
+                await _abort(context, exc, method)
+            finally:
+                _log_call(method, started, context)
+
+        return behavior
+
+    def _stream(
+        self, inner: Callable[..., AsyncIterator[Any]], method: str, needs_auth: bool
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def behavior(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                if needs_auth:
+                    await self._authenticate(context)
+                async for response in inner(request, context):
+                    yield response
+            except Exception as exc:
+                await _abort(context, exc, method)
+            finally:
+                _log_call(method, started, context)
+
+        return behavior
+
+
+async def _abort(context: aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:
+    """Turn an exception into a status; re-raise what is already a status."""
+    if isinstance(exc, aio.AbortError):
+        raise exc
+    if isinstance(exc, DomainError):
+        await context.abort(
+            errors.status_code(exc), exc.message, trailing_metadata=errors.trailing_metadata(exc)
+        )
+    incident = uuid.uuid4().hex[:12]
+    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal server error (incident {incident}); the request may be retried, and the "
+        "operator can find the cause in the server log",
+    )
+
+
+def _log_call(method: str, started: float, context: aio.ServicerContext[Any, Any]) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        code = context.code()
+        log.debug(
+            "rpc %s",
+            method,
+            extra={
+                "method": method,
+                "code": code.name if isinstance(code, grpc.StatusCode) else "OK",
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )

@@ -1,0 +1,1 @@
+"""Storage: every SQL statement of the server lives below this package."""

@@ -1,0 +1,179 @@
+"""Fixtures: a real Parley server on a loopback port with a real SQLite file.
+
+The server runs on its own asyncio loop in a background thread; tests talk to it through the
+generated stubs over a real gRPC channel, exactly like any other client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from parley.v1 import account_pb2 as apb
+from parley.v1 import account_pb2_grpc
+
+from server.app import ParleyServer, build_server
+from server.config import Settings
+from server.domain.clock import ManualClock
+
+TEST_NUMBER = "+15550001111"
+TEST_CODE = "123456"
+
+
+class RecordingCodeSender:
+    """Stands in for the SMS gateway (an external system): remembers the last code per number."""
+
+    def __init__(self) -> None:
+        self.codes: dict[str, str] = {}
+        self.sent = 0
+
+    async def send(self, phone_number: str, code: str, verification_id: str) -> None:
+        self.codes[phone_number] = code
+        self.sent += 1
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, clock: ManualClock, sender: RecordingCodeSender) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sender = sender
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._server: ParleyServer | None = None
+        self._channels: list[grpc.Channel] = []
+        self.port = 0
+        self.start()
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def start(self) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def main() -> None:
+            try:
+                self._server = await build_server(
+                    self.settings, clock=self.clock, code_sender=self.sender
+                )
+                await self._server.start()
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                raise
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.port = self._server.port
+            ready.set()
+            await self._stop.wait()
+            await self._server.stop(grace=1.0)
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        self._thread.start()
+        ready.wait(30)
+        if failure:
+            raise failure[0]
+        # Later starts (restart) must reuse the same port so old channels reconnect.
+        self.settings = replace(self.settings, port=self.port)
+
+    def stop(self) -> None:
+        for ch in self._channels:
+            ch.close()
+        self._channels.clear()
+        if self._loop and self._stop and self._thread:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(30)
+        self._thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def channel(self) -> grpc.Channel:
+        ch = grpc.insecure_channel(self.target)
+        self._channels.append(ch)
+        return ch
+
+    def accounts(self) -> account_pb2_grpc.AccountServiceStub:
+        return account_pb2_grpc.AccountServiceStub(self.channel())
+
+
+@dataclass
+class Device:
+    """Credentials of one registered device, for tests."""
+
+    account_id: str
+    device_id: int
+    token: str
+    phone_number: str
+    metadata: tuple[tuple[str, str], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metadata = (("authorization", f"Bearer {self.token}"),)
+
+
+def register(
+    server: LiveServer,
+    phone_number: str,
+    kind: int = apb.ACCOUNT_KIND_PERSON,
+    device_name: str = "phone",
+) -> Device:
+    stub = server.accounts()
+    started = stub.StartVerification(apb.StartVerificationRequest(phone_number=phone_number))
+    code = server.settings.test_numbers.get(phone_number) or server.sender.codes[phone_number]
+    done = stub.CompleteVerification(
+        apb.CompleteVerificationRequest(
+            verification_id=started.verification_id,
+            code=code,
+            device_name=device_name,
+            account_kind=kind,  # type: ignore[arg-type]
+        )
+    )
+    return Device(done.account_id, done.device_id, done.auth_token, phone_number)
+
+
+def link(server: LiveServer, primary: Device, device_name: str = "laptop") -> Device:
+    stub = server.accounts()
+    code = stub.CreateLinkingCode(apb.CreateLinkingCodeRequest(), metadata=primary.metadata)
+    done = stub.LinkDevice(
+        apb.LinkDeviceRequest(linking_code=code.linking_code, device_name=device_name)
+    )
+    return Device(done.account_id, done.device_id, done.auth_token, primary.phone_number)
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    servers: list[LiveServer] = []
+
+    def factory(**overrides: Any) -> LiveServer:
+        settings = Settings(
+            host="localhost",
+            port=0,
+            database=tmp_path / f"parley-{len(servers)}.db",
+            test_numbers={TEST_NUMBER: TEST_CODE},
+            shutdown_grace=1.0,
+        )
+        settings = replace(settings, **overrides)
+        srv = LiveServer(settings, ManualClock(), RecordingCodeSender())
+        servers.append(srv)
+        return srv
+
+    yield factory
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> LiveServer:
+    return make_server()

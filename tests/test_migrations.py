@@ -1,0 +1,106 @@
+"""Schema migrations: old databases are upgraded in place, never recreated."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from parley.v1 import account_pb2 as apb
+
+from server.storage import migrations
+from server.storage.database import Database
+from tests.conftest import ServerFactory
+
+FIXTURES = Path(__file__).parent / "fixtures"
+V1_TOKEN = "v1-fixture-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+V1_ACCOUNT = "0b1f8a52-6f0e-4c55-9d7e-1a2b3c4d5e6f"
+
+
+def make_v1_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript((FIXTURES / "schema_v1.sql").read_text())
+    conn.close()
+
+
+def test_fresh_database_gets_latest_schema(tmp_path: Path) -> None:
+    db = Database(tmp_path / "new.db")
+    db.close()
+    conn = sqlite3.connect(tmp_path / "new.db")
+    assert migrations.current_version(conn) == migrations.LATEST_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_v1_database_is_migrated_and_keeps_its_data(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    path = tmp_path / "old.db"
+    make_v1_database(path)
+    assert migrations.current_version(sqlite3.connect(path)) == 1
+
+    server = make_server(database=path)
+    stub = server.accounts()
+    auth = (("authorization", f"Bearer {V1_TOKEN}"),)
+    account = stub.GetAccount(apb.GetAccountRequest(), metadata=auth).account
+    assert account.account_id == V1_ACCOUNT
+    assert account.phone_number == "+14155550123"
+    assert list(account.device_ids) == [1, 2]
+    devices = stub.ListDevices(apb.ListDevicesRequest(), metadata=auth).devices
+    # The new last_seen_at column was filled from created_at, not left empty; device 1 has
+    # just been seen (to the hour).
+    now = server.clock.now()
+    assert [d.last_seen_at.seconds for d in devices] == [now - now % 3600, 1790000100]
+    # The new linking feature works on the migrated data; device ids continue after 2.
+    code = stub.CreateLinkingCode(apb.CreateLinkingCodeRequest(), metadata=auth)
+    linked = stub.LinkDevice(apb.LinkDeviceRequest(linking_code=code.linking_code, device_name="t"))
+    assert linked.device_id == 3
+    server.stop()
+    assert migrations.current_version(sqlite3.connect(path)) == migrations.LATEST_VERSION
+
+
+def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    make_v1_database(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrations.migrate(conn) == list(range(2, migrations.LATEST_VERSION + 1))
+    assert migrations.migrate(conn) == []
+
+
+def test_database_from_newer_parley_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {migrations.LATEST_VERSION + 1}")
+    conn.close()
+    with pytest.raises(migrations.SchemaTooNewError, match="newer than this server"):
+        Database(path)
+
+
+def test_failed_write_job_rolls_back_alone(tmp_path: Path) -> None:
+    """A job that raises is rolled back without taking its group-commit neighbours with it."""
+
+    async def main(db: Database) -> list[object]:
+        def good(i: int) -> Callable[[sqlite3.Connection], int]:
+            return lambda c: (
+                c.execute(
+                    "INSERT INTO verifications VALUES (?, '+1', x'00', 0, 0, 0, 0)", (f"v{i}",)
+                ).rowcount
+            )
+
+        def bad(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO verifications VALUES ('bad', '+1', x'00', 0, 0, 0, 0)")
+            raise ValueError("boom")
+
+        jobs = [db.write(good(1)), db.write(bad), db.write(good(2))]
+        results: list[object] = await asyncio.gather(*jobs, return_exceptions=True)
+        return results
+
+    db = Database(tmp_path / "d.db")
+    results = asyncio.run(main(db))
+    db.close()
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], ValueError)
+    conn = sqlite3.connect(tmp_path / "d.db")
+    ids = [r[0] for r in conn.execute("SELECT verification_id FROM verifications ORDER BY 1")]
+    assert ids == ["v1", "v2"]
