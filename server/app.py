@@ -5,31 +5,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from parley.v1 import account_pb2, account_pb2_grpc
+from parley.v1 import (
+    account_pb2,
+    account_pb2_grpc,
+    key_pb2,
+    key_pb2_grpc,
+    messaging_pb2,
+    messaging_pb2_grpc,
+)
 
 from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender
+from server.domain.keys import KeyDirectory
+from server.domain.messaging import Mailbox
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
 from server.rpc.interceptors import ParleyInterceptor
+from server.rpc.key_servicer import KeyServicer
+from server.rpc.messaging_servicer import MessagingServicer
 from server.storage.database import Database
+from server.storage.messages import IdGenerator
 
 log = logging.getLogger("parley.server")
 
 # grpcio-health-checking ships the asyncio servicer untyped, as `health.aio`.
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
-SERVICE_NAMES = (account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,)
+SERVICE_NAMES = (
+    account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    key_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+)
 
 
 @dataclass
@@ -41,9 +57,14 @@ class ParleyServer:
     db: Database
     health: Any  # AsyncHealthServicer
     settings: Settings
+    mailbox: Mailbox
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        self._background.append(
+            asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
+        )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -56,6 +77,9 @@ class ParleyServer:
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish for `grace` seconds, close the DB."""
         await self.health.enter_graceful_shutdown()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         self.db.close()
         log.info("stopped")
@@ -78,6 +102,12 @@ async def build_server(
         ],
     )
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(registry), server)
+    key_pb2_grpc.add_KeyServiceServicer_to_server(
+        KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
+    )
+    ids = await db.read(IdGenerator.for_database)
+    mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
+    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -95,7 +125,7 @@ async def build_server(
     except Exception:
         db.close()
         raise
-    return ParleyServer(server, port, db, health_servicer, settings)
+    return ParleyServer(server, port, db, health_servicer, settings, mailbox)
 
 
 async def serve(settings: Settings) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from server.domain.accounts import AccountPolicy
+from server.domain.keys import KeyPolicy
+from server.domain.messaging import MessagingPolicy
 from server.domain.ratelimit import Rate
 
 
@@ -43,7 +45,16 @@ class Settings:
     lookup_rate: Rate = Rate(100, 60.0)
     linking_code_ttl: float = 600.0
     max_devices: int = 6
-    max_request_bytes: int = 4 * 1024 * 1024
+    bundle_rate: Rate = Rate(600, 60.0)
+    prekey_low_watermark: int = 10
+    max_envelope_bytes: int = 256 * 1024
+    max_devices_per_send: int = 32
+    max_batch: int = 1000
+    send_rate: Rate = Rate(6000, 60.0)
+    envelope_ttl: float = 30 * 86400.0
+    expiry_interval: float = 60.0
+    keepalive_interval: float = 30.0
+    max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     shutdown_grace: float = 5.0
 
@@ -56,6 +67,19 @@ class Settings:
             max_devices=self.max_devices,
             test_numbers=dict(self.test_numbers),
         )
+
+    def messaging_policy(self) -> MessagingPolicy:
+        return MessagingPolicy(
+            max_envelope_bytes=self.max_envelope_bytes,
+            max_devices_per_send=self.max_devices_per_send,
+            max_batch=self.max_batch,
+            send_rate=self.send_rate,
+            envelope_ttl=self.envelope_ttl,
+            keepalive_interval=self.keepalive_interval,
+        )
+
+    def key_policy(self) -> KeyPolicy:
+        return KeyPolicy(bundle_rate=self.bundle_rate, low_watermark=self.prekey_low_watermark)
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("lookup_rate", Rate.parse, "LookupAccount calls per account, e.g. 100/min"),
     Option("linking_code_ttl", float, "seconds a device-linking code stays valid"),
     Option("max_devices", int, "devices per account, the primary included"),
+    Option("bundle_rate", Rate.parse, "GetPreKeyBundles calls per account, e.g. 600/min"),
+    Option(
+        "prekey_low_watermark", int, "one-time keys left below which a device is told to upload"
+    ),
+    Option("max_envelope_bytes", int, "largest ciphertext per device in a send, in bytes"),
+    Option("max_devices_per_send", int, "device ciphertexts in one send"),
+    Option("max_batch", int, "sends per SendMessages call and ids per AcknowledgeMessages call"),
+    Option("send_rate", Rate.parse, "messages a device may send, e.g. 6000/min (bursts too)"),
+    Option("envelope_ttl", float, "seconds an undelivered envelope is kept before it fails"),
+    Option("expiry_interval", float, "seconds between sweeps for expired envelopes"),
+    Option("keepalive_interval", float, "seconds of silence before a stream gets a keep-alive"),
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),
     Option("shutdown_grace", float, "seconds in-flight calls get to finish on SIGTERM"),

@@ -5,16 +5,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
 from parley.v1 import account_pb2 as apb
-from parley.v1 import account_pb2_grpc
+from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import key_pb2 as kpb
+from parley.v1 import messaging_pb2 as mpb
 
 from server.config import Settings
 from server.domain.clock import ManualClock
 from tests.conftest import Device, LiveServer, RecordingCodeSender, link, register
+from tests.keys_helper import DeviceKeyMaker
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -28,6 +31,8 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 class World:
     server: LiveServer
     stub: account_pb2_grpc.AccountServiceStub
+    keys: key_pb2_grpc.KeyServiceStub
+    messaging: messaging_pb2_grpc.MessagingServiceStub
     primary: Device
     laptop: Device
     verification_id: str
@@ -73,7 +78,11 @@ CASES: list[tuple[str, Call, grpc.StatusCode]] = [
     ("start: unknown country", start("+999123456789"), INVALID),
     ("start: not a real number", start("+10005550123"), INVALID),
     ("start: oversized", start("+" + "1" * 5000), INVALID),
-    ("start: request over the size limit", start("+1" * (3 * 1024 * 1024)), EXHAUSTED),
+    (
+        "start: request over the size limit",
+        lambda w: start("+1" * (w.server.settings.max_request_bytes // 2 + 1024))(w),
+        EXHAUSTED,
+    ),
     (
         "complete: empty id",
         lambda w: w.stub.CompleteVerification(
@@ -169,6 +178,146 @@ CASES: list[tuple[str, Call, grpc.StatusCode]] = [
 ]
 
 
+def upload(**fields: object) -> Call:
+    """An upload by the primary device (which has no keys on file) with some fields set."""
+
+    def call(w: World) -> object:
+        maker = DeviceKeyMaker()
+        request = maker.first_upload()
+        for name, value in fields.items():
+            if name == "pre_key":
+                request.pre_keys.append(value)  # type: ignore[arg-type]
+            elif name == "signed_pre_key_signature":
+                request.signed_pre_key.signature = value  # type: ignore[assignment]
+            elif name == "kyber_public_key":
+                request.kyber_pre_keys[0].public_key = value  # type: ignore[assignment]
+            elif name == "empty":
+                request = kpb.UploadPreKeysRequest()
+            else:
+                setattr(request, name, value)
+        return w.keys.UploadPreKeys(request, metadata=w.primary.metadata)
+
+    return call
+
+
+def bundles(account: str | None = None, device: int = 0) -> Call:
+    return lambda w: w.keys.GetPreKeyBundles(
+        kpb.GetPreKeyBundlesRequest(
+            account_id=w.primary.account_id if account is None else account, device_id=device
+        ),
+        metadata=w.laptop.metadata,
+    )
+
+
+KEY_CASES: list[tuple[str, Call, grpc.StatusCode]] = [
+    ("upload: anonymous", lambda w: w.keys.UploadPreKeys(kpb.UploadPreKeysRequest()), UNAUTH),
+    ("upload: nothing on a fresh device", upload(empty=True), PRECONDITION),
+    ("upload: short identity key", upload(identity_key=b"\x05" + b"k" * 31), INVALID),
+    ("upload: identity key of wrong type", upload(identity_key=b"\x06" + b"k" * 32), INVALID),
+    ("upload: registration id over 14 bits", upload(registration_id=0x4000), INVALID),
+    (
+        "upload: key id zero",
+        upload(pre_key=kpb.EcPreKey(key_id=0, public_key=b"\x05" * 33)),
+        INVALID,
+    ),
+    (
+        "upload: short one-time key",
+        upload(pre_key=kpb.EcPreKey(key_id=9, public_key=b"\x05")),
+        INVALID,
+    ),
+    ("upload: short signature", upload(signed_pre_key_signature=b"sig"), INVALID),
+    ("upload: EC key where Kyber belongs", upload(kyber_public_key=b"\x05" * 33), INVALID),
+    (
+        "bundles: anonymous",
+        lambda w: w.keys.GetPreKeyBundles(kpb.GetPreKeyBundlesRequest()),
+        UNAUTH,
+    ),
+    ("bundles: empty account", bundles(account=""), INVALID),
+    ("bundles: account not a uuid", bundles(account="bob"), INVALID),
+    ("bundles: unknown account", bundles(account=UNKNOWN_UUID), NOT_FOUND),
+    ("bundles: account without keys", bundles(), NOT_FOUND),
+    ("bundles: unknown device", bundles(device=9), NOT_FOUND),
+    ("count: anonymous", lambda w: w.keys.GetPreKeyCount(kpb.GetPreKeyCountRequest()), UNAUTH),
+]
+CASES += KEY_CASES
+
+
+def send(recipient: str | None = None, request_id: str | None = None, **message: Any) -> Call:
+    def call(w: World) -> object:
+        fields: dict[str, Any] = {
+            "device_id": 1,
+            "registration_id": 1,
+            "content_type": 2,
+            "content": b"c",
+        }
+        fields.update(message)
+        request = mpb.SendMessageRequest(
+            request_id=str(uuid.uuid4()) if request_id is None else request_id,
+            recipient_account_id=w.primary.account_id if recipient is None else recipient,
+            messages=[mpb.OutgoingMessage(**fields)] if fields.get("device_id") != -1 else [],
+        )
+        return w.messaging.SendMessage(request, metadata=w.laptop.metadata)
+
+    return call
+
+
+def ack(**fields: Any) -> Call:
+    return lambda w: w.messaging.AcknowledgeMessages(
+        mpb.AcknowledgeMessagesRequest(**fields), metadata=w.laptop.metadata
+    )
+
+
+MESSAGING_CASES: list[tuple[str, Call, grpc.StatusCode]] = [
+    ("send: anonymous", lambda w: w.messaging.SendMessage(mpb.SendMessageRequest()), UNAUTH),
+    ("send: no request id", send(request_id=""), INVALID),
+    ("send: request id not a uuid", send(request_id="1"), INVALID),
+    ("send: recipient not a uuid", send(recipient="bob"), INVALID),
+    ("send: unknown recipient", send(recipient=UNKNOWN_UUID), NOT_FOUND),
+    ("send: no device messages", send(device_id=-1), INVALID),
+    ("send: device id zero", send(device_id=0), INVALID),
+    ("send: content type unspecified", send(content_type=0), INVALID),
+    ("send: unknown content type", send(content_type=5), INVALID),
+    ("send: empty content", send(content=b""), INVALID),
+    ("send: oversized content", send(content=b"x" * (256 * 1024 + 1)), INVALID),
+    (
+        "send batch: empty",
+        lambda w: w.messaging.SendMessages(mpb.SendMessagesRequest(), metadata=w.laptop.metadata),
+        INVALID,
+    ),
+    (
+        "send batch: anonymous",
+        lambda w: w.messaging.SendMessages(mpb.SendMessagesRequest()),
+        UNAUTH,
+    ),
+    (
+        "receive: anonymous",
+        lambda w: next(iter(w.messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), timeout=10))),
+        UNAUTH,
+    ),
+    (
+        "receive: bad token",
+        lambda w: next(
+            iter(
+                w.messaging.ReceiveMessages(
+                    mpb.ReceiveMessagesRequest(),
+                    timeout=10,
+                    metadata=(("authorization", "Bearer x"),),
+                )
+            )
+        ),
+        UNAUTH,
+    ),
+    ("ack: nothing", ack(), INVALID),
+    ("ack: too many", ack(envelope_ids=list(range(1, 1002))), INVALID),
+    (
+        "ack: anonymous",
+        lambda w: w.messaging.AcknowledgeMessages(mpb.AcknowledgeMessagesRequest(envelope_ids=[1])),
+        UNAUTH,
+    ),
+]
+CASES += MESSAGING_CASES
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     settings = Settings(port=0, database=tmp_path_factory.mktemp("bad") / "p.db")
@@ -179,7 +328,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     vid = stub.StartVerification(
         apb.StartVerificationRequest(phone_number="+33612345678")
     ).verification_id
-    yield World(server, stub, primary, laptop, vid)
+    yield World(
+        server,
+        stub,
+        key_pb2_grpc.KeyServiceStub(server.channel()),
+        messaging_pb2_grpc.MessagingServiceStub(server.channel()),
+        primary,
+        laptop,
+        vid,
+    )
     server.stop()
 
 
@@ -195,20 +352,45 @@ def test_bad_input(world: World, call: Call, expected: grpc.StatusCode) -> None:
     assert "Traceback" not in message
 
 
-def test_every_account_rpc_has_a_bad_input_case() -> None:
-    rpcs = apb.DESCRIPTOR.services_by_name["AccountService"].methods_by_name
-    covered = " ".join(name for name, _, _ in CASES).lower()
-    aliases = {
-        "StartVerification": "start:",
-        "CompleteVerification": "complete:",
-        "GetAccount": "get:",
-        "ListDevices": "list:",
-        "CreateLinkingCode": "linking code:",
-        "LinkDevice": "link:",
-        "RemoveDevice": "remove:",
-        "DeleteAccount": "delete:",
-        "LookupAccount": "lookup:",
-    }
-    assert set(rpcs) == set(aliases)
-    for rpc in rpcs:
-        assert aliases[rpc] in covered, rpc
+@pytest.mark.parametrize(
+    ("service", "prefixes"),
+    [
+        (
+            apb.DESCRIPTOR.services_by_name["AccountService"],
+            {
+                "StartVerification": "start:",
+                "CompleteVerification": "complete:",
+                "GetAccount": "get:",
+                "ListDevices": "list:",
+                "CreateLinkingCode": "linking code:",
+                "LinkDevice": "link:",
+                "RemoveDevice": "remove:",
+                "DeleteAccount": "delete:",
+                "LookupAccount": "lookup:",
+            },
+        ),
+        (
+            kpb.DESCRIPTOR.services_by_name["KeyService"],
+            {
+                "UploadPreKeys": "upload:",
+                "GetPreKeyBundles": "bundles:",
+                "GetPreKeyCount": "count:",
+            },
+        ),
+        (
+            mpb.DESCRIPTOR.services_by_name["MessagingService"],
+            {
+                "SendMessage": "send:",
+                "SendMessages": "send batch:",
+                "ReceiveMessages": "receive:",
+                "AcknowledgeMessages": "ack:",
+            },
+        ),
+    ],
+    ids=["AccountService", "KeyService", "MessagingService"],
+)
+def test_every_rpc_has_bad_input_cases(service: Any, prefixes: dict[str, str]) -> None:
+    assert set(service.methods_by_name) == set(prefixes), "add cases for the new RPCs"
+    names = [name for name, _, _ in CASES]
+    for rpc, prefix in prefixes.items():
+        assert any(n.startswith(prefix) for n in names), rpc

@@ -28,7 +28,8 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_list_shows_every_service(server: LiveServer) -> None:
     services = ok(grpcurl(server, "list")).split()
-    assert "parley.v1.AccountService" in services
+    for name in ("AccountService", "KeyService", "MessagingService"):
+        assert f"parley.v1.{name}" in services
     assert "grpc.health.v1.Health" in services
     assert "grpc.reflection.v1alpha.ServerReflection" in services
     described = ok(grpcurl(server, "describe", "parley.v1.AccountService"))

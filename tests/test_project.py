@@ -55,6 +55,12 @@ def test_layer_boundaries(package: str, forbidden: set[str]) -> None:
         assert not bad, f"{path} imports {sorted(bad)}"
 
 
+def test_server_imports_only_the_crypto_core_from_the_client() -> None:
+    for path, names in _imports(REPO / "server").items():
+        bad = {n for n in names if _top(n) == "client" and not n.startswith("client.crypto")}
+        assert not bad, f"{path} imports {sorted(bad)}: the server may use only client.crypto"
+
+
 def test_every_setting_is_an_option_and_documented_in_readme() -> None:
     readme = (REPO / "README.md").read_text()
     assert {o.name for o in OPTIONS} == set(setting_names())

@@ -42,6 +42,10 @@ class PermissionDenied(DomainError):
     """The caller is authenticated but may not do this."""
 
 
+class Aborted(DomainError):
+    """The operation was cut short by a concurrent one (e.g. a newer stream replaced this one)."""
+
+
 class Unauthenticated(DomainError):
     """No valid credentials."""
 

@@ -51,8 +51,13 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._calls = 0
 
-    def check(self, key: str) -> None:
-        """Take one token for `key` or raise ResourceExhausted with the wait until the next."""
+    def check(self, key: str, cost: int = 1) -> None:
+        """Take `cost` tokens for `key` or raise ResourceExhausted with the wait until then."""
+        if cost > self.rate.count:
+            raise ResourceExhausted(
+                f"{cost} {self._what} at once exceed the limit of {self.rate.count} per "
+                f"{self.rate.period:g} s; send smaller batches"
+            )
         now = self._clock.now()
         per_token = self.rate.period / self.rate.count
         with self._lock:
@@ -61,15 +66,15 @@ class RateLimiter:
                 self._sweep(now)
             tokens, updated = self._buckets.get(key, (float(self.rate.count), now))
             tokens = min(float(self.rate.count), tokens + (now - updated) / per_token)
-            if tokens < 1.0:
-                wait = (1.0 - tokens) * per_token
+            if tokens < cost:
+                wait = (cost - tokens) * per_token
                 self._buckets[key] = (tokens, now)
                 raise ResourceExhausted(
                     f"too many {self._what} (limit {self.rate.count} per "
                     f"{self.rate.period:g} s); try again in {wait:.0f} s",
                     retry_after=wait,
                 )
-            self._buckets[key] = (tokens - 1.0, now)
+            self._buckets[key] = (tokens - cost, now)
 
     def _sweep(self, now: float) -> None:
         horizon = self.rate.period * _FORGET_AFTER_PERIODS

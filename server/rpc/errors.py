@@ -8,8 +8,10 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from parley.v1 import messaging_pb2
 
 from server.domain import errors
+from server.domain.messaging import MismatchedDevicesError
 
 _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -18,6 +20,7 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Aborted: grpc.StatusCode.ABORTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
@@ -31,8 +34,19 @@ def status_code(error: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def mismatched_devices(error: MismatchedDevicesError) -> messaging_pb2.MismatchedDevices:
+    return messaging_pb2.MismatchedDevices(
+        account_id=error.account_id,
+        missing_devices=error.missing,
+        extra_devices=error.extra,
+        stale_devices=error.stale,
+    )
+
+
 def _details(error: errors.DomainError) -> list[Message]:
     details: list[Message] = [d for d in error.details if isinstance(d, Message)]
+    if isinstance(error, MismatchedDevicesError):
+        details.append(mismatched_devices(error))
     if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
         wait = duration_pb2.Duration(seconds=max(1, math.ceil(error.retry_after)))
         details.append(error_details_pb2.RetryInfo(retry_delay=wait))

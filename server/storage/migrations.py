@@ -77,9 +77,113 @@ def _v2_linking_and_last_seen(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_keys(conn: sqlite3.Connection) -> None:
+    _run_script(
+        conn,
+        """
+        CREATE TABLE device_keys (
+            account_id               TEXT NOT NULL,
+            device_id                INTEGER NOT NULL,
+            identity_key             BLOB NOT NULL,  -- 0x05 || X25519
+            registration_id          INTEGER NOT NULL,
+            signed_pre_key_id        INTEGER NOT NULL,
+            signed_pre_key           BLOB NOT NULL,
+            signed_pre_key_signature BLOB NOT NULL,
+            signed_pre_key_at        REAL NOT NULL,
+            last_resort_kyber_id     INTEGER NOT NULL,
+            last_resort_kyber_key    BLOB NOT NULL,  -- 0x08 || Kyber1024
+            last_resort_kyber_signature BLOB NOT NULL,
+            PRIMARY KEY (account_id, device_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE TABLE one_time_pre_keys (
+            account_id TEXT NOT NULL,
+            device_id  INTEGER NOT NULL,
+            key_id     INTEGER NOT NULL,
+            public_key BLOB NOT NULL,
+            PRIMARY KEY (account_id, device_id, key_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE TABLE kyber_pre_keys (
+            account_id TEXT NOT NULL,
+            device_id  INTEGER NOT NULL,
+            key_id     INTEGER NOT NULL,
+            public_key BLOB NOT NULL,
+            signature  BLOB NOT NULL,
+            PRIMARY KEY (account_id, device_id, key_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+def _v4_messaging(conn: sqlite3.Connection) -> None:
+    # Ids are time-ordered integers (ms << 20 | sequence), so new rows append at the right edge
+    # of every B-tree instead of landing at random pages (DESIGN.md §5).
+    _run_script(
+        conn,
+        """
+        CREATE TABLE messages (
+            message_id           INTEGER PRIMARY KEY,
+            sender_account_id    TEXT NOT NULL,
+            sender_device_id     INTEGER NOT NULL,
+            recipient_account_id TEXT NOT NULL,
+            request_id           TEXT NOT NULL,
+            request_hash         BLOB NOT NULL,   -- detects a reused request_id with a new body
+            server_ts            REAL NOT NULL,
+            state                INTEGER NOT NULL, -- 0 pending, 1 delivered, 2 failed, 3 sync
+            category             INTEGER NOT NULL DEFAULT 0,
+            template_name        TEXT NOT NULL DEFAULT '',
+            settled_at           REAL,
+            UNIQUE (sender_account_id, request_id)
+        );
+        CREATE TABLE envelopes (
+            envelope_id       INTEGER PRIMARY KEY,
+            account_id        TEXT NOT NULL,
+            device_id         INTEGER NOT NULL,
+            message_id        INTEGER NOT NULL,
+            sender_account_id TEXT NOT NULL,
+            sender_device_id  INTEGER NOT NULL,
+            server_ts         REAL NOT NULL,
+            client_ts_ms      INTEGER NOT NULL,
+            content_type      INTEGER NOT NULL,
+            content           BLOB NOT NULL,
+            category          INTEGER NOT NULL DEFAULT 0,
+            template_name     TEXT NOT NULL DEFAULT '',
+            expires_at        REAL NOT NULL,
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        );
+        CREATE INDEX envelopes_by_device ON envelopes(account_id, device_id, envelope_id);
+        CREATE INDEX envelopes_by_message ON envelopes(message_id);
+        CREATE INDEX envelopes_by_expiry ON envelopes(expires_at);
+        CREATE TABLE delivery_statuses (
+            status_id            INTEGER PRIMARY KEY,
+            account_id           TEXT NOT NULL,   -- the sender, told what became of its message
+            device_id            INTEGER NOT NULL,
+            message_id           INTEGER NOT NULL,
+            request_id           TEXT NOT NULL,
+            recipient_account_id TEXT NOT NULL,
+            state                INTEGER NOT NULL,
+            at                   REAL NOT NULL,
+            reason               TEXT NOT NULL DEFAULT '',
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        );
+        CREATE INDEX delivery_statuses_by_device
+            ON delivery_statuses(account_id, device_id, status_id);
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
+    Migration(3, "identity keys, signed, one-time and Kyber prekeys", _v3_keys),
+    Migration(4, "messages, envelopes and delivery statuses", _v4_messaging),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,0 +1,568 @@
+"""The mailbox: store-and-forward of ciphertext envelopes between devices.
+
+Rules kept here:
+1. A send is accepted only when its device list is exactly the recipient's devices that can
+   receive (have published keys), with their current registration ids; a send to one's own
+   account covers every device but the sender. Otherwise MismatchedDevicesError says which
+   devices are missing, extra or stale.
+2. A send's envelopes are committed before the caller hears "accepted"; a retried request_id
+   returns the first result and stores nothing; a reused request_id with another body is refused.
+3. Each device receives its envelopes in id order (ids are time-ordered and increase in commit
+   order), every one until acknowledged; a stream sends an envelope at most once, a new stream
+   sends again whatever was not acknowledged.
+4. The first acknowledgement by any recipient device settles a message as delivered, once; an
+   envelope that expires settles its message as failed if no device acknowledged it. Either way
+   the sending device gets one delivery status.
+5. Online-only content (typing) is never stored: it reaches the devices connected right now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import sqlite3
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from server.domain import validation
+from server.domain.auth import Principal
+from server.domain.clock import Clock
+from server.domain.errors import (
+    Aborted,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from server.domain.ratelimit import Rate, RateLimiter
+from server.storage import accounts as account_store
+from server.storage import messages as store
+from server.storage.database import Database
+from server.storage.messages import EnvelopeRow, IdGenerator, StatusRow
+
+log = logging.getLogger(__name__)
+
+# libsignal's CiphertextMessageType values, as carried in ContentType.
+CONTENT_TYPES = frozenset({2, 3, 7, 8})
+CATEGORIES = frozenset({0, 1, 2, 3, 4})
+MAX_TEMPLATE_NAME = 512
+# Items a connected device may have waiting in memory before we stop buffering and let its
+# stream re-read from the database: bounds memory for a stalled reader without losing anything.
+MAX_BUFFERED = 10_000
+EXPIRY_BATCH = 10_000
+# Settled messages are kept this long so request_id retries keep returning the first result.
+IDEMPOTENCY_RETENTION = 86_400.0
+
+
+@dataclass(frozen=True)
+class MessagingPolicy:
+    max_envelope_bytes: int = 256 * 1024
+    max_devices_per_send: int = 32
+    max_batch: int = 1000
+    send_rate: Rate = Rate(6000, 60.0)
+    envelope_ttl: float = 30 * 86_400.0
+    stream_batch: int = 100
+    keepalive_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The ciphertext for one recipient device."""
+
+    device_id: int
+    registration_id: int
+    content_type: int
+    content: bytes
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    request_id: str
+    recipient_account_id: str
+    copies: Sequence[Copy]
+    client_ts_ms: int = 0
+    online_only: bool = False
+    category: int = 0
+    template_name: str = ""
+
+    def fingerprint(self) -> bytes:
+        """Digest of the body, to tell a retry from a reused request_id."""
+        h = hashlib.sha256()
+        h.update(self.recipient_account_id.encode())
+        h.update(struct.pack(">Q?IH", self.client_ts_ms, self.online_only, self.category, 0))
+        h.update(self.template_name.encode() + b"\0")
+        for c in sorted(self.copies, key=lambda c: c.device_id):
+            h.update(
+                struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))
+            )
+            h.update(c.content)
+        return h.digest()
+
+
+@dataclass(frozen=True)
+class SendReceipt:
+    message_id: int
+    server_ts: float
+    stored: bool
+
+
+class MismatchedDevicesError(FailedPrecondition):
+    def __init__(self, account_id: str, missing: list[int], extra: list[int], stale: list[int]):
+        parts = []
+        if missing:
+            parts.append(f"missing devices {missing} (fetch their prekey bundles and add them)")
+        if extra:
+            parts.append(f"extra devices {extra} (they no longer exist: drop their sessions)")
+        if stale:
+            parts.append(f"stale devices {stale} (re-registered: fetch new bundles)")
+        super().__init__(
+            "the device list does not match the recipient's devices: " + "; ".join(parts)
+        )
+        self.account_id = account_id
+        self.missing = missing
+        self.extra = extra
+        self.stale = stale
+
+
+# -- stream events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelopes:
+    envelopes: list[EnvelopeRow]
+    online_only: bool = False
+
+
+@dataclass(frozen=True)
+class Statuses:
+    statuses: list[StatusRow]
+
+
+@dataclass(frozen=True)
+class QueueEmpty:
+    pass
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    pass
+
+
+StreamEvent = Envelopes | Statuses | QueueEmpty | KeepAlive
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One open stream of one device: a wake-up event and a bounded in-memory buffer."""
+
+    envelopes: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
+    online: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
+    statuses: collections.deque[StatusRow] = field(default_factory=collections.deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    overflow: bool = False
+    replaced: bool = False
+
+    def push_envelopes(self, rows: list[EnvelopeRow]) -> None:
+        if self.overflow or len(self.envelopes) + len(rows) > MAX_BUFFERED:
+            self.overflow = True
+            self.envelopes.clear()
+        else:
+            self.envelopes.extend(rows)
+        self.wake.set()
+
+    def push_statuses(self, rows: list[StatusRow]) -> None:
+        if self.overflow or len(self.statuses) + len(rows) > MAX_BUFFERED:
+            self.overflow = True
+            self.statuses.clear()
+        else:
+            self.statuses.extend(rows)
+        self.wake.set()
+
+    def push_online(self, row: EnvelopeRow) -> None:
+        if len(self.online) < MAX_BUFFERED:  # typing indicators may be dropped, never stored
+            self.online.append(row)
+            self.wake.set()
+
+
+class Mailbox:
+    def __init__(self, db: Database, clock: Clock, policy: MessagingPolicy, ids: IdGenerator):
+        self._db = db
+        self._clock = clock
+        self.policy = policy
+        self._ids = ids
+        self._send_limit = RateLimiter(policy.send_rate, clock, "messages sent by this device")
+        self._connections: dict[tuple[str, int], _Connection] = {}
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send(self, caller: Principal, request: SendRequest) -> SendReceipt:
+        (result,) = await self.send_many(caller, [request])
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    async def send_many(
+        self, caller: Principal, requests: Sequence[SendRequest]
+    ) -> list[SendReceipt | DomainError]:
+        """Each request succeeds or fails alone; all successes share one group commit."""
+        if not requests:
+            raise InvalidArgument("the batch is empty; put at least one request in it")
+        if len(requests) > self.policy.max_batch:
+            raise InvalidArgument(
+                f"{len(requests)} requests in one batch; at most {self.policy.max_batch} allowed"
+            )
+        self._send_limit.check(f"{caller.account_id}/{caller.device_id}", cost=len(requests))
+        results: list[SendReceipt | DomainError | None] = [None] * len(requests)
+        pending: list[tuple[int, asyncio.Future[tuple[SendReceipt, list[EnvelopeRow]]]]] = []
+        seen_ids: set[str] = set()
+        for i, request in enumerate(requests):
+            try:
+                self._validate(caller, request)
+                if request.request_id in seen_ids:
+                    raise InvalidArgument(
+                        f"request_id {request.request_id} appears twice in this batch"
+                    )
+                seen_ids.add(request.request_id)
+            except DomainError as exc:
+                results[i] = exc
+                continue
+            job = self._send_job(caller, request, self._clock.now())
+            run = self._db.read if request.online_only else self._db.write
+            pending.append((i, asyncio.ensure_future(run(job))))
+        for i, future in pending:
+            try:
+                receipt, rows = await future
+            except DomainError as exc:
+                results[i] = exc
+                continue
+            results[i] = receipt
+            if requests[i].online_only:
+                results[i] = SendReceipt(
+                    receipt.message_id, receipt.server_ts, self._push_online(rows)
+                )
+            else:
+                self._notify_envelopes(rows)
+        return [r for r in results if r is not None]
+
+    def _validate(self, caller: Principal, r: SendRequest) -> None:
+        validation.uuid_string(r.request_id, field="request_id")
+        validation.uuid_string(r.recipient_account_id, field="recipient_account_id")
+        if not r.copies:
+            raise InvalidArgument("messages is empty: include one ciphertext per recipient device")
+        if len(r.copies) > self.policy.max_devices_per_send:
+            raise InvalidArgument(
+                f"{len(r.copies)} device messages in one send; at most "
+                f"{self.policy.max_devices_per_send} are allowed"
+            )
+        seen: set[int] = set()
+        for c in r.copies:
+            validation.device_id(c.device_id, field="messages.device_id")
+            if c.device_id in seen:
+                raise InvalidArgument(f"device {c.device_id} appears twice in messages")
+            seen.add(c.device_id)
+            if c.content_type not in CONTENT_TYPES:
+                raise InvalidArgument(
+                    f"messages[device {c.device_id}].content_type must be WHISPER, PREKEY, "
+                    "SENDER_KEY or PLAINTEXT"
+                )
+            if not c.content:
+                raise InvalidArgument(f"messages[device {c.device_id}].content is empty")
+            if len(c.content) > self.policy.max_envelope_bytes:
+                raise InvalidArgument(
+                    f"messages[device {c.device_id}].content is {len(c.content)} bytes; the "
+                    f"limit is {self.policy.max_envelope_bytes} (send large files as attachments)"
+                )
+        if r.category not in CATEGORIES:
+            raise InvalidArgument("business.category is not a known MessageCategory")
+        if len(r.template_name) > MAX_TEMPLATE_NAME:
+            raise InvalidArgument(f"business.template_name is longer than {MAX_TEMPLATE_NAME}")
+
+    def _send_job(
+        self, caller: Principal, r: SendRequest, now: float
+    ) -> Callable[[sqlite3.Connection], tuple[SendReceipt, list[EnvelopeRow]]]:
+        ids = self._ids
+        ttl = self.policy.envelope_ttl
+        fingerprint = r.fingerprint()
+        to_self = r.recipient_account_id == caller.account_id
+
+        def job(conn: sqlite3.Connection) -> tuple[SendReceipt, list[EnvelopeRow]]:
+            if not r.online_only:
+                previous = store.find_message(conn, caller.account_id, r.request_id)
+                if previous is not None:
+                    if previous.request_hash != fingerprint:
+                        raise InvalidArgument(
+                            f"request_id {r.request_id} was already used for a different "
+                            "message; use a fresh request_id for a new message"
+                        )
+                    return SendReceipt(previous.message_id, previous.server_ts, True), []
+            if not to_self and account_store.get_account(conn, r.recipient_account_id) is None:
+                raise NotFound(f"no account {r.recipient_account_id}")
+            registrations = store.device_registrations(conn, r.recipient_account_id)
+            if to_self:
+                registrations.pop(caller.device_id, None)
+            _check_devices(r, registrations)
+            message_id = ids.next(now)
+            rows = [
+                EnvelopeRow(
+                    envelope_id=ids.next(now),
+                    account_id=r.recipient_account_id,
+                    device_id=c.device_id,
+                    message_id=message_id,
+                    sender_account_id=caller.account_id,
+                    sender_device_id=caller.device_id,
+                    server_ts=now,
+                    client_ts_ms=r.client_ts_ms,
+                    content_type=c.content_type,
+                    content=c.content,
+                    category=r.category,
+                    template_name=r.template_name,
+                    expires_at=now + ttl,
+                )
+                for c in r.copies
+            ]
+            if not r.online_only:
+                store.insert_message(
+                    conn,
+                    store.MessageRow(
+                        message_id=message_id,
+                        sender_account_id=caller.account_id,
+                        sender_device_id=caller.device_id,
+                        recipient_account_id=r.recipient_account_id,
+                        request_id=r.request_id,
+                        request_hash=fingerprint,
+                        server_ts=now,
+                        state=store.SYNC if to_self else store.PENDING,
+                        category=r.category,
+                        template_name=r.template_name,
+                    ),
+                )
+                store.insert_envelopes(conn, rows)
+            return SendReceipt(message_id, now, not r.online_only), rows
+
+        return job
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
+        """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
+        key = (caller.account_id, caller.device_id)
+        connection = _Connection()
+        old = self._connections.get(key)
+        if old is not None:
+            old.replaced = True
+            old.wake.set()
+        self._connections[key] = connection  # before reading the backlog: nothing slips between
+        last_envelope = last_status = 0
+        try:
+            async for event in self._from_database(caller, 0, 0):
+                if isinstance(event, Envelopes):
+                    last_envelope = event.envelopes[-1].envelope_id
+                else:
+                    assert isinstance(event, Statuses)
+                    last_status = event.statuses[-1].status_id
+                yield event
+            yield QueueEmpty()
+            batch = self.policy.stream_batch
+            while True:
+                try:
+                    await asyncio.wait_for(connection.wake.wait(), self.policy.keepalive_interval)
+                except TimeoutError:
+                    yield KeepAlive()
+                    continue
+                connection.wake.clear()
+                if connection.replaced:
+                    raise Aborted("another ReceiveMessages stream of this device replaced this one")
+                if connection.online:
+                    online = list(connection.online)
+                    connection.online.clear()
+                    yield Envelopes(online, online_only=True)
+                if connection.overflow:
+                    connection.overflow = False
+                    connection.envelopes.clear()
+                    connection.statuses.clear()
+                    async for event in self._from_database(caller, last_envelope, last_status):
+                        if isinstance(event, Envelopes):
+                            last_envelope = event.envelopes[-1].envelope_id
+                        else:
+                            assert isinstance(event, Statuses)
+                            last_status = event.statuses[-1].status_id
+                        yield event
+                    continue
+                while connection.envelopes:
+                    chunk: list[EnvelopeRow] = []
+                    while connection.envelopes and len(chunk) < batch:
+                        row = connection.envelopes.popleft()
+                        if row.envelope_id > last_envelope:
+                            chunk.append(row)
+                    if chunk:
+                        last_envelope = chunk[-1].envelope_id
+                        yield Envelopes(chunk)
+                if connection.statuses:
+                    fresh = [s for s in connection.statuses if s.status_id > last_status]
+                    connection.statuses.clear()
+                    if fresh:
+                        last_status = fresh[-1].status_id
+                        yield Statuses(fresh)
+        finally:
+            if self._connections.get(key) is connection:
+                del self._connections[key]
+
+    async def _from_database(
+        self, caller: Principal, after_envelope: int, after_status: int
+    ) -> AsyncIterator[Envelopes | Statuses]:
+        limit = self.policy.stream_batch
+        account, device = caller.account_id, caller.device_id
+        while True:
+            rows = await self._db.read(
+                partial(
+                    store.envelopes_after,
+                    account_id=account,
+                    device_id=device,
+                    after_id=after_envelope,
+                    limit=limit,
+                )
+            )
+            if not rows:
+                break
+            after_envelope = rows[-1].envelope_id
+            yield Envelopes(rows)
+        while True:
+            statuses = await self._db.read(
+                partial(
+                    store.statuses_after,
+                    account_id=account,
+                    device_id=device,
+                    after_id=after_status,
+                    limit=limit,
+                )
+            )
+            if not statuses:
+                break
+            after_status = statuses[-1].status_id
+            yield Statuses(statuses)
+
+    def connected(self, account_id: str, device_id: int) -> bool:
+        return (account_id, device_id) in self._connections
+
+    def _notify_envelopes(self, rows: list[EnvelopeRow]) -> None:
+        by_device: dict[tuple[str, int], list[EnvelopeRow]] = {}
+        for row in rows:
+            by_device.setdefault((row.account_id, row.device_id), []).append(row)
+        for key, group in by_device.items():
+            connection = self._connections.get(key)
+            if connection is not None:
+                connection.push_envelopes(group)
+
+    def _notify_statuses(self, rows: list[StatusRow]) -> None:
+        for row in rows:
+            connection = self._connections.get((row.account_id, row.device_id))
+            if connection is not None:
+                connection.push_statuses([row])
+
+    def _push_online(self, rows: list[EnvelopeRow]) -> bool:
+        delivered = False
+        for row in rows:
+            connection = self._connections.get((row.account_id, row.device_id))
+            if connection is not None:
+                connection.push_online(row)
+                delivered = True
+        return delivered
+
+    # -- acknowledging and expiry ------------------------------------------------------------
+
+    async def acknowledge(
+        self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
+    ) -> tuple[int, int]:
+        if not envelope_ids and not status_ids:
+            raise InvalidArgument("nothing to acknowledge: give envelope_ids or status_ids")
+        limit = self.policy.max_batch
+        if len(envelope_ids) > limit or len(status_ids) > limit:
+            raise InvalidArgument(f"at most {limit} envelope ids and {limit} status ids per call")
+        now = self._clock.now()
+        ids = self._ids
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int, list[StatusRow]]:
+            message_ids = store.delete_envelopes(
+                conn, caller.account_id, caller.device_id, envelope_ids
+            )
+            settled = store.settle_messages(conn, message_ids, store.DELIVERED, now)
+            statuses = _statuses_for(conn, settled, store.DELIVERED, now, ids, "")
+            removed = store.delete_statuses(conn, caller.account_id, caller.device_id, status_ids)
+            return len(message_ids), removed, statuses
+
+        acked, removed, statuses = await self._db.write(job)
+        self._notify_statuses(statuses)
+        return acked, removed
+
+    async def expire(self) -> int:
+        """Delete expired envelopes; settle their undelivered messages as failed."""
+        now = self._clock.now()
+        ids = self._ids
+        total = 0
+        while True:
+
+            def job(conn: sqlite3.Connection) -> tuple[int, list[StatusRow]]:
+                message_ids = store.expire_envelopes(conn, now, EXPIRY_BATCH)
+                gone = store.messages_without_envelopes(conn, message_ids)
+                failed = store.settle_messages(conn, gone, store.FAILED, now)
+                reason = "expired undelivered: no device of the recipient connected in time"
+                statuses = _statuses_for(conn, failed, store.FAILED, now, ids, reason)
+                store.delete_settled_messages(conn, now - IDEMPOTENCY_RETENTION)
+                return len(message_ids), statuses
+
+            count, statuses = await self._db.write(job)
+            self._notify_statuses(statuses)
+            total += count
+            if count < EXPIRY_BATCH:
+                return total
+
+    async def run_expiry(self, interval: float) -> None:
+        """Background task: expire envelopes every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                expired = await self.expire()
+            except Exception:
+                log.exception("envelope expiry failed; will retry")
+                continue
+            if expired:
+                log.info("expired %d undelivered envelopes", expired)
+
+
+def _check_devices(r: SendRequest, registrations: dict[int, int]) -> None:
+    given = {c.device_id: c.registration_id for c in r.copies}
+    missing = sorted(set(registrations) - set(given))
+    extra = sorted(set(given) - set(registrations))
+    stale = sorted(d for d, reg in given.items() if d in registrations and registrations[d] != reg)
+    if missing or extra or stale:
+        raise MismatchedDevicesError(r.recipient_account_id, missing, extra, stale)
+
+
+def _statuses_for(
+    conn: sqlite3.Connection,
+    settled: list[store.MessageRow],
+    state: int,
+    now: float,
+    ids: IdGenerator,
+    reason: str,
+) -> list[StatusRow]:
+    out = []
+    for m in settled:
+        status = StatusRow(
+            status_id=ids.next(now),
+            account_id=m.sender_account_id,
+            device_id=m.sender_device_id,
+            message_id=m.message_id,
+            request_id=m.request_id,
+            recipient_account_id=m.recipient_account_id,
+            state=state,
+            at=now,
+            reason=reason,
+        )
+        if store.insert_status(conn, status):
+            out.append(status)
+    return out

@@ -1,0 +1,138 @@
+"""MessagingService: convert, one domain call, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from grpc import aio
+from parley.v1 import messaging_pb2 as pb
+from parley.v1 import messaging_pb2_grpc
+
+from server.domain.errors import DomainError
+from server.domain.messaging import (
+    Copy,
+    Envelopes,
+    KeepAlive,
+    Mailbox,
+    MismatchedDevicesError,
+    QueueEmpty,
+    SendReceipt,
+    SendRequest,
+    StreamEvent,
+)
+from server.rpc.convert import timestamp
+from server.rpc.errors import mismatched_devices, status_code
+from server.rpc.interceptors import caller
+from server.storage.messages import EnvelopeRow, StatusRow
+
+Context = aio.ServicerContext[Any, Any]
+
+
+def _request(r: pb.SendMessageRequest) -> SendRequest:
+    return SendRequest(
+        request_id=r.request_id,
+        recipient_account_id=r.recipient_account_id,
+        copies=[
+            Copy(m.device_id, m.registration_id, m.content_type, m.content) for m in r.messages
+        ],
+        client_ts_ms=r.client_timestamp_ms,
+        online_only=r.online_only,
+        category=r.business.category,
+        template_name=r.business.template_name,
+    )
+
+
+def _response(receipt: SendReceipt) -> pb.SendMessageResponse:
+    return pb.SendMessageResponse(
+        message_id=receipt.message_id,
+        server_timestamp=timestamp(receipt.server_ts),
+        stored=receipt.stored,
+    )
+
+
+def _envelope(e: EnvelopeRow, online_only: bool) -> pb.Envelope:
+    out = pb.Envelope(
+        envelope_id=e.envelope_id,
+        message_id=e.message_id,
+        sender_account_id=e.sender_account_id,
+        sender_device_id=e.sender_device_id,
+        server_timestamp=timestamp(e.server_ts),
+        client_timestamp_ms=e.client_ts_ms,
+        content_type=cast(pb.ContentType.ValueType, e.content_type),
+        content=e.content,
+        online_only=online_only,
+    )
+    if e.category or e.template_name:
+        out.business.category = cast(pb.MessageCategory.ValueType, e.category)
+        out.business.template_name = e.template_name
+    return out
+
+
+def _status(s: StatusRow) -> pb.DeliveryStatus:
+    return pb.DeliveryStatus(
+        status_id=s.status_id,
+        message_id=s.message_id,
+        request_id=s.request_id,
+        recipient_account_id=s.recipient_account_id,
+        state=cast(pb.DeliveryState.ValueType, s.state),
+        at=timestamp(s.at),
+        reason=s.reason,
+    )
+
+
+def _event(event: StreamEvent) -> pb.ReceiveMessagesResponse:
+    if isinstance(event, Envelopes):
+        batch = pb.EnvelopeBatch(
+            envelopes=[_envelope(e, event.online_only) for e in event.envelopes]
+        )
+        return pb.ReceiveMessagesResponse(envelopes=batch)
+    if isinstance(event, QueueEmpty):
+        return pb.ReceiveMessagesResponse(queue_empty=pb.QueueEmpty())
+    if isinstance(event, KeepAlive):
+        return pb.ReceiveMessagesResponse(keep_alive=pb.KeepAlive())
+    return pb.ReceiveMessagesResponse(
+        statuses=pb.DeliveryStatusBatch(statuses=[_status(s) for s in event.statuses])
+    )
+
+
+class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
+    def __init__(self, mailbox: Mailbox) -> None:
+        self._mailbox = mailbox
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Context
+    ) -> pb.SendMessageResponse:
+        return _response(await self._mailbox.send(caller(), _request(request)))
+
+    async def SendMessages(
+        self, request: pb.SendMessagesRequest, context: Context
+    ) -> pb.SendMessagesResponse:
+        results = await self._mailbox.send_many(caller(), [_request(r) for r in request.requests])
+        out = pb.SendMessagesResponse()
+        for item, result in zip(request.requests, results, strict=True):
+            entry = out.results.add(request_id=item.request_id)
+            if isinstance(result, DomainError):
+                entry.code = status_code(result).value[0]
+                entry.message = result.message
+                if isinstance(result, MismatchedDevicesError):
+                    entry.mismatched_devices.CopyFrom(mismatched_devices(result))
+            else:
+                entry.response.CopyFrom(_response(result))
+        return out
+
+    async def ReceiveMessages(
+        self, request: pb.ReceiveMessagesRequest, context: Context
+    ) -> AsyncIterator[pb.ReceiveMessagesResponse]:
+        async for event in self._mailbox.stream(caller()):
+            yield _event(event)
+
+    async def AcknowledgeMessages(
+        self, request: pb.AcknowledgeMessagesRequest, context: Context
+    ) -> pb.AcknowledgeMessagesResponse:
+        envelopes, statuses = await self._mailbox.acknowledge(
+            caller(), list(request.envelope_ids), list(request.status_ids)
+        )
+        return pb.AcknowledgeMessagesResponse(
+            acknowledged_envelopes=envelopes, acknowledged_statuses=statuses
+        )
