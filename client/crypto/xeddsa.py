@@ -114,9 +114,12 @@ def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     last = signature[63] & ~_SIGN_BIT & 0xFF
     if last & _S_HIGH_BITS:
         return False
-    edwards = _xeddsa.curve25519_pub_to_ed25519_pub(u, bool(sign_bit))
     sig = signature[:63] + bytes((last,))
-    return bool(_xeddsa.ed25519_verify(sig, edwards, message))
+    try:
+        edwards = _xeddsa.curve25519_pub_to_ed25519_pub(u, bool(sign_bit))
+        return bool(_xeddsa.ed25519_verify(sig, edwards, message))
+    except (ValueError, _xeddsa.XEdDSAException):
+        return False
 
 
 def verify_strict(public_key: bytes, message: bytes, signature: bytes) -> bool:
@@ -132,5 +135,8 @@ def verify_strict(public_key: bytes, message: bytes, signature: bytes) -> bool:
         return False
     if signature[63] & _S_HIGH_BITS:
         return False
-    edwards = _xeddsa.curve25519_pub_to_ed25519_pub(u, False)
-    return bool(_xeddsa.ed25519_verify(signature, edwards, message))
+    try:
+        edwards = _xeddsa.curve25519_pub_to_ed25519_pub(u, False)
+        return bool(_xeddsa.ed25519_verify(signature, edwards, message))
+    except (ValueError, _xeddsa.XEdDSAException):
+        return False
