@@ -27,6 +27,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 from server.domain import validation
 from server.domain.auth import Principal
@@ -69,8 +70,7 @@ class MessagingPolicy:
     keepalive_interval: float = 30.0
 
 
-@dataclass(frozen=True)
-class Copy:
+class Copy(NamedTuple):
     """The ciphertext for one recipient device."""
 
     device_id: int
@@ -91,16 +91,17 @@ class SendRequest:
 
     def fingerprint(self) -> bytes:
         """Digest of the body, to tell a retry from a reused request_id."""
-        h = hashlib.sha256()
-        h.update(self.recipient_account_id.encode())
-        h.update(struct.pack(">Q?IH", self.client_ts_ms, self.online_only, self.category, 0))
-        h.update(self.template_name.encode() + b"\0")
-        for c in sorted(self.copies, key=lambda c: c.device_id):
-            h.update(
+        parts = [
+            self.recipient_account_id.encode(),
+            struct.pack(">Q?I", self.client_ts_ms, self.online_only, self.category),
+            self.template_name.encode(),
+        ]
+        for c in self.copies:
+            parts.append(
                 struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))
             )
-            h.update(c.content)
-        return h.digest()
+            parts.append(c.content)
+        return hashlib.sha256(b"\0".join(parts)).digest()
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,11 @@ class Mailbox:
     async def send_many(
         self, caller: Principal, requests: Sequence[SendRequest]
     ) -> list[SendReceipt | DomainError]:
-        """Each request succeeds or fails alone; all successes share one group commit."""
+        """Each request succeeds or fails alone; all successes are committed in one transaction.
+
+        Every check of an item runs before anything of it is written, so a failed item leaves
+        nothing behind and needs no savepoint.
+        """
         if not requests:
             raise InvalidArgument("the batch is empty; put at least one request in it")
         if len(requests) > self.policy.max_batch:
@@ -217,7 +222,8 @@ class Mailbox:
             )
         self._send_limit.check(f"{caller.account_id}/{caller.device_id}", cost=len(requests))
         results: list[SendReceipt | DomainError | None] = [None] * len(requests)
-        pending: list[tuple[int, asyncio.Future[tuple[SendReceipt, list[EnvelopeRow]]]]] = []
+        stored: list[tuple[int, SendRequest]] = []
+        online: list[tuple[int, SendRequest]] = []
         seen_ids: set[str] = set()
         for i, request in enumerate(requests):
             try:
@@ -230,22 +236,27 @@ class Mailbox:
             except DomainError as exc:
                 results[i] = exc
                 continue
-            job = self._send_job(caller, request, self._clock.now())
-            run = self._db.read if request.online_only else self._db.write
-            pending.append((i, asyncio.ensure_future(run(job))))
-        for i, future in pending:
-            try:
-                receipt, rows = await future
-            except DomainError as exc:
-                results[i] = exc
-                continue
-            results[i] = receipt
-            if requests[i].online_only:
-                results[i] = SendReceipt(
-                    receipt.message_id, receipt.server_ts, self._push_online(rows)
-                )
-            else:
-                self._notify_envelopes(rows)
+            (online if request.online_only else stored).append((i, request))
+        now = self._clock.now()
+        if stored:
+            outcomes = await self._db.write(self._send_job(caller, [r for _, r in stored], now))
+            for (i, _), outcome in zip(stored, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    results[i] = outcome
+                else:
+                    receipt, rows = outcome
+                    results[i] = receipt
+                    self._notify_envelopes(rows)
+        if online:
+            outcomes = await self._db.read(self._send_job(caller, [r for _, r in online], now))
+            for (i, _), outcome in zip(online, outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    results[i] = outcome
+                else:
+                    receipt, rows = outcome
+                    results[i] = SendReceipt(
+                        receipt.message_id, receipt.server_ts, self._push_online(rows)
+                    )
         return [r for r in results if r is not None]
 
     def _validate(self, caller: Principal, r: SendRequest) -> None:
@@ -282,68 +293,104 @@ class Mailbox:
             raise InvalidArgument(f"business.template_name is longer than {MAX_TEMPLATE_NAME}")
 
     def _send_job(
-        self, caller: Principal, r: SendRequest, now: float
-    ) -> Callable[[sqlite3.Connection], tuple[SendReceipt, list[EnvelopeRow]]]:
+        self, caller: Principal, requests: Sequence[SendRequest], now: float
+    ) -> Callable[[sqlite3.Connection], list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]]:
         ids = self._ids
-        ttl = self.policy.envelope_ttl
+
+        def job(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]:
+            out: list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError] = []
+            messages: list[store.MessageRow] = []
+            envelopes: list[EnvelopeRow] = []
+            devices: dict[str, dict[int, int] | None] = {}  # recipient -> registrations
+            previous = store.find_messages(
+                conn, caller.account_id, [r.request_id for r in requests if not r.online_only]
+            )
+            for r in requests:
+                try:
+                    out.append(
+                        self._prepare(
+                            conn, caller, r, now, ids, devices, previous, messages, envelopes
+                        )
+                    )
+                except DomainError as exc:
+                    out.append(exc)
+            store.insert_messages(conn, messages)
+            store.insert_envelopes(conn, envelopes)
+            return out
+
+        return job
+
+    @staticmethod
+    def _prepare(
+        conn: sqlite3.Connection,
+        caller: Principal,
+        r: SendRequest,
+        now: float,
+        ids: IdGenerator,
+        devices: dict[str, dict[int, int] | None],
+        previous_messages: dict[str, store.MessageRow],
+        messages: list[store.MessageRow],
+        envelopes: list[EnvelopeRow],
+    ) -> tuple[SendReceipt, list[EnvelopeRow]]:
+        """Check one send and add its rows to `messages`/`envelopes`; raise if it must fail."""
         fingerprint = r.fingerprint()
         to_self = r.recipient_account_id == caller.account_id
-
-        def job(conn: sqlite3.Connection) -> tuple[SendReceipt, list[EnvelopeRow]]:
-            if not r.online_only:
-                previous = store.find_message(conn, caller.account_id, r.request_id)
-                if previous is not None:
-                    if previous.request_hash != fingerprint:
-                        raise InvalidArgument(
-                            f"request_id {r.request_id} was already used for a different "
-                            "message; use a fresh request_id for a new message"
-                        )
-                    return SendReceipt(previous.message_id, previous.server_ts, True), []
-            if not to_self and account_store.get_account(conn, r.recipient_account_id) is None:
-                raise NotFound(f"no account {r.recipient_account_id}")
-            registrations = store.device_registrations(conn, r.recipient_account_id)
-            if to_self:
-                registrations.pop(caller.device_id, None)
-            _check_devices(r, registrations)
-            message_id = ids.next(now)
-            rows = [
-                EnvelopeRow(
-                    envelope_id=ids.next(now),
-                    account_id=r.recipient_account_id,
-                    device_id=c.device_id,
+        previous = None if r.online_only else previous_messages.get(r.request_id)
+        if previous is not None:
+            if previous.request_hash != fingerprint:
+                raise InvalidArgument(
+                    f"request_id {r.request_id} was already used for a different message; "
+                    "use a fresh request_id for a new message"
+                )
+            return SendReceipt(previous.message_id, previous.server_ts, True), []
+        if r.recipient_account_id not in devices:
+            exists = to_self or account_store.get_account(conn, r.recipient_account_id) is not None
+            devices[r.recipient_account_id] = (
+                store.device_registrations(conn, r.recipient_account_id) if exists else None
+            )
+        registrations = devices[r.recipient_account_id]
+        if registrations is None:
+            raise NotFound(f"no account {r.recipient_account_id}")
+        if to_self:
+            registrations = {d: reg for d, reg in registrations.items() if d != caller.device_id}
+        _check_devices(r, registrations)
+        message_id = ids.block(now, 1 + len(r.copies))
+        rows = [
+            EnvelopeRow(
+                message_id + 1 + k,
+                r.recipient_account_id,
+                c.device_id,
+                message_id,
+                caller.account_id,
+                caller.device_id,
+                now,
+                r.client_ts_ms,
+                c.content_type,
+                c.content,
+                r.category,
+                r.template_name,
+            )
+            for k, c in enumerate(r.copies)
+        ]
+        if not r.online_only:
+            messages.append(
+                store.MessageRow(
                     message_id=message_id,
                     sender_account_id=caller.account_id,
                     sender_device_id=caller.device_id,
+                    recipient_account_id=r.recipient_account_id,
+                    request_id=r.request_id,
+                    request_hash=fingerprint,
                     server_ts=now,
-                    client_ts_ms=r.client_ts_ms,
-                    content_type=c.content_type,
-                    content=c.content,
+                    state=store.SYNC if to_self else store.PENDING,
                     category=r.category,
                     template_name=r.template_name,
-                    expires_at=now + ttl,
                 )
-                for c in r.copies
-            ]
-            if not r.online_only:
-                store.insert_message(
-                    conn,
-                    store.MessageRow(
-                        message_id=message_id,
-                        sender_account_id=caller.account_id,
-                        sender_device_id=caller.device_id,
-                        recipient_account_id=r.recipient_account_id,
-                        request_id=r.request_id,
-                        request_hash=fingerprint,
-                        server_ts=now,
-                        state=store.SYNC if to_self else store.PENDING,
-                        category=r.category,
-                        template_name=r.template_name,
-                    ),
-                )
-                store.insert_envelopes(conn, rows)
-            return SendReceipt(message_id, now, not r.online_only), rows
-
-        return job
+            )
+            envelopes.extend(rows)
+        return SendReceipt(message_id, now, not r.online_only), rows
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -501,14 +548,16 @@ class Mailbox:
     async def expire(self) -> int:
         """Delete expired envelopes; settle their undelivered messages as failed."""
         now = self._clock.now()
+        cutoff = IdGenerator.floor(now - self.policy.envelope_ttl)
         ids = self._ids
         total = 0
         while True:
 
             def job(conn: sqlite3.Connection) -> tuple[int, list[StatusRow]]:
-                message_ids = store.expire_envelopes(conn, now, EXPIRY_BATCH)
-                gone = store.messages_without_envelopes(conn, message_ids)
-                failed = store.settle_messages(conn, gone, store.FAILED, now)
+                # All copies of a message share its send time, so they expire together: a
+                # message still pending when its envelopes expire was acknowledged by no device.
+                message_ids = store.expire_envelopes(conn, cutoff, EXPIRY_BATCH)
+                failed = store.settle_messages(conn, message_ids, store.FAILED, now)
                 reason = "expired undelivered: no device of the recipient connected in time"
                 statuses = _statuses_for(conn, failed, store.FAILED, now, ids, reason)
                 store.delete_settled_messages(conn, now - IDEMPOTENCY_RETENTION)
@@ -535,6 +584,8 @@ class Mailbox:
 
 def _check_devices(r: SendRequest, registrations: dict[int, int]) -> None:
     given = {c.device_id: c.registration_id for c in r.copies}
+    if given == registrations:
+        return
     missing = sorted(set(registrations) - set(given))
     extra = sorted(set(given) - set(registrations))
     stale = sorted(d for d, reg in given.items() if d in registrations and registrations[d] != reg)
@@ -550,19 +601,20 @@ def _statuses_for(
     ids: IdGenerator,
     reason: str,
 ) -> list[StatusRow]:
-    out = []
-    for m in settled:
-        status = StatusRow(
-            status_id=ids.next(now),
-            account_id=m.sender_account_id,
-            device_id=m.sender_device_id,
-            message_id=m.message_id,
-            request_id=m.request_id,
-            recipient_account_id=m.recipient_account_id,
-            state=state,
-            at=now,
-            reason=reason,
-        )
-        if store.insert_status(conn, status):
-            out.append(status)
-    return out
+    return store.insert_statuses(
+        conn,
+        [
+            StatusRow(
+                status_id=ids.next(now),
+                account_id=m.sender_account_id,
+                device_id=m.sender_device_id,
+                message_id=m.message_id,
+                request_id=m.request_id,
+                recipient_account_id=m.recipient_account_id,
+                state=state,
+                at=now,
+                reason=reason,
+            )
+            for m in settled
+        ],
+    )

@@ -13,6 +13,7 @@ from server.domain.errors import InvalidArgument
 
 MAX_NAME_CHARS = 64
 # E.164: '+', a country code that does not start with 0, at most 15 digits in all.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
@@ -52,6 +53,9 @@ def country_of(e164: str) -> str:
 
 
 def uuid_string(value: str, *, field: str) -> str:
+    """The canonical (lowercase, hyphenated) form of a UUID."""
+    if _CANONICAL_UUID.fullmatch(value):  # the usual case, without building a UUID object
+        return value
     if not value:
         raise InvalidArgument(f"{field} is required")
     try:

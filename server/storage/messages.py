@@ -1,5 +1,8 @@
 """SQL for messages, per-device envelopes and delivery statuses, plus time-ordered ids.
 
+Rows are NamedTuples in column order: on the send path they are built once per message and
+handed to executemany as they are, with no per-row conversion.
+
 All functions run inside the caller's transaction. Envelope reads are by (account, device) in
 id order, which the `envelopes_by_device` index serves without sorting.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Message states.
 PENDING, DELIVERED, FAILED, SYNC = 0, 1, 2, 3
@@ -23,11 +26,20 @@ class IdGenerator:
         self._last = floor
         self._lock = threading.Lock()
 
+    @staticmethod
+    def floor(at: float) -> int:
+        """The smallest id generated at or after time `at`."""
+        return int(at * 1000) << SEQUENCE_BITS
+
     def next(self, now: float) -> int:
+        return self.block(now, 1)
+
+    def block(self, now: float, count: int) -> int:
+        """Reserve `count` consecutive ids; return the first."""
         with self._lock:
-            candidate = int(now * 1000) << SEQUENCE_BITS
-            self._last = max(self._last + 1, candidate)
-            return self._last
+            first = max(self._last + 1, int(now * 1000) << SEQUENCE_BITS)
+            self._last = first + count - 1
+            return first
 
     @classmethod
     def for_database(cls, conn: sqlite3.Connection) -> IdGenerator:
@@ -39,8 +51,7 @@ class IdGenerator:
         return cls(int(row[0] or 0))
 
 
-@dataclass(frozen=True)
-class MessageRow:
+class MessageRow(NamedTuple):
     message_id: int
     sender_account_id: str
     sender_device_id: int
@@ -53,8 +64,7 @@ class MessageRow:
     template_name: str = ""
 
 
-@dataclass(frozen=True)
-class EnvelopeRow:
+class EnvelopeRow(NamedTuple):
     envelope_id: int
     account_id: str
     device_id: int
@@ -67,11 +77,9 @@ class EnvelopeRow:
     content: bytes
     category: int
     template_name: str
-    expires_at: float
 
 
-@dataclass(frozen=True)
-class StatusRow:
+class StatusRow(NamedTuple):
     status_id: int
     account_id: str
     device_id: int
@@ -89,7 +97,7 @@ _MESSAGE_COLUMNS = (
 )
 _ENVELOPE_COLUMNS = (
     "envelope_id, account_id, device_id, message_id, sender_account_id, sender_device_id,"
-    " server_ts, client_ts_ms, content_type, content, category, template_name, expires_at"
+    " server_ts, client_ts_ms, content_type, content, category, template_name"
 )
 _STATUS_COLUMNS = (
     "status_id, account_id, device_id, message_id, request_id, recipient_account_id, state, at,"
@@ -107,6 +115,21 @@ def device_registrations(conn: sqlite3.Connection, account_id: str) -> dict[int,
     return {int(d): int(r) for d, r in rows}
 
 
+def find_messages(
+    conn: sqlite3.Connection, sender_account_id: str, request_ids: Sequence[str]
+) -> dict[str, MessageRow]:
+    """The sender's messages among `request_ids`, by request id (one query for a batch)."""
+    if not request_ids:
+        return {}
+    marks = ",".join("?" * len(request_ids))
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ?"
+        f" AND request_id IN ({marks})",
+        (sender_account_id, *request_ids),
+    ).fetchall()
+    return {r[4]: MessageRow(*r) for r in rows}
+
+
 def find_message(
     conn: sqlite3.Connection, sender_account_id: str, request_id: str
 ) -> MessageRow | None:
@@ -117,45 +140,15 @@ def find_message(
     return None if r is None else MessageRow(*r)
 
 
-def insert_message(conn: sqlite3.Connection, m: MessageRow) -> None:
-    conn.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            m.message_id,
-            m.sender_account_id,
-            m.sender_device_id,
-            m.recipient_account_id,
-            m.request_id,
-            m.request_hash,
-            m.server_ts,
-            m.state,
-            m.category,
-            m.template_name,
-        ),
+def insert_messages(conn: sqlite3.Connection, rows: Sequence[MessageRow]) -> None:
+    conn.executemany(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 10)})", rows
     )
 
 
 def insert_envelopes(conn: sqlite3.Connection, rows: Sequence[EnvelopeRow]) -> None:
     conn.executemany(
-        f"INSERT INTO envelopes ({_ENVELOPE_COLUMNS}) VALUES ({', '.join('?' * 13)})",
-        [
-            (
-                e.envelope_id,
-                e.account_id,
-                e.device_id,
-                e.message_id,
-                e.sender_account_id,
-                e.sender_device_id,
-                e.server_ts,
-                e.client_ts_ms,
-                e.content_type,
-                e.content,
-                e.category,
-                e.template_name,
-                e.expires_at,
-            )
-            for e in rows
-        ],
+        f"INSERT INTO envelopes ({_ENVELOPE_COLUMNS}) VALUES ({', '.join('?' * 12)})", rows
     )
 
 
@@ -202,29 +195,20 @@ def settle_messages(
     return [MessageRow(*r) for r in rows]
 
 
-def insert_status(conn: sqlite3.Connection, s: StatusRow) -> bool:
-    """Queue a status for the sending device; False when that device no longer exists."""
-    return (
-        conn.execute(
-            f"INSERT INTO delivery_statuses ({_STATUS_COLUMNS})"
-            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS"
-            " (SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?)",
-            (
-                s.status_id,
-                s.account_id,
-                s.device_id,
-                s.message_id,
-                s.request_id,
-                s.recipient_account_id,
-                s.state,
-                s.at,
-                s.reason,
-                s.account_id,
-                s.device_id,
-            ),
-        ).rowcount
-        > 0
+def insert_statuses(conn: sqlite3.Connection, rows: Sequence[StatusRow]) -> list[StatusRow]:
+    """Queue statuses for the sending devices; return those whose device still exists."""
+    live = {
+        key
+        for key in {(s.account_id, s.device_id) for s in rows}
+        if conn.execute(
+            "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", key
+        ).fetchone()
+    }
+    kept = [s for s in rows if (s.account_id, s.device_id) in live]
+    conn.executemany(
+        f"INSERT INTO delivery_statuses ({_STATUS_COLUMNS}) VALUES ({', '.join('?' * 9)})", kept
     )
+    return kept
 
 
 def statuses_after(
@@ -252,25 +236,13 @@ def delete_statuses(
     ).rowcount
 
 
-def expire_envelopes(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
-    """Delete up to `limit` envelopes past their expiry; return the message ids they carried."""
+def expire_envelopes(conn: sqlite3.Connection, before_id: int, limit: int) -> list[int]:
+    """Delete up to `limit` envelopes with ids below `before_id`; return their message ids."""
     rows = conn.execute(
         "DELETE FROM envelopes WHERE envelope_id IN ("
-        " SELECT envelope_id FROM envelopes WHERE expires_at <= ? LIMIT ?) RETURNING message_id",
-        (now, limit),
-    ).fetchall()
-    return [int(r[0]) for r in rows]
-
-
-def messages_without_envelopes(conn: sqlite3.Connection, message_ids: Iterable[int]) -> list[int]:
-    ids = sorted(set(message_ids))
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT m.message_id FROM messages m WHERE m.message_id IN ({marks}) AND NOT EXISTS"
-        " (SELECT 1 FROM envelopes e WHERE e.message_id = m.message_id)",
-        ids,
+        " SELECT envelope_id FROM envelopes WHERE envelope_id < ? ORDER BY envelope_id LIMIT ?)"
+        " RETURNING message_id",
+        (before_id, limit),
     ).fetchall()
     return [int(r[0]) for r in rows]
 

@@ -153,13 +153,12 @@ def _v4_messaging(conn: sqlite3.Connection) -> None:
             content           BLOB NOT NULL,
             category          INTEGER NOT NULL DEFAULT 0,
             template_name     TEXT NOT NULL DEFAULT '',
-            expires_at        REAL NOT NULL,
             FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
                 ON DELETE CASCADE
         );
+        -- Expiry needs no index of its own: ids are time-ordered, so "older than the TTL" is
+        -- a range of the primary key.
         CREATE INDEX envelopes_by_device ON envelopes(account_id, device_id, envelope_id);
-        CREATE INDEX envelopes_by_message ON envelopes(message_id);
-        CREATE INDEX envelopes_by_expiry ON envelopes(expires_at);
         CREATE TABLE delivery_statuses (
             status_id            INTEGER PRIMARY KEY,
             account_id           TEXT NOT NULL,   -- the sender, told what became of its message
