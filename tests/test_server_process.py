@@ -3,50 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from tests.tools import REPO, tool
-
-
-def start_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    env = dict(os.environ, PARLEY_LOG_FORMAT="json")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--port",
-            "0",
-            "--database",
-            str(tmp_path / "p.db"),
-            *extra,
-        ],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        record = json.loads(line)
-        if record["msg"].startswith("listening on"):
-            return proc, int(record["port"])
-    proc.kill()
-    raise AssertionError(f"server did not start: {proc.stderr.read()}")
+from tests.tools import REPO, server_process, tool
 
 
 def test_parley_server_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
-    proc, port = start_server(tmp_path, "--test-number", "+15550001111=123456")
-    try:
+    log = tmp_path / "server.log"
+    args = ["--port", "0", "--database", str(tmp_path / "p.db")]
+    args += ["--test-number", "+15550001111=123456"]
+    with server_process(*args, log=log) as (proc, port):
         listed = subprocess.run(
             [tool("grpcurl"), "-plaintext", f"localhost:{port}", "list"],
             capture_output=True,
@@ -55,10 +24,9 @@ def test_parley_server_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             check=True,
         ).stdout.split()
         assert "parley.v1.AccountService" in listed and "grpc.health.v1.Health" in listed
-    finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+        assert proc.wait(30) == 0, log.read_text()
+    err = log.read_text()
     messages = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
     assert messages[-2:] == ["shutting down", "stopped"]
     assert (tmp_path / "p.db").exists()
