@@ -24,7 +24,7 @@ import hashlib
 import logging
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -55,6 +55,9 @@ MAX_TEMPLATE_NAME = 512
 # stream re-read from the database: bounds memory for a stalled reader without losing anything.
 MAX_BUFFERED = 10_000
 EXPIRY_BATCH = 10_000
+# Envelopes per stream message are capped by bytes too, well under gRPC's default 4 MiB
+# receive limit, so a batch of large ciphertexts never breaks a client.
+STREAM_CHUNK_BYTES = 1024 * 1024
 # Settled messages are kept this long so request_id retries keep returning the first result.
 IDEMPOTENCY_RETENTION = 86_400.0
 
@@ -66,7 +69,7 @@ class MessagingPolicy:
     max_batch: int = 1000
     send_rate: Rate = Rate(6000, 60.0)
     envelope_ttl: float = 30 * 86_400.0
-    stream_batch: int = 100
+    stream_batch: int = 500
     keepalive_interval: float = 30.0
 
 
@@ -238,8 +241,12 @@ class Mailbox:
                 continue
             (online if request.online_only else stored).append((i, request))
         now = self._clock.now()
+        # Ids and rows are made here, on the event loop, so the single writer thread spends its
+        # time on SQL only. Jobs run in the order they are queued, so envelope ids still grow
+        # in commit order.
         if stored:
-            outcomes = await self._db.write(self._send_job(caller, [r for _, r in stored], now))
+            drafts = [self._draft(caller, r, now) for _, r in stored]
+            outcomes = await self._db.write(self._send_job(caller, drafts))
             for (i, _), outcome in zip(stored, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
                     results[i] = outcome
@@ -248,7 +255,8 @@ class Mailbox:
                     results[i] = receipt
                     self._notify_envelopes(rows)
         if online:
-            outcomes = await self._db.read(self._send_job(caller, [r for _, r in online], now))
+            drafts = [self._draft(caller, r, now) for _, r in online]
+            outcomes = await self._db.read(self._send_job(caller, drafts))
             for (i, _), outcome in zip(online, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
                     results[i] = outcome
@@ -292,72 +300,9 @@ class Mailbox:
         if len(r.template_name) > MAX_TEMPLATE_NAME:
             raise InvalidArgument(f"business.template_name is longer than {MAX_TEMPLATE_NAME}")
 
-    def _send_job(
-        self, caller: Principal, requests: Sequence[SendRequest], now: float
-    ) -> Callable[[sqlite3.Connection], list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]]:
-        ids = self._ids
-
-        def job(
-            conn: sqlite3.Connection,
-        ) -> list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]:
-            out: list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError] = []
-            messages: list[store.MessageRow] = []
-            envelopes: list[EnvelopeRow] = []
-            devices: dict[str, dict[int, int] | None] = {}  # recipient -> registrations
-            previous = store.find_messages(
-                conn, caller.account_id, [r.request_id for r in requests if not r.online_only]
-            )
-            for r in requests:
-                try:
-                    out.append(
-                        self._prepare(
-                            conn, caller, r, now, ids, devices, previous, messages, envelopes
-                        )
-                    )
-                except DomainError as exc:
-                    out.append(exc)
-            store.insert_messages(conn, messages)
-            store.insert_envelopes(conn, envelopes)
-            return out
-
-        return job
-
-    @staticmethod
-    def _prepare(
-        conn: sqlite3.Connection,
-        caller: Principal,
-        r: SendRequest,
-        now: float,
-        ids: IdGenerator,
-        devices: dict[str, dict[int, int] | None],
-        previous_messages: dict[str, store.MessageRow],
-        messages: list[store.MessageRow],
-        envelopes: list[EnvelopeRow],
-    ) -> tuple[SendReceipt, list[EnvelopeRow]]:
-        """Check one send and add its rows to `messages`/`envelopes`; raise if it must fail."""
-        fingerprint = r.fingerprint()
-        to_self = r.recipient_account_id == caller.account_id
-        previous = None if r.online_only else previous_messages.get(r.request_id)
-        if previous is not None:
-            if previous.request_hash != fingerprint:
-                raise InvalidArgument(
-                    f"request_id {r.request_id} was already used for a different message; "
-                    "use a fresh request_id for a new message"
-                )
-            return SendReceipt(previous.message_id, previous.server_ts, True), []
-        if r.recipient_account_id not in devices:
-            exists = to_self or account_store.get_account(conn, r.recipient_account_id) is not None
-            devices[r.recipient_account_id] = (
-                store.device_registrations(conn, r.recipient_account_id) if exists else None
-            )
-        registrations = devices[r.recipient_account_id]
-        if registrations is None:
-            raise NotFound(f"no account {r.recipient_account_id}")
-        if to_self:
-            registrations = {d: reg for d, reg in registrations.items() if d != caller.device_id}
-        _check_devices(r, registrations)
-        message_id = ids.block(now, 1 + len(r.copies))
-        rows = [
+    def _draft(self, caller: Principal, r: SendRequest, now: float) -> _Draft:
+        message_id = self._ids.block(now, 1 + len(r.copies))
+        envelopes = [
             EnvelopeRow(
                 message_id + 1 + k,
                 r.recipient_account_id,
@@ -374,23 +319,56 @@ class Mailbox:
             )
             for k, c in enumerate(r.copies)
         ]
-        if not r.online_only:
-            messages.append(
-                store.MessageRow(
-                    message_id=message_id,
-                    sender_account_id=caller.account_id,
-                    sender_device_id=caller.device_id,
-                    recipient_account_id=r.recipient_account_id,
-                    request_id=r.request_id,
-                    request_hash=fingerprint,
-                    server_ts=now,
-                    state=store.SYNC if to_self else store.PENDING,
-                    category=r.category,
-                    template_name=r.template_name,
-                )
+        message = store.MessageRow(
+            message_id,
+            caller.account_id,
+            caller.device_id,
+            r.recipient_account_id,
+            r.request_id,
+            r.fingerprint(),
+            now,
+            store.SYNC if r.recipient_account_id == caller.account_id else store.PENDING,
+            r.category,
+            r.template_name,
+        )
+        return _Draft(r, message, envelopes)
+
+    @staticmethod
+    def _send_job(
+        caller: Principal, drafts: Sequence[_Draft]
+    ) -> Callable[[sqlite3.Connection], list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]]:
+        def job(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]:
+            out: list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError] = []
+            messages: list[store.MessageRow] = []
+            envelopes: list[EnvelopeRow] = []
+            devices: dict[str, dict[int, int] | None] = {}  # recipient -> registrations
+            previous = store.find_messages(
+                conn,
+                caller.account_id,
+                [d.request.request_id for d in drafts if not d.request.online_only],
             )
-            envelopes.extend(rows)
-        return SendReceipt(message_id, now, not r.online_only), rows
+            for draft in drafts:
+                try:
+                    _admit(conn, caller, draft, previous, devices)
+                except DomainError as exc:
+                    out.append(exc)
+                    continue
+                except _Repeat as repeat:
+                    out.append((repeat.receipt, []))
+                    continue
+                m = draft.message
+                stored = not draft.request.online_only
+                out.append((SendReceipt(m.message_id, m.server_ts, stored), draft.envelopes))
+                if stored:
+                    messages.append(m)
+                    envelopes.extend(draft.envelopes)
+            store.insert_messages(conn, messages)
+            store.insert_envelopes(conn, envelopes)
+            return out
+
+        return job
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -413,7 +391,6 @@ class Mailbox:
                     last_status = event.statuses[-1].status_id
                 yield event
             yield QueueEmpty()
-            batch = self.policy.stream_batch
             while True:
                 try:
                     await asyncio.wait_for(connection.wake.wait(), self.policy.keepalive_interval)
@@ -439,24 +416,36 @@ class Mailbox:
                             last_status = event.statuses[-1].status_id
                         yield event
                     continue
-                while connection.envelopes:
-                    chunk: list[EnvelopeRow] = []
-                    while connection.envelopes and len(chunk) < batch:
-                        row = connection.envelopes.popleft()
-                        if row.envelope_id > last_envelope:
-                            chunk.append(row)
-                    if chunk:
-                        last_envelope = chunk[-1].envelope_id
-                        yield Envelopes(chunk)
+                fresh = [r for r in connection.envelopes if r.envelope_id > last_envelope]
+                connection.envelopes.clear()
+                for chunk in self._chunks(fresh):
+                    last_envelope = chunk[-1].envelope_id
+                    yield Envelopes(chunk)
                 if connection.statuses:
-                    fresh = [s for s in connection.statuses if s.status_id > last_status]
+                    news = [s for s in connection.statuses if s.status_id > last_status]
                     connection.statuses.clear()
-                    if fresh:
-                        last_status = fresh[-1].status_id
-                        yield Statuses(fresh)
+                    if news:
+                        last_status = news[-1].status_id
+                        yield Statuses(news)
         finally:
             if self._connections.get(key) is connection:
                 del self._connections[key]
+
+    def _chunks(self, rows: list[EnvelopeRow]) -> Iterator[list[EnvelopeRow]]:
+        """Stream messages of at most `stream_batch` envelopes and about STREAM_CHUNK_BYTES."""
+        chunk: list[EnvelopeRow] = []
+        size = 0
+        for row in rows:
+            if chunk and (
+                len(chunk) >= self.policy.stream_batch
+                or size + len(row.content) > STREAM_CHUNK_BYTES
+            ):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(row)
+            size += len(row.content)
+        if chunk:
+            yield chunk
 
     async def _from_database(
         self, caller: Principal, after_envelope: int, after_status: int
@@ -476,7 +465,8 @@ class Mailbox:
             if not rows:
                 break
             after_envelope = rows[-1].envelope_id
-            yield Envelopes(rows)
+            for chunk in self._chunks(rows):
+                yield Envelopes(chunk)
         while True:
             statuses = await self._db.read(
                 partial(
@@ -580,6 +570,52 @@ class Mailbox:
                 continue
             if expired:
                 log.info("expired %d undelivered envelopes", expired)
+
+
+class _Draft(NamedTuple):
+    """A send with its rows made, waiting for the writer to admit it."""
+
+    request: SendRequest
+    message: store.MessageRow
+    envelopes: list[EnvelopeRow]
+
+
+class _Repeat(Exception):
+    """A retried request_id: answer with the first result, store nothing."""
+
+    def __init__(self, receipt: SendReceipt) -> None:
+        self.receipt = receipt
+
+
+def _admit(
+    conn: sqlite3.Connection,
+    caller: Principal,
+    draft: _Draft,
+    previous_messages: dict[str, store.MessageRow],
+    devices: dict[str, dict[int, int] | None],
+) -> None:
+    """Check one send inside the write transaction; raise if it must not be stored."""
+    r = draft.request
+    previous = None if r.online_only else previous_messages.get(r.request_id)
+    if previous is not None:
+        if previous.request_hash != draft.message.request_hash:
+            raise InvalidArgument(
+                f"request_id {r.request_id} was already used for a different message; "
+                "use a fresh request_id for a new message"
+            )
+        raise _Repeat(SendReceipt(previous.message_id, previous.server_ts, True))
+    to_self = r.recipient_account_id == caller.account_id
+    if r.recipient_account_id not in devices:
+        exists = to_self or account_store.get_account(conn, r.recipient_account_id) is not None
+        devices[r.recipient_account_id] = (
+            store.device_registrations(conn, r.recipient_account_id) if exists else None
+        )
+    registrations = devices[r.recipient_account_id]
+    if registrations is None:
+        raise NotFound(f"no account {r.recipient_account_id}")
+    if to_self:
+        registrations = {d: reg for d, reg in registrations.items() if d != caller.device_id}
+    _check_devices(r, registrations)
 
 
 def _check_devices(r: SendRequest, registrations: dict[int, int]) -> None:

@@ -1,0 +1,325 @@
+"""Messaging throughput and latency against a real `parley-server` process over loopback.
+
+The server runs in its own process (its own interpreter and GIL) on a temporary SQLite file with
+the default durability (synchronous=FULL); the clients run in this process with grpc.aio.
+
+* `throughput`: delivered messages/s, counting sent → committed → streamed → acknowledged: every
+  sender sends batches (SendMessages, 100 per call, a few calls in flight) to its receiver,
+  which streams and acknowledges in batches; the clock stops at the last acknowledgement.
+* `latency`: one sender offers single SendMessage calls at a fixed rate; send-to-receive latency
+  is measured on the shared monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpc import aio
+from parley.v1 import account_pb2 as apb
+from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import messaging_pb2 as mpb
+
+from tests import tools
+from tests.keys_helper import DeviceKeyMaker
+
+TEST_CODE = "123456"
+PAYLOAD_BYTES = 256
+BATCH = 500
+IN_FLIGHT = 4
+
+
+def test_number(i: int) -> str:
+    return f"+1555{i:07d}"
+
+
+@dataclass
+class Server:
+    port: int
+    database: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextmanager
+def server_process(database: Path, accounts: int, *extra: str) -> Iterator[Server]:
+    """A real `parley-server` process on loopback with `accounts` test numbers."""
+    numbers = ",".join(f"{test_number(i)}={TEST_CODE}" for i in range(accounts))
+    with tools.server_process(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--database",
+        str(database),
+        "--send-rate",
+        "100000000/60s",
+        "--bundle-rate",
+        "100000/60s",
+        *extra,
+        env={"PARLEY_TEST_NUMBERS": numbers},
+    ) as (_, port):
+        yield Server(port, database)
+
+
+@dataclass
+class Account:
+    account_id: str
+    metadata: tuple[tuple[str, str], ...]
+    registration_id: int
+
+
+async def register(channel: aio.Channel, i: int) -> Account:
+    accounts = account_pb2_grpc.AccountServiceStub(channel)
+    started = await accounts.StartVerification(
+        apb.StartVerificationRequest(phone_number=test_number(i))
+    )
+    done = await accounts.CompleteVerification(
+        apb.CompleteVerificationRequest(
+            verification_id=started.verification_id,
+            code=TEST_CODE,
+            device_name="bench",
+            account_kind=apb.ACCOUNT_KIND_PERSON,
+        )
+    )
+    metadata = (("authorization", f"Bearer {done.auth_token}"),)
+    maker = DeviceKeyMaker(registration_id=1 + i)
+    await key_pb2_grpc.KeyServiceStub(channel).UploadPreKeys(
+        maker.first_upload(pre_keys=1, kyber=1), metadata=metadata
+    )
+    return Account(done.account_id, metadata, maker.registration_id)
+
+
+def send_request(to: Account, content: bytes) -> mpb.SendMessageRequest:
+    return mpb.SendMessageRequest(
+        request_id=str(uuid.uuid4()),
+        recipient_account_id=to.account_id,
+        messages=[
+            mpb.OutgoingMessage(
+                device_id=1,
+                registration_id=to.registration_id,
+                content_type=mpb.CONTENT_TYPE_WHISPER,
+                content=content,
+            )
+        ],
+        client_timestamp_ms=int(time.time() * 1000),
+    )
+
+
+Encrypt = Callable[[int], bytes]
+Decrypt = Callable[[bytes], None]
+
+
+def _random_payload(_: int) -> bytes:
+    return os.urandom(PAYLOAD_BYTES)
+
+
+def _ignore(_: bytes) -> None:
+    return None
+
+
+async def _sender(
+    channel: aio.Channel, me: Account, to: Account, count: int, encrypt: Encrypt
+) -> None:
+    messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for first in range(0, count, BATCH):
+        queue.put_nowait(first)
+
+    async def worker() -> None:
+        while not queue.empty():
+            first = queue.get_nowait()
+            n = min(BATCH, count - first)
+            batch = mpb.SendMessagesRequest(
+                requests=[send_request(to, encrypt(first + k)) for k in range(n)]
+            )
+            reply = await messaging.SendMessages(batch, metadata=me.metadata)
+            bad = [r for r in reply.results if r.code != 0]
+            if bad:
+                raise RuntimeError(f"send failed: {bad[0].message}")
+
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+
+
+async def _receiver(
+    channel: aio.Channel, me: Account, count: int, decrypt: Decrypt, ready: asyncio.Event
+) -> None:
+    messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
+    call = messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), metadata=me.metadata)
+    received = 0
+    acks: list[asyncio.Task[mpb.AcknowledgeMessagesResponse]] = []
+    async for event in call:
+        if event.HasField("queue_empty"):
+            ready.set()
+            continue
+        envelopes = event.envelopes.envelopes
+        if not envelopes:
+            continue
+        for e in envelopes:
+            decrypt(e.content)
+        received += len(envelopes)
+        acks.append(
+            asyncio.ensure_future(
+                messaging.AcknowledgeMessages(
+                    mpb.AcknowledgeMessagesRequest(envelope_ids=[e.envelope_id for e in envelopes]),
+                    metadata=me.metadata,
+                )
+            )
+        )
+        if received >= count:
+            break
+    await asyncio.gather(*acks)
+    call.cancel()
+
+
+@dataclass
+class Pair:
+    sender: Account
+    receiver: Account
+    encrypt: Encrypt = _random_payload
+    decrypt: Decrypt = _ignore
+
+
+async def delivered_per_second(server: Server, pairs: Sequence[Pair], per_pair: int) -> float:
+    """Delivered (acknowledged) messages per second across all pairs."""
+    async with aio.insecure_channel(server.target) as channel:
+        readies = [asyncio.Event() for _ in pairs]
+        receivers = [
+            asyncio.ensure_future(_receiver(channel, p.receiver, per_pair, p.decrypt, r))
+            for p, r in zip(pairs, readies, strict=True)
+        ]
+        await asyncio.gather(*(r.wait() for r in readies))
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(_sender(channel, p.sender, p.receiver, per_pair, p.encrypt) for p in pairs)
+        )
+        await asyncio.gather(*receivers)
+        return len(pairs) * per_pair / (time.perf_counter() - started)
+
+
+async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> dict[str, float]:
+    """p50/p99 send-to-receive latency (ms) of single sends offered at `rate` per second."""
+    count = int(rate * seconds)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    async with aio.insecure_channel(server.target) as channel:
+        messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
+        ready = asyncio.Event()
+        done = asyncio.Event()
+
+        async def receive() -> None:
+            acks: list[asyncio.Future[mpb.AcknowledgeMessagesResponse]] = []
+            call = messaging.ReceiveMessages(
+                mpb.ReceiveMessagesRequest(), metadata=pair.receiver.metadata
+            )
+            async for event in call:
+                now = time.monotonic()
+                if event.HasField("queue_empty"):
+                    ready.set()
+                    continue
+                ids = []
+                for e in event.envelopes.envelopes:
+                    index = int.from_bytes(e.content[:4], "big")
+                    latencies.append(now - sent_at[index])
+                    ids.append(e.envelope_id)
+                if ids:
+                    acks.append(
+                        asyncio.ensure_future(
+                            messaging.AcknowledgeMessages(
+                                mpb.AcknowledgeMessagesRequest(envelope_ids=ids),
+                                metadata=pair.receiver.metadata,
+                            )
+                        )
+                    )
+                if len(latencies) >= count:
+                    done.set()
+                    break
+            await asyncio.gather(*acks)
+            call.cancel()
+
+        receiver = asyncio.ensure_future(receive())
+        await ready.wait()
+        sends = []
+        start = time.monotonic()
+        for i in range(count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            request = send_request(
+                pair.receiver, i.to_bytes(4, "big") + os.urandom(PAYLOAD_BYTES - 4)
+            )
+            sent_at[i] = time.monotonic()
+            sends.append(
+                asyncio.ensure_future(messaging.SendMessage(request, metadata=pair.sender.metadata))
+            )
+        await asyncio.gather(*sends)
+        await asyncio.wait_for(done.wait(), 30)
+        await receiver
+    latencies.sort()
+    return {
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "offered_per_s": rate,
+    }
+
+
+async def make_pairs(server: Server, n: int, first: int = 0) -> list[Pair]:
+    async with aio.insecure_channel(server.target) as channel:
+        accounts = [await register(channel, first + i) for i in range(2 * n)]
+    return [Pair(accounts[2 * i], accounts[2 * i + 1]) for i in range(n)]
+
+
+def prefill(database: Path, envelopes: int, recipient: Account, sender: Account) -> None:
+    """Store `envelopes` undelivered envelopes for a parked recipient, straight into the file.
+
+    Written through the store's own SQL in large transactions (the send path would take minutes
+    for a million); ids are time-ordered like the server's, older than anything sent later.
+    """
+    from server.storage import messages as store
+
+    conn = sqlite3.connect(database, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    body = os.urandom(PAYLOAD_BYTES)
+    ids = store.IdGenerator.for_database(conn)
+    now = time.time() - 3600
+    chunk = 50_000
+    for first in range(0, envelopes, chunk):
+        rows = []
+        for _ in range(min(chunk, envelopes - first)):
+            message_id = ids.next(now)
+            rows.append(
+                store.EnvelopeRow(
+                    ids.next(now),
+                    recipient.account_id,
+                    1,
+                    message_id,
+                    sender.account_id,
+                    1,
+                    now,
+                    0,
+                    2,
+                    body,
+                    0,
+                    "",
+                )
+            )
+        conn.execute("BEGIN")
+        store.insert_envelopes(conn, rows)
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def temp_database() -> Path:
+    return Path(tempfile.mkdtemp(prefix="parley-bench-")) / "bench.db"
