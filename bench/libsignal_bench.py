@@ -23,6 +23,8 @@ if _ROOT not in sys.path:  # run as a script: make `tests.interop` importable
 
 from tests.interop.libsignal_peer import V090, VCURRENT, LibsignalPeer  # noqa: E402
 
+__all__ = ["V090", "VCURRENT", "run"]
+
 MESSAGE_SIZE = 256
 
 

@@ -1,0 +1,208 @@
+"""`make bench`: Parley's figures next to the ceilings and peers measured in the same run.
+
+Prints a table and writes bench/results.json. Every figure is measured here, now, on this
+machine: the goals are ratios to ceilings measured in the same run, not numbers from elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import ceilings, crypto_bench, full_path, libsignal_bench
+from bench import messaging_bench as mb
+from bench.progress import Progress
+
+RESULTS = Path(__file__).with_name("results.json")
+PAIR_MESSAGES = 30_000
+MANY_PAIRS = 8
+MANY_PAIR_MESSAGES = 4_000
+LATENCY_RATE = 1000.0
+LATENCY_SECONDS = 3.0
+STORED_ENVELOPES = 1_000_000
+
+
+def main() -> int:
+    steps: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+        ("gRPC ceilings (bare stream, unary echo)", _grpc_ceilings),
+        ("SQLite ceiling (insert+delete, FULL)", _sqlite_ceiling),
+        ("messaging: one pair, server path", _one_pair),
+        (f"messaging: {MANY_PAIRS} pairs, server path", _many_pairs),
+        ("messaging: one pair, full path (encrypted)", _full_path),
+        ("latency at 1,000 msg/s offered", _latency),
+        (f"messaging with {STORED_ENVELOPES:,} envelopes stored", _stored),
+        ("crypto: Parley's Double Ratchet and PQXDH", _crypto),
+        ("crypto: libsignal 0.90 and 0.103 (Node.js)", _libsignal),
+    ]
+    progress = Progress([name for name, _ in steps])
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": _cpus(), "when": time.time()}
+    }
+    for name, step in steps:
+        progress.start(name)
+        try:
+            step(results)
+        except Exception as exc:  # one failed section must not hide the others
+            results.setdefault("errors", {})[name] = repr(exc)
+        progress.advance()
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+    print(report(results))
+    print(f"\nwritten to {RESULTS}")
+    return 1 if "errors" in results else 0
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def _grpc_ceilings(results: dict[str, Any]) -> None:
+    results["ceilings"] = ceilings.grpc_ceilings()
+
+
+def _sqlite_ceiling(results: dict[str, Any]) -> None:
+    results["ceilings"]["sqlite_insert_delete_per_s_batch100"] = ceilings.sqlite_ceiling()
+    results["ceilings"]["sqlite_insert_delete_per_s_batch1"] = ceilings.sqlite_ceiling(
+        rows=2_000, batch=1
+    )
+
+
+def _with_server(accounts: int, run: Callable[[mb.Server], None]) -> None:
+    database = mb.temp_database()
+    try:
+        with mb.server_process(database, accounts) as server:
+            run(server)
+    finally:
+        shutil.rmtree(database.parent, ignore_errors=True)
+
+
+def _one_pair(results: dict[str, Any]) -> None:
+    def run(server: mb.Server) -> None:
+        pairs = asyncio.run(mb.make_pairs(server, 1))
+        results.setdefault("messaging", {})["one_pair_delivered_per_s"] = asyncio.run(
+            mb.delivered_per_second(server, pairs, PAIR_MESSAGES)
+        )
+
+    _with_server(2, run)
+
+
+def _many_pairs(results: dict[str, Any]) -> None:
+    def run(server: mb.Server) -> None:
+        pairs = asyncio.run(mb.make_pairs(server, MANY_PAIRS))
+        results["messaging"]["many_pairs_delivered_per_s"] = asyncio.run(
+            mb.delivered_per_second(server, pairs, MANY_PAIR_MESSAGES)
+        )
+
+    _with_server(2 * MANY_PAIRS, run)
+
+
+def _full_path(results: dict[str, Any]) -> None:
+    def run(server: mb.Server) -> None:
+        results["messaging"]["full_path_delivered_per_s"] = full_path.run(server)
+
+    _with_server(4, run)
+
+
+def _latency(results: dict[str, Any]) -> None:
+    def run(server: mb.Server) -> None:
+        pairs = asyncio.run(mb.make_pairs(server, 1))
+        results["latency"] = asyncio.run(
+            mb.latency(server, pairs[0], LATENCY_RATE, LATENCY_SECONDS)
+        )
+
+    _with_server(2, run)
+
+
+def _stored(results: dict[str, Any]) -> None:
+    database = mb.temp_database()
+    try:
+        with mb.server_process(database, 4) as server:
+            pairs = asyncio.run(mb.make_pairs(server, 2))
+        mb.prefill(database, STORED_ENVELOPES, pairs[1].receiver, pairs[1].sender)
+        with mb.server_process(database, 4) as server:
+            results["messaging"]["one_pair_delivered_per_s_1m_stored"] = asyncio.run(
+                mb.delivered_per_second(server, pairs[:1], PAIR_MESSAGES)
+            )
+    finally:
+        shutil.rmtree(database.parent, ignore_errors=True)
+
+
+def _crypto(results: dict[str, Any]) -> None:
+    results["crypto"] = {"parley": crypto_bench.run(parallel=False)}
+
+
+def _libsignal(results: dict[str, Any]) -> None:
+    results["crypto"]["libsignal_0.90"] = libsignal_bench.run(libsignal_bench.V090, scale=0.5)
+    results["crypto"]["libsignal_current"] = libsignal_bench.run(
+        libsignal_bench.VCURRENT, scale=0.5
+    )
+
+
+def report(r: dict[str, Any]) -> str:
+    """The table: each figure, what it is compared with, and whether the goal holds."""
+    lines = ["", f"{'figure':<52}{'value':>14}  {'goal / comparison':<34}"]
+
+    def row(name: str, value: float | None, note: str, unit: str = "/s") -> None:
+        shown = "n/a" if value is None else f"{value:,.0f}{unit}" if unit else f"{value:.2f}"
+        lines.append(f"{name:<52}{shown:>14}  {note:<34}")
+
+    c = r.get("ceilings", {})
+    m = r.get("messaging", {})
+    stream = c.get("grpc_stream_msgs_per_s")
+    pair = m.get("one_pair_delivered_per_s")
+    lines.append("-- ceilings measured in this run")
+    row("bare gRPC server stream (msgs)", stream, "one message per stream write")
+    row("bare gRPC unary echo (calls)", c.get("grpc_unary_calls_per_s"), "4 calls in flight")
+    row(
+        "raw SQLite insert+delete, 100 per txn",
+        c.get("sqlite_insert_delete_per_s_batch100"),
+        "WAL, synchronous=FULL",
+    )
+    row(
+        "raw SQLite insert+delete, 1 per txn",
+        c.get("sqlite_insert_delete_per_s_batch1"),
+        "WAL, synchronous=FULL",
+    )
+    lines.append("-- delivered messages (sent, committed, streamed, acked)")
+    row("one pair, server path", pair, "goal >= 10,000/s")
+    if pair and stream:
+        row("  ratio to bare stream ceiling", pair / stream, "goal >= 0.75", unit="")
+    row(f"{MANY_PAIRS} pairs, server path", m.get("many_pairs_delivered_per_s"), "")
+    row("one pair, full path (real encryption)", m.get("full_path_delivered_per_s"), "")
+    stored = m.get("one_pair_delivered_per_s_1m_stored")
+    row(f"one pair with {STORED_ENVELOPES:,} stored", stored, "")
+    if stored and pair:
+        row("  ratio to empty store", stored / pair, "goal >= 0.7", unit="")
+    lat = r.get("latency", {})
+    lines.append("-- send-to-receive latency at 1,000 msg/s offered")
+    row("p50", lat.get("p50_ms"), "", unit=" ms")
+    row("p99", lat.get("p99_ms"), "goal <= 5 ms", unit=" ms")
+    crypto = r.get("crypto", {})
+    parley = crypto.get("parley", {})
+    lines.append("-- crypto, encrypt+decrypt of 256-byte messages (per second, one core)")
+    for key, label, goal in (
+        ("symmetric_msgs_per_s", "Double Ratchet, symmetric step", "goal >= 20,000/s"),
+        ("dh_ratchet_msgs_per_s", "Double Ratchet, DH ratchet step", ""),
+        ("setups_per_s", "PQXDH session setups", "goal >= 1,000/s"),
+    ):
+        row(f"Parley: {label}", parley.get(key), goal)
+    for version in ("libsignal_0.90", "libsignal_current"):
+        figures = crypto.get(version, {})
+        row(f"{version}: symmetric", figures.get("symmetric_per_s"), "same run, Node.js")
+        row(f"{version}: DH ratchet", figures.get("dh_ratchet_per_s"), "")
+        row(f"{version}: session setups", figures.get("session_setup_per_s"), "")
+    for name, error in r.get("errors", {}).items():
+        lines.append(f"!! {name} failed: {error}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

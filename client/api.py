@@ -1,0 +1,1212 @@
+"""High-level async Parley client over the generated grpc.aio stubs (DESIGN.md §1 "api").
+
+:class:`ParleyClient` ties the sans-IO protocol core (:mod:`client.crypto`) to the server's
+AccountService, KeyService and MessagingService and to the profile's :class:`ClientStore`.
+
+Rules this module keeps:
+
+1. **Session state is saved before the network sees a ciphertext.** Encrypting advances the
+   ratchet; if the new state were saved only after SendMessage returned, a crash in between
+   would reuse a message key for the next message. Saving first costs at most a skipped key
+   on the peer's side.
+2. **Persist, then acknowledge.** A received envelope's session state, the message and the
+   envelope id are committed in one transaction, and only then acknowledged. An envelope
+   redelivered after a crash is recognised by its id and acknowledged without being shown
+   twice.
+3. **One request_id per logical send.** Retries after a MismatchedDevices answer or a lost
+   connection reuse it, so the server queues the message at most once (AIP-155).
+4. **Trust on first use.** A peer device's first identity key is recorded; a changed one stops
+   sending to (and decrypting from) that device with :class:`UntrustedIdentityError` until the
+   user accepts it with :meth:`ParleyClient.trust_identity`.
+5. **No user data in logs at INFO and above**: no phone numbers, tokens, keys or plaintext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from grpc import aio
+from parley.v1 import account_pb2 as apb
+from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import content_pb2 as cpb
+from parley.v1 import key_pb2 as kpb
+from parley.v1 import messaging_pb2 as mpb
+
+from client.crypto import (
+    CryptoError,
+    DuplicateMessageError,
+    IdentityKeyPair,
+    KeyPair,
+    KyberKeyPair,
+    KyberPublicKey,
+    MissingPreKeyError,
+    PreKeyBundle,
+    PreKeySignalMessage,
+    PublicKey,
+    SessionRecord,
+)
+from client.crypto.keys import Rng
+from client.store import ClientStore, LocalIdentity, StoreError, UntrustedIdentityError
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "MAX_SIGNED_PRE_KEY_AGE",
+    "ONE_TIME_KEYS_PER_UPLOAD",
+    "Clock",
+    "DecryptionFailed",
+    "DeliveryUpdate",
+    "DeviceInfo",
+    "Event",
+    "IdentityChanged",
+    "ParleyClient",
+    "ParleyClientError",
+    "QueueEmpty",
+    "ReceiptEvent",
+    "SentMessage",
+    "SyncedMessage",
+    "SystemClock",
+    "TextMessage",
+    "TypingEvent",
+    "UntrustedIdentityError",
+    "format_safety_number",
+    "safety_number_for",
+]
+
+log = logging.getLogger("parley.client")
+
+DEFAULT_SERVER: Final = "localhost:50051"
+ONE_TIME_KEYS_PER_UPLOAD: Final = 100
+"""One-time EC and Kyber prekeys per upload: the server's per-call maximum, and enough that a
+device is rarely contacted by more new peers than that between two of its own connections."""
+MAX_SIGNED_PRE_KEY_AGE: Final = 7 * 24 * 3600.0
+"""Rotate the signed prekey weekly (Signal's cadence): it bounds how long a compromised signed
+prekey helps an attacker who also holds old PreKeySignalMessages."""
+REPLACED_KEY_GRACE: Final = 30 * 24 * 3600.0
+"""Keep a replaced signed / last-resort key this long: a peer may have fetched our bundle just
+before the rotation and send its first message (built on the old key) much later."""
+PROCESSED_ENVELOPE_RETENTION: Final = 7 * 24 * 3600.0
+"""Remember processed envelope ids this long. An acknowledged envelope is deleted by the
+server at once, so only a crash between commit and ack can bring one back, within seconds."""
+MAX_SEND_ATTEMPTS: Final = 4
+"""A send whose device list is wrong is retried after fixing it; more rounds than this means
+the account's devices keep changing under us, and the caller should hear about it."""
+MAX_ACK_IDS: Final = 1000
+"""AcknowledgeMessages takes at most this many ids of each kind per call."""
+REGISTRATION_ID_MAX: Final = 16380
+"""libsignal registration ids are 14 bits; 16380 is the largest value it generates."""
+FINGERPRINT_ITERATIONS: Final = 5200
+"""Signal's numeric fingerprint hashes 5200 times, to make a second-preimage search for a
+matching safety number expensive."""
+FINGERPRINT_VERSION: Final = b"\x00\x00"
+STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+MISMATCHED_DEVICES_TYPE: Final = "type.googleapis.com/parley.v1.MismatchedDevices"
+
+
+class Clock(Protocol):
+    """Seconds since the Unix epoch; injectable so tests control key ages and timestamps."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class ParleyClientError(Exception):
+    """Something the client cannot do as asked; the message says what to do instead."""
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextMessage:
+    """A message a person sent us, decrypted and saved."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    timestamp_ms: int
+    server_time: float
+    text: str
+
+    kind: str = field(default="message", init=False)
+
+
+@dataclass(frozen=True)
+class SyncedMessage:
+    """A message this account sent from another of its devices (a SyncMessage copy)."""
+
+    envelope_id: int
+    sender_device_id: int
+    destination_account_id: str
+    timestamp_ms: int
+    server_time: float
+    text: str
+
+    kind: str = field(default="sync", init=False)
+
+
+@dataclass(frozen=True)
+class ReceiptEvent:
+    """A delivery or read receipt for our messages, named by their timestamps."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    read: bool
+    timestamps_ms: tuple[int, ...]
+
+    kind: str = field(default="receipt", init=False)
+
+
+@dataclass(frozen=True)
+class TypingEvent:
+    """The peer started or stopped typing."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    started: bool
+    timestamp_ms: int
+
+    kind: str = field(default="typing", init=False)
+
+
+@dataclass(frozen=True)
+class DeliveryUpdate:
+    """What the server says became of a message we sent (delivered or failed)."""
+
+    message_id: int
+    request_id: str
+    recipient_account_id: str
+    delivered: bool
+    at: float
+    reason: str
+
+    kind: str = field(default="delivery", init=False)
+
+
+@dataclass(frozen=True)
+class DecryptionFailed:
+    """An envelope that can never be decrypted (acknowledged so it does not block the queue)."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    reason: str
+
+    kind: str = field(default="undecryptable", init=False)
+
+
+@dataclass(frozen=True)
+class IdentityChanged:
+    """A sender's identity key changed; its envelopes stay on the server (not acknowledged)
+    until the user trusts the new key, then they are decrypted on the next receive."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    reason: str
+
+    kind: str = field(default="identity_changed", init=False)
+
+
+@dataclass(frozen=True)
+class QueueEmpty:
+    """Every envelope stored when the stream opened has been processed."""
+
+    kind: str = field(default="queue_empty", init=False)
+
+
+Event = (
+    TextMessage
+    | SyncedMessage
+    | ReceiptEvent
+    | TypingEvent
+    | DeliveryUpdate
+    | DecryptionFailed
+    | IdentityChanged
+    | QueueEmpty
+)
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """The outcome of :meth:`ParleyClient.send`."""
+
+    request_id: str
+    message_id: int
+    recipient_account_id: str
+    timestamp_ms: int
+    device_ids: tuple[int, ...]
+    synced_device_ids: tuple[int, ...]
+    sync_error: str | None = None
+    """Why the copy for this account's other devices could not be sent (the message was)."""
+
+
+@dataclass(frozen=True)
+class _Sent:
+    reply: mpb.SendMessageResponse
+    request_id: str
+    device_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_id: int
+    name: str
+    created_at: float
+    last_seen_at: float
+    this_device: bool
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+class _StorePreKeys:
+    """The crypto core's :class:`~client.crypto.PreKeySource` over the profile's store."""
+
+    def __init__(self, store: ClientStore) -> None:
+        self._store = store
+
+    def signed_pre_key(self, key_id: int) -> KeyPair:
+        secret = self._store.signed_pre_key(key_id)
+        if secret is None:
+            raise MissingPreKeyError(f"no signed prekey {key_id} (it may have expired)")
+        return KeyPair.from_private_bytes(secret)
+
+    def kyber_pre_key(self, key_id: int) -> KyberKeyPair:
+        found = self._store.kyber_pre_key(key_id)
+        if found is None:
+            raise MissingPreKeyError(f"no Kyber prekey {key_id} (already used?)")
+        return KyberKeyPair(found[0])
+
+    def one_time_pre_key(self, key_id: int) -> KeyPair:
+        secret = self._store.one_time_pre_key(key_id)
+        if secret is None:
+            raise MissingPreKeyError(f"no one-time prekey {key_id} (already used?)")
+        return KeyPair.from_private_bytes(secret)
+
+
+def _mismatched_devices(error: aio.AioRpcError) -> mpb.MismatchedDevices | None:
+    """The MismatchedDevices detail of a FAILED_PRECONDITION send, if there is one."""
+    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    # grpc.aio gives an aio.Metadata, iterating as (key, value) pairs; the stubs disagree.
+    metadata: Any = error.trailing_metadata()
+    for key, value in metadata or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.type_url == MISMATCHED_DEVICES_TYPE:
+                out = mpb.MismatchedDevices()
+                detail.Unpack(out)
+                return out
+    return None
+
+
+def _fingerprint_half(stable_id: bytes, keys: bytes) -> str:
+    digest = hashlib.sha512(FINGERPRINT_VERSION + keys + stable_id).digest()
+    for _ in range(FINGERPRINT_ITERATIONS - 1):
+        digest = hashlib.sha512(digest + keys).digest()
+    return "".join(
+        f"{int.from_bytes(digest[i : i + 5], 'big') % 100_000:05d}" for i in range(0, 30, 5)
+    )
+
+
+def safety_number_for(
+    local_account_id: str,
+    local_keys: dict[int, bytes],
+    remote_account_id: str,
+    remote_keys: dict[int, bytes],
+) -> str:
+    """The 60-digit safety number of two accounts (Signal's numeric fingerprint, extended to
+    accounts whose devices each have their own identity key).
+
+    For each account: ``keys`` = the serialized identity keys (``0x05 || X25519``, 33 bytes)
+    of all its devices, concatenated in ascending device-id order; ``id`` = the 16 bytes of
+    the account's UUID. ``h = SHA-512(0x00 0x00 || keys || id)``, then 5199 times
+    ``h = SHA-512(h || keys)`` (5200 hashes in all). The first 30 bytes of ``h`` make six
+    5-byte big-endian integers, each reduced mod 100000 and written as 5 digits: 30 digits.
+    The safety number is both accounts' 30 digits, the numerically smaller first, so both
+    people see the same 60 digits. With one device per account this is Signal's construction
+    (version-2 "ACI" stable identifiers).
+    """
+    halves = []
+    for account_id, keys in ((local_account_id, local_keys), (remote_account_id, remote_keys)):
+        material = b"".join(keys[d] for d in sorted(keys))
+        halves.append(_fingerprint_half(uuid.UUID(account_id).bytes, material))
+    return "".join(sorted(halves))
+
+
+def _bundle_from_proto(bundle: kpb.PreKeyBundle) -> PreKeyBundle:
+    has_one_time = bundle.HasField("pre_key")
+    return PreKeyBundle(
+        registration_id=bundle.registration_id,
+        device_id=bundle.device_id,
+        pre_key_id=bundle.pre_key.key_id if has_one_time else None,
+        pre_key=PublicKey.deserialize(bundle.pre_key.public_key) if has_one_time else None,
+        signed_pre_key_id=bundle.signed_pre_key.key_id,
+        signed_pre_key=PublicKey.deserialize(bundle.signed_pre_key.public_key),
+        signed_pre_key_signature=bundle.signed_pre_key.signature,
+        kyber_pre_key_id=bundle.kyber_pre_key.key_id,
+        kyber_pre_key=KyberPublicKey.deserialize(bundle.kyber_pre_key.public_key),
+        kyber_pre_key_signature=bundle.kyber_pre_key.signature,
+        identity_key=PublicKey.deserialize(bundle.identity_key),
+    )
+
+
+def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class ParleyClient:
+    """One device of one account: registration, keys, sending and receiving.
+
+    Use as ``async with ParleyClient.open(profile_dir) as client: ...``. The clock and the
+    random generator are parameters so that tests can control key ages and key material.
+    """
+
+    def __init__(
+        self,
+        store: ClientStore,
+        *,
+        server: str | None = None,
+        clock: Clock | None = None,
+        rng: Rng = os.urandom,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.rng = rng
+        identity = store.local_identity()
+        self.server = server or (identity.server if identity else DEFAULT_SERVER)
+        self._channel = (
+            aio.secure_channel(self.server, credentials)
+            if credentials is not None
+            else aio.insecure_channel(self.server)
+        )
+        self._accounts = account_pb2_grpc.AccountServiceStub(self._channel)
+        self._keys = key_pb2_grpc.KeyServiceStub(self._channel)
+        self._messaging = messaging_pb2_grpc.MessagingServiceStub(self._channel)
+        self._prekeys = _StorePreKeys(store)
+
+    @classmethod
+    def open(
+        cls,
+        profile: Path | str,
+        *,
+        server: str | None = None,
+        clock: Clock | None = None,
+        rng: Rng = os.urandom,
+    ) -> ParleyClient:
+        """Open the client of a profile directory (created on first use)."""
+        clock = clock or SystemClock()
+        store = ClientStore.open_profile(profile, clock=clock.now)
+        return cls(store, server=server, clock=clock, rng=rng)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+        self.store.close()
+
+    async def __aenter__(self) -> ParleyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- identity ------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> LocalIdentity:
+        """This device's identity; :class:`StoreError` if the profile is not registered."""
+        return self.store.require_identity()
+
+    @property
+    def account_id(self) -> str:
+        return self.identity.account_id
+
+    @property
+    def device_id(self) -> int:
+        return self.identity.device_id
+
+    def _identity_key_pair(self) -> IdentityKeyPair:
+        return IdentityKeyPair.from_private_bytes(self.identity.identity_private)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.identity.auth_token}"),)
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    def _new_request_id(self) -> str:
+        return str(uuid.UUID(bytes=self.rng(16), version=4))
+
+    # --- registration and linking ------------------------------------------------------------
+
+    async def request_code(self, phone_number: str) -> str:
+        """StartVerification: the server sends a code to the number. Returns the verification
+        id to pass to :meth:`register`."""
+        if self.store.local_identity() is not None:
+            raise StoreError(
+                f"profile {self.store.path.parent} is already registered; use another --profile"
+            )
+        reply = await self._accounts.StartVerification(
+            apb.StartVerificationRequest(phone_number=phone_number)
+        )
+        return reply.verification_id
+
+    async def register(
+        self,
+        phone_number: str,
+        verification_id: str,
+        code: str,
+        *,
+        business: bool = False,
+        device_name: str = "parley",
+    ) -> LocalIdentity:
+        """CompleteVerification, then a fresh identity and the first key upload.
+
+        The identity is saved before the upload, so a failed upload can be repeated with
+        :meth:`ensure_prekeys` without registering again.
+        """
+        kind = apb.ACCOUNT_KIND_BUSINESS if business else apb.ACCOUNT_KIND_PERSON
+        reply = await self._accounts.CompleteVerification(
+            apb.CompleteVerificationRequest(
+                verification_id=verification_id,
+                code=code,
+                device_name=device_name,
+                account_kind=kind,
+            )
+        )
+        return await self._adopt(reply.account_id, reply.device_id, reply.auth_token, phone_number)
+
+    async def create_linking_code(self) -> str:
+        """On the primary device: a single-use code for :meth:`link` on a new device."""
+        reply = await self._accounts.CreateLinkingCode(
+            apb.CreateLinkingCodeRequest(), metadata=self._metadata()
+        )
+        return reply.linking_code
+
+    async def link(self, linking_code: str, *, device_name: str = "parley") -> LocalIdentity:
+        """On a new profile: join an account with a linking code; the device gets its own
+        identity key and prekeys (each device of an account has its own identity)."""
+        if self.store.local_identity() is not None:
+            raise StoreError(
+                f"profile {self.store.path.parent} is already registered; use another --profile"
+            )
+        reply = await self._accounts.LinkDevice(
+            apb.LinkDeviceRequest(linking_code=linking_code, device_name=device_name)
+        )
+        identity = await self._adopt(reply.account_id, reply.device_id, reply.auth_token, "")
+        try:
+            account = await self._accounts.GetAccount(
+                apb.GetAccountRequest(), metadata=self._metadata()
+            )
+            self.store.set_phone_number(account.account.phone_number)
+        except aio.AioRpcError:
+            log.debug("could not read the account's phone number after linking")
+        return identity
+
+    async def _adopt(
+        self, account_id: str, device_id: int, auth_token: str, phone_number: str
+    ) -> LocalIdentity:
+        identity_key = IdentityKeyPair.generate(self.rng)
+        identity = LocalIdentity(
+            identity_private=identity_key.private_key.serialize(),
+            registration_id=int.from_bytes(self.rng(2), "big") % REGISTRATION_ID_MAX + 1,
+            account_id=account_id,
+            device_id=device_id,
+            auth_token=auth_token,
+            server=self.server,
+            phone_number=phone_number,
+            created_at=self.clock.now(),
+        )
+        self.store.save_identity(identity)
+        await self._first_upload()
+        log.info("device registered and keys published")
+        return identity
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def _key_ids(self, kind: str, count: int) -> list[int]:
+        # Random starting points (like libsignal's clients), then counting up: ids stay
+        # unique on this device and do not reveal how many keys it has used.
+        first = int.from_bytes(self.rng(3), "big") + 1
+        return self.store.allocate_key_ids(kind, count, first)
+
+    def _new_signed_pre_key(self, identity: IdentityKeyPair) -> kpb.SignedEcPreKey:
+        (key_id,) = self._key_ids("signed", 1)
+        pair = KeyPair.generate(self.rng)
+        public = pair.public_key.serialize()
+        self.store.add_signed_pre_key(key_id, pair.private_key.serialize())
+        return kpb.SignedEcPreKey(
+            key_id=key_id, public_key=public, signature=identity.sign(public, self.rng(64))
+        )
+
+    def _new_kyber_keys(
+        self, identity: IdentityKeyPair, count: int, *, last_resort: bool
+    ) -> list[kpb.KyberPreKey]:
+        out, secrets = [], []
+        for key_id in self._key_ids("kyber", count):
+            pair = KyberKeyPair.generate(self.rng)
+            public = pair.public_key.serialize()
+            secrets.append((key_id, pair.serialize_secret()))
+            out.append(
+                kpb.KyberPreKey(
+                    key_id=key_id, public_key=public, signature=identity.sign(public, self.rng(64))
+                )
+            )
+        self.store.add_kyber_pre_keys(secrets, last_resort=last_resort)
+        return out
+
+    def _new_one_time_keys(self, count: int) -> list[kpb.EcPreKey]:
+        out, secrets = [], []
+        for key_id in self._key_ids("ec", count):
+            pair = KeyPair.generate(self.rng)
+            secrets.append((key_id, pair.private_key.serialize()))
+            out.append(kpb.EcPreKey(key_id=key_id, public_key=pair.public_key.serialize()))
+        self.store.add_one_time_pre_keys(secrets)
+        return out
+
+    async def _first_upload(self) -> kpb.PreKeyCount:
+        identity = self._identity_key_pair()
+        with self.store.transaction():
+            request = kpb.UploadPreKeysRequest(
+                identity_key=identity.public_key.serialize(),
+                registration_id=self.identity.registration_id,
+                signed_pre_key=self._new_signed_pre_key(identity),
+                pre_keys=self._new_one_time_keys(ONE_TIME_KEYS_PER_UPLOAD),
+                kyber_pre_keys=self._new_kyber_keys(
+                    identity, ONE_TIME_KEYS_PER_UPLOAD, last_resort=False
+                ),
+                last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
+            )
+        reply = await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        return reply.count
+
+    async def prekey_count(self) -> kpb.PreKeyCount:
+        """What the server holds for this device (GetPreKeyCount)."""
+        reply = await self._keys.GetPreKeyCount(
+            kpb.GetPreKeyCountRequest(), metadata=self._metadata()
+        )
+        return reply.count
+
+    async def ensure_prekeys(self) -> kpb.PreKeyCount:
+        """Upload a fresh batch of one-time keys when the server says ``replenish``.
+
+        Private parts are saved before the upload: a key the server never got is harmless,
+        a key handed out whose private part we lost would break that peer's first message.
+        """
+        count = await self.prekey_count()
+        if count.signed_pre_key_id == 0:
+            # Registration stopped before the first upload went through: do it now.
+            return await self._first_upload()
+        if not count.replenish:
+            return count
+        identity = self._identity_key_pair()
+        with self.store.transaction():
+            request = kpb.UploadPreKeysRequest(
+                pre_keys=self._new_one_time_keys(
+                    max(0, ONE_TIME_KEYS_PER_UPLOAD - count.pre_key_count)
+                ),
+                kyber_pre_keys=self._new_kyber_keys(
+                    identity,
+                    max(0, ONE_TIME_KEYS_PER_UPLOAD - count.kyber_pre_key_count),
+                    last_resort=False,
+                ),
+            )
+        reply = await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        log.info(
+            "replenished one-time prekeys",
+            extra={"ec": len(request.pre_keys), "kyber": len(request.kyber_pre_keys)},
+        )
+        return reply.count
+
+    async def rotate_signed_prekey(self, max_age: float = MAX_SIGNED_PRE_KEY_AGE) -> bool:
+        """Replace the signed prekey (and the last-resort Kyber key) once older than
+        ``max_age`` seconds. The old keys stay usable for ``REPLACED_KEY_GRACE``.
+
+        Returns:
+            True if a new signed prekey was uploaded.
+        """
+        current = self.store.current_signed_pre_key()
+        self.store.prune_replaced_keys(REPLACED_KEY_GRACE)
+        if current is not None and self.clock.now() - current.created_at < max_age:
+            return False
+        identity = self._identity_key_pair()
+        with self.store.transaction():
+            request = kpb.UploadPreKeysRequest(
+                signed_pre_key=self._new_signed_pre_key(identity),
+                last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
+            )
+        await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        log.info("rotated the signed prekey")
+        return True
+
+    async def maintain_keys(self) -> None:
+        """Housekeeping before a session of use: replenish, rotate, forget old envelope ids."""
+        await self.ensure_prekeys()
+        await self.rotate_signed_prekey()
+        self.store.prune_processed(PROCESSED_ENVELOPE_RETENTION)
+
+    # --- accounts --------------------------------------------------------------------------
+
+    async def lookup(self, phone_number: str) -> str:
+        """The account id of a phone number (LookupAccount), remembered as a contact."""
+        reply = await self._accounts.LookupAccount(
+            apb.LookupAccountRequest(phone_number=phone_number), metadata=self._metadata()
+        )
+        self.store.save_contact(phone_number, reply.account_id)
+        return reply.account_id
+
+    async def resolve(self, who: str) -> str:
+        """An account id from a phone number (``+...``, looked up once) or an account id."""
+        if who.startswith("+"):
+            return self.store.contact_account(who) or await self.lookup(who)
+        try:
+            return str(uuid.UUID(who))
+        except ValueError:
+            raise ParleyClientError(
+                f"{who!r} is neither a phone number in E.164 form (+ then country code and"
+                " number) nor an account id (UUID)"
+            ) from None
+
+    def display_name(self, account_id: str) -> str:
+        """A contact's phone number if we know it, else the account id."""
+        if account_id == self.identity.account_id and self.identity.phone_number:
+            return self.identity.phone_number
+        return self.store.contact_phone(account_id) or account_id
+
+    async def devices(self) -> list[DeviceInfo]:
+        reply = await self._accounts.ListDevices(
+            apb.ListDevicesRequest(), metadata=self._metadata()
+        )
+        me = self.device_id
+        return [
+            DeviceInfo(
+                d.device_id,
+                d.name,
+                d.created_at.ToDatetime().timestamp() if d.HasField("created_at") else 0.0,
+                d.last_seen_at.ToDatetime().timestamp() if d.HasField("last_seen_at") else 0.0,
+                d.device_id == me,
+            )
+            for d in reply.devices
+        ]
+
+    async def remove_device(self, device_id: int) -> None:
+        """Unlink a device of this account (the primary may remove any linked device)."""
+        await self._accounts.RemoveDevice(
+            apb.RemoveDeviceRequest(device_id=device_id), metadata=self._metadata()
+        )
+
+    async def _account_devices(self, account_id: str) -> list[int]:
+        """The current device ids of an account (ours: all but this device)."""
+        if account_id == self.account_id:
+            return [d.device_id for d in await self.devices() if not d.this_device]
+        reply = await self._accounts.GetAccount(
+            apb.GetAccountRequest(account_id=account_id), metadata=self._metadata()
+        )
+        return list(reply.account.device_ids)
+
+    # --- sessions --------------------------------------------------------------------------
+
+    def _load_record(self, account_id: str, device_id: int) -> SessionRecord | None:
+        raw = self.store.load_session(account_id, device_id)
+        return SessionRecord.from_bytes(raw) if raw is not None else None
+
+    def _usable_record(self, account_id: str, device_id: int) -> SessionRecord | None:
+        """A session we may encrypt with: current, and with the identity we trust."""
+        record = self._load_record(account_id, device_id)
+        if record is None or record.current is None:
+            return None
+        trusted = self.store.identity(account_id, device_id)
+        if trusted is not None and trusted != record.current.remote_identity.serialize():
+            return None  # the user trusted a new key since: start over with a fresh bundle
+        return record
+
+    async def _fetch_sessions(self, account_id: str, device_id: int) -> dict[int, SessionRecord]:
+        """Fetch bundles (one device, or 0 for all) and start new sessions from them.
+
+        Raises:
+            UntrustedIdentityError: a device presented a changed identity key (nothing saved
+                for that device; the new key is remembered as pending).
+        """
+        reply = await self._keys.GetPreKeyBundles(
+            kpb.GetPreKeyBundlesRequest(account_id=account_id, device_id=device_id),
+            metadata=self._metadata(),
+        )
+        identity = self._identity_key_pair()
+        out: dict[int, SessionRecord] = {}
+        for pb in reply.bundles:
+            if account_id == self.account_id and pb.device_id == self.device_id:
+                continue
+            bundle = _bundle_from_proto(pb)
+            try:
+                with self.store.transaction():
+                    self.store.check_identity(account_id, pb.device_id, pb.identity_key)
+                    record = self._load_record(account_id, pb.device_id) or SessionRecord()
+                    record.process_prekey_bundle(
+                        bundle,
+                        our_identity=identity,
+                        our_registration_id=self.identity.registration_id,
+                        rng=self.rng,
+                    )
+                    self.store.store_session(account_id, pb.device_id, record.to_bytes())
+            except UntrustedIdentityError:
+                self.store.record_pending_identity(account_id, pb.device_id, pb.identity_key)
+                raise
+            out[pb.device_id] = record
+        return out
+
+    async def start_sessions(self, peer: str) -> list[int]:
+        """Fetch fresh bundles for every device of ``peer`` and start new sessions with them
+        (each consumes one of the peer's one-time prekeys). Returns the device ids.
+
+        Raises:
+            UntrustedIdentityError: a device's identity key changed since first use.
+        """
+        account_id = await self.resolve(peer)
+        return sorted(await self._fetch_sessions(account_id, 0))
+
+    def trust_identity(self, account_id: str) -> list[int]:
+        """Accept the changed identity keys of ``account_id`` (after comparing safety
+        numbers); returns the devices whose key is now trusted. Their old sessions end."""
+        devices = self.store.trust_pending(account_id)
+        with self.store.transaction():
+            for device_id in devices:
+                self.store.delete_session(account_id, device_id)
+        return devices
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _encrypt(
+        self, account_id: str, device_ids: Iterable[int], plaintext: bytes
+    ) -> dict[int, mpb.OutgoingMessage]:
+        """Encrypt for each device and save every advanced session (rule 1: before the
+        ciphertext leaves this process).
+
+        Load, encrypt and save happen in one write transaction, so that a ``parley listen``
+        decrypting on the same profile in another process cannot interleave and lose a
+        ratchet step. A device whose session vanished meanwhile is left out (the server
+        then reports it missing and the send repairs it).
+        """
+        out: dict[int, mpb.OutgoingMessage] = {}
+        with self.store.transaction():
+            for device_id in device_ids:
+                record = self._usable_record(account_id, device_id)
+                if record is None or record.current is None:
+                    continue
+                message = record.encrypt(plaintext)
+                out[device_id] = mpb.OutgoingMessage(
+                    device_id=device_id,
+                    registration_id=record.current.remote_registration_id,
+                    content_type=message.type,  # type: ignore[arg-type]
+                    content=message.serialized,
+                )
+                self.store.store_session(account_id, device_id, record.to_bytes())
+        return out
+
+    async def _send_content(
+        self,
+        account_id: str,
+        content: cpb.Content,
+        timestamp_ms: int,
+        *,
+        online_only: bool = False,
+    ) -> _Sent | None:
+        """Encrypt ``content`` for every device of ``account_id`` and send it, fixing the
+        device list as the server asks (rule 3). None when there is no device to send to
+        (a sync copy on a single-device account)."""
+        own = account_id == self.account_id
+        plaintext = content.SerializeToString()
+        devices = [
+            d
+            for d in self.store.session_devices(account_id)
+            if not (own and d == self.device_id) and self._usable_record(account_id, d)
+        ]
+        if not devices:
+            wanted = await self._account_devices(account_id)
+            if not wanted:
+                return None
+            if own:
+                for device_id in wanted:
+                    devices.extend(await self._fetch_sessions(account_id, device_id))
+            else:
+                devices.extend(await self._fetch_sessions(account_id, 0))
+        messages = self._encrypt(account_id, devices, plaintext)
+        if not messages:
+            return None
+        request_id = self._new_request_id()
+        for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
+            request = mpb.SendMessageRequest(
+                request_id=request_id,
+                recipient_account_id=account_id,
+                messages=[messages[d] for d in sorted(messages)],
+                client_timestamp_ms=timestamp_ms,
+                online_only=online_only,
+            )
+            try:
+                reply = await self._messaging.SendMessage(request, metadata=self._metadata())
+                return _Sent(reply, request_id, tuple(sorted(messages)))
+            except aio.AioRpcError as exc:
+                mismatch = _mismatched_devices(exc)
+                if attempt == MAX_SEND_ATTEMPTS:
+                    raise
+                if mismatch is not None:
+                    await self._fix_devices(account_id, mismatch, messages, plaintext)
+                    if not messages:
+                        return None  # every device went away (e.g. our only other device)
+                    continue
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    # Same request_id, same ciphertexts: the server queues it at most once.
+                    await asyncio.sleep(0.2 * attempt)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _fix_devices(
+        self,
+        account_id: str,
+        mismatch: mpb.MismatchedDevices,
+        messages: dict[int, mpb.OutgoingMessage],
+        plaintext: bytes,
+    ) -> None:
+        """Drop extra devices, start new sessions with missing and stale ones."""
+        log.debug(
+            "device list mismatch",
+            extra={
+                "missing": list(mismatch.missing_devices),
+                "extra": list(mismatch.extra_devices),
+                "stale": list(mismatch.stale_devices),
+            },
+        )
+        with self.store.transaction():
+            for device_id in (*mismatch.extra_devices, *mismatch.stale_devices):
+                messages.pop(device_id, None)
+                self.store.delete_session(account_id, device_id)
+            for device_id in mismatch.extra_devices:
+                self.store.forget_identity(account_id, device_id)
+        fresh: list[int] = []
+        for device_id in sorted({*mismatch.missing_devices, *mismatch.stale_devices}):
+            fresh.extend(await self._fetch_sessions(account_id, device_id))
+        messages.update(self._encrypt(account_id, fresh, plaintext))
+
+    async def send(self, recipient: str, text: str) -> SentMessage:
+        """Send a text message to every device of ``recipient`` (account id or +phone), and a
+        sync copy to this account's other devices.
+
+        Raises:
+            UntrustedIdentityError: a recipient device's identity key changed.
+            grpc.aio.AioRpcError: the server refused the send.
+        """
+        account_id = await self.resolve(recipient)
+        timestamp_ms = self._now_ms()
+        data = cpb.DataMessage(text=text, timestamp_ms=timestamp_ms)
+        sent = await self._send_content(account_id, cpb.Content(data=data), timestamp_ms)
+        if sent is None:
+            raise ParleyClientError(f"account {account_id} has no devices to send to")
+        synced: tuple[int, ...] = ()
+        sync_error: str | None = None
+        if account_id != self.account_id:
+            sync = cpb.Content(
+                sync=cpb.SyncMessage(destination_account_id=account_id, message=data)
+            )
+            try:
+                sync_sent = await self._send_content(self.account_id, sync, timestamp_ms)
+                synced = sync_sent.device_ids if sync_sent else ()
+            except (aio.AioRpcError, UntrustedIdentityError, ParleyClientError) as exc:
+                # The message itself went out; failing the call now would invite a resend.
+                sync_error = exc.details() if isinstance(exc, aio.AioRpcError) else str(exc)
+                log.warning("the sync copy to our other devices failed")
+        self.store.add_message(
+            incoming=False,
+            peer_account_id=account_id,
+            sender_account_id=self.account_id,
+            sender_device_id=self.device_id,
+            timestamp_ms=timestamp_ms,
+            text=text,
+        )
+        return SentMessage(
+            request_id=sent.request_id,
+            message_id=sent.reply.message_id,
+            recipient_account_id=account_id,
+            timestamp_ms=timestamp_ms,
+            device_ids=sent.device_ids,
+            synced_device_ids=synced,
+            sync_error=sync_error,
+        )
+
+    async def send_receipt(
+        self, recipient: str, timestamps_ms: Sequence[int], *, read: bool = True
+    ) -> None:
+        """Tell the sender we got (or read) its messages, named by their timestamps."""
+        account_id = await self.resolve(recipient)
+        kind = cpb.RECEIPT_TYPE_READ if read else cpb.RECEIPT_TYPE_DELIVERY
+        content = cpb.Content(
+            receipt=cpb.ReceiptMessage(type=kind, timestamps_ms=list(timestamps_ms))
+        )
+        await self._send_content(account_id, content, self._now_ms())
+
+    async def send_typing(self, recipient: str, *, started: bool = True) -> bool:
+        """A typing indicator, online-only (never stored). True if a device got it."""
+        account_id = await self.resolve(recipient)
+        now = self._now_ms()
+        action = cpb.TYPING_ACTION_STARTED if started else cpb.TYPING_ACTION_STOPPED
+        content = cpb.Content(typing=cpb.TypingMessage(action=action, timestamp_ms=now))
+        sent = await self._send_content(account_id, content, now, online_only=True)
+        return sent is not None and sent.reply.stored
+
+    # --- receiving -------------------------------------------------------------------------
+
+    async def receive(self, *, until_empty: bool = False) -> AsyncGenerator[Event, None]:
+        """Open the ReceiveMessages stream and yield decoded events as they arrive.
+
+        Each envelope is decrypted, its session state and message committed, and the batch
+        then acknowledged (rule 2) before its events are yielded. With ``until_empty`` the
+        stream ends after the QueueEmpty marker (scripts, tests).
+        """
+        call = self._messaging.ReceiveMessages(
+            mpb.ReceiveMessagesRequest(), metadata=self._metadata()
+        )
+        held: set[tuple[str, int]] = set()
+        try:
+            async for response in call:
+                which = response.WhichOneof("event")
+                if which == "envelopes":
+                    events: list[Event] = []
+                    acks: list[int] = []
+                    for envelope in response.envelopes.envelopes:
+                        event, ack = self._process(envelope, held)
+                        if ack:
+                            acks.append(envelope.envelope_id)
+                        if event is not None:
+                            events.append(event)
+                    await self._acknowledge(acks, [])
+                    for event in events:
+                        yield event
+                elif which == "statuses":
+                    statuses = list(response.statuses.statuses)
+                    await self._acknowledge([], [s.status_id for s in statuses])
+                    for status in statuses:
+                        yield DeliveryUpdate(
+                            message_id=status.message_id,
+                            request_id=status.request_id,
+                            recipient_account_id=status.recipient_account_id,
+                            delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
+                            at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
+                            reason=status.reason,
+                        )
+                elif which == "queue_empty":
+                    yield QueueEmpty()
+                    if until_empty:
+                        return
+        finally:
+            call.cancel()
+
+    async def _acknowledge(self, envelope_ids: list[int], status_ids: list[int]) -> None:
+        for chunk in _chunks(envelope_ids, MAX_ACK_IDS):
+            await self._messaging.AcknowledgeMessages(
+                mpb.AcknowledgeMessagesRequest(envelope_ids=list(chunk)),
+                metadata=self._metadata(),
+            )
+        for chunk in _chunks(status_ids, MAX_ACK_IDS):
+            await self._messaging.AcknowledgeMessages(
+                mpb.AcknowledgeMessagesRequest(status_ids=list(chunk)),
+                metadata=self._metadata(),
+            )
+
+    def _process(
+        self, envelope: mpb.Envelope, held: set[tuple[str, int]]
+    ) -> tuple[Event | None, bool]:
+        """Decrypt and persist one envelope. Returns ``(event or None, acknowledge?)``."""
+        sender = (envelope.sender_account_id, envelope.sender_device_id)
+        if self.store.is_processed(envelope.envelope_id):
+            log.debug("skipping an envelope processed before", extra={"id": envelope.envelope_id})
+            return None, True
+        if sender in held:
+            return None, False
+        try:
+            with self.store.transaction():
+                return self._decrypt_and_save(envelope), True
+        except UntrustedIdentityError as exc:
+            held.add(sender)
+            if exc.identity_key is not None:
+                self.store.record_pending_identity(*sender, exc.identity_key)
+            return IdentityChanged(envelope.envelope_id, *sender, str(exc)), False
+        except DuplicateMessageError:
+            # Already decrypted (the key is used up): nothing new to show.
+            with self.store.transaction():
+                self.store.mark_processed(envelope.envelope_id)
+            return None, True
+        except (CryptoError, DecodeError, ParleyClientError) as exc:
+            log.warning(
+                "envelope could not be decrypted",
+                extra={"id": envelope.envelope_id, "error": type(exc).__name__},
+            )
+            with self.store.transaction():
+                self.store.mark_processed(envelope.envelope_id)
+            reason = f"{type(exc).__name__}: {exc}"
+            return DecryptionFailed(envelope.envelope_id, *sender, reason), True
+
+    def _decrypt_and_save(self, envelope: mpb.Envelope) -> Event | None:
+        """Decrypt one envelope and save everything it changes; the caller holds the write
+        transaction, so the session is read and written under one lock (see _encrypt)."""
+        account_id, device_id = envelope.sender_account_id, envelope.sender_device_id
+        record = self._load_record(account_id, device_id) or SessionRecord()
+        new_identity: bytes | None = None
+        used_pre_key: int | None = None
+        used_kyber: int | None = None
+        if envelope.content_type == mpb.CONTENT_TYPE_PREKEY:
+            message = PreKeySignalMessage.parse(envelope.content)
+            new_identity = message.identity_key.serialize()
+            trusted = self.store.identity(account_id, device_id)
+            if trusted is not None and trusted != new_identity:
+                raise UntrustedIdentityError(account_id, device_id, new_identity)
+            result = record.decrypt_prekey_message(
+                message,
+                our_identity=self._identity_key_pair(),
+                our_registration_id=self.identity.registration_id,
+                prekeys=self._prekeys,
+                rng=self.rng,
+            )
+            plaintext = result.plaintext
+            used_pre_key, used_kyber = result.used_pre_key_id, result.used_kyber_pre_key_id
+        elif envelope.content_type == mpb.CONTENT_TYPE_WHISPER:
+            plaintext = record.decrypt(envelope.content, rng=self.rng)
+        else:
+            raise ParleyClientError(f"unsupported content type {envelope.content_type}")
+        content = cpb.Content.FromString(plaintext)
+        event = self._event(envelope, content)
+        with self.store.transaction():
+            if new_identity is not None:
+                self.store.check_identity(account_id, device_id, new_identity)
+            self.store.store_session(account_id, device_id, record.to_bytes())
+            if used_pre_key is not None:
+                self.store.remove_one_time_pre_key(used_pre_key)
+            if used_kyber is not None:
+                self.store.remove_one_time_kyber_pre_key(used_kyber)
+            self.store.mark_processed(envelope.envelope_id)
+            if isinstance(event, TextMessage):
+                self.store.add_message(
+                    incoming=True,
+                    peer_account_id=account_id,
+                    sender_account_id=account_id,
+                    sender_device_id=device_id,
+                    timestamp_ms=event.timestamp_ms,
+                    text=event.text,
+                    envelope_id=envelope.envelope_id,
+                )
+            elif isinstance(event, SyncedMessage):
+                self.store.add_message(
+                    incoming=False,
+                    peer_account_id=event.destination_account_id,
+                    sender_account_id=account_id,
+                    sender_device_id=device_id,
+                    timestamp_ms=event.timestamp_ms,
+                    text=event.text,
+                    envelope_id=envelope.envelope_id,
+                )
+        return event
+
+    def _event(self, envelope: mpb.Envelope, content: cpb.Content) -> Event | None:
+        server_time = (
+            envelope.server_timestamp.ToDatetime().timestamp()
+            if envelope.HasField("server_timestamp")
+            else 0.0
+        )
+        eid, sender, device = (
+            envelope.envelope_id,
+            envelope.sender_account_id,
+            envelope.sender_device_id,
+        )
+        body = content.WhichOneof("body")
+        if body == "data":
+            return TextMessage(
+                eid, sender, device, content.data.timestamp_ms, server_time, content.data.text
+            )
+        if body == "sync":
+            if sender != self.account_id:
+                raise ParleyClientError("a sync message from another account")
+            sync = content.sync
+            return SyncedMessage(
+                eid,
+                device,
+                sync.destination_account_id,
+                sync.message.timestamp_ms,
+                server_time,
+                sync.message.text,
+            )
+        if body == "receipt":
+            return ReceiptEvent(
+                eid,
+                sender,
+                device,
+                content.receipt.type == cpb.RECEIPT_TYPE_READ,
+                tuple(content.receipt.timestamps_ms),
+            )
+        if body == "typing":
+            return TypingEvent(
+                eid,
+                sender,
+                device,
+                content.typing.action == cpb.TYPING_ACTION_STARTED,
+                content.typing.timestamp_ms,
+            )
+        return None
+
+    # --- safety numbers ----------------------------------------------------------------------
+
+    async def _known_keys(self, account_id: str, device_ids: Iterable[int]) -> dict[int, bytes]:
+        """Identity keys of the devices (pending ones first: that is what the user must
+        compare before trusting), fetching a bundle for any device we never talked to."""
+        keys = self.store.identities(account_id)
+        keys.update(self.store.pending_identities(account_id))
+        out: dict[int, bytes] = {}
+        for device_id in device_ids:
+            if account_id == self.account_id and device_id == self.device_id:
+                out[device_id] = self._identity_key_pair().public_key.serialize()
+                continue
+            if device_id not in keys:
+                await self._fetch_sessions(account_id, device_id)
+                known = self.store.identity(account_id, device_id)
+                if known is None:
+                    raise ParleyClientError(f"no identity key for device {device_id}")
+                keys[device_id] = known
+            out[device_id] = keys[device_id]
+        return out
+
+    async def safety_number(self, peer: str) -> str:
+        """The 60-digit safety number with ``peer`` (see :func:`safety_number_for`), over
+        the identity keys of every current device of both accounts."""
+        peer_id = await self.resolve(peer)
+        own_devices = [d.device_id for d in await self.devices()]
+        peer_devices = await self._account_devices(peer_id)
+        local = await self._known_keys(self.account_id, own_devices)
+        remote = await self._known_keys(peer_id, peer_devices)
+        return safety_number_for(self.account_id, local, peer_id, remote)
+
+
+def format_safety_number(number: str) -> str:
+    """Twelve groups of five digits, four per line, as Signal shows them."""
+    groups = [number[i : i + 5] for i in range(0, len(number), 5)]
+    return "\n".join(" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4))

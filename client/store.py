@@ -1,0 +1,702 @@
+"""The client's own persistent store: one SQLite file per profile (DESIGN.md §1 "state").
+
+Everything a device must remember between runs lives here, and every SQL statement of the
+client lives in this module: the local identity and credentials, our prekeys (private parts),
+sessions (``SessionRecord.to_bytes``), the peers' identity keys (trust on first use), the ids
+of envelopes already processed, and the message history the CLI shows.
+
+Rules this module keeps:
+
+1. **Versioned schema.** ``PRAGMA user_version`` is the schema version; migrations run in
+   order, each in its own transaction, and a file from a newer client is refused rather than
+   guessed at (the same scheme as ``server/storage/migrations.py``).
+2. **WAL, synchronous=FULL.** A commit is on disk before the caller goes on; the receive path
+   acknowledges an envelope only after the transaction holding its session state and its
+   message committed, so a crash can redeliver an envelope but never lose one.
+3. **One transaction per logical step.** :meth:`ClientStore.transaction` groups writes; the
+   methods below also work on their own (autocommit) outside one.
+4. **Trust on first use.** The first identity key seen for a peer device is recorded; a
+   different key later raises :class:`UntrustedIdentityError` until :meth:`trust_identity`
+   accepts it explicitly.
+5. **Secrets stay here.** Private keys and the auth token are stored in the profile file
+   (protect the profile directory like an SSH key directory); they are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = [
+    "DB_FILENAME",
+    "LATEST_VERSION",
+    "ClientStore",
+    "LocalIdentity",
+    "MessageRow",
+    "SchemaTooNewError",
+    "SignedPreKeyRow",
+    "StoreError",
+    "UntrustedIdentityError",
+]
+
+DB_FILENAME: Final = "parley-client.db"
+"""Name of the SQLite file inside a profile directory."""
+BUSY_TIMEOUT_MS: Final = 10_000
+"""A second process on the same profile (``parley send`` while ``parley listen`` runs) waits
+this long for the write lock instead of failing at once."""
+
+
+class StoreError(Exception):
+    """The profile's store cannot be used as asked (not registered, already registered...)."""
+
+
+class SchemaTooNewError(StoreError):
+    """The profile was written by a newer client; opening it with older code could lose data."""
+
+
+class UntrustedIdentityError(StoreError):
+    """A peer device presented an identity key different from the one we trusted first.
+
+    Either the peer re-installed (or re-registered) Parley, or someone is in the middle. The
+    message says how to accept the new key after comparing safety numbers out of band.
+    """
+
+    def __init__(self, account_id: str, device_id: int, identity_key: bytes | None = None) -> None:
+        self.account_id = account_id
+        self.device_id = device_id
+        self.identity_key = identity_key
+        """The new, refused key (public), when known."""
+        super().__init__(
+            f"the identity key of account {account_id} (device {device_id}) changed since you "
+            "first talked to it. Compare safety numbers with that person in person or on a call "
+            f"(`parley safety-number {account_id}`), then accept the new key with "
+            f"`parley trust {account_id}` (Python: `client.trust_identity(account_id)`)"
+        )
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """This device: its identity key pair (private part), ids and credentials."""
+
+    identity_private: bytes
+    registration_id: int
+    account_id: str
+    device_id: int
+    auth_token: str
+    server: str
+    phone_number: str
+    created_at: float
+
+    def __repr__(self) -> str:
+        # Never print the private key or the bearer token.
+        return (
+            f"LocalIdentity(account_id={self.account_id!r}, device_id={self.device_id},"
+            f" registration_id={self.registration_id}, server={self.server!r})"
+        )
+
+
+@dataclass(frozen=True)
+class SignedPreKeyRow:
+    """One of our signed prekeys; ``replaced_at`` is set once a newer one is current."""
+
+    key_id: int
+    private_key: bytes
+    created_at: float
+    replaced_at: float | None
+
+    def __repr__(self) -> str:
+        return f"SignedPreKeyRow(key_id={self.key_id}, created_at={self.created_at})"
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A message of the history: received (``incoming``) or sent by this account."""
+
+    id: int
+    incoming: bool
+    peer_account_id: str
+    sender_account_id: str
+    sender_device_id: int
+    timestamp_ms: int
+    recorded_at: float
+    text: str
+    envelope_id: int | None
+
+
+# --- schema -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    script: str
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "identity, prekeys, sessions, peer identities, processed envelopes, history",
+        """
+        CREATE TABLE local_identity (
+            singleton        INTEGER PRIMARY KEY CHECK (singleton = 1),
+            identity_private BLOB NOT NULL,     -- 32 clamped bytes
+            registration_id  INTEGER NOT NULL,  -- 14 bits
+            account_id       TEXT NOT NULL,
+            device_id        INTEGER NOT NULL,
+            auth_token       TEXT NOT NULL,
+            server           TEXT NOT NULL,     -- host:port
+            phone_number     TEXT NOT NULL,
+            created_at       REAL NOT NULL
+        );
+        -- Next key id per kind ('signed', 'ec', 'kyber'): ids are never reused on one device,
+        -- so the server's ALREADY_EXISTS check can never trip over our own old keys.
+        CREATE TABLE key_ids (
+            kind    TEXT PRIMARY KEY,
+            next_id INTEGER NOT NULL
+        );
+        CREATE TABLE signed_pre_keys (
+            key_id      INTEGER PRIMARY KEY,
+            private_key BLOB NOT NULL,
+            created_at  REAL NOT NULL,
+            replaced_at REAL                -- NULL for the current key
+        );
+        CREATE TABLE one_time_pre_keys (
+            key_id      INTEGER PRIMARY KEY,
+            private_key BLOB NOT NULL
+        );
+        CREATE TABLE kyber_pre_keys (
+            key_id      INTEGER PRIMARY KEY,
+            seed        BLOB NOT NULL,       -- 64-byte ML-KEM seed
+            last_resort INTEGER NOT NULL,    -- 1: kept after use
+            created_at  REAL NOT NULL,
+            replaced_at REAL                 -- last-resort keys: set when superseded
+        );
+        CREATE TABLE sessions (
+            account_id TEXT NOT NULL,
+            device_id  INTEGER NOT NULL,
+            record     BLOB NOT NULL,        -- SessionRecord.to_bytes()
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (account_id, device_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE identities (
+            account_id   TEXT NOT NULL,
+            device_id    INTEGER NOT NULL,
+            identity_key BLOB NOT NULL,      -- 0x05 || X25519, the trusted key
+            first_seen   REAL NOT NULL,
+            pending_key  BLOB,               -- a different key seen since, not yet trusted
+            PRIMARY KEY (account_id, device_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE contacts (
+            phone_number TEXT PRIMARY KEY,
+            account_id   TEXT NOT NULL
+        );
+        CREATE TABLE processed_envelopes (
+            envelope_id  INTEGER PRIMARY KEY,
+            processed_at REAL NOT NULL
+        );
+        CREATE INDEX processed_by_time ON processed_envelopes(processed_at);
+        CREATE TABLE messages (
+            id                INTEGER PRIMARY KEY,
+            incoming          INTEGER NOT NULL,
+            peer_account_id   TEXT NOT NULL,
+            sender_account_id TEXT NOT NULL,
+            sender_device_id  INTEGER NOT NULL,
+            timestamp_ms      INTEGER NOT NULL,
+            recorded_at       REAL NOT NULL,
+            text              TEXT NOT NULL,
+            envelope_id       INTEGER
+        );
+        CREATE INDEX messages_by_peer ON messages(peer_account_id, timestamp_ms);
+        """,
+    ),
+)
+LATEST_VERSION: Final = MIGRATIONS[-1].version
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run DDL inside the caller's transaction (``executescript`` would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Bring the schema to ``LATEST_VERSION``; return the versions applied."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > LATEST_VERSION:
+        raise SchemaTooNewError(
+            f"this profile's schema version {version} is newer than this client supports "
+            f"({LATEST_VERSION}); upgrade Parley or use another --profile"
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if version < migration.version:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _run_script(conn, migration.script)
+                conn.execute(f"PRAGMA user_version = {migration.version}")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            applied.append(migration.version)
+    return applied
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class ClientStore:
+    """The profile's SQLite file. Not thread-safe: one store per thread (or event loop)."""
+
+    def __init__(self, path: Path | str, *, clock: Callable[[], float]) -> None:
+        """Open (creating and migrating) the store.
+
+        Args:
+            path: the SQLite file (see :meth:`open_profile` for a profile directory).
+            clock: seconds since the epoch; injected so that tests control key ages.
+        """
+        self.path = Path(path)
+        self._clock = clock
+        self._conn = sqlite3.connect(
+            str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._depth = 0
+        try:
+            migrate(self._conn)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open_profile(cls, directory: Path | str, *, clock: Callable[[], float]) -> ClientStore:
+        """Open the store of a profile directory, creating the directory (mode 0700)."""
+        directory = Path(directory).expanduser()
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(directory / DB_FILENAME, clock=clock)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ClientStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes atomically; nested use joins the outer transaction (a savepoint)."""
+        if self._depth == 0:
+            self._conn.execute("BEGIN IMMEDIATE")
+        else:
+            self._conn.execute(f"SAVEPOINT sp{self._depth}")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._conn.execute("ROLLBACK")
+            else:
+                self._conn.execute(f"ROLLBACK TO sp{self._depth}")
+                self._conn.execute(f"RELEASE sp{self._depth}")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute(f"RELEASE sp{self._depth}")
+
+    def _now(self) -> float:
+        return self._clock()
+
+    # --- local identity ---------------------------------------------------------------
+
+    def local_identity(self) -> LocalIdentity | None:
+        row = self._conn.execute(
+            "SELECT identity_private, registration_id, account_id, device_id, auth_token,"
+            " server, phone_number, created_at FROM local_identity"
+        ).fetchone()
+        return LocalIdentity(*row) if row else None
+
+    def require_identity(self) -> LocalIdentity:
+        """The local identity, or a :class:`StoreError` saying how to get one."""
+        identity = self.local_identity()
+        if identity is None:
+            raise StoreError(
+                f"profile {self.path.parent} is not registered: run `parley register <phone>`"
+                " or `parley link --code CODE` first"
+            )
+        return identity
+
+    def save_identity(self, identity: LocalIdentity) -> None:
+        """Store this device's identity; refuses to overwrite an existing one."""
+        if self.local_identity() is not None:
+            raise StoreError(
+                f"profile {self.path.parent} is already registered; use another --profile"
+            )
+        self._conn.execute(
+            "INSERT INTO local_identity (singleton, identity_private, registration_id,"
+            " account_id, device_id, auth_token, server, phone_number, created_at)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                identity.identity_private,
+                identity.registration_id,
+                identity.account_id,
+                identity.device_id,
+                identity.auth_token,
+                identity.server,
+                identity.phone_number,
+                identity.created_at,
+            ),
+        )
+
+    def set_phone_number(self, phone_number: str) -> None:
+        self._conn.execute("UPDATE local_identity SET phone_number = ?", (phone_number,))
+
+    # --- key ids ------------------------------------------------------------------------
+
+    def allocate_key_ids(self, kind: str, count: int, first: int) -> list[int]:
+        """Reserve ``count`` consecutive ids of ``kind``; ``first`` seeds a new counter.
+
+        Ids wrap within u32 (skipping 0, which the protocol uses for "none").
+        """
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT next_id FROM key_ids WHERE kind = ?", (kind,)
+            ).fetchone()
+            start = int(row[0]) if row else first
+            ids = [((start - 1 + i) % 0xFFFFFFFF) + 1 for i in range(count)]
+            nxt = (ids[-1] % 0xFFFFFFFF) + 1 if ids else start
+            self._conn.execute(
+                "INSERT INTO key_ids (kind, next_id) VALUES (?, ?)"
+                " ON CONFLICT(kind) DO UPDATE SET next_id = excluded.next_id",
+                (kind, nxt),
+            )
+        return ids
+
+    # --- signed prekeys ---------------------------------------------------------------
+
+    def add_signed_pre_key(self, key_id: int, private_key: bytes) -> None:
+        """Make ``key_id`` the current signed prekey; the previous one enters its grace period."""
+        now = self._now()
+        with self.transaction():
+            self._conn.execute(
+                "UPDATE signed_pre_keys SET replaced_at = ? WHERE replaced_at IS NULL", (now,)
+            )
+            self._conn.execute(
+                "INSERT INTO signed_pre_keys (key_id, private_key, created_at) VALUES (?, ?, ?)",
+                (key_id, private_key, now),
+            )
+
+    def current_signed_pre_key(self) -> SignedPreKeyRow | None:
+        row = self._conn.execute(
+            "SELECT key_id, private_key, created_at, replaced_at FROM signed_pre_keys"
+            " WHERE replaced_at IS NULL"
+        ).fetchone()
+        return SignedPreKeyRow(*row) if row else None
+
+    def signed_pre_key(self, key_id: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT private_key FROM signed_pre_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def signed_pre_key_ids(self) -> list[int]:
+        return [
+            int(r[0]) for r in self._conn.execute("SELECT key_id FROM signed_pre_keys ORDER BY 1")
+        ]
+
+    def prune_replaced_keys(self, grace_seconds: float) -> int:
+        """Forget signed and last-resort Kyber prekeys replaced more than ``grace_seconds``
+        ago. Until then a PreKeySignalMessage built from an older bundle still decrypts."""
+        cutoff = self._now() - grace_seconds
+        with self.transaction():
+            a = self._conn.execute(
+                "DELETE FROM signed_pre_keys WHERE replaced_at IS NOT NULL AND replaced_at < ?",
+                (cutoff,),
+            ).rowcount
+            b = self._conn.execute(
+                "DELETE FROM kyber_pre_keys WHERE last_resort = 1 AND replaced_at IS NOT NULL"
+                " AND replaced_at < ?",
+                (cutoff,),
+            ).rowcount
+        return int(a) + int(b)
+
+    # --- one-time prekeys -------------------------------------------------------------
+
+    def add_one_time_pre_keys(self, keys: list[tuple[int, bytes]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO one_time_pre_keys (key_id, private_key) VALUES (?, ?)", keys
+        )
+
+    def one_time_pre_key(self, key_id: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT private_key FROM one_time_pre_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def remove_one_time_pre_key(self, key_id: int) -> None:
+        self._conn.execute("DELETE FROM one_time_pre_keys WHERE key_id = ?", (key_id,))
+
+    def count_one_time_pre_keys(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM one_time_pre_keys").fetchone()[0])
+
+    # --- Kyber prekeys ----------------------------------------------------------------
+
+    def add_kyber_pre_keys(self, keys: list[tuple[int, bytes]], *, last_resort: bool) -> None:
+        """Add Kyber prekeys; a new last-resort key supersedes the previous one (grace)."""
+        now = self._now()
+        with self.transaction():
+            if last_resort:
+                self._conn.execute(
+                    "UPDATE kyber_pre_keys SET replaced_at = ?"
+                    " WHERE last_resort = 1 AND replaced_at IS NULL",
+                    (now,),
+                )
+            self._conn.executemany(
+                "INSERT INTO kyber_pre_keys (key_id, seed, last_resort, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(key_id, seed, int(last_resort), now) for key_id, seed in keys],
+            )
+
+    def kyber_pre_key(self, key_id: int) -> tuple[bytes, bool] | None:
+        """``(seed, is_last_resort)`` of a Kyber prekey, or None."""
+        row = self._conn.execute(
+            "SELECT seed, last_resort FROM kyber_pre_keys WHERE key_id = ?", (key_id,)
+        ).fetchone()
+        return (bytes(row[0]), bool(row[1])) if row else None
+
+    def remove_one_time_kyber_pre_key(self, key_id: int) -> None:
+        """Delete a used one-time Kyber prekey (a last-resort key is kept)."""
+        self._conn.execute(
+            "DELETE FROM kyber_pre_keys WHERE key_id = ? AND last_resort = 0", (key_id,)
+        )
+
+    def count_one_time_kyber_pre_keys(self) -> int:
+        return int(
+            self._conn.execute(
+                "SELECT count(*) FROM kyber_pre_keys WHERE last_resort = 0"
+            ).fetchone()[0]
+        )
+
+    # --- sessions -----------------------------------------------------------------------
+
+    def load_session(self, account_id: str, device_id: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT record FROM sessions WHERE account_id = ? AND device_id = ?",
+            (account_id, device_id),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def store_session(self, account_id: str, device_id: int, record: bytes) -> None:
+        self._conn.execute(
+            "INSERT INTO sessions (account_id, device_id, record, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(account_id, device_id) DO UPDATE SET record = excluded.record,"
+            " updated_at = excluded.updated_at",
+            (account_id, device_id, record, self._now()),
+        )
+
+    def delete_session(self, account_id: str, device_id: int) -> None:
+        self._conn.execute(
+            "DELETE FROM sessions WHERE account_id = ? AND device_id = ?", (account_id, device_id)
+        )
+
+    def session_devices(self, account_id: str) -> list[int]:
+        """Device ids of ``account_id`` we hold a session with, ascending."""
+        return [
+            int(r[0])
+            for r in self._conn.execute(
+                "SELECT device_id FROM sessions WHERE account_id = ? ORDER BY device_id",
+                (account_id,),
+            )
+        ]
+
+    # --- peer identities (TOFU) ---------------------------------------------------------
+
+    def identity(self, account_id: str, device_id: int) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT identity_key FROM identities WHERE account_id = ? AND device_id = ?",
+            (account_id, device_id),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def identities(self, account_id: str) -> dict[int, bytes]:
+        """Known identity keys of an account's devices, by device id."""
+        return {
+            int(r[0]): bytes(r[1])
+            for r in self._conn.execute(
+                "SELECT device_id, identity_key FROM identities WHERE account_id = ?",
+                (account_id,),
+            )
+        }
+
+    def check_identity(self, account_id: str, device_id: int, identity_key: bytes) -> None:
+        """Trust on first use: record a new peer device's key, accept the same key again.
+
+        Raises:
+            UntrustedIdentityError: a different key is on file for this device.
+        """
+        known = self.identity(account_id, device_id)
+        if known is None:
+            self._conn.execute(
+                "INSERT INTO identities (account_id, device_id, identity_key, first_seen)"
+                " VALUES (?, ?, ?, ?)",
+                (account_id, device_id, identity_key, self._now()),
+            )
+        elif known != identity_key:
+            raise UntrustedIdentityError(account_id, device_id, identity_key)
+
+    def record_pending_identity(self, account_id: str, device_id: int, identity_key: bytes) -> None:
+        """Remember a changed key that was refused, so that :meth:`trust_pending` can accept it
+        after the user compared safety numbers (without another network round trip)."""
+        self._conn.execute(
+            "UPDATE identities SET pending_key = ? WHERE account_id = ? AND device_id = ?",
+            (identity_key, account_id, device_id),
+        )
+
+    def pending_identities(self, account_id: str) -> dict[int, bytes]:
+        """Changed, not yet trusted keys of an account's devices, by device id."""
+        return {
+            int(r[0]): bytes(r[1])
+            for r in self._conn.execute(
+                "SELECT device_id, pending_key FROM identities"
+                " WHERE account_id = ? AND pending_key IS NOT NULL",
+                (account_id,),
+            )
+        }
+
+    def trust_pending(self, account_id: str) -> list[int]:
+        """Accept every pending key of ``account_id``; return the devices whose key changed."""
+        with self.transaction():
+            devices = sorted(self.pending_identities(account_id))
+            self._conn.execute(
+                "UPDATE identities SET identity_key = pending_key, pending_key = NULL,"
+                " first_seen = ? WHERE account_id = ? AND pending_key IS NOT NULL",
+                (self._now(), account_id),
+            )
+        return devices
+
+    def trust_identity(self, account_id: str, device_id: int, identity_key: bytes) -> None:
+        """Accept ``identity_key`` for the device, replacing whatever was trusted before."""
+        self._conn.execute(
+            "INSERT INTO identities (account_id, device_id, identity_key, first_seen)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT(account_id, device_id) DO UPDATE SET"
+            " identity_key = excluded.identity_key, first_seen = excluded.first_seen,"
+            " pending_key = NULL",
+            (account_id, device_id, identity_key, self._now()),
+        )
+
+    def forget_identity(self, account_id: str, device_id: int) -> None:
+        self._conn.execute(
+            "DELETE FROM identities WHERE account_id = ? AND device_id = ?",
+            (account_id, device_id),
+        )
+
+    # --- contacts -----------------------------------------------------------------------
+
+    def save_contact(self, phone_number: str, account_id: str) -> None:
+        self._conn.execute(
+            "INSERT INTO contacts (phone_number, account_id) VALUES (?, ?)"
+            " ON CONFLICT(phone_number) DO UPDATE SET account_id = excluded.account_id",
+            (phone_number, account_id),
+        )
+
+    def contact_account(self, phone_number: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT account_id FROM contacts WHERE phone_number = ?", (phone_number,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def contact_phone(self, account_id: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT phone_number FROM contacts WHERE account_id = ?", (account_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    # --- processed envelopes --------------------------------------------------------------
+
+    def is_processed(self, envelope_id: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM processed_envelopes WHERE envelope_id = ?", (envelope_id,)
+        ).fetchone()
+        return row is not None
+
+    def mark_processed(self, envelope_id: int) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO processed_envelopes (envelope_id, processed_at) VALUES (?, ?)",
+            (envelope_id, self._now()),
+        )
+
+    def prune_processed(self, older_than_seconds: float) -> int:
+        """Forget processed ids older than ``older_than_seconds``.
+
+        Only ids the server can no longer redeliver may go: an acknowledged envelope is
+        deleted at once, so a day or more is ample.
+        """
+        cur = self._conn.execute(
+            "DELETE FROM processed_envelopes WHERE processed_at < ?",
+            (self._now() - older_than_seconds,),
+        )
+        return int(cur.rowcount)
+
+    # --- history ----------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        *,
+        incoming: bool,
+        peer_account_id: str,
+        sender_account_id: str,
+        sender_device_id: int,
+        timestamp_ms: int,
+        text: str,
+        envelope_id: int | None = None,
+    ) -> int:
+        cur = self._conn.execute(
+            "INSERT INTO messages (incoming, peer_account_id, sender_account_id,"
+            " sender_device_id, timestamp_ms, recorded_at, text, envelope_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                int(incoming),
+                peer_account_id,
+                sender_account_id,
+                sender_device_id,
+                timestamp_ms,
+                self._now(),
+                text,
+                envelope_id,
+            ),
+        )
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
+
+    def messages(self, peer_account_id: str | None = None, limit: int = 100) -> list[MessageRow]:
+        """The latest ``limit`` messages (of one conversation if given), oldest first."""
+        where, args = (
+            ("WHERE peer_account_id = ?", [peer_account_id])
+            if peer_account_id
+            else (
+                "",
+                [],
+            )
+        )
+        rows = self._conn.execute(
+            "SELECT id, incoming, peer_account_id, sender_account_id, sender_device_id,"
+            f" timestamp_ms, recorded_at, text, envelope_id FROM messages {where}"
+            " ORDER BY id DESC LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [
+            MessageRow(int(r[0]), bool(r[1]), r[2], r[3], int(r[4]), int(r[5]), r[6], r[7], r[8])
+            for r in reversed(rows)
+        ]
