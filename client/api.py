@@ -844,17 +844,14 @@ class ParleyClient:
             for d in self.store.session_devices(account_id)
             if not (own and d == self.device_id) and self._usable_record(account_id, d)
         ]
-        if not devices:
-            wanted = await self._account_devices(account_id)
-            if not wanted:
+        if not devices and not own:
+            if not await self._account_devices(account_id):
                 return None
-            if own:
-                for device_id in wanted:
-                    devices.extend(await self._fetch_sessions(account_id, device_id))
-            else:
-                devices.extend(await self._fetch_sessions(account_id, 0))
+            devices.extend(await self._fetch_sessions(account_id, 0))
         messages = self._encrypt(account_id, devices, plaintext)
-        if not messages:
+        # To our own account an empty list is sent as it is: the server either confirms we have
+        # no other device (nothing stored) or names the devices we did not know of.
+        if not messages and not own:
             return None
         request_id = self._new_request_id()
         for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
@@ -867,6 +864,8 @@ class ParleyClient:
             )
             try:
                 reply = await self._messaging.SendMessage(request, metadata=self._metadata())
+                if not messages:
+                    return None  # a sync copy with no other device to go to
                 return _Sent(reply, request_id, tuple(sorted(messages)))
             except aio.AioRpcError as exc:
                 mismatch = _mismatched_devices(exc)
@@ -874,8 +873,8 @@ class ParleyClient:
                     raise
                 if mismatch is not None:
                     await self._fix_devices(account_id, mismatch, messages, plaintext)
-                    if not messages:
-                        return None  # every device went away (e.g. our only other device)
+                    if not messages and not own:
+                        return None  # every device went away
                     continue
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     # Same request_id, same ciphertexts: the server queues it at most once.

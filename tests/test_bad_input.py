@@ -273,7 +273,7 @@ MESSAGING_CASES: list[tuple[str, Call, grpc.StatusCode]] = [
     ("send: request id not a uuid", send(request_id="1"), INVALID),
     ("send: recipient not a uuid", send(recipient="bob"), INVALID),
     ("send: unknown recipient", send(recipient=UNKNOWN_UUID), NOT_FOUND),
-    ("send: no device messages", send(device_id=-1), INVALID),
+    ("send: no device messages", send(recipient=UNKNOWN_UUID, device_id=-1), INVALID),
     ("send: device id zero", send(device_id=0), INVALID),
     ("send: content type unspecified", send(content_type=0), INVALID),
     ("send: unknown content type", send(content_type=5), INVALID),

@@ -310,6 +310,20 @@ def test_sync_copies_to_own_devices(server: LiveServer) -> None:
     alice_stream.close()
 
 
+def test_empty_send_to_own_account_probes_for_other_devices(server: LiveServer) -> None:
+    alice = member(server, ALICE)
+    probe = mpb.SendMessageRequest(
+        request_id=str(uuid.uuid4()), recipient_account_id=alice.device.account_id
+    )
+    reply = stub(server).SendMessage(probe, metadata=alice.device.metadata)
+    assert not reply.stored
+    member(server, ALICE, primary=alice.device)
+    probe.request_id = str(uuid.uuid4())
+    err = failure(lambda: stub(server).SendMessage(probe, metadata=alice.device.metadata))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "missing devices [2]" in (err.details() or "")
+
+
 def test_batched_send_reports_each_item(server: LiveServer) -> None:
     alice, bob = member(server, ALICE), member(server, BOB)
     good = send_request([bob], b"good")

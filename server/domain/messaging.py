@@ -3,8 +3,9 @@
 Rules kept here:
 1. A send is accepted only when its device list is exactly the recipient's devices that can
    receive (have published keys), with their current registration ids; a send to one's own
-   account covers every device but the sender. Otherwise MismatchedDevicesError says which
-   devices are missing, extra or stale.
+   account covers every device but the sender, and may be empty when the sender believes it
+   has no other device (nothing is stored; a wrong belief comes back as missing devices).
+   Otherwise MismatchedDevicesError says which devices are missing, extra or stale.
 2. A send's envelopes are committed before the caller hears "accepted"; a retried request_id
    returns the first result and stores nothing; a reused request_id with another body is refused.
 3. Each device receives its envelopes in id order (ids are time-ordered and increase in commit
@@ -270,7 +271,7 @@ class Mailbox:
     def _validate(self, caller: Principal, r: SendRequest) -> None:
         validation.uuid_string(r.request_id, field="request_id")
         validation.uuid_string(r.recipient_account_id, field="recipient_account_id")
-        if not r.copies:
+        if not r.copies and r.recipient_account_id != caller.account_id:
             raise InvalidArgument("messages is empty: include one ciphertext per recipient device")
         if len(r.copies) > self.policy.max_devices_per_send:
             raise InvalidArgument(
@@ -359,7 +360,8 @@ class Mailbox:
                     out.append((repeat.receipt, []))
                     continue
                 m = draft.message
-                stored = not draft.request.online_only
+                # An empty send to one's own account is a probe: "I know of no other device".
+                stored = not draft.request.online_only and bool(draft.envelopes)
                 out.append((SendReceipt(m.message_id, m.server_ts, stored), draft.envelopes))
                 if stored:
                     messages.append(m)

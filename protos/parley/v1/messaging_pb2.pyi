@@ -192,7 +192,7 @@ class SendMessageRequest(_message.Message):
     """Deliver only to devices connected right now and never store (typing indicators)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutgoingMessage]:
-        """One ciphertext per recipient device."""
+        """One ciphertext per recipient device (may be empty only for a send to one's own account)."""
 
     @_builtins.property
     def business(self) -> Global___BusinessMetadata:
@@ -228,7 +228,9 @@ class SendMessageResponse(_message.Message):
     message_id: _builtins.int
     """Server id of the message, time-ordered; delivery statuses refer to it."""
     stored: _builtins.bool
-    """False only for online_only messages that found no connected device."""
+    """False for online_only messages that found no connected device, and for an empty send to
+    one's own account (no other device).
+    """
     @_builtins.property
     def server_timestamp(self) -> _timestamp_pb2.Timestamp:
         """When the server accepted the message."""

@@ -80,7 +80,9 @@ class MessagingServiceServicer:
     def SendMessage(self, request, context):
         """SendMessage queues one ciphertext per device of the recipient. The set of devices must be
         exactly the recipient's current devices (for a send to one's own account: all devices but
-        the sender) with their current registration ids; otherwise the call fails with
+        the sender, possibly none: an empty send to one's own account stores nothing and answers
+        stored=false, or reports the devices the sender did not know of) with their current
+        registration ids; otherwise the call fails with
         FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
         so the client can fetch bundles and retry. request_id makes retries safe: the same id
         returns the first response and queues nothing new.

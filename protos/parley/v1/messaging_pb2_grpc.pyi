@@ -45,7 +45,9 @@ class MessagingServiceStub:
     SendMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]
     """SendMessage queues one ciphertext per device of the recipient. The set of devices must be
     exactly the recipient's current devices (for a send to one's own account: all devices but
-    the sender) with their current registration ids; otherwise the call fails with
+    the sender, possibly none: an empty send to one's own account stores nothing and answers
+    stored=false, or reports the devices the sender did not know of) with their current
+    registration ids; otherwise the call fails with
     FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
     so the client can fetch bundles and retry. request_id makes retries safe: the same id
     returns the first response and queues nothing new.
@@ -82,7 +84,9 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     SendMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]  # type: ignore[assignment]
     """SendMessage queues one ciphertext per device of the recipient. The set of devices must be
     exactly the recipient's current devices (for a send to one's own account: all devices but
-    the sender) with their current registration ids; otherwise the call fails with
+    the sender, possibly none: an empty send to one's own account stores nothing and answers
+    stored=false, or reports the devices the sender did not know of) with their current
+    registration ids; otherwise the call fails with
     FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
     so the client can fetch bundles and retry. request_id makes retries safe: the same id
     returns the first response and queues nothing new.
@@ -122,7 +126,9 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.SendMessageResponse, _abc.Awaitable[_messaging_pb2.SendMessageResponse]]:
         """SendMessage queues one ciphertext per device of the recipient. The set of devices must be
         exactly the recipient's current devices (for a send to one's own account: all devices but
-        the sender) with their current registration ids; otherwise the call fails with
+        the sender, possibly none: an empty send to one's own account stores nothing and answers
+        stored=false, or reports the devices the sender did not know of) with their current
+        registration ids; otherwise the call fails with
         FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
         so the client can fetch bundles and retry. request_id makes retries safe: the same id
         returns the first response and queues nothing new.
