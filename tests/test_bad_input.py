@@ -290,6 +290,13 @@ MESSAGING_CASES: list[tuple[str, Call, grpc.StatusCode]] = [
         UNAUTH,
     ),
     (
+        "send stream: anonymous",
+        lambda w: next(
+            iter(w.messaging.SendMessageStream(iter([mpb.SendMessageStreamRequest()]), timeout=10))
+        ),
+        UNAUTH,
+    ),
+    (
         "receive: anonymous",
         lambda w: next(iter(w.messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), timeout=10))),
         UNAUTH,
@@ -382,6 +389,7 @@ def test_bad_input(world: World, call: Call, expected: grpc.StatusCode) -> None:
             {
                 "SendMessage": "send:",
                 "SendMessages": "send batch:",
+                "SendMessageStream": "send stream:",
                 "ReceiveMessages": "receive:",
                 "AcknowledgeMessages": "ack:",
             },

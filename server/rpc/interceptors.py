@@ -52,6 +52,7 @@ class ParleyInterceptor(_Interceptor):
     def __init__(self, authenticator: Authenticator, open_methods: frozenset[str]) -> None:
         self._auth = authenticator
         self._open = open_methods
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -60,10 +61,20 @@ class ParleyInterceptor(_Interceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:  # the wrapper of a method never changes: build it once
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or not method.startswith(PARLEY_PREFIX):
             return handler
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler[Any, Any], method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         needs_auth = method not in self._open
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -75,6 +86,16 @@ class ParleyInterceptor(_Interceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(
                     cast(Callable[..., AsyncIterator[Any]], handler.unary_stream),
+                    method,
+                    needs_auth,
+                ),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(
+                    cast(Callable[..., AsyncIterator[Any]], handler.stream_stream),
                     method,
                     needs_auth,
                 ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -96,6 +97,17 @@ def _event(event: StreamEvent) -> pb.ReceiveMessagesResponse:
     )
 
 
+def _result(entry: pb.SendResult, request_id: str, result: SendReceipt | DomainError) -> None:
+    entry.request_id = request_id
+    if isinstance(result, DomainError):
+        entry.code = status_code(result).value[0]
+        entry.message = result.message
+        if isinstance(result, MismatchedDevicesError):
+            entry.mismatched_devices.CopyFrom(mismatched_devices(result))
+    else:
+        entry.response.CopyFrom(_response(result))
+
+
 class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self, mailbox: Mailbox) -> None:
         self._mailbox = mailbox
@@ -111,15 +123,45 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         results = await self._mailbox.send_many(caller(), [_request(r) for r in request.requests])
         out = pb.SendMessagesResponse()
         for item, result in zip(request.requests, results, strict=True):
-            entry = out.results.add(request_id=item.request_id)
-            if isinstance(result, DomainError):
-                entry.code = status_code(result).value[0]
-                entry.message = result.message
-                if isinstance(result, MismatchedDevicesError):
-                    entry.mismatched_devices.CopyFrom(mismatched_devices(result))
-            else:
-                entry.response.CopyFrom(_response(result))
+            _result(out.results.add(), item.request_id, result)
         return out
+
+    async def SendMessageStream(
+        self, requests: AsyncIterator[pb.SendMessageStreamRequest], context: Context
+    ) -> AsyncIterator[pb.SendMessageStreamResponse]:
+        """Each send runs as its own task, so sends that arrive together share a group commit;
+        results are written as their sends complete."""
+        principal = caller()
+        results: asyncio.Queue[pb.SendMessageStreamResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(item: pb.SendMessageRequest) -> None:
+            try:
+                (result,) = await self._mailbox.send_many(principal, [_request(item)])
+            except DomainError as exc:  # e.g. the device's send rate
+                result = exc
+            response = pb.SendMessageStreamResponse()
+            _result(response.result, item.request_id, result)
+            results.put_nowait(response)
+
+        async def read() -> None:
+            async for message in requests:
+                task = asyncio.ensure_future(one(message.request))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            results.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (response := await results.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            for task in pending:
+                task.cancel()
 
     async def ReceiveMessages(
         self, request: pb.ReceiveMessagesRequest, context: Context

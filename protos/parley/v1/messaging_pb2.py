@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/v1/messaging.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x10\x42usinessMetadata\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x15\n\rtemplate_name\x18\x02 \x01(\t\"|\n\x0fOutgoingMessage\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x17\n\x0fregistration_id\x18\x02 \x01(\r\x12,\n\x0c\x63ontent_type\x18\x03 \x01(\x0e\x32\x16.parley.v1.ContentType\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"\xd5\x01\n\x12SendMessageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x14recipient_account_id\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.parley.v1.OutgoingMessage\x12\x1b\n\x13\x63lient_timestamp_ms\x18\x04 \x01(\x04\x12\x13\n\x0bonline_only\x18\x05 \x01(\x08\x12-\n\x08\x62usiness\x18\x06 \x01(\x0b\x32\x1b.parley.v1.BusinessMetadata\"o\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x34\n\x10server_timestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"n\n\x11MismatchedDevices\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fmissing_devices\x18\x02 \x03(\r\x12\x15\n\rextra_devices\x18\x03 \x03(\r\x12\x15\n\rstale_devices\x18\x04 \x03(\r\"F\n\x13SendMessagesRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.parley.v1.SendMessageRequest\">\n\x14SendMessagesResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.parley.v1.SendResult\"\xab\x01\n\nSendResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x08response\x18\x04 \x01(\x0b\x32\x1e.parley.v1.SendMessageResponse\x12\x38\n\x12mismatched_devices\x18\x05 \x01(\x0b\x32\x1c.parley.v1.MismatchedDevices\"\xbe\x02\n\x08\x45nvelope\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x19\n\x11sender_account_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\r\x12\x34\n\x10server_timestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63lient_timestamp_ms\x18\x06 \x01(\x04\x12,\n\x0c\x63ontent_type\x18\x07 \x01(\x0e\x32\x16.parley.v1.ContentType\x12\x0f\n\x07\x63ontent\x18\x08 \x01(\x0c\x12-\n\x08\x62usiness\x18\t \x01(\x0b\x32\x1b.parley.v1.BusinessMetadata\x12\x13\n\x0bonline_only\x18\n \x01(\x08\"\xca\x01\n\x0e\x44\x65liveryStatus\x12\x11\n\tstatus_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1c\n\x14recipient_account_id\x18\x04 \x01(\t\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.parley.v1.DeliveryState\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x18\n\x16ReceiveMessagesRequest\"\xdf\x01\n\x17ReceiveMessagesResponse\x12-\n\tenvelopes\x18\x01 \x01(\x0b\x32\x18.parley.v1.EnvelopeBatchH\x00\x12,\n\x0bqueue_empty\x18\x02 \x01(\x0b\x32\x15.parley.v1.QueueEmptyH\x00\x12*\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x14.parley.v1.KeepAliveH\x00\x12\x32\n\x08statuses\x18\x04 \x01(\x0b\x32\x1e.parley.v1.DeliveryStatusBatchH\x00\x42\x07\n\x05\x65vent\"7\n\rEnvelopeBatch\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.parley.v1.Envelope\"B\n\x13\x44\x65liveryStatusBatch\x12+\n\x08statuses\x18\x01 \x03(\x0b\x32\x19.parley.v1.DeliveryStatus\"\x0c\n\nQueueEmpty\"\x0b\n\tKeepAlive\"F\n\x1a\x41\x63knowledgeMessagesRequest\x12\x14\n\x0c\x65nvelope_ids\x18\x01 \x03(\x04\x12\x12\n\nstatus_ids\x18\x02 \x03(\x04\"\\\n\x1b\x41\x63knowledgeMessagesResponse\x12\x1e\n\x16\x61\x63knowledged_envelopes\x18\x01 \x01(\r\x12\x1d\n\x15\x61\x63knowledged_statuses\x18\x02 \x01(\r*\x97\x01\n\x0b\x43ontentType\x12\x1c\n\x18\x43ONTENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTENT_TYPE_WHISPER\x10\x02\x12\x17\n\x13\x43ONTENT_TYPE_PREKEY\x10\x03\x12\x1b\n\x17\x43ONTENT_TYPE_SENDER_KEY\x10\x07\x12\x1a\n\x16\x43ONTENT_TYPE_PLAINTEXT\x10\x08*\xb4\x01\n\x0fMessageCategory\x12 \n\x1cMESSAGE_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_CATEGORY_MARKETING\x10\x01\x12\x1c\n\x18MESSAGE_CATEGORY_UTILITY\x10\x02\x12#\n\x1fMESSAGE_CATEGORY_AUTHENTICATION\x10\x03\x12\x1c\n\x18MESSAGE_CATEGORY_SERVICE\x10\x04*h\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x01\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x02\x32\xf3\x02\n\x10MessagingService\x12L\n\x0bSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\x12O\n\x0cSendMessages\x12\x1e.parley.v1.SendMessagesRequest\x1a\x1f.parley.v1.SendMessagesResponse\x12Z\n\x0fReceiveMessages\x12!.parley.v1.ReceiveMessagesRequest\x1a\".parley.v1.ReceiveMessagesResponse0\x01\x12\x64\n\x13\x41\x63knowledgeMessages\x12%.parley.v1.AcknowledgeMessagesRequest\x1a&.parley.v1.AcknowledgeMessagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/v1/messaging.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x10\x42usinessMetadata\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x15\n\rtemplate_name\x18\x02 \x01(\t\"|\n\x0fOutgoingMessage\x12\x11\n\tdevice_id\x18\x01 \x01(\r\x12\x17\n\x0fregistration_id\x18\x02 \x01(\r\x12,\n\x0c\x63ontent_type\x18\x03 \x01(\x0e\x32\x16.parley.v1.ContentType\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"\xd5\x01\n\x12SendMessageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1c\n\x14recipient_account_id\x18\x02 \x01(\t\x12,\n\x08messages\x18\x03 \x03(\x0b\x32\x1a.parley.v1.OutgoingMessage\x12\x1b\n\x13\x63lient_timestamp_ms\x18\x04 \x01(\x04\x12\x13\n\x0bonline_only\x18\x05 \x01(\x08\x12-\n\x08\x62usiness\x18\x06 \x01(\x0b\x32\x1b.parley.v1.BusinessMetadata\"o\n\x13SendMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x34\n\x10server_timestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"n\n\x11MismatchedDevices\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0fmissing_devices\x18\x02 \x03(\r\x12\x15\n\rextra_devices\x18\x03 \x03(\r\x12\x15\n\rstale_devices\x18\x04 \x03(\r\"F\n\x13SendMessagesRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.parley.v1.SendMessageRequest\">\n\x14SendMessagesResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.parley.v1.SendResult\"J\n\x18SendMessageStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.parley.v1.SendMessageRequest\"B\n\x19SendMessageStreamResponse\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.parley.v1.SendResult\"\xab\x01\n\nSendResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x08response\x18\x04 \x01(\x0b\x32\x1e.parley.v1.SendMessageResponse\x12\x38\n\x12mismatched_devices\x18\x05 \x01(\x0b\x32\x1c.parley.v1.MismatchedDevices\"\xbe\x02\n\x08\x45nvelope\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x19\n\x11sender_account_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\r\x12\x34\n\x10server_timestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x63lient_timestamp_ms\x18\x06 \x01(\x04\x12,\n\x0c\x63ontent_type\x18\x07 \x01(\x0e\x32\x16.parley.v1.ContentType\x12\x0f\n\x07\x63ontent\x18\x08 \x01(\x0c\x12-\n\x08\x62usiness\x18\t \x01(\x0b\x32\x1b.parley.v1.BusinessMetadata\x12\x13\n\x0bonline_only\x18\n \x01(\x08\"\xca\x01\n\x0e\x44\x65liveryStatus\x12\x11\n\tstatus_id\x18\x01 \x01(\x04\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1c\n\x14recipient_account_id\x18\x04 \x01(\t\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.parley.v1.DeliveryState\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\"\x18\n\x16ReceiveMessagesRequest\"\xdf\x01\n\x17ReceiveMessagesResponse\x12-\n\tenvelopes\x18\x01 \x01(\x0b\x32\x18.parley.v1.EnvelopeBatchH\x00\x12,\n\x0bqueue_empty\x18\x02 \x01(\x0b\x32\x15.parley.v1.QueueEmptyH\x00\x12*\n\nkeep_alive\x18\x03 \x01(\x0b\x32\x14.parley.v1.KeepAliveH\x00\x12\x32\n\x08statuses\x18\x04 \x01(\x0b\x32\x1e.parley.v1.DeliveryStatusBatchH\x00\x42\x07\n\x05\x65vent\"7\n\rEnvelopeBatch\x12&\n\tenvelopes\x18\x01 \x03(\x0b\x32\x13.parley.v1.Envelope\"B\n\x13\x44\x65liveryStatusBatch\x12+\n\x08statuses\x18\x01 \x03(\x0b\x32\x19.parley.v1.DeliveryStatus\"\x0c\n\nQueueEmpty\"\x0b\n\tKeepAlive\"F\n\x1a\x41\x63knowledgeMessagesRequest\x12\x14\n\x0c\x65nvelope_ids\x18\x01 \x03(\x04\x12\x12\n\nstatus_ids\x18\x02 \x03(\x04\"\\\n\x1b\x41\x63knowledgeMessagesResponse\x12\x1e\n\x16\x61\x63knowledged_envelopes\x18\x01 \x01(\r\x12\x1d\n\x15\x61\x63knowledged_statuses\x18\x02 \x01(\r*\x97\x01\n\x0b\x43ontentType\x12\x1c\n\x18\x43ONTENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTENT_TYPE_WHISPER\x10\x02\x12\x17\n\x13\x43ONTENT_TYPE_PREKEY\x10\x03\x12\x1b\n\x17\x43ONTENT_TYPE_SENDER_KEY\x10\x07\x12\x1a\n\x16\x43ONTENT_TYPE_PLAINTEXT\x10\x08*\xb4\x01\n\x0fMessageCategory\x12 \n\x1cMESSAGE_CATEGORY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_CATEGORY_MARKETING\x10\x01\x12\x1c\n\x18MESSAGE_CATEGORY_UTILITY\x10\x02\x12#\n\x1fMESSAGE_CATEGORY_AUTHENTICATION\x10\x03\x12\x1c\n\x18MESSAGE_CATEGORY_SERVICE\x10\x04*h\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x01\x12\x19\n\x15\x44\x45LIVERY_STATE_FAILED\x10\x02\x32\xd7\x03\n\x10MessagingService\x12L\n\x0bSendMessage\x12\x1d.parley.v1.SendMessageRequest\x1a\x1e.parley.v1.SendMessageResponse\x12O\n\x0cSendMessages\x12\x1e.parley.v1.SendMessagesRequest\x1a\x1f.parley.v1.SendMessagesResponse\x12\x62\n\x11SendMessageStream\x12#.parley.v1.SendMessageStreamRequest\x1a$.parley.v1.SendMessageStreamResponse(\x01\x30\x01\x12Z\n\x0fReceiveMessages\x12!.parley.v1.ReceiveMessagesRequest\x1a\".parley.v1.ReceiveMessagesResponse0\x01\x12\x64\n\x13\x41\x63knowledgeMessages\x12%.parley.v1.AcknowledgeMessagesRequest\x1a&.parley.v1.AcknowledgeMessagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTENTTYPE']._serialized_start=2136
-  _globals['_CONTENTTYPE']._serialized_end=2287
-  _globals['_MESSAGECATEGORY']._serialized_start=2290
-  _globals['_MESSAGECATEGORY']._serialized_end=2470
-  _globals['_DELIVERYSTATE']._serialized_start=2472
-  _globals['_DELIVERYSTATE']._serialized_end=2576
+  _globals['_CONTENTTYPE']._serialized_start=2280
+  _globals['_CONTENTTYPE']._serialized_end=2431
+  _globals['_MESSAGECATEGORY']._serialized_start=2434
+  _globals['_MESSAGECATEGORY']._serialized_end=2614
+  _globals['_DELIVERYSTATE']._serialized_start=2616
+  _globals['_DELIVERYSTATE']._serialized_end=2720
   _globals['_BUSINESSMETADATA']._serialized_start=73
   _globals['_BUSINESSMETADATA']._serialized_end=160
   _globals['_OUTGOINGMESSAGE']._serialized_start=162
@@ -52,28 +52,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDMESSAGESREQUEST']._serialized_end=799
   _globals['_SENDMESSAGESRESPONSE']._serialized_start=801
   _globals['_SENDMESSAGESRESPONSE']._serialized_end=863
-  _globals['_SENDRESULT']._serialized_start=866
-  _globals['_SENDRESULT']._serialized_end=1037
-  _globals['_ENVELOPE']._serialized_start=1040
-  _globals['_ENVELOPE']._serialized_end=1358
-  _globals['_DELIVERYSTATUS']._serialized_start=1361
-  _globals['_DELIVERYSTATUS']._serialized_end=1563
-  _globals['_RECEIVEMESSAGESREQUEST']._serialized_start=1565
-  _globals['_RECEIVEMESSAGESREQUEST']._serialized_end=1589
-  _globals['_RECEIVEMESSAGESRESPONSE']._serialized_start=1592
-  _globals['_RECEIVEMESSAGESRESPONSE']._serialized_end=1815
-  _globals['_ENVELOPEBATCH']._serialized_start=1817
-  _globals['_ENVELOPEBATCH']._serialized_end=1872
-  _globals['_DELIVERYSTATUSBATCH']._serialized_start=1874
-  _globals['_DELIVERYSTATUSBATCH']._serialized_end=1940
-  _globals['_QUEUEEMPTY']._serialized_start=1942
-  _globals['_QUEUEEMPTY']._serialized_end=1954
-  _globals['_KEEPALIVE']._serialized_start=1956
-  _globals['_KEEPALIVE']._serialized_end=1967
-  _globals['_ACKNOWLEDGEMESSAGESREQUEST']._serialized_start=1969
-  _globals['_ACKNOWLEDGEMESSAGESREQUEST']._serialized_end=2039
-  _globals['_ACKNOWLEDGEMESSAGESRESPONSE']._serialized_start=2041
-  _globals['_ACKNOWLEDGEMESSAGESRESPONSE']._serialized_end=2133
-  _globals['_MESSAGINGSERVICE']._serialized_start=2579
-  _globals['_MESSAGINGSERVICE']._serialized_end=2950
+  _globals['_SENDMESSAGESTREAMREQUEST']._serialized_start=865
+  _globals['_SENDMESSAGESTREAMREQUEST']._serialized_end=939
+  _globals['_SENDMESSAGESTREAMRESPONSE']._serialized_start=941
+  _globals['_SENDMESSAGESTREAMRESPONSE']._serialized_end=1007
+  _globals['_SENDRESULT']._serialized_start=1010
+  _globals['_SENDRESULT']._serialized_end=1181
+  _globals['_ENVELOPE']._serialized_start=1184
+  _globals['_ENVELOPE']._serialized_end=1502
+  _globals['_DELIVERYSTATUS']._serialized_start=1505
+  _globals['_DELIVERYSTATUS']._serialized_end=1707
+  _globals['_RECEIVEMESSAGESREQUEST']._serialized_start=1709
+  _globals['_RECEIVEMESSAGESREQUEST']._serialized_end=1733
+  _globals['_RECEIVEMESSAGESRESPONSE']._serialized_start=1736
+  _globals['_RECEIVEMESSAGESRESPONSE']._serialized_end=1959
+  _globals['_ENVELOPEBATCH']._serialized_start=1961
+  _globals['_ENVELOPEBATCH']._serialized_end=2016
+  _globals['_DELIVERYSTATUSBATCH']._serialized_start=2018
+  _globals['_DELIVERYSTATUSBATCH']._serialized_end=2084
+  _globals['_QUEUEEMPTY']._serialized_start=2086
+  _globals['_QUEUEEMPTY']._serialized_end=2098
+  _globals['_KEEPALIVE']._serialized_start=2100
+  _globals['_KEEPALIVE']._serialized_end=2111
+  _globals['_ACKNOWLEDGEMESSAGESREQUEST']._serialized_start=2113
+  _globals['_ACKNOWLEDGEMESSAGESREQUEST']._serialized_end=2183
+  _globals['_ACKNOWLEDGEMESSAGESRESPONSE']._serialized_start=2185
+  _globals['_ACKNOWLEDGEMESSAGESRESPONSE']._serialized_end=2277
+  _globals['_MESSAGINGSERVICE']._serialized_start=2723
+  _globals['_MESSAGINGSERVICE']._serialized_end=3194
 # @@protoc_insertion_point(module_scope)

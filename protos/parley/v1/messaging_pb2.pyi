@@ -339,8 +339,56 @@ class SendMessagesResponse(_message.Message):
 Global___SendMessagesResponse: _TypeAlias = SendMessagesResponse  # noqa: Y015
 
 @_typing.final
+class SendMessageStreamRequest(_message.Message):
+    """SendMessageStreamRequest carries one send on a SendMessageStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___SendMessageRequest:
+        """The send."""
+
+    def __init__(
+        self,
+        *,
+        request: Global___SendMessageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessageStreamRequest: _TypeAlias = SendMessageStreamRequest  # noqa: Y015
+
+@_typing.final
+class SendMessageStreamResponse(_message.Message):
+    """SendMessageStreamResponse carries the result of one send on a SendMessageStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> Global___SendResult:
+        """The result, with the send's request_id."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___SendResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessageStreamResponse: _TypeAlias = SendMessageStreamResponse  # noqa: Y015
+
+@_typing.final
 class SendResult(_message.Message):
-    """SendResult is the outcome of one item of a batched send."""
+    """SendResult is the outcome of one item of a batched or streamed send."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

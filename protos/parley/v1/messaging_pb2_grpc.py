@@ -53,6 +53,11 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_v1_dot_messaging__pb2.SendMessagesRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_messaging__pb2.SendMessagesResponse.FromString,
                 _registered_method=True)
+        self.SendMessageStream = channel.stream_stream(
+                '/parley.v1.MessagingService/SendMessageStream',
+                request_serializer=parley_dot_v1_dot_messaging__pb2.SendMessageStreamRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_messaging__pb2.SendMessageStreamResponse.FromString,
+                _registered_method=True)
         self.ReceiveMessages = channel.unary_stream(
                 '/parley.v1.MessagingService/ReceiveMessages',
                 request_serializer=parley_dot_v1_dot_messaging__pb2.ReceiveMessagesRequest.SerializeToString,
@@ -99,6 +104,17 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendMessageStream(self, request_iterator, context):
+        """SendMessageStream keeps one stream open for a steady flow of sends (a busy business
+        number): each request carries one send, each response the result of one send, named by its
+        request_id, as soon as that send is committed (results may come out of order). It costs a
+        stream message per send instead of a whole call, so it suits many small sends at a
+        steady rate; every rule of SendMessage applies to each send.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReceiveMessages(self, request, context):
         """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
         then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
@@ -129,6 +145,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.SendMessages,
                     request_deserializer=parley_dot_v1_dot_messaging__pb2.SendMessagesRequest.FromString,
                     response_serializer=parley_dot_v1_dot_messaging__pb2.SendMessagesResponse.SerializeToString,
+            ),
+            'SendMessageStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendMessageStream,
+                    request_deserializer=parley_dot_v1_dot_messaging__pb2.SendMessageStreamRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_messaging__pb2.SendMessageStreamResponse.SerializeToString,
             ),
             'ReceiveMessages': grpc.unary_stream_rpc_method_handler(
                     servicer.ReceiveMessages,
@@ -204,6 +225,33 @@ class MessagingService:
             '/parley.v1.MessagingService/SendMessages',
             parley_dot_v1_dot_messaging__pb2.SendMessagesRequest.SerializeToString,
             parley_dot_v1_dot_messaging__pb2.SendMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessageStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/parley.v1.MessagingService/SendMessageStream',
+            parley_dot_v1_dot_messaging__pb2.SendMessageStreamRequest.SerializeToString,
+            parley_dot_v1_dot_messaging__pb2.SendMessageStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,13 @@ class MessagingServiceStub:
     """SendMessages is a batched SendMessage for high-volume senders: each item succeeds or fails
     on its own, and all accepted items are committed before the reply.
     """
+    SendMessageStream: _grpc.StreamStreamMultiCallable[_messaging_pb2.SendMessageStreamRequest, _messaging_pb2.SendMessageStreamResponse]
+    """SendMessageStream keeps one stream open for a steady flow of sends (a busy business
+    number): each request carries one send, each response the result of one send, named by its
+    request_id, as soon as that send is committed (results may come out of order). It costs a
+    stream message per send instead of a whole call, so it suits many small sends at a
+    steady rate; every rule of SendMessage applies to each send.
+    """
     ReceiveMessages: _grpc.UnaryStreamMultiCallable[_messaging_pb2.ReceiveMessagesRequest, _messaging_pb2.ReceiveMessagesResponse]
     """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
     then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
@@ -94,6 +101,13 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     SendMessages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendMessagesRequest, _messaging_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessages is a batched SendMessage for high-volume senders: each item succeeds or fails
     on its own, and all accepted items are committed before the reply.
+    """
+    SendMessageStream: _aio.StreamStreamMultiCallable[_messaging_pb2.SendMessageStreamRequest, _messaging_pb2.SendMessageStreamResponse]  # type: ignore[assignment]
+    """SendMessageStream keeps one stream open for a steady flow of sends (a busy business
+    number): each request carries one send, each response the result of one send, named by its
+    request_id, as soon as that send is committed (results may come out of order). It costs a
+    stream message per send instead of a whole call, so it suits many small sends at a
+    steady rate; every rule of SendMessage applies to each send.
     """
     ReceiveMessages: _aio.UnaryStreamMultiCallable[_messaging_pb2.ReceiveMessagesRequest, _messaging_pb2.ReceiveMessagesResponse]  # type: ignore[assignment]
     """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
@@ -142,6 +156,19 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.SendMessagesResponse, _abc.Awaitable[_messaging_pb2.SendMessagesResponse]]:
         """SendMessages is a batched SendMessage for high-volume senders: each item succeeds or fails
         on its own, and all accepted items are committed before the reply.
+        """
+
+    @_abc_1.abstractmethod
+    def SendMessageStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messaging_pb2.SendMessageStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messaging_pb2.SendMessageStreamResponse], _abc.AsyncIterator[_messaging_pb2.SendMessageStreamResponse]]:
+        """SendMessageStream keeps one stream open for a steady flow of sends (a busy business
+        number): each request carries one send, each response the result of one send, named by its
+        request_id, as soon as that send is committed (results may come out of order). It costs a
+        stream message per send instead of a whole call, so it suits many small sends at a
+        steady rate; every rule of SendMessage applies to each send.
         """
 
     @_abc_1.abstractmethod
