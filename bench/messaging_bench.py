@@ -263,7 +263,7 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
         receiver = asyncio.ensure_future(receive())
         await ready.wait()
         # A steady sender keeps one SendMessageStream open: a stream message per send.
-        sends = messaging.SendMessageStream(metadata=pair.sender.metadata)
+        sends = messaging.SendMessageStream(metadata=pair.sender.metadata)  # type: ignore[call-arg]
         failures: list[str] = []
 
         async def results() -> None:

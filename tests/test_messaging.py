@@ -324,6 +324,28 @@ def test_empty_send_to_own_account_probes_for_other_devices(server: LiveServer) 
     assert "missing devices [2]" in (err.details() or "")
 
 
+def test_send_stream(server: LiveServer) -> None:
+    alice, bob = member(server, ALICE), member(server, BOB)
+    requests = [send_request([bob], f"s{i:02d}".encode()) for i in range(30)]
+    requests[7].messages[0].registration_id = 999  # stale: fails alone
+    responses = list(
+        stub(server).SendMessageStream(
+            (mpb.SendMessageStreamRequest(request=r) for r in requests),
+            metadata=alice.device.metadata,
+            timeout=20,
+        )
+    )
+    by_id = {r.result.request_id: r.result for r in responses}
+    assert set(by_id) == {r.request_id for r in requests}
+    assert by_id[requests[7].request_id].code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert list(by_id[requests[7].request_id].mismatched_devices.stale_devices) == [1]
+    assert sum(1 for r in by_id.values() if r.code == 0 and r.response.stored) == 29
+    stream = Stream(server, bob)
+    got = sorted(e.content for e in stream.until_empty())
+    assert got == sorted(f"s{i:02d}".encode() for i in range(30) if i != 7)
+    stream.close()
+
+
 def test_batched_send_reports_each_item(server: LiveServer) -> None:
     alice, bob = member(server, ALICE), member(server, BOB)
     good = send_request([bob], b"good")
