@@ -9,11 +9,14 @@ id order, which the `envelopes_by_device` index serves without sorting.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
+# SQLite binds at most 32,766 parameters per statement (since 3.32).
+MAX_PARAMETERS = 32_000
 # Message states.
 PENDING, DELIVERED, FAILED, SYNC = 0, 1, 2, 3
 SEQUENCE_BITS = 20  # ids are (milliseconds << 20) | sequence: a million ids per millisecond
@@ -140,16 +143,31 @@ def find_message(
     return None if r is None else MessageRow(*r)
 
 
+def _insert_rows(
+    conn: sqlite3.Connection, into: str, width: int, rows: Sequence[tuple[object, ...]]
+) -> None:
+    """INSERT many rows with few statements: one multi-row VALUES per chunk.
+
+    The sqlite3 module releases the GIL around every step, and executemany steps once per row;
+    on a busy server each re-acquisition waits behind the event loop. One statement per
+    chunk steps once.
+    """
+    per_statement = MAX_PARAMETERS // width
+    row_marks = "(" + ",".join("?" * width) + ")"
+    for first in range(0, len(rows), per_statement):
+        chunk = rows[first : first + per_statement]
+        conn.execute(
+            f"INSERT INTO {into} VALUES " + ",".join([row_marks] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+
+
 def insert_messages(conn: sqlite3.Connection, rows: Sequence[MessageRow]) -> None:
-    conn.executemany(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 10)})", rows
-    )
+    _insert_rows(conn, f"messages ({_MESSAGE_COLUMNS})", 10, rows)
 
 
 def insert_envelopes(conn: sqlite3.Connection, rows: Sequence[EnvelopeRow]) -> None:
-    conn.executemany(
-        f"INSERT INTO envelopes ({_ENVELOPE_COLUMNS}) VALUES ({', '.join('?' * 12)})", rows
-    )
+    _insert_rows(conn, f"envelopes ({_ENVELOPE_COLUMNS})", 12, rows)
 
 
 def envelopes_after(
@@ -171,12 +189,16 @@ def delete_envelopes(
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"DELETE FROM envelopes WHERE account_id = ? AND device_id = ? AND envelope_id IN ({marks})"
-        " RETURNING message_id",
+    where = f"account_id = ? AND device_id = ? AND envelope_id IN ({marks})"
+    # One row back (not one per envelope, as RETURNING would step): see _insert_rows.
+    (found,) = conn.execute(
+        f"SELECT group_concat(message_id) FROM envelopes WHERE {where}",
         (account_id, device_id, *ids),
-    ).fetchall()
-    return [int(r[0]) for r in rows]
+    ).fetchone()
+    if not found:
+        return []
+    conn.execute(f"DELETE FROM envelopes WHERE {where}", (account_id, device_id, *ids))
+    return [int(m) for m in found.split(",")]
 
 
 def settle_messages(
@@ -187,12 +209,16 @@ def settle_messages(
     if not ids:
         return []
     marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"UPDATE messages SET state = ?, settled_at = ? WHERE state = {PENDING}"
-        f" AND message_id IN ({marks}) RETURNING {_MESSAGE_COLUMNS}",
-        (state, at, *ids),
-    ).fetchall()
-    return [MessageRow(*r) for r in rows]
+    where = f"state = {PENDING} AND message_id IN ({marks})"
+    columns = ", ".join(_MESSAGE_COLUMNS.replace("request_hash", "hex(request_hash)").split(", "))
+    (found,) = conn.execute(
+        f"SELECT json_group_array(json_array({columns})) FROM messages WHERE {where}", ids
+    ).fetchone()
+    rows = json.loads(found)
+    if not rows:
+        return []
+    conn.execute(f"UPDATE messages SET state = ?, settled_at = ? WHERE {where}", (state, at, *ids))
+    return [MessageRow._make([*r[:5], bytes.fromhex(r[5]), *r[6:]]) for r in rows]
 
 
 def insert_statuses(conn: sqlite3.Connection, rows: Sequence[StatusRow]) -> list[StatusRow]:
@@ -205,9 +231,7 @@ def insert_statuses(conn: sqlite3.Connection, rows: Sequence[StatusRow]) -> list
         ).fetchone()
     }
     kept = [s for s in rows if (s.account_id, s.device_id) in live]
-    conn.executemany(
-        f"INSERT INTO delivery_statuses ({_STATUS_COLUMNS}) VALUES ({', '.join('?' * 9)})", kept
-    )
+    _insert_rows(conn, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
     return kept
 
 
