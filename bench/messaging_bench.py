@@ -13,14 +13,17 @@ the default durability (synchronous=FULL); the clients run in this process with 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import sqlite3
+import struct
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from grpc import aio
@@ -208,87 +211,98 @@ async def delivered_per_second(server: Server, pairs: Sequence[Pair], per_pair: 
         return len(pairs) * per_pair / (time.perf_counter() - started)
 
 
-async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> dict[str, float]:
-    """p50/p99 send-to-receive latency (ms) of sends offered one by one at `rate` per second."""
-    count = int(rate * seconds)
-    sent_at: dict[int, float] = {}
-    latencies: list[float] = []
-    async with aio.insecure_channel(server.target) as channel:
-        messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-        ready = asyncio.Event()
-        done = asyncio.Event()
+def _receive_latencies(
+    target: str, metadata: tuple[tuple[str, str], ...], count: int, pipe: Connection
+) -> None:
+    """The receiving device, in its own process: latency = arrival - the send time in the payload.
 
-        async def receive() -> None:
-            # Acks are not on the latency path: like a client, send them in batches (at most
-            # every ACK_INTERVAL), so that they do not double the number of calls.
+    Acks are not on the latency path: like a client, it sends them in batches (at most every
+    ACK_INTERVAL). time.monotonic() is the system-wide monotonic clock, shared by processes.
+    """
+
+    async def main() -> list[float]:
+        latencies: list[float] = []
+        async with aio.insecure_channel(target) as channel:
+            messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
             pending: list[int] = []
             acks: list[asyncio.Future[mpb.AcknowledgeMessagesResponse]] = []
             last_ack = time.monotonic()
-
-            def flush() -> None:
-                nonlocal last_ack
-                if pending:
+            call = messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), metadata=metadata)
+            async for event in call:
+                now = time.monotonic()
+                if event.HasField("queue_empty"):
+                    pipe.send("ready")
+                    continue
+                for e in event.envelopes.envelopes:
+                    latencies.append(now - struct.unpack(">d", e.content[:8])[0])
+                    pending.append(e.envelope_id)
+                if pending and (len(pending) >= BATCH or now - last_ack >= ACK_INTERVAL):
                     acks.append(
                         asyncio.ensure_future(
                             messaging.AcknowledgeMessages(
                                 mpb.AcknowledgeMessagesRequest(envelope_ids=list(pending)),
-                                metadata=pair.receiver.metadata,
+                                metadata=metadata,
                             )
                         )
                     )
                     pending.clear()
-                last_ack = time.monotonic()
-
-            call = messaging.ReceiveMessages(
-                mpb.ReceiveMessagesRequest(), metadata=pair.receiver.metadata
-            )
-            async for event in call:
-                now = time.monotonic()
-                if event.HasField("queue_empty"):
-                    ready.set()
-                    continue
-                for e in event.envelopes.envelopes:
-                    index = int.from_bytes(e.content[:4], "big")
-                    latencies.append(now - sent_at[index])
-                    pending.append(e.envelope_id)
-                if len(pending) >= BATCH or now - last_ack >= ACK_INTERVAL:
-                    flush()
+                    last_ack = now
                 if len(latencies) >= count:
-                    done.set()
                     break
-            flush()
             await asyncio.gather(*acks)
             call.cancel()
+        return latencies
 
-        receiver = asyncio.ensure_future(receive())
-        await ready.wait()
-        # A steady sender keeps one SendMessageStream open: a stream message per send.
-        sends = messaging.SendMessageStream(metadata=pair.sender.metadata)  # type: ignore[call-arg]
-        failures: list[str] = []
+    pipe.send(asyncio.run(main()))
 
-        async def results() -> None:
-            async for response in sends:
-                if response.result.code != 0:
-                    failures.append(response.result.message)
 
-        reader = asyncio.ensure_future(results())
-        start = time.monotonic()
-        for i in range(count):
-            delay = start + i / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            request = send_request(
-                pair.receiver, i.to_bytes(4, "big") + os.urandom(PAYLOAD_BYTES - 4)
-            )
-            sent_at[i] = time.monotonic()
-            await sends.write(mpb.SendMessageStreamRequest(request=request))
-        await sends.done_writing()
-        await reader
+async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> dict[str, float]:
+    """p50/p99 send-to-receive latency (ms) of sends offered one by one at `rate` per second.
+
+    The sender keeps one SendMessageStream open (a stream message per send); the receiver runs
+    in another process, as another device would.
+    """
+    count = int(rate * seconds)
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    receiver = context.Process(
+        target=_receive_latencies, args=(server.target, pair.receiver.metadata, count, theirs)
+    )
+    receiver.start()
+    try:
+        if not ours.poll(60) or ours.recv() != "ready":
+            raise RuntimeError("the receiving process did not start")
+        async with aio.insecure_channel(server.target) as channel:
+            messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
+            sends = messaging.SendMessageStream(metadata=pair.sender.metadata)  # type: ignore[call-arg]
+            failures: list[str] = []
+
+            async def results() -> None:
+                async for response in sends:
+                    if response.result.code != 0:
+                        failures.append(response.result.message)
+
+            reader = asyncio.ensure_future(results())
+            start = time.monotonic()
+            padding = os.urandom(PAYLOAD_BYTES - 8)
+            for i in range(count):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                stamp = struct.pack(">d", time.monotonic())
+                request = send_request(pair.receiver, stamp + padding)
+                await sends.write(mpb.SendMessageStreamRequest(request=request))
+            await sends.done_writing()
+            await reader
         if failures:
             raise RuntimeError(f"{len(failures)} sends failed: {failures[0]}")
-        await asyncio.wait_for(done.wait(), 30)
-        await receiver
-    latencies.sort()
+        if not ours.poll(60):
+            raise RuntimeError("the receiving process did not get every message")
+        latencies = sorted(ours.recv())
+    finally:
+        receiver.join(10)
+        if receiver.is_alive():
+            receiver.kill()
     return {
         "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,

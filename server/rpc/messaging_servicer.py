@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
 from grpc import aio
@@ -129,39 +129,46 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
     async def SendMessageStream(
         self, requests: AsyncIterator[pb.SendMessageStreamRequest], context: Context
     ) -> AsyncIterator[pb.SendMessageStreamResponse]:
-        """Each send runs as its own task, so sends that arrive together share a group commit;
-        results are written as their sends complete."""
+        """Sends that arrive while the previous group is being committed go together as the
+        next group (one write job, one commit): no waiting when the stream is quiet, batches
+        as large as the load when it is busy."""
         principal = caller()
-        results: asyncio.Queue[pb.SendMessageStreamResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-
-        async def one(item: pb.SendMessageRequest) -> None:
-            try:
-                (result,) = await self._mailbox.send_many(principal, [_request(item)])
-            except DomainError as exc:  # e.g. the device's send rate
-                result = exc
-            response = pb.SendMessageStreamResponse()
-            _result(response.result, item.request_id, result)
-            results.put_nowait(response)
+        waiting: list[pb.SendMessageRequest] = []
+        arrived = asyncio.Event()
+        finished = False
 
         async def read() -> None:
+            nonlocal finished
             async for message in requests:
-                task = asyncio.ensure_future(one(message.request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
-            results.put_nowait(None)
+                waiting.append(message.request)
+                arrived.set()
+            finished = True
+            arrived.set()
 
         reader = asyncio.ensure_future(read())
         try:
-            while (response := await results.get()) is not None:
-                yield response
+            while True:
+                if not waiting:
+                    if finished:
+                        break
+                    await arrived.wait()
+                    arrived.clear()
+                    continue
+                group = waiting[: self._mailbox.policy.max_batch]
+                del waiting[: len(group)]
+                try:
+                    results: Sequence[SendReceipt | DomainError] = await self._mailbox.send_many(
+                        principal, [_request(r) for r in group]
+                    )
+                except DomainError as exc:  # e.g. the device's send rate: every send of the group
+                    results = [exc] * len(group)
+                for item, result in zip(group, results, strict=True):
+                    response = pb.SendMessageStreamResponse()
+                    _result(response.result, item.request_id, result)
+                    yield response
             await reader
         finally:
             reader.cancel()
-            for task in pending:
-                task.cancel()
 
     async def ReceiveMessages(
         self, request: pb.ReceiveMessagesRequest, context: Context
