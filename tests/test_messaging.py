@@ -346,6 +346,39 @@ def test_send_stream(server: LiveServer) -> None:
     stream.close()
 
 
+def test_keep_alives_on_an_idle_stream(make_server: ServerFactory) -> None:
+    server = make_server(keepalive_interval=0.1)
+    bob = member(server, BOB)
+    stream = Stream(server, bob)
+    assert stream.until_empty() == []
+    assert stream.next().HasField("keep_alive")
+    assert stream.next().HasField("keep_alive")
+    stream.close()
+
+
+def test_business_metadata_travels_in_cleartext(server: LiveServer) -> None:
+    shop, bob = member(server, ALICE), member(server, BOB)
+    business = mpb.BusinessMetadata(
+        category=mpb.MESSAGE_CATEGORY_UTILITY, template_name="order_shipped"
+    )
+    stub(server).SendMessage(
+        send_request([bob], b"sealed", business=business), metadata=shop.device.metadata
+    )
+    plain = stub(server).SendMessage(send_request([bob], b"plain"), metadata=shop.device.metadata)
+    stream = Stream(server, bob)
+    first, second = stream.until_empty()
+    assert first.business == business and first.content == b"sealed"
+    assert not second.HasField("business") and second.message_id == plain.message_id
+    stream.close()
+    err = failure(
+        lambda: stub(server).SendMessage(
+            send_request([bob], b"x", business=mpb.BusinessMetadata(category=42)),  # type: ignore[arg-type]
+            metadata=shop.device.metadata,
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_batched_send_reports_each_item(server: LiveServer) -> None:
     alice, bob = member(server, ALICE), member(server, BOB)
     good = send_request([bob], b"good")
