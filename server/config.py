@@ -54,6 +54,7 @@ class Settings:
     envelope_ttl: float = 30 * 86400.0
     expiry_interval: float = 60.0
     keepalive_interval: float = 30.0
+    stream_buffer: int = 10_000
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     shutdown_grace: float = 5.0
@@ -76,6 +77,7 @@ class Settings:
             send_rate=self.send_rate,
             envelope_ttl=self.envelope_ttl,
             keepalive_interval=self.keepalive_interval,
+            stream_buffer=self.stream_buffer,
         )
 
     def key_policy(self) -> KeyPolicy:
@@ -128,6 +130,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("envelope_ttl", float, "seconds an undelivered envelope is kept before it fails"),
     Option("expiry_interval", float, "seconds between sweeps for expired envelopes"),
     Option("keepalive_interval", float, "seconds of silence before a stream gets a keep-alive"),
+    Option(
+        "stream_buffer",
+        int,
+        "envelopes held in memory per connected device; past that its stream reads the database",
+    ),
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),
     Option("shutdown_grace", float, "seconds in-flight calls get to finish on SIGTERM"),

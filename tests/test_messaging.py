@@ -346,6 +346,22 @@ def test_send_stream(server: LiveServer) -> None:
     stream.close()
 
 
+def test_a_slow_reader_falls_back_to_the_database(make_server: ServerFactory) -> None:
+    """More live envelopes than the stream buffer holds: all arrive, once each, in order."""
+    server = make_server(stream_buffer=20)
+    alice, bob = member(server, ALICE), member(server, BOB)
+    stream = Stream(server, bob)
+    assert stream.until_empty() == []
+    for first in range(0, 300, 100):  # 100 per batch: each push overflows the buffer
+        batch = [send_request([bob], f"{i:03d}".encode()) for i in range(first, first + 100)]
+        stub(server).SendMessages(
+            mpb.SendMessagesRequest(requests=batch), metadata=alice.device.metadata
+        )
+    got = stream.envelopes(300)
+    assert [e.content for e in got] == [f"{i:03d}".encode() for i in range(300)]
+    stream.close()
+
+
 def test_keep_alives_on_an_idle_stream(make_server: ServerFactory) -> None:
     server = make_server(keepalive_interval=0.1)
     bob = member(server, BOB)

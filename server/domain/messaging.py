@@ -28,7 +28,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from server.domain import validation
 from server.domain.auth import Principal
@@ -52,9 +52,6 @@ log = logging.getLogger(__name__)
 CONTENT_TYPES = frozenset({2, 3, 7, 8})
 CATEGORIES = frozenset({0, 1, 2, 3, 4})
 MAX_TEMPLATE_NAME = 512
-# Items a connected device may have waiting in memory before we stop buffering and let its
-# stream re-read from the database: bounds memory for a stalled reader without losing anything.
-MAX_BUFFERED = 10_000
 EXPIRY_BATCH = 10_000
 # Envelopes per stream message are capped by bytes too, well under gRPC's default 4 MiB
 # receive limit, so a batch of large ciphertexts never breaks a client.
@@ -72,6 +69,7 @@ class MessagingPolicy:
     envelope_ttl: float = 30 * 86_400.0
     stream_batch: int = 500
     keepalive_interval: float = 30.0
+    stream_buffer: int = 10_000
 
 
 class Copy(NamedTuple):
@@ -167,12 +165,15 @@ class _Connection:
     envelopes: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
     online: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
     statuses: collections.deque[StatusRow] = field(default_factory=collections.deque)
+    # Items that may wait in memory before the stream stops buffering and re-reads from the
+    # database instead: bounds memory for a stalled reader without losing anything.
+    limit: int = 10_000
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflow: bool = False
     replaced: bool = False
 
     def push_envelopes(self, rows: list[EnvelopeRow]) -> None:
-        if self.overflow or len(self.envelopes) + len(rows) > MAX_BUFFERED:
+        if self.overflow or len(self.envelopes) + len(rows) > self.limit:
             self.overflow = True
             self.envelopes.clear()
         else:
@@ -180,7 +181,7 @@ class _Connection:
         self.wake.set()
 
     def push_statuses(self, rows: list[StatusRow]) -> None:
-        if self.overflow or len(self.statuses) + len(rows) > MAX_BUFFERED:
+        if self.overflow or len(self.statuses) + len(rows) > self.limit:
             self.overflow = True
             self.statuses.clear()
         else:
@@ -188,7 +189,7 @@ class _Connection:
         self.wake.set()
 
     def push_online(self, row: EnvelopeRow) -> None:
-        if len(self.online) < MAX_BUFFERED:  # typing indicators may be dropped, never stored
+        if len(self.online) < self.limit:  # typing indicators may be dropped, never stored
             self.online.append(row)
             self.wake.set()
 
@@ -377,21 +378,16 @@ class Mailbox:
     async def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
         """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
         key = (caller.account_id, caller.device_id)
-        connection = _Connection()
+        connection = _Connection(limit=self.policy.stream_buffer)
         old = self._connections.get(key)
         if old is not None:
             old.replaced = True
             old.wake.set()
         self._connections[key] = connection  # before reading the backlog: nothing slips between
-        last_envelope = last_status = 0
+        sent = _Position()
         try:
-            async for event in self._from_database(caller, 0, 0):
-                if isinstance(event, Envelopes):
-                    last_envelope = event.envelopes[-1].envelope_id
-                else:
-                    assert isinstance(event, Statuses)
-                    last_status = event.statuses[-1].status_id
-                yield event
+            async for event in self._from_database(caller, sent):
+                yield sent.past(event)
             yield QueueEmpty()
             while True:
                 try:
@@ -410,25 +406,17 @@ class Mailbox:
                     connection.overflow = False
                     connection.envelopes.clear()
                     connection.statuses.clear()
-                    async for event in self._from_database(caller, last_envelope, last_status):
-                        if isinstance(event, Envelopes):
-                            last_envelope = event.envelopes[-1].envelope_id
-                        else:
-                            assert isinstance(event, Statuses)
-                            last_status = event.statuses[-1].status_id
-                        yield event
+                    async for event in self._from_database(caller, sent):
+                        yield sent.past(event)
                     continue
-                fresh = [r for r in connection.envelopes if r.envelope_id > last_envelope]
+                fresh = [r for r in connection.envelopes if r.envelope_id > sent.envelope]
                 connection.envelopes.clear()
                 for chunk in self._chunks(fresh):
-                    last_envelope = chunk[-1].envelope_id
-                    yield Envelopes(chunk)
-                if connection.statuses:
-                    news = [s for s in connection.statuses if s.status_id > last_status]
-                    connection.statuses.clear()
-                    if news:
-                        last_status = news[-1].status_id
-                        yield Statuses(news)
+                    yield sent.past(Envelopes(chunk))
+                news = [s for s in connection.statuses if s.status_id > sent.status]
+                connection.statuses.clear()
+                if news:
+                    yield sent.past(Statuses(news))
         finally:
             if self._connections.get(key) is connection:
                 del self._connections[key]
@@ -450,39 +438,33 @@ class Mailbox:
             yield chunk
 
     async def _from_database(
-        self, caller: Principal, after_envelope: int, after_status: int
+        self, caller: Principal, sent: _Position
     ) -> AsyncIterator[Envelopes | Statuses]:
-        limit = self.policy.stream_batch
-        account, device = caller.account_id, caller.device_id
+        """What the device has stored past `sent`: envelopes, then delivery statuses."""
+        async for rows in self._pages(store.envelopes_after, caller, sent.envelope):
+            for chunk in self._chunks(rows):
+                yield Envelopes(chunk)
+        async for statuses in self._pages(store.statuses_after, caller, sent.status):
+            yield Statuses(statuses)
+
+    async def _pages(
+        self, fetch: Callable[..., list[_Row]], caller: Principal, after: int
+    ) -> AsyncIterator[list[_Row]]:
+        """Read `fetch` page by page, each page a short read transaction off the event loop."""
         while True:
             rows = await self._db.read(
                 partial(
-                    store.envelopes_after,
-                    account_id=account,
-                    device_id=device,
-                    after_id=after_envelope,
-                    limit=limit,
+                    fetch,
+                    account_id=caller.account_id,
+                    device_id=caller.device_id,
+                    after_id=after,
+                    limit=self.policy.stream_batch,
                 )
             )
             if not rows:
-                break
-            after_envelope = rows[-1].envelope_id
-            for chunk in self._chunks(rows):
-                yield Envelopes(chunk)
-        while True:
-            statuses = await self._db.read(
-                partial(
-                    store.statuses_after,
-                    account_id=account,
-                    device_id=device,
-                    after_id=after_status,
-                    limit=limit,
-                )
-            )
-            if not statuses:
-                break
-            after_status = statuses[-1].status_id
-            yield Statuses(statuses)
+                return
+            after = rows[-1][0]  # envelope_id / status_id: the first column of either row
+            yield rows
 
     def connected(self, account_id: str, device_id: int) -> bool:
         return (account_id, device_id) in self._connections
@@ -572,6 +554,24 @@ class Mailbox:
                 continue
             if expired:
                 log.info("expired %d undelivered envelopes", expired)
+
+
+_Row = TypeVar("_Row", EnvelopeRow, StatusRow)
+
+
+@dataclass
+class _Position:
+    """How far a stream has sent; envelope and status ids both grow in commit order."""
+
+    envelope: int = 0
+    status: int = 0
+
+    def past(self, event: Envelopes | Statuses) -> Envelopes | Statuses:
+        if isinstance(event, Envelopes):
+            self.envelope = event.envelopes[-1].envelope_id
+        else:
+            self.status = event.statuses[-1].status_id
+        return event
 
 
 class _Draft(NamedTuple):

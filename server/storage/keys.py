@@ -86,34 +86,33 @@ def put_device_keys(conn: sqlite3.Connection, k: DeviceKeys) -> None:
     )
 
 
-def existing_pre_keys(
-    conn: sqlite3.Connection, account_id: str, device_id: int, key_ids: Iterable[int]
+def _existing(
+    conn: sqlite3.Connection, table: str, account_id: str, device_id: int, key_ids: Iterable[int]
 ) -> dict[int, bytes]:
     ids = list(key_ids)
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
     rows = conn.execute(
-        f"SELECT key_id, public_key FROM one_time_pre_keys WHERE account_id = ? AND device_id = ?"
+        f"SELECT key_id, public_key FROM {table} WHERE account_id = ? AND device_id = ?"
         f" AND key_id IN ({marks})",
         (account_id, device_id, *ids),
     ).fetchall()
     return {int(k): bytes(v) for k, v in rows}
+
+
+def existing_pre_keys(
+    conn: sqlite3.Connection, account_id: str, device_id: int, key_ids: Iterable[int]
+) -> dict[int, bytes]:
+    """The device's one-time EC prekeys among `key_ids`, by id."""
+    return _existing(conn, "one_time_pre_keys", account_id, device_id, key_ids)
 
 
 def existing_kyber_pre_keys(
     conn: sqlite3.Connection, account_id: str, device_id: int, key_ids: Iterable[int]
 ) -> dict[int, bytes]:
-    ids = list(key_ids)
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT key_id, public_key FROM kyber_pre_keys WHERE account_id = ? AND device_id = ?"
-        f" AND key_id IN ({marks})",
-        (account_id, device_id, *ids),
-    ).fetchall()
-    return {int(k): bytes(v) for k, v in rows}
+    """The device's one-time Kyber prekeys among `key_ids`, by id."""
+    return _existing(conn, "kyber_pre_keys", account_id, device_id, key_ids)
 
 
 def add_pre_keys(
