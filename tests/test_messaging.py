@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.rpc import status_pb2
+from parley.v1 import account_pb2 as apb
 from parley.v1 import messaging_pb2 as mpb
 from parley.v1 import messaging_pb2_grpc
 
@@ -247,11 +248,29 @@ def test_expiry_reports_failure_to_sender(make_server: ServerFactory) -> None:
     server.clock.advance(3601)
     (status,) = alice_stream.statuses(1)
     assert status.state == mpb.DELIVERY_STATE_FAILED and status.message_id == sent.message_id
-    assert "expired" in status.reason
+    assert "not delivered" in status.reason
     alice_stream.close()
     stream = Stream(server, bob)
     assert stream.until_empty() == []
     stream.close()
+
+
+def test_message_to_a_removed_device_fails_after_the_ttl(make_server: ServerFactory) -> None:
+    server = make_server(envelope_ttl=3600.0, expiry_interval=0.05)
+    alice = member(server, ALICE)
+    bob = member(server, BOB)
+    laptop = member(server, BOB, primary=bob.device)
+    sent = stub(server).SendMessage(
+        send_request([bob, laptop], b"to both"), metadata=alice.device.metadata
+    )
+    # Bob deletes his account: the envelopes go with his devices, the message stays pending.
+    server.accounts().DeleteAccount(apb.DeleteAccountRequest(), metadata=bob.device.metadata)
+    alice_stream = Stream(server, alice)
+    assert alice_stream.until_empty() == []
+    server.clock.advance(3601)
+    (status,) = alice_stream.statuses(1)
+    assert status.state == mpb.DELIVERY_STATE_FAILED and status.message_id == sent.message_id
+    alice_stream.close()
 
 
 def test_second_stream_replaces_the_first(server: LiveServer) -> None:

@@ -11,9 +11,10 @@ Rules kept here:
 3. Each device receives its envelopes in id order (ids are time-ordered and increase in commit
    order), every one until acknowledged; a stream sends an envelope at most once, a new stream
    sends again whatever was not acknowledged.
-4. The first acknowledgement by any recipient device settles a message as delivered, once; an
-   envelope that expires settles its message as failed if no device acknowledged it. Either way
-   the sending device gets one delivery status.
+4. The first acknowledgement by any recipient device settles a message as delivered, once; a
+   message that no device acknowledged within the envelope TTL settles as failed (whether its
+   envelopes expired or went away with a removed device). Either way the sending device gets
+   one delivery status.
 5. Online-only content (typing) is never stored: it reaches the devices connected right now.
 """
 
@@ -528,14 +529,17 @@ class Mailbox:
         while True:
 
             def job(conn: sqlite3.Connection) -> tuple[int, list[StatusRow]]:
-                # All copies of a message share its send time, so they expire together: a
-                # message still pending when its envelopes expire was acknowledged by no device.
-                message_ids = store.expire_envelopes(conn, cutoff, EXPIRY_BATCH)
-                failed = store.settle_messages(conn, message_ids, store.FAILED, now)
-                reason = "expired undelivered: no device of the recipient connected in time"
+                # All copies of a message share its send time, so they expire with it. A message
+                # still pending at that age was acknowledged by no device: its envelopes expired,
+                # or went with a removed device or a deleted account.
+                count = store.expire_envelopes(conn, cutoff, EXPIRY_BATCH)
+                failed = store.settle_messages(
+                    conn, store.pending_before(conn, cutoff, EXPIRY_BATCH), store.FAILED, now
+                )
+                reason = "not delivered: no device of the recipient received it in time"
                 statuses = _statuses_for(conn, failed, store.FAILED, now, ids, reason)
                 store.delete_settled_messages(conn, now - IDEMPOTENCY_RETENTION)
-                return len(message_ids), statuses
+                return max(count, len(failed)), statuses
 
             count, statuses = await self._db.write(job)
             self._notify_statuses(statuses)

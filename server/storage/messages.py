@@ -260,12 +260,20 @@ def delete_statuses(
     ).rowcount
 
 
-def expire_envelopes(conn: sqlite3.Connection, before_id: int, limit: int) -> list[int]:
-    """Delete up to `limit` envelopes with ids below `before_id`; return their message ids."""
-    rows = conn.execute(
+def expire_envelopes(conn: sqlite3.Connection, before_id: int, limit: int) -> int:
+    """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
+    return conn.execute(
         "DELETE FROM envelopes WHERE envelope_id IN ("
-        " SELECT envelope_id FROM envelopes WHERE envelope_id < ? ORDER BY envelope_id LIMIT ?)"
-        " RETURNING message_id",
+        " SELECT envelope_id FROM envelopes WHERE envelope_id < ? ORDER BY envelope_id LIMIT ?)",
+        (before_id, limit),
+    ).rowcount
+
+
+def pending_before(conn: sqlite3.Connection, before_id: int, limit: int) -> list[int]:
+    """Ids of up to `limit` messages still pending that were sent before `before_id`."""
+    rows = conn.execute(
+        f"SELECT message_id FROM messages WHERE message_id < ? AND state = {PENDING}"
+        " ORDER BY message_id LIMIT ?",
         (before_id, limit),
     ).fetchall()
     return [int(r[0]) for r in rows]
