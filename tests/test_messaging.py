@@ -273,6 +273,20 @@ def test_message_to_a_removed_device_fails_after_the_ttl(make_server: ServerFact
     alice_stream.close()
 
 
+def test_removing_a_device_ends_its_stream(server: LiveServer) -> None:
+    bob = member(server, BOB)
+    laptop = member(server, BOB, primary=bob.device)
+    stream = Stream(server, laptop)
+    assert stream.until_empty() == []
+    server.accounts().RemoveDevice(
+        apb.RemoveDeviceRequest(device_id=laptop.device.device_id), metadata=bob.device.metadata
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stream.next()
+    assert isinstance(info.value, grpc.Call)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_second_stream_replaces_the_first(server: LiveServer) -> None:
     alice, bob = member(server, ALICE), member(server, BOB)
     first = Stream(server, bob)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.domain.clock import Clock
@@ -51,6 +52,13 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._generation = 0
+        self._on_revoke: list[Callable[[str, int | None], None]] = []
+
+    def on_revoke(self, listener: Callable[[str, int | None], None]) -> None:
+        """Call `listener(account_id, device_id or None for all)` when credentials are revoked,
+        so that whatever a device has open (its message stream) ends at once, not at its next
+        call."""
+        self._on_revoke.append(listener)
 
     async def authenticate(self, token: str) -> Principal:
         if not token:
@@ -91,9 +99,13 @@ class Authenticator:
             if p.account_id == account_id and p.device_id == device_id
         ]:
             del self._cache[key]
+        for listener in self._on_revoke:
+            listener(account_id, device_id)
 
     def forget_account(self, account_id: str) -> None:
         """Call after all of an account's tokens were revoked in the store."""
         self._generation += 1
         for key in [k for k, (p, _) in self._cache.items() if p.account_id == account_id]:
             del self._cache[key]
+        for listener in self._on_revoke:
+            listener(account_id, None)

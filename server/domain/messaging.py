@@ -40,6 +40,7 @@ from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unauthenticated,
 )
 from server.domain.ratelimit import Rate, RateLimiter
 from server.storage import accounts as account_store
@@ -172,6 +173,7 @@ class _Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflow: bool = False
     replaced: bool = False
+    revoked: bool = False
 
     def push_envelopes(self, rows: list[EnvelopeRow]) -> None:
         if self.overflow or len(self.envelopes) + len(rows) > self.limit:
@@ -397,6 +399,10 @@ class Mailbox:
                     yield KeepAlive()
                     continue
                 connection.wake.clear()
+                if connection.revoked:
+                    raise Unauthenticated(
+                        "this device was removed or its account re-registered or deleted"
+                    )
                 if connection.replaced:
                     raise Aborted("another ReceiveMessages stream of this device replaced this one")
                 if connection.online:
@@ -469,6 +475,13 @@ class Mailbox:
 
     def connected(self, account_id: str, device_id: int) -> bool:
         return (account_id, device_id) in self._connections
+
+    def disconnect(self, account_id: str, device_id: int | None) -> None:
+        """End the streams of a revoked device (or of every device of the account)."""
+        for (account, device), connection in self._connections.items():
+            if account == account_id and device_id in (None, device):
+                connection.revoked = True
+                connection.wake.set()
 
     def _notify_envelopes(self, rows: list[EnvelopeRow]) -> None:
         by_device: dict[tuple[str, int], list[EnvelopeRow]] = {}
