@@ -14,11 +14,15 @@ Figures, in operations per second on one core:
 libsignal's (the interop peer's ``bench`` op times the same three things in Node).
 
 Each figure is the best of ``REPEATS`` runs: this VM's CPU time is shared and consecutive
-runs here differed by up to 40%. Measured on the 2-core machine (Nov 2026): symmetric
-10-16k msg/s per core (~18-32k with two processes), DH step 3-4.6k msg/s, setups 700-850/s
-per core (1,060-1,520/s with two processes). libsignal through its Node binding (the
-interop peer, including its async stores and SPQR): ~1.8-2k symmetric, ~1k DH, 225-330
-setups per second.
+runs here differed by up to 40%. Measured on the 2-core machine (Nov 2026, after the
+single-core work on ``client/crypto``): symmetric 20-24k msg/s per core (~45k with two
+processes), DH step 4.6-5.6k msg/s, setups 900-1,000/s per core (~1,590/s with two
+processes). Before that work, in the same minutes: symmetric 12-18k, DH step 3-4.5k,
+setups 600-850/s. A setup is bound by native code: 14 X25519 operations (~37 us each
+here), two XEdDSA verifications (~65 us), ML-KEM import + encapsulation + decapsulation
+(~175 us), about 0.82 ms of its ~1 ms. libsignal through its Node binding (the interop
+peer, including its async stores and SPQR): ~1.8-2k symmetric, ~1k DH, 225-330 setups per
+second.
 """
 
 from __future__ import annotations

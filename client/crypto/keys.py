@@ -10,6 +10,10 @@ Our keys and the peer's keys are different types (vodozemac's ``RatchetKey`` /
 ``RemoteRatchetKey``): :class:`PublicKey` is all we ever hold of a peer, a :class:`KeyPair`
 (or :class:`IdentityKeyPair`) is ours. Secret-bearing types never print their bytes.
 
+X25519 (key generation and Diffie-Hellman) runs in libsodium, bundled by the ``xeddsa``
+wheel, on raw bytes; it rejects exactly the inputs OpenSSL rejects (an all-zero output,
+i.e. a low-order peer key), which tests check against ``cryptography``'s X25519.
+
 libsignal's type ``0x08`` is *round-3 Kyber-1024*, not FIPS 203 ML-KEM. The two share key
 and ciphertext encodings and the inner shared key ``K``; round-3 Kyber then hashes it once
 more: ``SS = SHAKE256(K || SHA3-256(c))[:32]`` over the raw 1568-byte ciphertext ``c``
@@ -21,13 +25,15 @@ pseudo-random key, so the session's MAC then fails, as it would with libsignal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
 from typing import Final
 
+import xeddsa as _xeddsa
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from client.crypto import xeddsa
 from client.crypto.errors import InvalidKeyError, InvalidMessageError
@@ -68,6 +74,62 @@ ML_KEM_SEED_LENGTH: Final = 64
 _FIELD_PRIME: Final = 2**255 - 19
 
 
+class _X25519Error(Exception):
+    """libsodium refused a Diffie-Hellman input (low-order point, all-zero output)."""
+
+
+def _x25519_public(secret: bytes) -> bytes:
+    """``X25519(secret, 9)`` through libsodium (the ``xeddsa`` wheel's public API)."""
+    return _xeddsa.priv_to_curve25519_pub(secret)
+
+
+def _x25519(secret: bytes, u: bytes) -> bytes:
+    """``X25519(secret, u)`` through libsodium; raises :class:`_X25519Error` on rejection."""
+    try:
+        return _xeddsa.x25519(secret, u)
+    except (ValueError, _xeddsa.XEdDSAException) as exc:
+        raise _X25519Error from exc
+
+
+# X25519 runs 14 times in a session setup. libsodium (bundled by the ``xeddsa`` wheel) is as
+# fast as OpenSSL here and takes raw bytes, where ``cryptography`` needs a key object per
+# peer key (an OpenSSL key import costs a sixth of a Diffie-Hellman). The wheel's wrappers
+# copy every argument into fresh buffers first; when its cffi module is where 1.x keeps it,
+# call the C functions directly with our (always 32-byte) bytes. Tests compare both paths
+# with OpenSSL's X25519.
+try:  # pragma: no branch
+    from xeddsa.bindings import ffi as _ffi  # type: ignore[attr-defined]
+    from xeddsa.bindings import lib as _lib  # type: ignore[attr-defined]
+
+    _new_point = functools.partial(_ffi.new, "uint8_t[32]")
+    _buffer = _ffi.buffer
+    _sodium_x25519 = _lib.x25519
+    _sodium_x25519_base = _lib.priv_to_curve25519_pub
+
+    def _x25519_public_direct(secret: bytes) -> bytes:
+        if len(secret) != CURVE25519_KEY_LENGTH:  # C reads 32 bytes
+            raise ValueError("X25519 private keys are 32 bytes")
+        out = _new_point()
+        _sodium_x25519_base(out, secret)
+        result: bytes = _buffer(out)[:]
+        return result
+
+    def _x25519_direct(secret: bytes, u: bytes) -> bytes:
+        if len(secret) != CURVE25519_KEY_LENGTH or len(u) != CURVE25519_KEY_LENGTH:
+            raise _X25519Error("X25519 keys are 32 bytes")
+        out = _new_point()
+        if _sodium_x25519(out, secret, u) != 0:
+            raise _X25519Error
+        result: bytes = _buffer(out)[:]
+        return result
+
+    _x25519_public_fast: Callable[[bytes], bytes] = _x25519_public_direct
+    _x25519_fast: Callable[[bytes, bytes], bytes] = _x25519_direct
+except (ImportError, AttributeError):  # pragma: no cover - depends on the xeddsa version
+    _x25519_public_fast = _x25519_public
+    _x25519_fast = _x25519
+
+
 def _clamp(scalar: bytes) -> bytes:
     """Clamp a Curve25519 scalar (RFC 7748 §5): clear bits 0-2 and 255, set bit 254."""
     b = bytearray(scalar)
@@ -77,16 +139,24 @@ def _clamp(scalar: bytes) -> bytes:
     return bytes(b)
 
 
-class PublicKey:
-    """A Curve25519 public key: ours or the peer's (``0x05 || u`` on the wire)."""
+_NOT_CONVERTED: Final = b""
+"""``PublicKey._edwards`` before the first signature check (a converted key is 32 bytes)."""
 
-    __slots__ = ("_obj", "_serialized")
+
+class PublicKey:
+    """A Curve25519 public key: ours or the peer's (``0x05 || u`` on the wire).
+
+    Derived forms are computed on first use and kept with the key (they are public): the
+    ``cryptography`` object for Diffie-Hellman and the Edwards form for XEdDSA checks.
+    """
+
+    __slots__ = ("_edwards", "_serialized")
 
     def __init__(self, u: bytes) -> None:
         if len(u) != CURVE25519_KEY_LENGTH:
             raise InvalidKeyError(f"a Curve25519 public key is 32 bytes, got {len(u)}")
         self._serialized = bytes((DJB_TYPE,)) + u
-        self._obj: x25519.X25519PublicKey | None = None
+        self._edwards: bytes | None = _NOT_CONVERTED
 
     @classmethod
     def deserialize(cls, data: bytes) -> PublicKey:
@@ -101,7 +171,7 @@ class PublicKey:
             raise InvalidKeyError(f"unknown EC key type 0x{data[0]:02x}, expected 0x05")
         key = cls.__new__(cls)
         key._serialized = bytes(data)
-        key._obj = None
+        key._edwards = _NOT_CONVERTED
         return key
 
     def serialize(self) -> bytes:
@@ -121,16 +191,15 @@ class PublicKey:
         """
         return int.from_bytes(self._serialized[1:], "little") < _FIELD_PRIME
 
-    def _x25519(self) -> x25519.X25519PublicKey:
-        obj = self._obj
-        if obj is None:
-            obj = x25519.X25519PublicKey.from_public_bytes(self._serialized[1:])
-            self._obj = obj
-        return obj
-
     def verify_signature(self, message: bytes, signature: bytes) -> bool:
         """Verify an XEdDSA signature made with the matching private key (libsignal way)."""
-        return xeddsa.verify(self._serialized, message, signature)
+        edwards = self._edwards
+        if edwards == _NOT_CONVERTED:
+            edwards = xeddsa.edwards_public_key(self._serialized)
+            self._edwards = edwards
+        if edwards is None:
+            return False
+        return xeddsa.verify_edwards(edwards, message, signature)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PublicKey) and other._serialized == self._serialized
@@ -146,13 +215,12 @@ class PublicKey:
 class PrivateKey:
     """A clamped Curve25519 private key. Never printed."""
 
-    __slots__ = ("_obj", "_public", "_secret")
+    __slots__ = ("_public", "_secret")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) != CURVE25519_KEY_LENGTH:
             raise InvalidKeyError(f"a Curve25519 private key is 32 bytes, got {len(secret)}")
         self._secret = _clamp(secret)
-        self._obj = x25519.X25519PrivateKey.from_private_bytes(self._secret)
         self._public: PublicKey | None = None
 
     @classmethod
@@ -168,7 +236,7 @@ class PrivateKey:
         """The matching public key ``0x05 || X25519(k, 9)``."""
         pub = self._public
         if pub is None:
-            pub = PublicKey(self._obj.public_key().public_bytes_raw())
+            pub = PublicKey(_x25519_public_fast(self._secret))
             self._public = pub
         return pub
 
@@ -179,8 +247,8 @@ class PrivateKey:
             InvalidKeyError: the peer's key is a small-order point (all-zero output).
         """
         try:
-            return self._obj.exchange(their_public._x25519())
-        except ValueError as exc:
+            return _x25519_fast(self._secret, their_public._serialized[1:])
+        except _X25519Error as exc:
             raise InvalidKeyError("Diffie-Hellman with a low-order public key") from exc
 
     def sign(self, message: bytes, random: bytes | None = None) -> bytes:

@@ -86,15 +86,28 @@ def decode_fields(data: bytes) -> dict[int, int | bytes]:
     pos = 0
     end = len(data)
     while pos < end:
-        key, pos = _read_varint(data, pos)
+        # One-byte varints (tags, ids, short lengths) inline; longer ones via _read_varint.
+        key = data[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise InvalidMessageError("protobuf field number 0")
         if wire_type == WIRE_VARINT:
-            value, pos = _read_varint(data, pos)
-            fields[number] = value
+            if pos < end and data[pos] < 0x80:
+                fields[number] = data[pos]
+                pos += 1
+            else:
+                value, pos = _read_varint(data, pos)
+                fields[number] = value
         elif wire_type == WIRE_LEN:
-            length, pos = _read_varint(data, pos)
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos)
             if pos + length > end:
                 raise InvalidMessageError("truncated protobuf length-delimited field")
             fields[number] = data[pos : pos + length]

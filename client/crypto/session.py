@@ -37,6 +37,7 @@ from client.crypto.errors import (
     MessageTooFarAheadError,
     NoSessionError,
 )
+from client.crypto.kdf import message_key_material, ratchet_step
 from client.crypto.keys import (
     IdentityKeyPair,
     KeyPair,
@@ -46,7 +47,7 @@ from client.crypto.keys import (
     default_rng,
 )
 from client.crypto.protobuf import bytes_field, decode_fields, decode_repeated, uint_field
-from client.crypto.ratchet import ChainKey, MessageKeys, RootKey
+from client.crypto.ratchet import ChainKey, RootKey
 from client.crypto.ratchet.message_keys import aes_cbc_decrypt, aes_cbc_encrypt
 from client.crypto.trace import NO_TRACE, EventKind, TraceEvent, Tracer
 from client.crypto.wire import (
@@ -54,6 +55,7 @@ from client.crypto.wire import (
     CiphertextMessageType,
     PreKeySignalMessage,
     SignalMessage,
+    encode_signal_message,
 )
 
 __all__ = [
@@ -223,11 +225,25 @@ class SessionState:
         RatchetEncrypt). Mutates this state: encryption cannot fail half-way."""
         chain = self.sender_chain
         ck = chain.chain_key
-        seed, next_ck = ck.step()
-        keys = MessageKeys.derive(seed, ck.index)
-        body = aes_cbc_encrypt(keys.cipher_key, keys.iv, plaintext)
+        _, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, None)
+        next_ck = ChainKey(next_key, ck.index + 1)
+        body = aes_cbc_encrypt(cipher_key, iv, plaintext)
+        pending = self.pending_pre_key
+        if pending is None and tracer is NO_TRACE:
+            # The per-message path: the bytes only, no SignalMessage object.
+            serialized = encode_signal_message(
+                mac_key,
+                chain.ratchet_key.public_key,
+                ck.index,
+                self.previous_counter,
+                body,
+                self.local_identity,
+                self.remote_identity,
+            )
+            self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
+            return CiphertextMessage(CiphertextMessageType.WHISPER, serialized)
         message = SignalMessage.create(
-            mac_key=keys.mac_key,
+            mac_key=mac_key,
             ratchet_key=chain.ratchet_key.public_key,
             counter=ck.index,
             previous_counter=self.previous_counter,
@@ -236,7 +252,6 @@ class SessionState:
             receiver_identity=self.remote_identity,
         )
         self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
-        pending = self.pending_pre_key
         if tracer is not NO_TRACE:
             tracer(
                 TraceEvent(
@@ -250,9 +265,9 @@ class SessionState:
                     },
                     {
                         "chain_key": ck.key,
-                        "cipher_key": keys.cipher_key,
-                        "mac_key": keys.mac_key,
-                        "iv": keys.iv,
+                        "cipher_key": cipher_key,
+                        "mac_key": mac_key,
+                        "iv": iv,
                     },
                 )
             )
@@ -290,11 +305,11 @@ class SessionState:
             raise InvalidMessageError("message version does not match the session version")
         new = self.copy()
         their_key = message.ratchet_key
-        their_bytes = their_key.serialize()
+        their_bytes = their_key._serialized
         chains = new.receiver_chains
         position = -1
         for i, chain in enumerate(chains):
-            if chain.ratchet_key.serialize() == their_bytes:
+            if chain.ratchet_key._serialized == their_bytes:
                 position = i
                 break
         if position < 0:
@@ -310,15 +325,18 @@ class SessionState:
         ck = chain.chain_key
         counter = message.counter
         skipped = chain.message_keys
+        seed = b""
         if ck.index > counter:
-            seed = skipped.get(counter)
-            if seed is None:
+            stored = skipped.get(counter)
+            if stored is None:
                 raise DuplicateMessageError(
                     f"message {counter} was already received (chain is at {ck.index})"
                 )
+            seed = stored
             skipped = dict(skipped)
             del skipped[counter]
             next_ck = ck
+            step = False
             if tracer is not NO_TRACE:
                 tracer(
                     TraceEvent(
@@ -352,16 +370,20 @@ class SessionState:
                         if tracer is not NO_TRACE:
                             tracer(TraceEvent(EventKind.SKIPPED_KEY_DROPPED, {"counter": oldest}))
                     ck = following
-            seed, next_ck = ck.step()
+            step = True
         pq_salt = (
             spqr.message_key_salt(message.pq_ratchet, new.pqr_auth_key, not new.is_initiator)
             if message.pq_ratchet
             else None
         )
-        keys = MessageKeys.derive(seed, counter, pq_salt)
-        if not message.verify_mac(keys.mac_key, new.remote_identity, new.local_identity):
+        if step:
+            _, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_salt)
+            next_ck = ChainKey(next_key, ck.index + 1)
+        else:
+            cipher_key, mac_key, iv = message_key_material(seed, pq_salt)
+        if not message.verify_mac(mac_key, new.remote_identity, new.local_identity):
             raise InvalidMacError("message MAC does not verify")
-        plaintext = aes_cbc_decrypt(keys.cipher_key, keys.iv, message.ciphertext)
+        plaintext = aes_cbc_decrypt(cipher_key, iv, message.ciphertext)
         updated = ReceiverChain(their_key, next_ck, skipped)
         new.receiver_chains = (*chains[:position], updated, *chains[position + 1 :])
         # Invariant 3: the peer answered, so the session is acknowledged.
@@ -377,7 +399,7 @@ class SessionState:
                         "chain_index_after": next_ck.index,
                         "skipped_keys_in_chain": len(skipped),
                     },
-                    {"cipher_key": keys.cipher_key, "mac_key": keys.mac_key, "iv": keys.iv},
+                    {"cipher_key": cipher_key, "mac_key": mac_key, "iv": iv},
                 )
             )
         return new, plaintext
@@ -770,7 +792,9 @@ class SessionRecord:
                 current session (or of the newest archived one) when no session decrypts.
             UnsupportedVersionError: the bytes are not a version-0x44 message.
         """
-        if isinstance(message, bytes | bytearray | memoryview):
+        if type(message) is bytes:  # the usual call; the check below is slower
+            message = SignalMessage.parse(message)
+        elif isinstance(message, bytes | bytearray | memoryview):
             message = SignalMessage.parse(bytes(message))
         first_error: CryptoError | None = None
         if self.current is not None:

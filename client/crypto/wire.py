@@ -38,6 +38,7 @@ __all__ = [
     "CiphertextMessageType",
     "PreKeySignalMessage",
     "SignalMessage",
+    "encode_signal_message",
 ]
 
 CIPHERTEXT_MESSAGE_CURRENT_VERSION: Final = 4
@@ -74,8 +75,44 @@ def compute_mac(
     mac_key: bytes, sender_identity: PublicKey, receiver_identity: PublicKey, body: bytes
 ) -> bytes:
     """The 8-byte MAC over ``IK_sender || IK_receiver || version || protobuf``."""
-    data = sender_identity.serialize() + receiver_identity.serialize() + body
+    data = sender_identity._serialized + receiver_identity._serialized + body
     return hmac_sha256(mac_key, data)[:MAC_LENGTH]
+
+
+def _encode_body(
+    ratchet_key: PublicKey, counter: int, previous_counter: int, ciphertext: bytes
+) -> bytes:
+    """Version byte and protobuf fields 1-4 of a SignalMessage (tags 0x0A, 0x10, 0x18, 0x22),
+    written out: this runs for every message."""
+    return b"".join(
+        (
+            _SIGNAL_MESSAGE_PREFIX,
+            ratchet_key._serialized,
+            b"\x10",
+            varint(counter),
+            b"\x18",
+            varint(previous_counter),
+            b"\x22",
+            varint(len(ciphertext)),
+            ciphertext,
+        )
+    )
+
+
+def encode_signal_message(
+    mac_key: bytes,
+    ratchet_key: PublicKey,
+    counter: int,
+    previous_counter: int,
+    ciphertext: bytes,
+    sender_identity: PublicKey,
+    receiver_identity: PublicKey,
+) -> bytes:
+    """The bytes of :meth:`SignalMessage.create` without ``pq_ratchet`` or addresses (the
+    per-message encrypt path, which needs no message object)."""
+    body = _encode_body(ratchet_key, counter, previous_counter, ciphertext)
+    data = sender_identity._serialized + receiver_identity._serialized + body
+    return body + hmac_sha256(mac_key, data)[:MAC_LENGTH]
 
 
 class SignalMessage:
@@ -124,20 +161,7 @@ class SignalMessage:
         addresses: bytes | None = None,
     ) -> SignalMessage:
         """Encode and MAC a message, exactly as libsignal's ``SignalMessage::new``."""
-        # Fields 1-4 written out (tags 0x0A, 0x10, 0x18, 0x22): this runs for every message.
-        body = b"".join(
-            (
-                _SIGNAL_MESSAGE_PREFIX,
-                ratchet_key.serialize(),
-                b"\x10",
-                varint(counter),
-                b"\x18",
-                varint(previous_counter),
-                b"\x22",
-                varint(len(ciphertext)),
-                ciphertext,
-            )
-        )
+        body = _encode_body(ratchet_key, counter, previous_counter, ciphertext)
         if pq_ratchet:
             body += bytes_field(5, pq_ratchet)
         if addresses is not None:
@@ -192,7 +216,8 @@ class SignalMessage:
         """
         if len(data) < 1 + MAC_LENGTH:
             raise InvalidMessageError(f"SignalMessage too short ({len(data)} bytes)")
-        _check_version(data[0])
+        if data[0] != VERSION_BYTE:
+            _check_version(data[0])
         data = bytes(data)
         fast = cls._parse_canonical(data)
         if fast is not None:
@@ -275,19 +300,24 @@ class PreKeySignalMessage:
         self.identity_key = identity_key
         self.message = message
         if serialized is None:
-            body = _VERSION_PREFIX
-            if pre_key_id is not None:
-                body += uint_field(1, pre_key_id)
-            body += (
-                bytes_field(2, base_key.serialize())
-                + bytes_field(3, identity_key.serialize())
-                + bytes_field(4, message.serialized)
-                + uint_field(5, registration_id)
-                + uint_field(6, signed_pre_key_id)
-                + uint_field(7, kyber_pre_key_id)
-                + bytes_field(8, kyber_ciphertext)
+            # One join: the Kyber ciphertext and inner message make this ~2 KB.
+            serialized = b"".join(
+                (
+                    _VERSION_PREFIX,
+                    b"" if pre_key_id is None else uint_field(1, pre_key_id),
+                    bytes_field(2, base_key.serialize()),
+                    bytes_field(3, identity_key.serialize()),
+                    b"\x22",
+                    varint(len(message.serialized)),
+                    message.serialized,
+                    uint_field(5, registration_id),
+                    uint_field(6, signed_pre_key_id),
+                    uint_field(7, kyber_pre_key_id),
+                    b"\x42",
+                    varint(len(kyber_ciphertext)),
+                    kyber_ciphertext,
+                )
             )
-            serialized = body
         self.serialized = serialized
 
     @classmethod

@@ -17,13 +17,18 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from client.crypto.errors import InvalidMessageError
-from client.crypto.kdf import hkdf_sha256_96
+from client.crypto.kdf import message_key_material
 
 __all__ = ["MessageKeys", "aes_cbc_decrypt", "aes_cbc_encrypt"]
 
 MESSAGE_KEYS_INFO: Final = b"WhisperMessageKeys"
 MESSAGE_KEYS_LENGTH: Final = 80
 AES_BLOCK: Final = 16
+_PADDING: Final = tuple(bytes((n,)) * n for n in range(AES_BLOCK + 1))
+"""``_PADDING[n]`` is ``n`` bytes of value ``n`` (PKCS#7)."""
+_AES256: Final = algorithms.AES256
+_KEY_LENGTH: Final = 32
+_CBC: Final = modes.CBC
 
 
 def _public_encryptor(algorithm: algorithms.AES256, mode: modes.CBC) -> Any:
@@ -50,6 +55,41 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on cryptogra
     pass
 
 
+def _unchecked_aes256(key: bytes) -> algorithms.AES256:
+    algorithm: algorithms.AES256 = object.__new__(_AES256)
+    algorithm.key = key
+    return algorithm
+
+
+def _unchecked_cbc(iv: bytes) -> modes.CBC:
+    mode: modes.CBC = object.__new__(_CBC)
+    mode._initialization_vector = iv
+    return mode
+
+
+def _unchecked_works() -> bool:
+    """The unchecked constructors skip the argument checks of ``AES256(key)`` and
+    ``CBC(iv)`` (a sixth of the cipher's cost for a short message) by setting the attributes
+    that those constructors set; the callers check the two lengths themselves (OpenSSL reads
+    32 key and 16 IV bytes whatever it is given). Used only if they give the public path's
+    bytes on this ``cryptography``."""
+    key, iv, data = bytes(range(32)), bytes(range(16)), bytes(range(48))
+    try:
+        fast = _new_encryptor(_unchecked_aes256(key), _unchecked_cbc(iv))
+        slow = _public_encryptor(_AES256(key), _CBC(iv))
+        ciphertext: bytes = slow.update(data) + slow.finalize()
+        if fast.update(data) + fast.finalize() != ciphertext:  # pragma: no cover
+            return False
+        fast = _new_decryptor(_unchecked_aes256(key), _unchecked_cbc(iv))
+        return bool(fast.update(ciphertext) + fast.finalize() == data)
+    except Exception:  # pragma: no cover - depends on cryptography version
+        return False
+
+
+_UNCHECKED: Final = _unchecked_works()
+_object_new = object.__new__
+
+
 class MessageKeys:
     """The keys for exactly one message. Never printed."""
 
@@ -64,8 +104,8 @@ class MessageKeys:
     @classmethod
     def derive(cls, seed: bytes, counter: int, pq_salt: bytes | None = None) -> MessageKeys:
         """Expand a chain's message-key seed; ``pq_salt`` is the (future) SPQR key."""
-        okm = hkdf_sha256_96(seed, pq_salt, MESSAGE_KEYS_INFO)  # first 80 bytes used
-        return cls(okm[:32], okm[32:64], okm[64:80], counter)
+        cipher_key, mac_key, iv = message_key_material(seed, pq_salt)
+        return cls(cipher_key, mac_key, iv, counter)
 
     def __repr__(self) -> str:
         return f"MessageKeys(counter={self.counter}, keys=<secret>)"
@@ -73,9 +113,19 @@ class MessageKeys:
 
 def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
     """AES-256-CBC with PKCS#7 padding (always 1..16 bytes of padding)."""
-    pad = AES_BLOCK - len(plaintext) % AES_BLOCK
-    enc = _new_encryptor(algorithms.AES256(key), modes.CBC(iv))
-    out: bytes = enc.update(plaintext + bytes((pad,)) * pad) + enc.finalize()
+    if len(key) != _KEY_LENGTH or len(iv) != AES_BLOCK:
+        enc = _public_encryptor(_AES256(key), _CBC(iv))  # raises ValueError
+    elif _UNCHECKED:  # _unchecked_aes256 and _unchecked_cbc inlined
+        algorithm = _object_new(_AES256)
+        algorithm.key = key
+        mode = _object_new(_CBC)
+        mode._initialization_vector = iv
+        enc = _new_encryptor(algorithm, mode)
+    else:  # pragma: no cover - depends on cryptography version
+        enc = _new_encryptor(_AES256(key), _CBC(iv))
+    out: bytes = (
+        enc.update(plaintext + _PADDING[AES_BLOCK - len(plaintext) % AES_BLOCK]) + enc.finalize()
+    )
     return out
 
 
@@ -88,9 +138,18 @@ def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
     """
     if not ciphertext or len(ciphertext) % AES_BLOCK:
         raise InvalidMessageError("ciphertext length is not a multiple of the AES block")
-    dec = _new_decryptor(algorithms.AES256(key), modes.CBC(iv))
+    if len(key) != _KEY_LENGTH or len(iv) != AES_BLOCK:
+        dec = _public_decryptor(_AES256(key), _CBC(iv))  # raises ValueError
+    elif _UNCHECKED:  # _unchecked_aes256 and _unchecked_cbc inlined
+        algorithm = _object_new(_AES256)
+        algorithm.key = key
+        mode = _object_new(_CBC)
+        mode._initialization_vector = iv
+        dec = _new_decryptor(algorithm, mode)
+    else:  # pragma: no cover - depends on cryptography version
+        dec = _new_decryptor(_AES256(key), _CBC(iv))
     padded: bytes = dec.update(ciphertext) + dec.finalize()
     pad = padded[-1]
-    if not 1 <= pad <= AES_BLOCK or padded[-pad:] != bytes((pad,)) * pad:
+    if not 1 <= pad <= AES_BLOCK or padded[-pad:] != _PADDING[pad]:
         raise InvalidMessageError("bad PKCS#7 padding in the decrypted body")
     return padded[:-pad]
