@@ -20,7 +20,7 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -120,34 +120,26 @@ def send_request(to: Account, content: bytes) -> mpb.SendMessageRequest:
     )
 
 
-Encrypt = Callable[[int], bytes]
-Decrypt = Callable[[bytes], None]
+def batches(to: Account, count: int) -> list[mpb.SendMessagesRequest]:
+    """The server path's input, made before the clock starts: pre-encrypted (random) payloads."""
+    return [
+        mpb.SendMessagesRequest(
+            requests=[
+                send_request(to, os.urandom(PAYLOAD_BYTES))
+                for _ in range(min(BATCH, count - first))
+            ]
+        )
+        for first in range(0, count, BATCH)
+    ]
 
 
-def _random_payload(_: int) -> bytes:
-    return os.urandom(PAYLOAD_BYTES)
-
-
-def _ignore(_: bytes) -> None:
-    return None
-
-
-async def _sender(
-    channel: aio.Channel, me: Account, to: Account, count: int, encrypt: Encrypt
-) -> None:
+async def _sender(channel: aio.Channel, me: Account, work: list[mpb.SendMessagesRequest]) -> None:
     messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for first in range(0, count, BATCH):
-        queue.put_nowait(first)
+    queue = list(reversed(work))
 
     async def worker() -> None:
-        while not queue.empty():
-            first = queue.get_nowait()
-            n = min(BATCH, count - first)
-            batch = mpb.SendMessagesRequest(
-                requests=[send_request(to, encrypt(first + k)) for k in range(n)]
-            )
-            reply = await messaging.SendMessages(batch, metadata=me.metadata)
+        while queue:
+            reply = await messaging.SendMessages(queue.pop(), metadata=me.metadata)
             bad = [r for r in reply.results if r.code != 0]
             if bad:
                 raise RuntimeError(f"send failed: {bad[0].message}")
@@ -155,9 +147,7 @@ async def _sender(
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
 
 
-async def _receiver(
-    channel: aio.Channel, me: Account, count: int, decrypt: Decrypt, ready: asyncio.Event
-) -> None:
+async def _receiver(channel: aio.Channel, me: Account, count: int, ready: asyncio.Event) -> None:
     messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
     call = messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), metadata=me.metadata)
     received = 0
@@ -169,8 +159,6 @@ async def _receiver(
         envelopes = event.envelopes.envelopes
         if not envelopes:
             continue
-        for e in envelopes:
-            decrypt(e.content)
         received += len(envelopes)
         acks.append(
             asyncio.ensure_future(
@@ -190,22 +178,21 @@ async def _receiver(
 class Pair:
     sender: Account
     receiver: Account
-    encrypt: Encrypt = _random_payload
-    decrypt: Decrypt = _ignore
 
 
 async def delivered_per_second(server: Server, pairs: Sequence[Pair], per_pair: int) -> float:
     """Delivered (acknowledged) messages per second across all pairs."""
     async with aio.insecure_channel(server.target) as channel:
+        work = [batches(p.receiver, per_pair) for p in pairs]
         readies = [asyncio.Event() for _ in pairs]
         receivers = [
-            asyncio.ensure_future(_receiver(channel, p.receiver, per_pair, p.decrypt, r))
+            asyncio.ensure_future(_receiver(channel, p.receiver, per_pair, r))
             for p, r in zip(pairs, readies, strict=True)
         ]
         await asyncio.gather(*(r.wait() for r in readies))
         started = time.perf_counter()
         await asyncio.gather(
-            *(_sender(channel, p.sender, p.receiver, per_pair, p.encrypt) for p in pairs)
+            *(_sender(channel, p.sender, w) for p, w in zip(pairs, work, strict=True))
         )
         await asyncio.gather(*receivers)
         return len(pairs) * per_pair / (time.perf_counter() - started)
@@ -317,10 +304,12 @@ async def make_pairs(server: Server, n: int, first: int = 0) -> list[Pair]:
 
 
 def prefill(database: Path, envelopes: int, recipient: Account, sender: Account) -> None:
-    """Store `envelopes` undelivered envelopes for a parked recipient, straight into the file.
+    """Store `envelopes` undelivered messages for a parked recipient, straight into the file.
 
-    Written through the store's own SQL in large transactions (the send path would take minutes
-    for a million); ids are time-ordered like the server's, older than anything sent later.
+    Each is what a send leaves behind: a pending message row (with its random request id in the
+    idempotency index) and its envelope. Written through the store's own SQL in large
+    transactions (the send path would take minutes for a million); ids are time-ordered like
+    the server's, older than anything sent later.
     """
     from server.storage import messages as store
 
@@ -332,26 +321,18 @@ def prefill(database: Path, envelopes: int, recipient: Account, sender: Account)
     now = time.time() - 3600
     chunk = 50_000
     for first in range(0, envelopes, chunk):
-        rows = []
+        messages, rows = [], []
         for _ in range(min(chunk, envelopes - first)):
-            message_id = ids.next(now)
+            message_id = ids.block(now, 2)
+            a, b, r = sender.account_id, recipient.account_id, str(uuid.uuid4())
+            messages.append(
+                store.MessageRow(message_id, a, 1, b, r, os.urandom(32), now, store.PENDING)
+            )
             rows.append(
-                store.EnvelopeRow(
-                    ids.next(now),
-                    recipient.account_id,
-                    1,
-                    message_id,
-                    sender.account_id,
-                    1,
-                    now,
-                    0,
-                    2,
-                    body,
-                    0,
-                    "",
-                )
+                store.EnvelopeRow(message_id + 1, b, 1, message_id, a, 1, now, 0, 2, body, 0, "")
             )
         conn.execute("BEGIN")
+        store.insert_messages(conn, messages)
         store.insert_envelopes(conn, rows)
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
