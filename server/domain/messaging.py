@@ -473,9 +473,6 @@ class Mailbox:
             after = rows[-1][0]  # envelope_id / status_id: the first column of either row
             yield rows
 
-    def connected(self, account_id: str, device_id: int) -> bool:
-        return (account_id, device_id) in self._connections
-
     def disconnect(self, account_id: str, device_id: int | None) -> None:
         """End the streams of a revoked device (or of every device of the account)."""
         for (account, device), connection in self._connections.items():

@@ -133,16 +133,6 @@ def find_messages(
     return {r[4]: MessageRow(*r) for r in rows}
 
 
-def find_message(
-    conn: sqlite3.Connection, sender_account_id: str, request_id: str
-) -> MessageRow | None:
-    r = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ? AND request_id = ?",
-        (sender_account_id, request_id),
-    ).fetchone()
-    return None if r is None else MessageRow(*r)
-
-
 def _insert_rows(
     conn: sqlite3.Connection, into: str, width: int, rows: Sequence[tuple[object, ...]]
 ) -> None:
