@@ -249,27 +249,24 @@ class Mailbox:
         # Ids and rows are made here, on the event loop, so the single writer thread spends its
         # time on SQL only. Jobs run in the order they are queued, so envelope ids still grow
         # in commit order.
-        if stored:
-            drafts = [self._draft(caller, r, now) for _, r in stored]
-            outcomes = await self._db.write(self._send_job(caller, drafts))
-            for (i, _), outcome in zip(stored, outcomes, strict=True):
+        # Online-only sends store nothing: their checks run in a read transaction.
+        for group, run in ((stored, self._db.write), (online, self._db.read)):
+            if not group:
+                continue
+            drafts = [self._draft(caller, r, now) for _, r in group]
+            outcomes = await run(self._send_job(caller, drafts))
+            for (i, request), outcome in zip(group, outcomes, strict=True):
                 if isinstance(outcome, DomainError):
                     results[i] = outcome
-                else:
-                    receipt, rows = outcome
-                    results[i] = receipt
-                    self._notify_envelopes(rows)
-        if online:
-            drafts = [self._draft(caller, r, now) for _, r in online]
-            outcomes = await self._db.read(self._send_job(caller, drafts))
-            for (i, _), outcome in zip(online, outcomes, strict=True):
-                if isinstance(outcome, DomainError):
-                    results[i] = outcome
-                else:
-                    receipt, rows = outcome
-                    results[i] = SendReceipt(
+                    continue
+                receipt, rows = outcome
+                if request.online_only:
+                    receipt = SendReceipt(
                         receipt.message_id, receipt.server_ts, self._push_online(rows)
                     )
+                else:
+                    self._notify_envelopes(rows)
+                results[i] = receipt
         return [r for r in results if r is not None]
 
     def _validate(self, caller: Principal, r: SendRequest) -> None:

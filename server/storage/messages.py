@@ -160,15 +160,29 @@ def insert_envelopes(conn: sqlite3.Connection, rows: Sequence[EnvelopeRow]) -> N
     _insert_rows(conn, f"envelopes ({_ENVELOPE_COLUMNS})", 12, rows)
 
 
+def _rows_after(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: str,
+    account_id: str,
+    device_id: int,
+    after_id: int,
+    limit: int,
+) -> list[tuple[object, ...]]:
+    """A device's rows of `table` past `after_id`, by id (the first of `columns`)."""
+    key = columns.split(",")[0]
+    return conn.execute(
+        f"SELECT {columns} FROM {table} WHERE account_id = ? AND device_id = ?"
+        f" AND {key} > ? ORDER BY {key} LIMIT ?",
+        (account_id, device_id, after_id, limit),
+    ).fetchall()
+
+
 def envelopes_after(
     conn: sqlite3.Connection, account_id: str, device_id: int, after_id: int, limit: int
 ) -> list[EnvelopeRow]:
-    rows = conn.execute(
-        f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE account_id = ? AND device_id = ?"
-        " AND envelope_id > ? ORDER BY envelope_id LIMIT ?",
-        (account_id, device_id, after_id, limit),
-    ).fetchall()
-    return [EnvelopeRow(*r) for r in rows]
+    rows = _rows_after(conn, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_id, limit)
+    return [EnvelopeRow._make(r) for r in rows]
 
 
 def delete_envelopes(
@@ -228,12 +242,10 @@ def insert_statuses(conn: sqlite3.Connection, rows: Sequence[StatusRow]) -> list
 def statuses_after(
     conn: sqlite3.Connection, account_id: str, device_id: int, after_id: int, limit: int
 ) -> list[StatusRow]:
-    rows = conn.execute(
-        f"SELECT {_STATUS_COLUMNS} FROM delivery_statuses WHERE account_id = ? AND device_id = ?"
-        " AND status_id > ? ORDER BY status_id LIMIT ?",
-        (account_id, device_id, after_id, limit),
-    ).fetchall()
-    return [StatusRow(*r) for r in rows]
+    rows = _rows_after(
+        conn, "delivery_statuses", _STATUS_COLUMNS, account_id, device_id, after_id, limit
+    )
+    return [StatusRow._make(r) for r in rows]
 
 
 def delete_statuses(
