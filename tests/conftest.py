@@ -7,6 +7,7 @@ generated stubs over a real gRPC channel, exactly like any other client.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,21 @@ from parley.v1 import account_pb2_grpc
 from server.app import ParleyServer, build_server
 from server.config import Settings
 from server.domain.clock import ManualClock
+
+# Set by .ci/run: a test that would be skipped (a missing Node.js, Chromium, PostgreSQL...) fails
+# instead, so CI can never pass by skipping. On a developer's machine a skip says what to install.
+REQUIRE_ALL = "PARLEY_REQUIRE_ALL"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_ALL) == "1":
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but {REQUIRE_ALL}=1 forbids skips: {reason}"
+
 
 TEST_NUMBER = "+15550001111"
 TEST_CODE = "123456"

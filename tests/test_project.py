@@ -67,3 +67,39 @@ def test_every_setting_is_an_option_and_documented_in_readme() -> None:
     for opt in OPTIONS:
         assert opt.env in readme, f"README's configuration table lacks {opt.env}"
     assert Settings().port == 50051 and Settings().host == "localhost"
+
+
+def test_ci_turns_every_skip_into_a_failure(tmp_path: Path) -> None:
+    """CI must never pass by skipping: with PARLEY_REQUIRE_ALL=1 (set by .ci/run) a skip fails."""
+    import os
+    import subprocess
+    import sys
+
+    assert "PARLEY_REQUIRE_ALL=1" in (REPO / ".ci" / "run").read_text()
+    probe = tmp_path / "test_probe_skip.py"
+    probe.write_text(
+        "import pytest\n\n"
+        "@pytest.mark.skip(reason='needs foo: apt-get install foo')\n"
+        "def test_marked():\n    pass\n\n"
+        "def test_inside():\n    pytest.skip('needs bar')\n"
+    )
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403\n")
+
+    def run(require_all: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PARLEY_REQUIRE_ALL": require_all, "PYTHONPATH": str(REPO)}
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    strict = run("1")
+    assert strict.returncode == 1, strict.stdout
+    # A skip marker fails in setup (an error), a skip inside the test fails the test.
+    assert "1 failed, 1 error" in strict.stdout and "forbids skips: " in strict.stdout
+    assert "apt-get install foo" in strict.stdout
+    relaxed = run("")
+    assert relaxed.returncode == 0 and "2 skipped" in relaxed.stdout, relaxed.stdout
