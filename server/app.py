@@ -107,7 +107,6 @@ async def build_server(
     )
     ids = await db.read(IdGenerator.for_database)
     mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
-    authenticator.on_revoke(mailbox.disconnect)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

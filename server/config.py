@@ -54,7 +54,7 @@ class Settings:
     envelope_ttl: float = 30 * 86400.0
     expiry_interval: float = 60.0
     keepalive_interval: float = 30.0
-    stream_buffer: int = 10_000
+    stream_buffer_bytes: int = 8 * 1024 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     shutdown_grace: float = 5.0
@@ -77,7 +77,7 @@ class Settings:
             send_rate=self.send_rate,
             envelope_ttl=self.envelope_ttl,
             keepalive_interval=self.keepalive_interval,
-            stream_buffer=self.stream_buffer,
+            stream_buffer_bytes=self.stream_buffer_bytes,
         )
 
     def key_policy(self) -> KeyPolicy:
@@ -131,9 +131,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("expiry_interval", float, "seconds between sweeps for expired envelopes"),
     Option("keepalive_interval", float, "seconds of silence before a stream gets a keep-alive"),
     Option(
-        "stream_buffer",
+        "stream_buffer_bytes",
         int,
-        "envelopes held in memory per connected device; past that its stream reads the database",
+        "bytes of envelopes held in memory per connected device; past that it reads the database",
     ),
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from server.domain import validation
-from server.domain.auth import PRIMARY_DEVICE_ID, Authenticator, Principal, hash_token, new_token
+from server.domain.auth import (
+    PRIMARY_DEVICE_ID,
+    Authenticator,
+    Principal,
+    as_caller,
+    hash_token,
+    new_token,
+)
 from server.domain.clock import Clock
 from server.domain.codes import CodeSender
 from server.domain.errors import (
@@ -259,7 +266,7 @@ class AccountRegistry:
             store.delete_linking_codes_expired_before(conn, now)
             store.insert_linking_code(conn, hash_token(code), caller.account_id, expires_at)
 
-        await self._db.write(save)
+        await self._db.write(as_caller(caller, save))
         return code, expires_at
 
     async def link_device(self, linking_code: str, device_name: str) -> Credentials:
@@ -306,7 +313,7 @@ class AccountRegistry:
                 "a linked device may remove only itself; ask the primary device to remove others"
             )
         removed = await self._db.write(
-            lambda c: store.delete_device(c, caller.account_id, device_id)
+            as_caller(caller, lambda c: store.delete_device(c, caller.account_id, device_id))
         )
         if not removed:
             raise NotFound(f"the account has no device {device_id}; see ListDevices")
@@ -315,7 +322,9 @@ class AccountRegistry:
     async def delete_account(self, caller: Principal) -> None:
         if not caller.is_primary:
             raise PermissionDenied("only the primary device (device 1) can delete the account")
-        await self._db.write(lambda c: store.delete_account(c, caller.account_id))
+        await self._db.write(
+            as_caller(caller, lambda c: store.delete_account(c, caller.account_id))
+        )
         self._auth.forget_account(caller.account_id)
 
     async def lookup(self, caller: Principal, phone_number: str) -> tuple[str, AccountKind]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from client.crypto import xeddsa
 from server.domain import validation
-from server.domain.auth import Principal
+from server.domain.auth import Principal, as_caller
 from server.domain.clock import Clock
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.domain.ratelimit import Rate, RateLimiter
@@ -217,7 +217,7 @@ class KeyDirectory:
             )
             return self._status(conn, caller)
 
-        return await self._db.write(apply)
+        return await self._db.write(as_caller(caller, apply))
 
     @staticmethod
     def _verify_signatures(upload: Upload, identity: bytes) -> None:
@@ -317,4 +317,4 @@ class KeyDirectory:
                 )
             return out
 
-        return await self._db.write(take)
+        return await self._db.write(as_caller(caller, take))
