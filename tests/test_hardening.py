@@ -112,7 +112,9 @@ def test_a_revoked_device_cannot_send_on_a_stream_it_opened_before(
 def test_a_corrupt_frame_ends_a_send_stream_with_invalid_argument(server: LiveServer) -> None:
     """Defect 2: one valid request then undecodable bytes hung SendMessageStream forever."""
     alice, bob = member(server, ALICE), member(server, BOB)
-    raw = server.channel().stream_stream("/parley.v1.MessagingService/SendMessageStream")
+    raw = server.channel().stream_stream(
+        "/parley.v1.MessagingService/SendMessageStream", None, None
+    )
     valid = mpb.SendMessageStreamRequest(request=send_request([bob], b"ok")).SerializeToString()
     call = raw(iter([valid, b"\xff\xff\xff\xff"]), metadata=alice.device.metadata, timeout=10)
     responses = []
@@ -186,7 +188,9 @@ def test_undecodable_bytes_are_invalid_argument_and_logged_briefly(
             "/parley.v1.MessagingService/AcknowledgeMessages",
         ):
             with pytest.raises(grpc.RpcError) as info:
-                channel.unary_unary(method)(b"\xff\xff\xff", metadata=metadata, timeout=5)
+                channel.unary_unary(method, None, None)(
+                    b"\xff\xff\xff", metadata=metadata, timeout=5
+                )
             assert isinstance(info.value, grpc.Call)
             code = info.value.code()
             if metadata or method.endswith("StartVerification"):
@@ -204,7 +208,7 @@ def test_unread_streams_end_when_the_client_goes(server: LiveServer) -> None:
     alice, bob = member(server, ALICE), member(server, BOB)
     stream = Stream(server, bob)
     assert stream.until_empty() == []
-    for i in range(20):
+    for _ in range(20):
         stub(server).SendMessage(send_request([bob], b"x" * 1000), metadata=alice.device.metadata)
     stream.close()
     done = threading.Event()

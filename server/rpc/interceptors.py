@@ -167,9 +167,7 @@ class ParleyInterceptor(_Interceptor):
             try:
                 if needs_auth:
                     lease = self._auth.lease(await self._authenticate(context))
-                requests = (
-                    _decoded(request, decode, lease) if client_streams else decode(request)
-                )
+                requests = _decoded(request, decode, lease) if client_streams else decode(request)
                 async for response in inner(requests, context):
                     if lease is not None:
                         lease.exposed = False  # gRPC writes the response: see Lease
