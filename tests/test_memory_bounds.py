@@ -136,7 +136,8 @@ def test_a_stalled_reader_holds_a_bounded_number_of_bytes(tmp_path: Path) -> Non
         stream = messaging.ReceiveMessages(
             mpb.ReceiveMessagesRequest(), metadata=bob.metadata, timeout=120
         )
-        assert next(stream).HasField("queue_empty")  # connected, then never read again
+        events: Iterator[mpb.ReceiveMessagesResponse] = iter(stream)
+        assert next(events).HasField("queue_empty")  # connected, then never read again
         before = _rss_anon(pid)
         with PeakSampler(pid) as sampler:
             _send_volume(channel, alice, bob)
