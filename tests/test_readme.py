@@ -107,7 +107,8 @@ def test_relative_links_in_the_docs_point_to_files_and_headings_that_exist() -> 
 
 
 def test_sections_of_architecture_md_cited_in_code_exist() -> None:
-    """Comments cite `docs/architecture.md, "Heading"`; the heading must be there."""
+    """A comment cites a section as the file name, a comma and the heading in double quotes;
+    the heading must be there."""
     headings = {
         m.group(1)
         for m in re.finditer(r"^#+\s+(.+?)\s*$", (REPO / "docs/architecture.md").read_text(), re.M)
