@@ -25,7 +25,7 @@ from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
-from server.domain.codes import CodeSender, LogCodeSender
+from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
 from server.domain.keys import KeyDirectory
 from server.domain.messaging import Mailbox
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
@@ -86,13 +86,22 @@ class ParleyServer:
 
 
 async def build_server(
-    settings: Settings, *, clock: Clock | None = None, code_sender: CodeSender | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    code_sender: CodeSender | None = None,
+    verification_gate: VerificationGate | None = None,
 ) -> ParleyServer:
     clock = clock or SystemClock()
     db = Database(settings.database, synchronous=settings.sqlite_synchronous)
     authenticator = Authenticator(db, clock)
     registry = AccountRegistry(
-        db, clock, authenticator, code_sender or LogCodeSender(), settings.account_policy()
+        db,
+        clock,
+        authenticator,
+        code_sender or LogCodeSender(),
+        settings.account_policy(),
+        verification_gate,
     )
     server = aio.server(
         interceptors=[ParleyInterceptor(authenticator, ACCOUNT_OPEN_METHODS)],
@@ -107,7 +116,6 @@ async def build_server(
     )
     ids = await db.read(IdGenerator.for_database)
     mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
-    authenticator.on_revoke(mailbox.disconnect)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

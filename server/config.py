@@ -40,13 +40,18 @@ class Settings:
     test_numbers: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     log_format: str = "json"
-    code_ttl: float = 600.0
-    verification_rate: Rate = Rate(5, 3600.0)
-    lookup_rate: Rate = Rate(100, 60.0)
-    linking_code_ttl: float = 600.0
-    max_devices: int = 6
-    bundle_rate: Rate = Rate(600, 60.0)
-    prekey_low_watermark: int = 10
+    # The account and key rules' defaults live in their policy classes, beside their reasons.
+    code_ttl: float = AccountPolicy.code_ttl
+    verification_rate: Rate = AccountPolicy.verification_rate
+    verification_ip_rate: Rate = AccountPolicy.verification_ip_rate
+    verification_global_rate: Rate = AccountPolicy.verification_global_rate
+    verification_attempt_ip_rate: Rate = AccountPolicy.verification_attempt_ip_rate
+    lookup_rate: Rate = AccountPolicy.lookup_rate
+    linking_code_ttl: float = AccountPolicy.linking_code_ttl
+    max_devices: int = AccountPolicy.max_devices
+    bundle_rate: Rate = KeyPolicy.bundle_rate
+    bundle_pair_rate: Rate = KeyPolicy.bundle_pair_rate
+    prekey_low_watermark: int = KeyPolicy.low_watermark
     max_envelope_bytes: int = 256 * 1024
     max_devices_per_send: int = 32
     max_batch: int = 1000
@@ -54,7 +59,7 @@ class Settings:
     envelope_ttl: float = 30 * 86400.0
     expiry_interval: float = 60.0
     keepalive_interval: float = 30.0
-    stream_buffer: int = 10_000
+    stream_buffer_bytes: int = 8 * 1024 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     shutdown_grace: float = 5.0
@@ -63,6 +68,9 @@ class Settings:
         return AccountPolicy(
             code_ttl=self.code_ttl,
             verification_rate=self.verification_rate,
+            verification_ip_rate=self.verification_ip_rate,
+            verification_global_rate=self.verification_global_rate,
+            verification_attempt_ip_rate=self.verification_attempt_ip_rate,
             lookup_rate=self.lookup_rate,
             linking_code_ttl=self.linking_code_ttl,
             max_devices=self.max_devices,
@@ -77,11 +85,15 @@ class Settings:
             send_rate=self.send_rate,
             envelope_ttl=self.envelope_ttl,
             keepalive_interval=self.keepalive_interval,
-            stream_buffer=self.stream_buffer,
+            stream_buffer_bytes=self.stream_buffer_bytes,
         )
 
     def key_policy(self) -> KeyPolicy:
-        return KeyPolicy(bundle_rate=self.bundle_rate, low_watermark=self.prekey_low_watermark)
+        return KeyPolicy(
+            bundle_rate=self.bundle_rate,
+            bundle_pair_rate=self.bundle_pair_rate,
+            low_watermark=self.prekey_low_watermark,
+        )
 
 
 @dataclass(frozen=True)
@@ -116,10 +128,30 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format", str.lower, "json (one object per line) or text"),
     Option("code_ttl", float, "seconds a verification code stays valid"),
     Option("verification_rate", Rate.parse, "verification codes per number, e.g. 5/h"),
+    Option(
+        "verification_ip_rate",
+        Rate.parse,
+        "verification codes per client address (IPv4 address or IPv6 /64), e.g. 20/h",
+    ),
+    Option(
+        "verification_global_rate",
+        Rate.parse,
+        "verification codes the whole server sends, all clients together, e.g. 1000/h",
+    ),
+    Option(
+        "verification_attempt_ip_rate",
+        Rate.parse,
+        "failed CompleteVerification attempts per client address, all numbers, e.g. 60/h",
+    ),
     Option("lookup_rate", Rate.parse, "LookupAccount calls per account, e.g. 100/min"),
     Option("linking_code_ttl", float, "seconds a device-linking code stays valid"),
     Option("max_devices", int, "devices per account, the primary included"),
     Option("bundle_rate", Rate.parse, "GetPreKeyBundles calls per account, e.g. 600/min"),
+    Option(
+        "bundle_pair_rate",
+        Rate.parse,
+        "GetPreKeyBundles calls per (caller account, target account) pair, e.g. 30/h",
+    ),
     Option(
         "prekey_low_watermark", int, "one-time keys left below which a device is told to upload"
     ),
@@ -131,9 +163,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("expiry_interval", float, "seconds between sweeps for expired envelopes"),
     Option("keepalive_interval", float, "seconds of silence before a stream gets a keep-alive"),
     Option(
-        "stream_buffer",
+        "stream_buffer_bytes",
         int,
-        "envelopes held in memory per connected device; past that its stream reads the database",
+        "bytes of envelopes held in memory per connected device; past that it reads the database",
     ),
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),

@@ -22,6 +22,7 @@ from parley.v1 import account_pb2_grpc
 from server.app import ParleyServer, build_server
 from server.config import Settings
 from server.domain.clock import ManualClock
+from server.domain.codes import VerificationGate
 
 # Set by .ci/run: a test that would be skipped (a missing Node.js, Chromium, PostgreSQL...) fails
 # instead, so CI can never pass by skipping. On a developer's machine a skip says what to install.
@@ -55,10 +56,17 @@ class RecordingCodeSender:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, clock: ManualClock, sender: RecordingCodeSender) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: ManualClock,
+        sender: RecordingCodeSender,
+        gate: VerificationGate | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.sender = sender
+        self.gate = gate
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -78,7 +86,10 @@ class LiveServer:
         async def main() -> None:
             try:
                 self._server = await build_server(
-                    self.settings, clock=self.clock, code_sender=self.sender
+                    self.settings,
+                    clock=self.clock,
+                    code_sender=self.sender,
+                    verification_gate=self.gate,
                 )
                 await self._server.start()
             except BaseException as exc:
@@ -172,7 +183,9 @@ ServerFactory = Callable[..., LiveServer]
 def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
 
-    def factory(**overrides: Any) -> LiveServer:
+    def factory(
+        *, verification_gate: VerificationGate | None = None, **overrides: Any
+    ) -> LiveServer:
         settings = Settings(
             host="localhost",
             port=0,
@@ -181,7 +194,7 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
             shutdown_grace=1.0,
         )
         settings = replace(settings, **overrides)
-        srv = LiveServer(settings, ManualClock(), RecordingCodeSender())
+        srv = LiveServer(settings, ManualClock(), RecordingCodeSender(), verification_gate)
         servers.append(srv)
         return srv
 

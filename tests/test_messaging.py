@@ -381,7 +381,7 @@ def test_send_stream(server: LiveServer) -> None:
 
 def test_a_slow_reader_falls_back_to_the_database(make_server: ServerFactory) -> None:
     """More live envelopes than the stream buffer holds: all arrive, once each, in order."""
-    server = make_server(stream_buffer=20)
+    server = make_server(stream_buffer_bytes=20 * 4)  # 20 envelopes of 4 bytes
     alice, bob = member(server, ALICE), member(server, BOB)
     stream = Stream(server, bob)
     assert stream.until_empty() == []

@@ -9,6 +9,9 @@ Rules kept here:
    only itself; the primary device cannot be removed (delete the account or re-register).
 4. Device ids are never reused within an account, so a stale session never meets a new device
    that happens to have the old id.
+5. A code costs the operator an SMS: one is sent only within the limits per number, per client
+   address and across the server, and when the `VerificationGate` allows. Failed attempts are
+   limited per client address too, across all numbers, so guessing cannot spread out.
 """
 
 from __future__ import annotations
@@ -23,9 +26,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from server.domain import validation
-from server.domain.auth import PRIMARY_DEVICE_ID, Authenticator, Principal, hash_token, new_token
+from server.domain.auth import (
+    PRIMARY_DEVICE_ID,
+    Authenticator,
+    Principal,
+    as_caller,
+    hash_token,
+    new_token,
+)
 from server.domain.clock import Clock
-from server.domain.codes import CodeSender
+from server.domain.codes import AllowAll, ClientInfo, CodeSender, VerificationGate
 from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -33,7 +43,7 @@ from server.domain.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from server.domain.ratelimit import Rate, RateLimiter
+from server.domain.ratelimit import Rate, RateLimiter, take_all
 from server.storage import accounts as store
 from server.storage.database import Database
 
@@ -50,9 +60,24 @@ class AccountKind(IntEnum):
 
 @dataclass(frozen=True)
 class AccountPolicy:
+    """The account rules' limits. These defaults are the server's defaults (`server.config`
+    takes them from here), so each reason is written once, here."""
+
     code_ttl: float = 600.0
     max_attempts: int = 5
     verification_rate: Rate = Rate(5, 3600.0)
+    # Codes sent per client address (IPv4 address or IPv6 /64): a household or office behind
+    # one NAT registers a few phones an hour, while one attacker's address can no longer send
+    # more than 20 SMS an hour (480 a day) to numbers of its choosing.
+    verification_ip_rate: Rate = Rate(20, 3600.0)
+    # Codes sent by the whole server: far more than a self-hosted server registers in an hour,
+    # and a ceiling on the SMS bill of an attack from many addresses (at most 24,000 a day)
+    # until the operator notices. A large deployment raises it.
+    verification_global_rate: Rate = Rate(1000, 3600.0)
+    # Wrong codes per client address, across all numbers (a correct code gives its attempt
+    # back): three tries for every code an address may request, while a guesser spreading
+    # guesses over many numbers tries at most 60 of the 10^6 codes an hour.
+    verification_attempt_ip_rate: Rate = Rate(60, 3600.0)
     lookup_rate: Rate = Rate(100, 60.0)
     linking_code_ttl: float = 600.0
     max_devices: int = 6
@@ -102,13 +127,30 @@ class AccountRegistry:
         authenticator: Authenticator,
         code_sender: CodeSender,
         policy: AccountPolicy,
+        gate: VerificationGate | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._auth = authenticator
         self._sender = code_sender
+        self._gate: VerificationGate = gate or AllowAll()
         self.policy = policy
-        self._verify_limit = RateLimiter(policy.verification_rate, clock, "verification requests")
+        self._verify_limit = RateLimiter(
+            policy.verification_rate, clock, "verification codes for this number"
+        )
+        self._verify_ip_limit = RateLimiter(
+            policy.verification_ip_rate, clock, "verification codes requested from your address"
+        )
+        self._verify_global_limit = RateLimiter(
+            policy.verification_global_rate,
+            clock,
+            "verification codes sent by this server to all numbers",
+        )
+        self._attempt_ip_limit = RateLimiter(
+            policy.verification_attempt_ip_rate,
+            clock,
+            "failed verification attempts from your address",
+        )
         self._lookup_limit = RateLimiter(policy.lookup_rate, clock, "account lookups")
         for number, code in policy.test_numbers.items():
             validation.phone_number(number, field="test number", allow=(number,))
@@ -116,11 +158,23 @@ class AccountRegistry:
 
     # -- verification and registration ------------------------------------------------------
 
-    async def start_verification(self, phone_number: str) -> PendingVerification:
+    async def start_verification(
+        self, phone_number: str, client: ClientInfo
+    ) -> PendingVerification:
+        """Send a code, if every limit and the gate allow it.
+
+        Test numbers are the operator's own demo numbers: no code is sent, so neither limits nor
+        the gate apply. For other numbers the order matters: the asker's own address budget
+        first (it also shields the gate's backend from floods), then the gate, and only then the
+        budgets others share (the number's, the server's), taken together or not at all, so
+        requests refused earlier never use up a victim's number or everyone's ceiling.
+        """
         phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
         fixed_code = self.policy.test_numbers.get(phone)
-        if fixed_code is None:  # test numbers are the operator's own demo numbers: not limited
-            self._verify_limit.check(phone)
+        if fixed_code is None:
+            self._verify_ip_limit.check(client.address)
+            await self._gate.check(phone, client)
+            take_all(((self._verify_limit, phone), (self._verify_global_limit, "")))
         code = fixed_code or f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
         now = self._clock.now()
         vid = str(uuid.uuid4())
@@ -144,8 +198,16 @@ class AccountRegistry:
         return PendingVerification(row.verification_id, row.expires_at, CODE_LENGTH)
 
     async def complete_verification(
-        self, verification_id: str, code: str, device_name: str, kind: AccountKind | None
+        self,
+        verification_id: str,
+        code: str,
+        device_name: str,
+        kind: AccountKind | None,
+        client: ClientInfo,
     ) -> Credentials:
+        """Check the code and register. Every well-formed attempt takes one of the client
+        address's attempts (whatever the verification) and only a correct code gives it back,
+        so guessing across many numbers from one address is bounded, typing the code is not."""
         vid = validation.uuid_string(verification_id, field="verification_id")
         code = validation.digits(code, field="code", length=CODE_LENGTH)
         name = validation.display_name(device_name, field="device_name")
@@ -153,6 +215,7 @@ class AccountRegistry:
             raise InvalidArgument(
                 "account_kind is required: ACCOUNT_KIND_PERSON or ACCOUNT_KIND_BUSINESS"
             )
+        self._attempt_ip_limit.check(client.address)
         token = new_token()
         now = self._clock.now()
         policy = self.policy
@@ -191,6 +254,7 @@ class AccountRegistry:
             raise PermissionDenied(
                 f"wrong code; {outcome.attempts_left} attempt(s) left for this verification"
             )
+        self._attempt_ip_limit.refund(client.address)
         if outcome.reregistered:
             self._auth.forget_account(outcome.account_id)
         return outcome
@@ -259,7 +323,7 @@ class AccountRegistry:
             store.delete_linking_codes_expired_before(conn, now)
             store.insert_linking_code(conn, hash_token(code), caller.account_id, expires_at)
 
-        await self._db.write(save)
+        await self._db.write(as_caller(caller, save))
         return code, expires_at
 
     async def link_device(self, linking_code: str, device_name: str) -> Credentials:
@@ -306,7 +370,7 @@ class AccountRegistry:
                 "a linked device may remove only itself; ask the primary device to remove others"
             )
         removed = await self._db.write(
-            lambda c: store.delete_device(c, caller.account_id, device_id)
+            as_caller(caller, lambda c: store.delete_device(c, caller.account_id, device_id))
         )
         if not removed:
             raise NotFound(f"the account has no device {device_id}; see ListDevices")
@@ -315,7 +379,9 @@ class AccountRegistry:
     async def delete_account(self, caller: Principal) -> None:
         if not caller.is_primary:
             raise PermissionDenied("only the primary device (device 1) can delete the account")
-        await self._db.write(lambda c: store.delete_account(c, caller.account_id))
+        await self._db.write(
+            as_caller(caller, lambda c: store.delete_account(c, caller.account_id))
+        )
         self._auth.forget_account(caller.account_id)
 
     async def lookup(self, caller: Principal, phone_number: str) -> tuple[str, AccountKind]:

@@ -4,14 +4,26 @@ Tokens carry 256 random bits, so a plain SHA-256 is a safe and fast lookup key (
 hash is needed: there is nothing to brute-force). Lookups are cached in memory; every revocation
 goes through `forget_*`, and a generation counter stops a lookup that raced a revocation from
 re-caching a revoked token.
+
+Rules kept here:
+1. A revoked credential has no authority from the moment its revocation commits: unary calls
+   are refused at their next authentication; long-lived calls hold a `Lease`, which revocation
+   ends at once (the call's task is interrupted and the call ends UNAUTHENTICATED).
+2. Writes made on a caller's behalf re-check the credential inside their own transaction
+   (`Principal.token_hash`, see `server.storage.accounts.holds_credential`), so a call that
+   authenticated just before a revocation cannot write after it. A re-registered number gets
+   device 1 again, but with a new token: the old one can never act as the new owner.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from server.domain.clock import Clock
 from server.domain.errors import Unauthenticated
@@ -29,6 +41,8 @@ class Principal:
 
     account_id: str
     device_id: int
+    # The credential the caller presented: writes check it still belongs to this device.
+    token_hash: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def is_primary(self) -> bool:
@@ -36,6 +50,67 @@ class Principal:
 
 
 PRIMARY_DEVICE_ID = 1
+
+
+@dataclass(eq=False)
+class Lease:
+    """The authority of one long-lived call (a stream), ended at once by revocation.
+
+    Revocation cancels the call's task, but only while that task runs Parley's own code: a
+    cancellation that landed inside gRPC's write of a response would end the call as CANCELLED
+    instead of UNAUTHENTICATED. While `exposed` is False (the call is handing a response to
+    gRPC), revocation only sets `revoked`, and the call checks it as soon as gRPC returns.
+    """
+
+    principal: Principal
+    task: asyncio.Task[Any] | None
+    revoked: bool = False
+    exposed: bool = True
+
+    def revoke(self) -> None:
+        if self.revoked:
+            return
+        self.revoked = True
+        if self.task is not None and self.exposed:
+            self.task.cancel()
+
+    def check(self) -> None:
+        """Raise Unauthenticated if the credential behind this call was revoked."""
+        if self.revoked:
+            raise Unauthenticated(REVOKED_MESSAGE)
+
+
+REVOKED_MESSAGE = (
+    "this device's credentials were revoked while the call was open (the device was removed, "
+    "or its account was deleted or registered again); register or link this device again"
+)
+
+
+T = TypeVar("T")
+
+
+def as_caller(
+    caller: Principal, job: Callable[[sqlite3.Connection], T]
+) -> Callable[[sqlite3.Connection], T]:
+    """`job`, run only if `caller`'s credential is still valid in the same transaction.
+
+    Every write an authenticated caller asks for goes through this (rule 2): the check and the
+    write commit together, so no revocation can fall between them.
+    """
+
+    def guarded(conn: sqlite3.Connection) -> T:
+        ensure_current(conn, caller)
+        return job(conn)
+
+    return guarded
+
+
+def ensure_current(conn: sqlite3.Connection, caller: Principal) -> None:
+    """Raise Unauthenticated unless `caller`'s credential is still its device's."""
+    if not caller.token_hash or not store.holds_credential(
+        conn, caller.account_id, caller.device_id, caller.token_hash
+    ):
+        raise Unauthenticated(REVOKED_MESSAGE)
 
 
 def new_token() -> str:
@@ -52,13 +127,7 @@ class Authenticator:
         self._clock = clock
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._generation = 0
-        self._on_revoke: list[Callable[[str, int | None], None]] = []
-
-    def on_revoke(self, listener: Callable[[str, int | None], None]) -> None:
-        """Call `listener(account_id, device_id or None for all)` when credentials are revoked,
-        so that whatever a device has open (its message stream) ends at once, not at its next
-        call."""
-        self._on_revoke.append(listener)
+        self._leases: dict[str, set[Lease]] = {}  # account id -> open leases
 
     async def authenticate(self, token: str) -> Principal:
         if not token:
@@ -76,7 +145,7 @@ class Authenticator:
                     "the auth token is not valid (revoked, re-registered or mistyped); "
                     "register or link this device again"
                 )
-            cached = (Principal(row.account_id, row.device_id), row.last_seen_at)
+            cached = (Principal(row.account_id, row.device_id, token_hash), row.last_seen_at)
             if generation == self._generation:
                 self._cache[token_hash] = cached
         principal, last_seen = cached
@@ -90,22 +159,35 @@ class Authenticator:
                 self._cache[token_hash] = (principal, seen)
         return principal
 
+    def lease(self, principal: Principal) -> Lease:
+        """Hold `principal`'s authority for the current task until `release`; see `Lease`."""
+        lease = Lease(principal, asyncio.current_task())
+        self._leases.setdefault(principal.account_id, set()).add(lease)
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        leases = self._leases.get(lease.principal.account_id)
+        if leases is not None:
+            leases.discard(lease)
+            if not leases:
+                del self._leases[lease.principal.account_id]
+
     def forget_device(self, account_id: str, device_id: int) -> None:
         """Call after a device's token was revoked in the store."""
+        self._forget(account_id, device_id)
+
+    def forget_account(self, account_id: str) -> None:
+        """Call after all of an account's tokens were revoked in the store."""
+        self._forget(account_id, None)
+
+    def _forget(self, account_id: str, device_id: int | None) -> None:
         self._generation += 1
         for key in [
             k
             for k, (p, _) in self._cache.items()
-            if p.account_id == account_id and p.device_id == device_id
+            if p.account_id == account_id and device_id in (None, p.device_id)
         ]:
             del self._cache[key]
-        for listener in self._on_revoke:
-            listener(account_id, device_id)
-
-    def forget_account(self, account_id: str) -> None:
-        """Call after all of an account's tokens were revoked in the store."""
-        self._generation += 1
-        for key in [k for k, (p, _) in self._cache.items() if p.account_id == account_id]:
-            del self._cache[key]
-        for listener in self._on_revoke:
-            listener(account_id, None)
+        for lease in list(self._leases.get(account_id, ())):
+            if device_id in (None, lease.principal.device_id):
+                lease.revoke()

@@ -9,6 +9,11 @@ Rules kept here:
 3. A key id already on file with different key bytes is refused; the identical key is a no-op,
    so a retried upload succeeds.
 4. A one-time key is handed out once, ever: taking it deletes it in the same transaction.
+5. Fetching is limited per caller and per (caller, target) pair, so no one caller can take all
+   of a stranger's one-time keys. Once they are gone (drained by many callers, or simply used
+   up), bundles carry the signed prekey and the last-resort Kyber key, which are never taken:
+   sessions still start, with less forward secrecy for their first message until the target
+   uploads more.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ from dataclasses import dataclass, field
 
 from client.crypto import xeddsa
 from server.domain import validation
-from server.domain.auth import Principal
+from server.domain.auth import Principal, as_caller
 from server.domain.clock import Clock
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from server.domain.ratelimit import Rate, RateLimiter
+from server.domain.ratelimit import Rate, RateLimiter, take_all
 from server.storage import accounts as account_store
 from server.storage import keys as store
 from server.storage.database import Database
@@ -40,7 +45,16 @@ MAX_KEY_ID = 0xFFFFFFFF
 
 @dataclass(frozen=True)
 class KeyPolicy:
+    """The key directory's limits. These defaults are the server's defaults (`server.config`
+    takes them from here), so each reason is written once, here."""
+
     bundle_rate: Rate = Rate(600, 60.0)
+    # Fetches of one target account by one caller account. A client fetches a pair's bundles
+    # when it starts a session and again when the target adds or re-registers a device (one
+    # fetch per such device, a few more on retries): a handful an hour at most. At 30/h one
+    # caller takes at most 30 of a device's one-time keys an hour, a fraction of the 100 a
+    # client uploads and tops up, so draining them needs many registered accounts.
+    bundle_pair_rate: Rate = Rate(30, 3600.0)
     low_watermark: int = 10
     # Stored one-time keys per device and type: enough for weeks of first contacts, small
     # enough that one device cannot fill the disk.
@@ -123,6 +137,9 @@ class KeyDirectory:
         self._clock = clock
         self.policy = policy
         self._bundle_limit = RateLimiter(policy.bundle_rate, clock, "prekey bundle requests")
+        self._pair_limit = RateLimiter(
+            policy.bundle_pair_rate, clock, "prekey bundle requests for this account"
+        )
 
     async def upload(self, caller: Principal, upload: Upload) -> KeyStatus:
         if len(upload.pre_keys) > MAX_KEYS_PER_UPLOAD:
@@ -217,7 +234,7 @@ class KeyDirectory:
             )
             return self._status(conn, caller)
 
-        return await self._db.write(apply)
+        return await self._db.write(as_caller(caller, apply))
 
     @staticmethod
     def _verify_signatures(upload: Upload, identity: bytes) -> None:
@@ -284,7 +301,13 @@ class KeyDirectory:
         target = validation.uuid_string(account_id, field="account_id")
         if device_id < 0:
             raise InvalidArgument("device_id must be a device id, or 0 for all devices")
-        self._bundle_limit.check(caller.account_id)
+        # Both or neither: a refused pair does not spend the caller's budget for other targets.
+        take_all(
+            (
+                (self._pair_limit, f"{caller.account_id} {target}"),
+                (self._bundle_limit, caller.account_id),
+            )
+        )
 
         def take(conn: sqlite3.Connection) -> list[Bundle]:
             if account_store.get_account(conn, target) is None:
@@ -317,4 +340,4 @@ class KeyDirectory:
                 )
             return out
 
-        return await self._db.write(take)
+        return await self._db.write(as_caller(caller, take))

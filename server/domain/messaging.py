@@ -32,7 +32,7 @@ from functools import partial
 from typing import NamedTuple, TypeVar
 
 from server.domain import validation
-from server.domain.auth import Principal
+from server.domain.auth import Principal, as_caller, ensure_current
 from server.domain.clock import Clock
 from server.domain.errors import (
     Aborted,
@@ -40,7 +40,6 @@ from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unauthenticated,
 )
 from server.domain.ratelimit import Rate, RateLimiter
 from server.storage import accounts as account_store
@@ -71,7 +70,7 @@ class MessagingPolicy:
     envelope_ttl: float = 30 * 86_400.0
     stream_batch: int = 500
     keepalive_interval: float = 30.0
-    stream_buffer: int = 10_000
+    stream_buffer_bytes: int = 8 * 1024 * 1024
 
 
 class Copy(NamedTuple):
@@ -160,41 +159,73 @@ class KeepAlive:
 StreamEvent = Envelopes | Statuses | QueueEmpty | KeepAlive
 
 
+# What one delivery status weighs in a stream buffer: its ids, request id and reason.
+STATUS_BYTES = 256
+
+
 @dataclass(eq=False)
 class _Connection:
-    """One open stream of one device: a wake-up event and a bounded in-memory buffer."""
+    """One open stream of one device: a wake-up event and an in-memory buffer bounded in bytes.
 
+    Past `limit_bytes` the stream stops buffering and re-reads from the database instead: a
+    stalled reader costs at most `limit_bytes` of memory, and nothing is lost.
+    """
+
+    limit_bytes: int
     envelopes: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
     online: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
     statuses: collections.deque[StatusRow] = field(default_factory=collections.deque)
-    # Items that may wait in memory before the stream stops buffering and re-reads from the
-    # database instead: bounds memory for a stalled reader without losing anything.
-    limit: int = 10_000
+    size: int = 0  # bytes of content (and statuses) buffered now
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflow: bool = False
     replaced: bool = False
-    revoked: bool = False
+
+    def _room(self, size: int) -> bool:
+        return self.size + size <= self.limit_bytes
 
     def push_envelopes(self, rows: list[EnvelopeRow]) -> None:
-        if self.overflow or len(self.envelopes) + len(rows) > self.limit:
-            self.overflow = True
-            self.envelopes.clear()
+        size = sum(len(r.content) for r in rows)
+        if self.overflow or not self._room(size):
+            self.fall_back()
         else:
             self.envelopes.extend(rows)
+            self.size += size
         self.wake.set()
 
     def push_statuses(self, rows: list[StatusRow]) -> None:
-        if self.overflow or len(self.statuses) + len(rows) > self.limit:
-            self.overflow = True
-            self.statuses.clear()
+        size = STATUS_BYTES * len(rows)
+        if self.overflow or not self._room(size):
+            self.fall_back()
         else:
             self.statuses.extend(rows)
+            self.size += size
         self.wake.set()
 
     def push_online(self, row: EnvelopeRow) -> None:
-        if len(self.online) < self.limit:  # typing indicators may be dropped, never stored
+        if self._room(len(row.content)):  # typing indicators may be dropped, never stored
             self.online.append(row)
+            self.size += len(row.content)
             self.wake.set()
+
+    def fall_back(self) -> None:
+        """Forget the stored rows buffered so far: the stream re-reads them from the database."""
+        self.overflow = True
+        self.envelopes.clear()
+        self.statuses.clear()
+        self.size = sum(len(r.content) for r in self.online)
+
+    def take_online(self) -> list[EnvelopeRow]:
+        rows = list(self.online)
+        self.online.clear()
+        self.size -= sum(len(r.content) for r in rows)
+        return rows
+
+    def take_stored(self) -> tuple[list[EnvelopeRow], list[StatusRow]]:
+        envelopes, statuses = list(self.envelopes), list(self.statuses)
+        self.envelopes.clear()
+        self.statuses.clear()
+        self.size = sum(len(r.content) for r in self.online)
+        return envelopes, statuses
 
 
 class Mailbox:
@@ -342,6 +373,10 @@ class Mailbox:
         def job(
             conn: sqlite3.Connection,
         ) -> list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError]:
+            try:
+                ensure_current(conn, caller)  # a revoked sender stores nothing (auth rule 2)
+            except DomainError as exc:
+                return [exc] * len(drafts)
             out: list[tuple[SendReceipt, list[EnvelopeRow]] | DomainError] = []
             messages: list[store.MessageRow] = []
             envelopes: list[EnvelopeRow] = []
@@ -378,7 +413,7 @@ class Mailbox:
     async def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
         """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
         key = (caller.account_id, caller.device_id)
-        connection = _Connection(limit=self.policy.stream_buffer)
+        connection = _Connection(self.policy.stream_buffer_bytes)
         old = self._connections.get(key)
         if old is not None:
             old.replaced = True
@@ -396,29 +431,21 @@ class Mailbox:
                     yield KeepAlive()
                     continue
                 connection.wake.clear()
-                if connection.revoked:
-                    raise Unauthenticated(
-                        "this device was removed or its account re-registered or deleted"
-                    )
                 if connection.replaced:
                     raise Aborted("another ReceiveMessages stream of this device replaced this one")
                 if connection.online:
-                    online = list(connection.online)
-                    connection.online.clear()
-                    yield Envelopes(online, online_only=True)
+                    yield Envelopes(connection.take_online(), online_only=True)
                 if connection.overflow:
                     connection.overflow = False
-                    connection.envelopes.clear()
-                    connection.statuses.clear()
+                    connection.take_stored()
                     async for event in self._from_database(caller, sent):
                         yield sent.past(event)
                     continue
-                fresh = [r for r in connection.envelopes if r.envelope_id > sent.envelope]
-                connection.envelopes.clear()
+                envelopes, statuses = connection.take_stored()
+                fresh = [r for r in envelopes if r.envelope_id > sent.envelope]
                 for chunk in self._chunks(fresh):
                     yield sent.past(Envelopes(chunk))
-                news = [s for s in connection.statuses if s.status_id > sent.status]
-                connection.statuses.clear()
+                news = [s for s in statuses if s.status_id > sent.status]
                 if news:
                     yield sent.past(Statuses(news))
         finally:
@@ -445,7 +472,8 @@ class Mailbox:
         self, caller: Principal, sent: _Position
     ) -> AsyncIterator[Envelopes | Statuses]:
         """What the device has stored past `sent`: envelopes, then delivery statuses."""
-        async for rows in self._pages(store.envelopes_after, caller, sent.envelope):
+        envelopes = partial(store.envelopes_after, max_bytes=STREAM_CHUNK_BYTES)
+        async for rows in self._pages(envelopes, caller, sent.envelope):
             for chunk in self._chunks(rows):
                 yield Envelopes(chunk)
         async for statuses in self._pages(store.statuses_after, caller, sent.status):
@@ -469,13 +497,6 @@ class Mailbox:
                 return
             after = rows[-1][0]  # envelope_id / status_id: the first column of either row
             yield rows
-
-    def disconnect(self, account_id: str, device_id: int | None) -> None:
-        """End the streams of a revoked device (or of every device of the account)."""
-        for (account, device), connection in self._connections.items():
-            if account == account_id and device_id in (None, device):
-                connection.revoked = True
-                connection.wake.set()
 
     def _notify_envelopes(self, rows: list[EnvelopeRow]) -> None:
         by_device: dict[tuple[str, int], list[EnvelopeRow]] = {}
@@ -523,7 +544,7 @@ class Mailbox:
             removed = store.delete_statuses(conn, caller.account_id, caller.device_id, status_ids)
             return len(message_ids), removed, statuses
 
-        acked, removed, statuses = await self._db.write(job)
+        acked, removed, statuses = await self._db.write(as_caller(caller, job))
         self._notify_statuses(statuses)
         return acked, removed
 

@@ -6,8 +6,10 @@ few requests. A multi-replica deployment would move the buckets to the shared st
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from server.domain.clock import Clock
@@ -71,12 +73,36 @@ class RateLimiter:
                 self._buckets[key] = (tokens, now)
                 raise ResourceExhausted(
                     f"too many {self._what} (limit {self.rate.count} per "
-                    f"{self.rate.period:g} s); try again in {wait:.0f} s",
+                    f"{self.rate.period:g} s); try again in {max(1, math.ceil(wait))} s",
                     retry_after=wait,
                 )
             self._buckets[key] = (tokens - cost, now)
+
+    def refund(self, key: str, cost: int = 1) -> None:
+        """Give back tokens taken by `check` for a request that turned out not to count."""
+        now = self._clock.now()
+        per_token = self.rate.period / self.rate.count
+        with self._lock:
+            tokens, updated = self._buckets.get(key, (float(self.rate.count), now))
+            tokens = min(float(self.rate.count), tokens + (now - updated) / per_token + cost)
+            self._buckets[key] = (tokens, now)
 
     def _sweep(self, now: float) -> None:
         horizon = self.rate.period * _FORGET_AFTER_PERIODS
         for key in [k for k, (_, t) in self._buckets.items() if now - t > horizon]:
             del self._buckets[key]
+
+
+def take_all(checks: Iterable[tuple[RateLimiter, str]]) -> None:
+    """Take a token from every (limiter, key), or from none: the first refusal gives back the
+    tokens already taken, so a request refused by one limit does not use up the others (a
+    server-wide ceiling that refuses must not also spend the asker's per-number budget)."""
+    taken: list[tuple[RateLimiter, str]] = []
+    try:
+        for limiter, key in checks:
+            limiter.check(key)
+            taken.append((limiter, key))
+    except ResourceExhausted:
+        for limiter, key in taken:
+            limiter.refund(key)
+        raise

@@ -11,6 +11,7 @@ from parley.v1 import account_pb2_grpc
 from server.domain.accounts import AccountRegistry, Credentials
 from server.rpc.convert import account_kind_from_proto, account_kind_to_proto, timestamp
 from server.rpc.interceptors import caller
+from server.rpc.peer import client_info
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -27,7 +28,9 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
     async def StartVerification(
         self, request: pb.StartVerificationRequest, context: Context
     ) -> pb.StartVerificationResponse:
-        pending = await self._registry.start_verification(request.phone_number)
+        pending = await self._registry.start_verification(
+            request.phone_number, client_info(context)
+        )
         return pb.StartVerificationResponse(
             verification_id=pending.verification_id,
             expires_at=timestamp(pending.expires_at),
@@ -42,6 +45,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             request.code,
             request.device_name,
             account_kind_from_proto(request.account_kind),
+            client_info(context),
         )
         return pb.CompleteVerificationResponse(
             account_id=creds.account_id,

@@ -1,12 +1,22 @@
-"""One interceptor around every Parley RPC: authenticate, map errors, log.
+"""One interceptor around every Parley RPC: decode, authenticate, map errors, log.
 
 Authentication sets the caller's Principal in a context variable that the servicers read with
 `caller()`. Each RPC runs in its own task, so the variable never leaks between calls.
 Health and reflection are not Parley services and pass through untouched.
+
+Rules kept here, for every Parley RPC, present and future:
+1. Requests are decoded here (`server.rpc.decoding`), not by gRPC: undecodable bytes and
+   out-of-range integers are INVALID_ARGUMENT, on unary calls and on each message of a client
+   stream alike.
+2. A streaming call holds a `Lease` on its credential: when the credential is revoked the call
+   ends at once with UNAUTHENTICATED, whether it is waiting, reading or about to write.
+3. Errors become statuses in one place (`server.rpc.errors`); anything unexpected is INTERNAL
+   with an incident id in the log, never UNKNOWN.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -17,9 +27,10 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from grpc import aio
 
-from server.domain.auth import Authenticator, Principal
+from server.domain.auth import REVOKED_MESSAGE, Authenticator, Lease, Principal
 from server.domain.errors import DomainError, Unauthenticated
 from server.rpc import errors
+from server.rpc.decoding import RequestDecoder, UndecodableLog
 
 log = logging.getLogger("parley.rpc")
 
@@ -53,6 +64,7 @@ class ParleyInterceptor(_Interceptor):
         self._auth = authenticator
         self._open = open_methods
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._undecodable = UndecodableLog()
 
     async def intercept_service(
         self,
@@ -76,10 +88,14 @@ class ParleyInterceptor(_Interceptor):
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
         needs_auth = method not in self._open
+        assert handler.request_deserializer is not None, method  # generated stubs always set it
+        decode = RequestDecoder(method, handler.request_deserializer, self._undecodable)
+        # request_deserializer=None: gRPC hands over the bytes and `decode` turns them into the
+        # request (rule 1).
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, needs_auth),
-                request_deserializer=handler.request_deserializer,
+                self._unary(handler.unary_unary, method, needs_auth, decode),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
@@ -88,8 +104,10 @@ class ParleyInterceptor(_Interceptor):
                     cast(Callable[..., AsyncIterator[Any]], handler.unary_stream),
                     method,
                     needs_auth,
+                    decode,
+                    client_streams=False,
                 ),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream:
@@ -98,25 +116,33 @@ class ParleyInterceptor(_Interceptor):
                     cast(Callable[..., AsyncIterator[Any]], handler.stream_stream),
                     method,
                     needs_auth,
+                    decode,
+                    client_streams=True,
                 ),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         raise NotImplementedError(f"{method}: client-streaming RPCs are not used by Parley")
 
-    async def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> None:
+    async def _authenticate(self, context: aio.ServicerContext[Any, Any]) -> Principal:
         token = bearer_token(context.invocation_metadata())
-        _PRINCIPAL.set(await self._auth.authenticate(token))
+        principal = await self._auth.authenticate(token)
+        _PRINCIPAL.set(principal)
+        return principal
 
     def _unary(
-        self, inner: Callable[..., Awaitable[Any]], method: str, needs_auth: bool
+        self,
+        inner: Callable[..., Awaitable[Any]],
+        method: str,
+        needs_auth: bool,
+        decode: RequestDecoder,
     ) -> Callable[..., Awaitable[Any]]:
-        async def behavior(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        async def behavior(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             try:
                 if needs_auth:
                     await self._authenticate(context)
-                return await inner(request, context)
+                return await inner(decode(raw), context)
             except Exception as exc:
                 await _abort(context, exc, method)
             finally:
@@ -125,23 +151,55 @@ class ParleyInterceptor(_Interceptor):
         return behavior
 
     def _stream(
-        self, inner: Callable[..., AsyncIterator[Any]], method: str, needs_auth: bool
+        self,
+        inner: Callable[..., AsyncIterator[Any]],
+        method: str,
+        needs_auth: bool,
+        decode: RequestDecoder,
+        *,
+        client_streams: bool,
     ) -> Callable[..., AsyncIterator[Any]]:
         async def behavior(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            lease: Lease | None = None
             try:
                 if needs_auth:
-                    await self._authenticate(context)
-                async for response in inner(request, context):
+                    lease = self._auth.lease(await self._authenticate(context))
+                requests = _decoded(request, decode, lease) if client_streams else decode(request)
+                async for response in inner(requests, context):
+                    if lease is not None:
+                        lease.exposed = False  # gRPC writes the response: see Lease
                     yield response
+                    if lease is not None:
+                        lease.exposed = True
+                        lease.check()
+            except asyncio.CancelledError:
+                if lease is None or not lease.revoked:
+                    raise  # the client went away or the server is stopping
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, REVOKED_MESSAGE)
             except Exception as exc:
                 await _abort(context, exc, method)
             finally:
+                if lease is not None:
+                    self._auth.release(lease)
                 _log_call(method, started, context)
 
         return behavior
+
+
+async def _decoded(
+    raw_requests: AsyncIterator[bytes], decode: RequestDecoder, lease: Lease | None
+) -> AsyncIterator[Any]:
+    """A client stream's messages, decoded; a revoked credential ends it (rules 1 and 2)."""
+    async for raw in raw_requests:
+        if lease is not None:
+            lease.check()
+        yield decode(raw)
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], exc: Exception, method: str) -> None:

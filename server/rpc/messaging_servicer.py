@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -28,6 +29,11 @@ from server.rpc.interceptors import caller
 from server.storage.messages import EnvelopeRow, StatusRow
 
 Context = aio.ServicerContext[Any, Any]
+
+# Sends read ahead of the one being committed, in bytes of requests: enough to fill large
+# groups (the write path's efficiency), small enough that a client that never reads its results
+# holds at most this much of the server's memory (plus one request) before it is held back.
+READ_AHEAD_BYTES = 4 * 1024 * 1024
 
 
 def _request(r: pb.SendMessageRequest) -> SendRequest:
@@ -131,42 +137,60 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
     ) -> AsyncIterator[pb.SendMessageStreamResponse]:
         """Sends that arrive while the previous group is being committed go together as the
         next group (one write job, one commit): no waiting when the stream is quiet, batches
-        as large as the load when it is busy."""
+        as large as the load when it is busy.
+
+        Back-pressure: the reader stops reading once READ_AHEAD_BYTES of sends wait, and sends
+        are taken only as fast as their results are written to the client, so a client that
+        pushes without reading its results is held back by HTTP/2 flow control instead of
+        growing the server's memory. An error reading the stream (bytes that do not decode,
+        a revoked credential) ends the call with its status once the sends before it are done.
+        """
         principal = caller()
-        waiting: list[pb.SendMessageRequest] = []
+        waiting: collections.deque[tuple[pb.SendMessageRequest, int]] = collections.deque()
+        waiting_bytes = 0
         arrived = asyncio.Event()
-        finished = False
+        room = asyncio.Event()
+        room.set()
+        max_batch = self._mailbox.policy.max_batch
 
         async def read() -> None:
-            nonlocal finished
-            async for message in requests:
-                waiting.append(message.request)
-                arrived.set()
-            finished = True
-            arrived.set()
+            nonlocal waiting_bytes
+            try:
+                async for message in requests:
+                    size = message.ByteSize()
+                    waiting.append((message.request, size))
+                    waiting_bytes += size
+                    arrived.set()
+                    if waiting_bytes >= READ_AHEAD_BYTES or len(waiting) >= max_batch:
+                        room.clear()
+                        await room.wait()
+            finally:
+                arrived.set()  # wake the sender for the end of the stream, or its error
 
         reader = asyncio.ensure_future(read())
         try:
             while True:
                 if not waiting:
-                    if finished:
+                    if reader.done():
+                        reader.result()  # raises what ended the client stream, if anything
                         break
                     await arrived.wait()
                     arrived.clear()
                     continue
-                group = waiting[: self._mailbox.policy.max_batch]
-                del waiting[: len(group)]
+                group = [waiting.popleft() for _ in range(min(max_batch, len(waiting)))]
+                waiting_bytes -= sum(size for _, size in group)
+                room.set()
+                sends = [r for r, _ in group]
                 try:
                     results: Sequence[SendReceipt | DomainError] = await self._mailbox.send_many(
-                        principal, [_request(r) for r in group]
+                        principal, [_request(r) for r in sends]
                     )
                 except DomainError as exc:  # e.g. the device's send rate: every send of the group
-                    results = [exc] * len(group)
-                for item, result in zip(group, results, strict=True):
+                    results = [exc] * len(sends)
+                for item, result in zip(sends, results, strict=True):
                     response = pb.SendMessageStreamResponse()
                     _result(response.result, item.request_id, result)
                     yield response
-            await reader
         finally:
             reader.cancel()
 

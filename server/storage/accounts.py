@@ -177,6 +177,19 @@ def device_for_token(conn: sqlite3.Connection, token_hash: bytes) -> DeviceRow |
     return None if r is None else DeviceRow(*r)
 
 
+def holds_credential(
+    conn: sqlite3.Connection, account_id: str, device_id: int, token_hash: bytes
+) -> bool:
+    """Whether `token_hash` is still the credential of that device (one primary-key probe)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM devices WHERE token_hash = ? AND account_id = ? AND device_id = ?",
+            (token_hash, account_id, device_id),
+        ).fetchone()
+        is not None
+    )
+
+
 def touch_device(conn: sqlite3.Connection, account_id: str, device_id: int, at: float) -> None:
     conn.execute(
         "UPDATE devices SET last_seen_at = ? WHERE account_id = ? AND device_id = ?",

@@ -168,21 +168,37 @@ def _rows_after(
     device_id: int,
     after_id: int,
     limit: int,
-) -> list[tuple[object, ...]]:
+) -> sqlite3.Cursor:
     """A device's rows of `table` past `after_id`, by id (the first of `columns`)."""
     key = columns.split(",")[0]
     return conn.execute(
         f"SELECT {columns} FROM {table} WHERE account_id = ? AND device_id = ?"
         f" AND {key} > ? ORDER BY {key} LIMIT ?",
         (account_id, device_id, after_id, limit),
-    ).fetchall()
+    )
 
 
 def envelopes_after(
-    conn: sqlite3.Connection, account_id: str, device_id: int, after_id: int, limit: int
+    conn: sqlite3.Connection,
+    account_id: str,
+    device_id: int,
+    after_id: int,
+    limit: int,
+    max_bytes: int,
 ) -> list[EnvelopeRow]:
+    """At most `limit` envelopes past `after_id`, stopping once `max_bytes` of content are read
+    (at least one): a page of large ciphertexts never holds more than about `max_bytes`."""
     rows = _rows_after(conn, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_id, limit)
-    return [EnvelopeRow._make(r) for r in rows]
+    out: list[EnvelopeRow] = []
+    size = 0
+    for r in rows:
+        row = EnvelopeRow._make(r)
+        out.append(row)
+        size += len(row.content)
+        if size >= max_bytes:
+            break
+    rows.close()
+    return out
 
 
 def delete_envelopes(
@@ -245,7 +261,7 @@ def statuses_after(
     rows = _rows_after(
         conn, "delivery_statuses", _STATUS_COLUMNS, account_id, device_id, after_id, limit
     )
-    return [StatusRow._make(r) for r in rows]
+    return [StatusRow._make(r) for r in rows.fetchall()]
 
 
 def delete_statuses(
