@@ -216,3 +216,8 @@ def test_readme_runs_as_written_on_a_clean_clone(tmp_path: Path) -> None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
     assert '"msg": "stopped"' in log.read_text(), "the server did not shut down cleanly"
+    # `make run` installed the runtime and the README's `make tools` grpcurl, not the dev tools.
+    venv = clone / ".venv"
+    assert (venv / "bin" / "grpcurl").exists() and not (venv / "bin" / "pytest").exists()
+    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    assert size < 200 * 2**20, f"the runtime virtualenv takes {size / 2**20:.0f} MiB"
