@@ -1,53 +1,77 @@
 # Parley. The two commands: `make run` serves, `make test` checks everything (CI runs it).
-# Both create .venv and install the project with its dev tools on first use.
+# Each creates .venv on first use and installs what it needs, no more: `make run` only the
+# server's runtime dependencies, `make test` the dev extra (linters, generators, test vectors).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 ARGS   ?=
+# One stamp per installed extra; each is redone when pyproject.toml changes.
+RUNTIME := $(VENV)/.runtime
+TOOLS   := $(VENV)/.tools
+DEV     := $(VENV)/.dev
+PIP     := $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest protos bench format clean
+.PHONY: help install tools run demo test lint typecheck pytest protos bench format clean
 
 help:
 	@echo "make run      start the server on localhost:50051 (ARGS='--test-number +15550001111=123456')"
+	@echo "make demo     a scripted conversation with the parley CLI on a temporary server"
+	@echo "make tools    add grpcurl to .venv/bin (for the README's grpcurl session)"
 	@echo "make test     lint, types, proto lint, stub drift and the whole test suite"
+	@echo "make install  everything make test needs (the dev extra)"
 	@echo "make protos   regenerate the Python stubs from protos/"
 	@echo "make bench    run the benchmarks"
 	@echo "make format   apply ruff's formatting"
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) --upgrade pip
+
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(PIP) -e .
 	touch $@
 
-install: $(STAMP)
+$(TOOLS): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[tools]'
+	touch $@ $(RUNTIME)
 
-run: $(STAMP)
+# The dev extra includes the runtime dependencies and the tools extra.
+$(DEV): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(RUNTIME) $(TOOLS)
+
+install: $(DEV)
+
+tools: $(TOOLS)
+
+run: $(RUNTIME)
 	$(BIN)/parley-server $(ARGS)
 
-lint: $(STAMP)
+demo: $(RUNTIME)
+	$(BIN)/python -m client.demo
+
+lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/buf lint protos
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
 
-protos: $(STAMP)
+protos: $(DEV)
 	$(BIN)/python protos/generate.py
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python -m bench
 
-format: $(STAMP)
+format: $(DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

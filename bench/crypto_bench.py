@@ -49,7 +49,7 @@ DH_ROUNDS = 2_000
 SETUPS = 300
 WORKERS = 2
 REPEATS = 3
-"""This machine has two cores (DESIGN.md §5)."""
+"""The development VM has two cores; one worker per core measures the parallel rate."""
 
 
 class _PreKeys:

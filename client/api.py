@@ -1,4 +1,4 @@
-"""High-level async Parley client over the generated grpc.aio stubs (DESIGN.md §1 "api").
+"""High-level async Parley client over the generated grpc.aio stubs (see docs/architecture.md).
 
 :class:`ParleyClient` ties the sans-IO protocol core (:mod:`client.crypto`) to the server's
 AccountService, KeyService and MessagingService and to the profile's :class:`ClientStore`.

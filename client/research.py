@@ -4,7 +4,7 @@ Pure Python and in-memory: two parties, Alice and Bob, hold a short scripted con
 (optionally with out-of-order delivery) through :mod:`client.crypto`, and every protocol step
 is reported through the tracer hook of :mod:`client.crypto.trace`. The trace renders as
 readable text or as JSON lines. Secret values (keys, DH outputs) are shown only when the
-caller passes ``reveal_secrets=True`` — research mode (DESIGN.md §3).
+caller passes ``reveal_secrets=True`` — research mode: a trace is safe to share by default.
 
 Used by the ``parley trace`` command; also usable directly::
 

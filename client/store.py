@@ -1,4 +1,4 @@
-"""The client's own persistent store: one SQLite file per profile (DESIGN.md §1 "state").
+"""The client's own persistent store: one SQLite file per profile (docs/architecture.md, "Layers").
 
 Everything a device must remember between runs lives here, and every SQL statement of the
 client lives in this module: the local identity and credentials, our prekeys (private parts),

@@ -1,4 +1,4 @@
-"""Parley's sans-IO Signal protocol core (DESIGN.md §3, §6).
+"""Parley's sans-IO Signal protocol core (docs/architecture.md, "The protocol core").
 
 PQXDH, the Double Ratchet, XEdDSA, keys and the Signal wire format, byte-compatible with
 libsignal. Pure functions and small state objects: no network, no database, no files; a

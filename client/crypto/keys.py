@@ -1,6 +1,6 @@
 """Key types: Curve25519 keys, identity keys and Kyber-1024 KEM keys.
 
-Encodings follow libsignal (DESIGN.md §6 "Keys and signatures"):
+Encodings follow libsignal, so keys and bundles travel between the two unchanged:
 
 * an EC public key is ``0x05 || u`` (33 bytes), ``u`` the X25519 u-coordinate;
 * a private key is 32 clamped bytes (RFC 7748 §5 "decodeScalar25519");

@@ -1,5 +1,5 @@
 """PQXDH key agreement (Signal "The PQXDH Key Agreement Protocol", rev. 3, §3.3/§3.4;
-libsignal ``rust/protocol/src/ratchet.rs`` and ``session.rs``; DESIGN.md §6).
+libsignal ``rust/protocol/src/ratchet.rs`` and ``session.rs``).
 
 ``IKM = 0xFF*32 || DH(IK_A, SPK_B) || DH(EK_A, IK_B) || DH(EK_A, SPK_B) [|| DH(EK_A, OPK_B)]
 || SS_kem`` and ``HKDF-SHA256(salt = 32 zero bytes, IKM,
@@ -55,7 +55,7 @@ DISCONTINUITY_BYTES: Final = b"\xff" * 32
 """PQXDH §2.5 "F": 32 0xFF bytes prefixed to the IKM for Curve25519."""
 SECRETS_LENGTH: Final = 96
 MAX_PREKEY_ID: Final = 0xFFFFFFFF
-"""Prekey ids are u32 (DESIGN.md §6)."""
+"""Prekey ids are u32, as in libsignal's records and the wire protobufs."""
 
 
 @dataclass(frozen=True)

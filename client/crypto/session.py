@@ -1,5 +1,5 @@
 """Double Ratchet sessions and session records (Double Ratchet spec §3, §7; libsignal
-``session_cipher.rs``, ``state/session.rs``; DESIGN.md §3 and §6).
+``session_cipher.rs``, ``state/session.rs``).
 
 Invariants of this module (numbered so that tests and reviews can point at them):
 
@@ -627,7 +627,7 @@ def initialize_initiator_state(
     sending_ratchet_key: KeyPair,
     tracer: Tracer = NO_TRACE,
 ) -> SessionState:
-    """Alice's first state (DESIGN.md §6 "Initial state"): a receiving chain
+    """Alice's first state (libsignal's initial sender state): a receiving chain
     ``(SPK_B, CK0)`` and a sending chain from ``KDF_RK(RK0, DH(new, SPK_B))``."""
     root = RootKey(secrets.root_key)
     root1, send_ck, _ = root.create_chain(bundle.signed_pre_key, sending_ratchet_key.private_key)

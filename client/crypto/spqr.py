@@ -1,7 +1,7 @@
 """The receive side of SPQR's first epoch: just enough post-quantum ratchet ("triple
 ratchet") to read the first messages of a libsignal sender that runs SPQR v1.
 
-This is the SPQR seam of DESIGN.md §6, not SPQR. libsignal >= 0.92 runs SPQR v1 in every
+This is a seam for SPQR, not SPQR. libsignal >= 0.92 runs SPQR v1 in every
 session and, from its first message on, salts each message key with an SPQR key
 (``HKDF(salt = SPQR key, seed, "WhisperMessageKeys")``). Before any post-quantum KEM
 exchange has finished (SPQR epoch 1), that key comes from a symmetric chain seeded by the

@@ -1,4 +1,4 @@
-"""A tracer hook so protocol researchers can watch every step (DESIGN.md §3, last bullet).
+"""A tracer hook so protocol researchers can watch every step.
 
 PQXDH and each ratchet step call ``tracer(event)`` with a :class:`TraceEvent`. The default
 tracer, :data:`NO_TRACE`, does nothing, and the hot paths skip building events entirely

@@ -1,6 +1,6 @@
 """Signal wire messages: ``SignalMessage`` and ``PreKeySignalMessage``.
 
-Byte layout (libsignal ``protocol.rs`` and ``proto/wire.proto``; DESIGN.md §6):
+Byte layout (libsignal ``protocol.rs`` and ``proto/wire.proto``):
 
 * ``SignalMessage = version || protobuf || MAC(8)`` where the protobuf holds
   ``1 ratchet_key (33 B), 2 counter, 3 previous_counter, 4 ciphertext, 5 pq_ratchet

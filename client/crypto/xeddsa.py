@@ -1,7 +1,7 @@
 """XEdDSA signatures on Curve25519 keys: one implementation for client and server.
 
 Spec: "The XEdDSA and VXEdDSA Signature Schemes" (Signal, rev. 1, 2016), §2.3
-"calculate_key_pair", §2.4 "xeddsa_sign / xeddsa_verify"; DESIGN.md §6.
+"calculate_key_pair", §2.4 "xeddsa_sign / xeddsa_verify".
 
 Two dialects exist and both must interoperate:
 

@@ -1,6 +1,6 @@
 """One SQLite file shared by one writer thread and a few reader threads.
 
-Rules this module keeps (DESIGN.md §5):
+Rules this module keeps (docs/architecture.md, "Storage"):
 1. The asyncio event loop never runs SQLite or waits on fsync: writes go to the writer thread,
    reads to a small pool of reader threads, each with its own connection.
 2. Every write is a job run by the single writer. Jobs waiting together are group-committed:

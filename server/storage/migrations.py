@@ -122,7 +122,7 @@ def _v3_keys(conn: sqlite3.Connection) -> None:
 
 def _v4_messaging(conn: sqlite3.Connection) -> None:
     # Ids are time-ordered integers (ms << 20 | sequence), so new rows append at the right edge
-    # of every B-tree instead of landing at random pages (DESIGN.md §5).
+    # of every B-tree instead of landing at random pages (docs/architecture.md, "Storage").
     _run_script(
         conn,
         """

@@ -1,5 +1,5 @@
 """``client.crypto`` is a sans-IO library: it imports only the standard library,
-``cryptography`` and ``xeddsa`` (DESIGN.md §1 and §3, STYLE.md "Direction of imports")."""
+``cryptography`` and ``xeddsa``, so it can be reviewed and reused without the rest."""
 
 from __future__ import annotations
 

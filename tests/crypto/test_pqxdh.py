@@ -1,5 +1,5 @@
 """PQXDH derivation checked against an independent computation with ``cryptography``'s own
-X25519 and HKDF (DESIGN.md §6: IKM layout, salt, info string, 96-byte split)."""
+X25519 and HKDF: the IKM layout, salt, info string and 96-byte split."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hypothesis properties of the ratchet (STYLE.md "Tests"):
+"""Hypothesis properties of the ratchet:
 
 * any delivery order within the limits decrypts, with replays rejected;
 * any flipped bit of a SignalMessage is rejected and leaves the state byte-identical;

@@ -1,4 +1,4 @@
-"""XEdDSA: we sign the spec way and verify the libsignal way (DESIGN.md §6).
+"""XEdDSA: we sign the spec way and verify the libsignal way.
 
 A small pure-Python Ed25519 model (test-only, slow, obviously correct) produces signatures
 exactly as libsignal's ``calculate_signature`` does: no negation of the private scalar and the

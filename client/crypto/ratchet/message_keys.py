@@ -2,7 +2,7 @@
 
 ``HKDF-SHA256(salt = None | SPQR key, ikm = seed, info = "WhisperMessageKeys", 80)`` →
 AES-256 key (32) | HMAC key (32) | CBC IV (16). The body is AES-256-CBC with PKCS#7
-padding (DESIGN.md §6).
+padding, as libsignal does.
 
 SPQR seam: libsignal's post-quantum "triple ratchet" mixes its own message key in as the
 HKDF *salt*. :meth:`MessageKeys.derive` takes that salt already; until SPQR exists it is

@@ -1,7 +1,7 @@
 """Root key and ``KDF_RK`` (Double Ratchet spec §5.2; libsignal ``ratchet/keys.rs``).
 
 ``KDF_RK(rk, dh_out) = HKDF-SHA256(salt = rk, ikm = dh_out, info = "WhisperRatchet", 64)``,
-split into the next root key (32) and a new chain key (32, index 0). DESIGN.md §6.
+split into the next root key (32) and a new chain key (32, index 0).
 """
 
 from __future__ import annotations
