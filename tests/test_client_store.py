@@ -77,7 +77,12 @@ def test_trust_on_first_use(store: ClientStore) -> None:
     with pytest.raises(UntrustedIdentityError) as info:
         store.check_identity(ACCOUNT, 1, second)
     assert info.value.identity_key == second
-    assert "safety-number" in str(info.value) and "parley trust" in str(info.value)
+    # The message says what to do, naming the peer by account id until it is a contact.
+    assert info.value.who == ACCOUNT and f"trust_identity({ACCOUNT!r})" in str(info.value)
+    store.save_contact("+15550001234", ACCOUNT)
+    with pytest.raises(UntrustedIdentityError) as info:
+        store.check_identity(ACCOUNT, 1, second)
+    assert info.value.who == "+15550001234" and "safety_number('+15550001234')" in str(info.value)
     store.record_pending_identity(ACCOUNT, 1, second)
     assert store.identity(ACCOUNT, 1) == first  # refused keys are not trusted silently
     assert store.pending_identities(ACCOUNT) == {1: second}
