@@ -33,6 +33,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
+# gRPC's C core prints its own INFO lines (each failed TLS handshake...) on stderr around our
+# one-line errors; it reads this variable once, when grpc is first imported (by client.api).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
