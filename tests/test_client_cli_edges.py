@@ -29,6 +29,14 @@ def json_error(result: subprocess.CompletedProcess[str], code: str, status: int 
     return str(error["error"])
 
 
+def alice_and_bob(server: LiveServer, tmp_path: Path) -> tuple[Path, Path]:
+    """Two registered profiles (test numbers, one step)."""
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    ok(parley(server, alice, "register", ALICE, "--code", CODES[ALICE]))
+    ok(parley(server, bob, "register", BOB, "--code", CODES[BOB]))
+    return alice, bob
+
+
 def test_register_sends_a_code_and_verify_completes_it(
     cli_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -130,9 +138,8 @@ def test_sending_to_yourself_without_another_device_says_so(
 def test_a_changed_identity_key_is_reported_by_number_with_the_commands_to_run(
     cli_server: LiveServer, tmp_path: Path
 ) -> None:
-    server, alice, bob = cli_server, tmp_path / "alice", tmp_path / "bob"
-    ok(parley(server, alice, "register", ALICE, "--code", CODES[ALICE]))
-    ok(parley(server, bob, "register", BOB, "--code", CODES[BOB]))
+    server = cli_server
+    alice, bob = alice_and_bob(server, tmp_path)
     ok(parley(server, alice, "send", BOB, "hello"))
     ok(parley(server, bob, "send", ALICE, "hello back"))  # Bob knows Alice by number too
     ok(parley(server, alice, "listen", "--once"))
@@ -155,9 +162,8 @@ def test_a_changed_identity_key_is_reported_by_number_with_the_commands_to_run(
 def test_listen_waits_for_a_server_that_is_down_at_start(
     cli_server: LiveServer, tmp_path: Path
 ) -> None:
-    server, alice, bob = cli_server, tmp_path / "alice", tmp_path / "bob"
-    ok(parley(server, alice, "register", ALICE, "--code", CODES[ALICE]))
-    ok(parley(server, bob, "register", BOB, "--code", CODES[BOB]))
+    server = cli_server
+    alice, bob = alice_and_bob(server, tmp_path)
     server.stop()
     # --once is for scripts: it fails at once rather than waiting.
     assert "cannot reach" in failed(parley(server, bob, "listen", "--once"))

@@ -24,7 +24,7 @@ from client.errors import (
     from_rpc_error,
 )
 from server.domain.ratelimit import Rate
-from tests.client_helpers import linked, new_client, registered
+from tests.client_helpers import closing, linked, new_client, registered
 from tests.conftest import LiveServer, ServerFactory
 
 ALICE = "+14155550123"
@@ -77,7 +77,8 @@ def test_a_mismatched_device_list_carries_the_three_lists(
         alice = await registered(server, tmp_path / "alice", ALICE)
         bob = await registered(server, tmp_path / "bob", BOB)
         laptop = await linked(server, bob, tmp_path / "bob-laptop")
-        try:
+
+        async def check() -> None:
             # What an app on the raw stubs does: from_rpc_error on the stub's exception.
             messaging = messaging_pb2_grpc.MessagingServiceStub(alice._channel)
             request = mpb.SendMessageRequest(
@@ -105,9 +106,8 @@ def test_a_mismatched_device_list_carries_the_three_lists(
             assert error.code == grpc.StatusCode.FAILED_PRECONDITION
             assert error.missing == (laptop.device_id,) and error.extra == (7,)
             assert error.stale == () and error.detail.account_id == bob.account_id
-        finally:
-            for c in (alice, bob, laptop):
-                await c.close()
+
+        await closing([alice, bob, laptop], check)
 
     asyncio.run(body())
 

@@ -19,6 +19,17 @@ from tests.test_tls import self_signed
 from tests.tools import tool
 
 
+def parley_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`parley ARGS` with extra environment variables (and no --server option)."""
+    return subprocess.run(
+        [tool("parley"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
 @pytest.fixture
 def tls_server(make_server: ServerFactory, tmp_path: Path) -> tuple[LiveServer, Path]:
     cert, key = self_signed(tmp_path)
@@ -32,16 +43,8 @@ def test_the_cli_registers_sends_and_receives_over_tls(
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     ok(parley(server, alice, "--ca-file", str(cert), "register", ALICE, "--code", CODES[ALICE]))
     # The CA file also comes from the environment, like the server address.
-    env = {**os.environ, "PARLEY_CA_FILE": str(cert), "PARLEY_SERVER": server.target}
-    ok(
-        subprocess.run(
-            [tool("parley"), "--profile", str(bob), "register", BOB, "--code", CODES[BOB]],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
-    )
+    env = {"PARLEY_CA_FILE": str(cert), "PARLEY_SERVER": server.target}
+    ok(parley_env(env, "--profile", str(bob), "register", BOB, "--code", CODES[BOB]))
     # Both profiles remember the connection: no TLS option is needed any more.
     (sent,) = lines(ok(parley(server, alice, "send", BOB, "over tls", "--json")))
     events = lines(ok(parley(server, bob, "listen", "--once", "--json")))
@@ -96,3 +99,15 @@ def test_a_bad_ca_file_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         ParleyClient.open(tmp_path / "p", ca_file=not_pem)
     with pytest.raises(ParleyClientError, match="tls=False"):
         ParleyClient.open(tmp_path / "p", ca_file=not_pem, tls=False)
+
+
+def test_tls_from_the_environment(tls_server: tuple[LiveServer, Path], tmp_path: Path) -> None:
+    server, _ = tls_server
+    profile = str(tmp_path / "p")
+    env = {"PARLEY_SERVER": server.target}
+    # PARLEY_TLS=1 trusts the system's roots, which do not include this self-signed certificate.
+    register = ("--profile", profile, "register", "+15550009999", "--code", "1")
+    err = failed(parley_env({**env, "PARLEY_TLS": "1"}, *register))
+    assert "cannot reach" in err and "--tls" not in err  # TLS was on: no hint to turn it on
+    err = failed(parley_env({**env, "PARLEY_TLS": "maybe"}, *register))
+    assert "PARLEY_TLS='maybe' is not a yes/no value" in err
