@@ -1198,6 +1198,10 @@ class ParleyClient:
         Each envelope is decrypted, its session state and message committed, and the batch
         then acknowledged (rule 2) before its events are yielded. With ``until_empty`` the
         stream ends after the QueueEmpty marker (scripts, tests).
+
+        Raises:
+            client.errors.ParleyError: the stream failed (``Unavailable``: the server went
+                away, retry; ``Aborted``: another receiver of this device took over).
         """
         call = self._messaging.ReceiveMessages(
             mpb.ReceiveMessagesRequest(), metadata=self._metadata()
