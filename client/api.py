@@ -19,6 +19,9 @@ Rules this module keeps:
    sending to (and decrypting from) that device with :class:`UntrustedIdentityError` until the
    user accepts it with :meth:`ParleyClient.trust_identity`.
 5. **No user data in logs at INFO and above**: no phone numbers, tokens, keys or plaintext.
+6. **Typed errors.** A call the server refuses raises a :class:`client.errors.ParleyError`
+   subclass (``NotFound``, ``RateLimited``...), never a bare ``grpc.aio.AioRpcError``;
+   :class:`ParleyClientError` is for what the client itself refuses to do.
 """
 
 from __future__ import annotations
@@ -29,14 +32,13 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
 from grpc import aio
 from parley.v1 import account_pb2 as apb
 from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
@@ -58,7 +60,15 @@ from client.crypto import (
     SessionRecord,
 )
 from client.crypto.keys import Rng
-from client.store import ClientStore, LocalIdentity, StoreError, UntrustedIdentityError
+from client.errors import MismatchedDevices, ParleyError, Unavailable, from_rpc_error
+from client.store import (
+    ClientStore,
+    Connection,
+    LocalIdentity,
+    PendingVerification,
+    StoreError,
+    UntrustedIdentityError,
+)
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -70,16 +80,20 @@ __all__ = [
     "DeviceInfo",
     "Event",
     "IdentityChanged",
+    "NoRecipientDevices",
     "ParleyClient",
     "ParleyClientError",
+    "PendingVerification",
     "QueueEmpty",
     "ReceiptEvent",
+    "SafetyNumber",
     "SentMessage",
     "SyncedMessage",
     "SystemClock",
     "TextMessage",
     "TypingEvent",
     "UntrustedIdentityError",
+    "channel_credentials",
     "format_safety_number",
     "safety_number_for",
 ]
@@ -113,8 +127,10 @@ FINGERPRINT_ITERATIONS: Final = 5200
 """Signal's numeric fingerprint hashes 5200 times, to make a second-preimage search for a
 matching safety number expensive."""
 FINGERPRINT_VERSION: Final = b"\x00\x00"
-STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
-MISMATCHED_DEVICES_TYPE: Final = "type.googleapis.com/parley.v1.MismatchedDevices"
+SAFETY_NUMBER_GROUP: Final = 5
+"""Digits per group of a displayed safety number (12 groups of 5, as Signal shows them)."""
+
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -132,6 +148,45 @@ class ParleyClientError(Exception):
     """Something the client cannot do as asked; the message says what to do instead."""
 
 
+class NoRecipientDevices(ParleyClientError):
+    """Nothing was sent: the recipient has no device (or, sending to ourselves, we have no
+    other device). Not a server refusal: there was nobody to encrypt for."""
+
+
+async def _rpc(call: Awaitable[T]) -> T:
+    """Await a unary call, turning a refusal into a typed :class:`client.errors.ParleyError`
+    (rule 6) that keeps the original ``AioRpcError`` as its ``__cause__``."""
+    try:
+        return await call
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from exc
+
+
+def channel_credentials(*, ca_file: Path | str | None = None) -> grpc.ChannelCredentials:
+    """TLS credentials for a Parley server: trust the PEM certificates of ``ca_file`` (a
+    private CA or a self-signed server certificate), or the system's roots when None.
+
+    Raises:
+        ParleyClientError: the file cannot be read or holds no PEM certificate.
+    """
+    if ca_file is None:
+        return grpc.ssl_channel_credentials()
+    path = Path(ca_file).expanduser()
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ParleyClientError(
+            f"cannot read the CA file {path}: {exc.strerror or exc}; pass the PEM file of the"
+            " certificate authority (or self-signed certificate) the server's TLS certificate"
+            " was issued by"
+        ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise ParleyClientError(
+            f"{path} holds no PEM certificate (no '-----BEGIN CERTIFICATE-----' line)"
+        )
+    return grpc.ssl_channel_credentials(root_certificates=pem)
+
+
 # --- events ----------------------------------------------------------------------------------
 
 
@@ -145,6 +200,8 @@ class TextMessage:
     timestamp_ms: int
     server_time: float
     text: str
+    sender_phone_number: str | None = None
+    """The sender's number when it is a contact (looked up or written to before)."""
 
     kind: str = field(default="message", init=False)
 
@@ -159,6 +216,7 @@ class SyncedMessage:
     timestamp_ms: int
     server_time: float
     text: str
+    destination_phone_number: str | None = None
 
     kind: str = field(default="sync", init=False)
 
@@ -172,6 +230,7 @@ class ReceiptEvent:
     sender_device_id: int
     read: bool
     timestamps_ms: tuple[int, ...]
+    sender_phone_number: str | None = None
 
     kind: str = field(default="receipt", init=False)
 
@@ -185,6 +244,7 @@ class TypingEvent:
     sender_device_id: int
     started: bool
     timestamp_ms: int
+    sender_phone_number: str | None = None
 
     kind: str = field(default="typing", init=False)
 
@@ -199,6 +259,7 @@ class DeliveryUpdate:
     delivered: bool
     at: float
     reason: str
+    recipient_phone_number: str | None = None
 
     kind: str = field(default="delivery", init=False)
 
@@ -211,6 +272,7 @@ class DecryptionFailed:
     sender_account_id: str
     sender_device_id: int
     reason: str
+    sender_phone_number: str | None = None
 
     kind: str = field(default="undecryptable", init=False)
 
@@ -224,6 +286,7 @@ class IdentityChanged:
     sender_account_id: str
     sender_device_id: int
     reason: str
+    sender_phone_number: str | None = None
 
     kind: str = field(default="identity_changed", init=False)
 
@@ -269,6 +332,30 @@ class _Sent:
 
 
 @dataclass(frozen=True)
+class SafetyNumber:
+    """The number two people compare to be sure nobody is in between (see
+    :func:`safety_number_for`). ``str()`` gives the 12 groups of 5 digits on one line;
+    :attr:`formatted` gives them 4 per line, as Signal shows them."""
+
+    digits: str
+    """The 60 digits, without spaces: what to compare programmatically."""
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The 12 groups of 5 digits."""
+        size = SAFETY_NUMBER_GROUP
+        return tuple(self.digits[i : i + size] for i in range(0, len(self.digits), size))
+
+    @property
+    def formatted(self) -> str:
+        """Three lines of four groups."""
+        return format_safety_number(self.digits)
+
+    def __str__(self) -> str:
+        return " ".join(self.groups)
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     device_id: int
     name: str
@@ -303,24 +390,6 @@ class _StorePreKeys:
         if secret is None:
             raise MissingPreKeyError(f"no one-time prekey {key_id} (already used?)")
         return KeyPair.from_private_bytes(secret)
-
-
-def _mismatched_devices(error: aio.AioRpcError) -> mpb.MismatchedDevices | None:
-    """The MismatchedDevices detail of a FAILED_PRECONDITION send, if there is one."""
-    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
-        return None
-    # grpc.aio gives an aio.Metadata, iterating as (key, value) pairs; the stubs disagree.
-    metadata: Any = error.trailing_metadata()
-    for key, value in metadata or ():
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.type_url == MISMATCHED_DEVICES_TYPE:
-                out = mpb.MismatchedDevices()
-                detail.Unpack(out)
-                return out
-    return None
 
 
 def _fingerprint_half(stable_id: bytes, keys: bytes) -> str:
@@ -387,6 +456,11 @@ class ParleyClient:
 
     Use as ``async with ParleyClient.open(profile_dir) as client: ...``. The clock and the
     random generator are parameters so that tests can control key ages and key material.
+
+    The connection (server address, TLS, CA file) is remembered in the profile when it is
+    first bound to a server (registration or linking), so later opens need no arguments;
+    arguments given explicitly win over what the profile remembers. Credentials passed as
+    a ``grpc.ChannelCredentials`` object cannot be remembered: pass them on every open.
     """
 
     def __init__(
@@ -397,12 +471,25 @@ class ParleyClient:
         clock: Clock | None = None,
         rng: Rng = os.urandom,
         credentials: grpc.ChannelCredentials | None = None,
+        tls: bool | None = None,
+        ca_file: Path | str | None = None,
     ) -> None:
+        """Args:
+        store: the profile's store.
+        server: ``host:port``; default: the profile's, else ``localhost:50051``.
+        credentials: TLS credentials built by the caller (client certificates, custom
+            verification...). Implies TLS.
+        tls: True for TLS with the system's roots, False for plaintext; default: the
+            profile's setting, else plaintext (a development server).
+        ca_file: a PEM file of the CA (or self-signed certificate) to trust. Implies TLS.
+        """
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.rng = rng
-        identity = store.local_identity()
-        self.server = server or (identity.server if identity else DEFAULT_SERVER)
+        self.connection = self._resolve_connection(store, server, credentials, tls, ca_file)
+        self.server = self.connection.server
+        if credentials is None and self.connection.tls:
+            credentials = channel_credentials(ca_file=self.connection.ca_file)
         self._channel = (
             aio.secure_channel(self.server, credentials)
             if credentials is not None
@@ -416,6 +503,30 @@ class ParleyClient:
         # (an empty sync send): saves a round trip per message on single-device accounts.
         self._alone_until = 0.0
 
+    @staticmethod
+    def _resolve_connection(
+        store: ClientStore,
+        server: str | None,
+        credentials: grpc.ChannelCredentials | None,
+        tls: bool | None,
+        ca_file: Path | str | None,
+    ) -> Connection:
+        saved = store.connection()
+        identity = store.local_identity()
+        address = server or (
+            saved.server if saved else identity.server if identity else DEFAULT_SERVER
+        )
+        if tls is False and (ca_file is not None or credentials is not None):
+            raise ParleyClientError(
+                "a CA file or TLS credentials were given with tls=False: drop one of them"
+            )
+        if credentials is not None or ca_file is not None or tls is not None:
+            ca = str(Path(ca_file).expanduser().resolve()) if ca_file is not None else None
+            return Connection(address, credentials is not None or ca is not None or bool(tls), ca)
+        if saved is not None:
+            return Connection(address, saved.tls, saved.ca_file)
+        return Connection(address, False, None)
+
     @classmethod
     def open(
         cls,
@@ -424,11 +535,31 @@ class ParleyClient:
         server: str | None = None,
         clock: Clock | None = None,
         rng: Rng = os.urandom,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls: bool | None = None,
+        ca_file: Path | str | None = None,
     ) -> ParleyClient:
-        """Open the client of a profile directory (created on first use)."""
+        """Open the client of a profile directory (created, mode 0700, on first use).
+
+        For a TLS server pass ``ca_file`` (a private CA or self-signed certificate),
+        ``tls=True`` (a certificate from a public CA) or ready-made ``credentials``; see
+        :meth:`__init__`.
+        """
         clock = clock or SystemClock()
         store = ClientStore.open_profile(profile, clock=clock.now)
-        return cls(store, server=server, clock=clock, rng=rng)
+        try:
+            return cls(
+                store,
+                server=server,
+                clock=clock,
+                rng=rng,
+                credentials=credentials,
+                tls=tls,
+                ca_file=ca_file,
+            )
+        except BaseException:
+            store.close()
+            raise
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -476,10 +607,61 @@ class ParleyClient:
             raise StoreError(
                 f"profile {self.store.path.parent} is already registered; use another --profile"
             )
-        reply = await self._accounts.StartVerification(
-            apb.StartVerificationRequest(phone_number=phone_number)
+        reply = await _rpc(
+            self._accounts.StartVerification(
+                apb.StartVerificationRequest(phone_number=phone_number)
+            )
         )
         return reply.verification_id
+
+    async def start_registration(
+        self, phone_number: str, *, business: bool = False, device_name: str = "parley"
+    ) -> PendingVerification:
+        """Step 1 of registering a real number: the server sends a code to it.
+
+        The verification is saved in the profile (with the connection), so that
+        :meth:`complete_registration` can finish it later, in another process, once the
+        person has read the code. Starting again replaces a pending verification.
+        """
+        verification_id = await self.request_code(phone_number)
+        pending = PendingVerification(
+            phone_number=phone_number,
+            verification_id=verification_id,
+            business=business,
+            device_name=device_name,
+            started_at=self.clock.now(),
+        )
+        with self.store.transaction():
+            self.store.save_connection(self.connection)
+            self.store.save_pending_verification(pending)
+        return pending
+
+    def pending_registration(self) -> PendingVerification | None:
+        """The verification :meth:`start_registration` started and nothing completed yet."""
+        return self.store.pending_verification()
+
+    async def complete_registration(self, code: str) -> LocalIdentity:
+        """Step 2: finish the pending verification with the code the person received.
+
+        A wrong code leaves the verification pending (try again); an expired one raises
+        :class:`client.errors.NotFound` (start again).
+
+        Raises:
+            ParleyClientError: no verification is pending in this profile.
+        """
+        pending = self.store.pending_verification()
+        if pending is None:
+            raise ParleyClientError(
+                "no registration is in progress in this profile: start one with"
+                " start_registration(phone_number) first"
+            )
+        return await self.register(
+            pending.phone_number,
+            pending.verification_id,
+            code,
+            business=pending.business,
+            device_name=pending.device_name,
+        )
 
     async def register(
         self,
@@ -490,26 +672,31 @@ class ParleyClient:
         business: bool = False,
         device_name: str = "parley",
     ) -> LocalIdentity:
-        """CompleteVerification, then a fresh identity and the first key upload.
+        """CompleteVerification, then a fresh identity and the first key upload (in one step,
+        for a test number whose code is known in advance, or after :meth:`request_code`).
 
         The identity is saved before the upload, so a failed upload can be repeated with
         :meth:`ensure_prekeys` without registering again.
         """
         kind = apb.ACCOUNT_KIND_BUSINESS if business else apb.ACCOUNT_KIND_PERSON
-        reply = await self._accounts.CompleteVerification(
-            apb.CompleteVerificationRequest(
-                verification_id=verification_id,
-                code=code,
-                device_name=device_name,
-                account_kind=kind,
+        reply = await _rpc(
+            self._accounts.CompleteVerification(
+                apb.CompleteVerificationRequest(
+                    verification_id=verification_id,
+                    code=code,
+                    device_name=device_name,
+                    account_kind=kind,
+                )
             )
         )
         return await self._adopt(reply.account_id, reply.device_id, reply.auth_token, phone_number)
 
     async def create_linking_code(self) -> str:
         """On the primary device: a single-use code for :meth:`link` on a new device."""
-        reply = await self._accounts.CreateLinkingCode(
-            apb.CreateLinkingCodeRequest(), metadata=self._metadata()
+        reply = await _rpc(
+            self._accounts.CreateLinkingCode(
+                apb.CreateLinkingCodeRequest(), metadata=self._metadata()
+            )
         )
         self._alone_until = 0.0  # a device may join any moment now
         return reply.linking_code
@@ -521,16 +708,18 @@ class ParleyClient:
             raise StoreError(
                 f"profile {self.store.path.parent} is already registered; use another --profile"
             )
-        reply = await self._accounts.LinkDevice(
-            apb.LinkDeviceRequest(linking_code=linking_code, device_name=device_name)
+        reply = await _rpc(
+            self._accounts.LinkDevice(
+                apb.LinkDeviceRequest(linking_code=linking_code, device_name=device_name)
+            )
         )
         identity = await self._adopt(reply.account_id, reply.device_id, reply.auth_token, "")
         try:
-            account = await self._accounts.GetAccount(
-                apb.GetAccountRequest(), metadata=self._metadata()
+            account = await _rpc(
+                self._accounts.GetAccount(apb.GetAccountRequest(), metadata=self._metadata())
             )
             self.store.set_phone_number(account.account.phone_number)
-        except aio.AioRpcError:
+        except ParleyError:
             log.debug("could not read the account's phone number after linking")
         return identity
 
@@ -548,7 +737,10 @@ class ParleyClient:
             phone_number=phone_number,
             created_at=self.clock.now(),
         )
-        self.store.save_identity(identity)
+        with self.store.transaction():
+            self.store.save_identity(identity)
+            self.store.save_connection(self.connection)
+            self.store.clear_pending_verification()
         await self._first_upload()
         log.info("device registered and keys published")
         return identity
@@ -608,13 +800,13 @@ class ParleyClient:
                 ),
                 last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
             )
-        reply = await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        reply = await _rpc(self._keys.UploadPreKeys(request, metadata=self._metadata()))
         return reply.count
 
     async def prekey_count(self) -> kpb.PreKeyCount:
         """What the server holds for this device (GetPreKeyCount)."""
-        reply = await self._keys.GetPreKeyCount(
-            kpb.GetPreKeyCountRequest(), metadata=self._metadata()
+        reply = await _rpc(
+            self._keys.GetPreKeyCount(kpb.GetPreKeyCountRequest(), metadata=self._metadata())
         )
         return reply.count
 
@@ -642,7 +834,7 @@ class ParleyClient:
                     last_resort=False,
                 ),
             )
-        reply = await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        reply = await _rpc(self._keys.UploadPreKeys(request, metadata=self._metadata()))
         log.info(
             "replenished one-time prekeys",
             extra={"ec": len(request.pre_keys), "kyber": len(request.kyber_pre_keys)},
@@ -666,7 +858,7 @@ class ParleyClient:
                 signed_pre_key=self._new_signed_pre_key(identity),
                 last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
             )
-        await self._keys.UploadPreKeys(request, metadata=self._metadata())
+        await _rpc(self._keys.UploadPreKeys(request, metadata=self._metadata()))
         log.info("rotated the signed prekey")
         return True
 
@@ -680,8 +872,10 @@ class ParleyClient:
 
     async def lookup(self, phone_number: str) -> str:
         """The account id of a phone number (LookupAccount), remembered as a contact."""
-        reply = await self._accounts.LookupAccount(
-            apb.LookupAccountRequest(phone_number=phone_number), metadata=self._metadata()
+        reply = await _rpc(
+            self._accounts.LookupAccount(
+                apb.LookupAccountRequest(phone_number=phone_number), metadata=self._metadata()
+            )
         )
         self.store.save_contact(phone_number, reply.account_id)
         return reply.account_id
@@ -698,15 +892,20 @@ class ParleyClient:
                 " number) nor an account id (UUID)"
             ) from None
 
-    def display_name(self, account_id: str) -> str:
-        """A contact's phone number if we know it, else the account id."""
+    def phone_number_of(self, account_id: str) -> str | None:
+        """The phone number of an account if this client knows it: its own, or a contact's
+        (a number it looked up or sent to). The server tells no one else's number."""
         if account_id == self.identity.account_id and self.identity.phone_number:
             return self.identity.phone_number
-        return self.store.contact_phone(account_id) or account_id
+        return self.store.contact_phone(account_id)
+
+    def display_name(self, account_id: str) -> str:
+        """A contact's phone number if we know it, else the account id."""
+        return self.phone_number_of(account_id) or account_id
 
     async def devices(self) -> list[DeviceInfo]:
-        reply = await self._accounts.ListDevices(
-            apb.ListDevicesRequest(), metadata=self._metadata()
+        reply = await _rpc(
+            self._accounts.ListDevices(apb.ListDevicesRequest(), metadata=self._metadata())
         )
         me = self.device_id
         return [
@@ -722,16 +921,20 @@ class ParleyClient:
 
     async def remove_device(self, device_id: int) -> None:
         """Unlink a device of this account (the primary may remove any linked device)."""
-        await self._accounts.RemoveDevice(
-            apb.RemoveDeviceRequest(device_id=device_id), metadata=self._metadata()
+        await _rpc(
+            self._accounts.RemoveDevice(
+                apb.RemoveDeviceRequest(device_id=device_id), metadata=self._metadata()
+            )
         )
 
     async def _account_devices(self, account_id: str) -> list[int]:
         """The current device ids of an account (ours: all but this device)."""
         if account_id == self.account_id:
             return [d.device_id for d in await self.devices() if not d.this_device]
-        reply = await self._accounts.GetAccount(
-            apb.GetAccountRequest(account_id=account_id), metadata=self._metadata()
+        reply = await _rpc(
+            self._accounts.GetAccount(
+                apb.GetAccountRequest(account_id=account_id), metadata=self._metadata()
+            )
         )
         return list(reply.account.device_ids)
 
@@ -758,9 +961,11 @@ class ParleyClient:
             UntrustedIdentityError: a device presented a changed identity key (nothing saved
                 for that device; the new key is remembered as pending).
         """
-        reply = await self._keys.GetPreKeyBundles(
-            kpb.GetPreKeyBundlesRequest(account_id=account_id, device_id=device_id),
-            metadata=self._metadata(),
+        reply = await _rpc(
+            self._keys.GetPreKeyBundles(
+                kpb.GetPreKeyBundlesRequest(account_id=account_id, device_id=device_id),
+                metadata=self._metadata(),
+            )
         )
         identity = self._identity_key_pair()
         out: dict[int, SessionRecord] = {}
@@ -870,25 +1075,22 @@ class ParleyClient:
                 online_only=online_only,
             )
             try:
-                reply = await self._messaging.SendMessage(request, metadata=self._metadata())
+                reply = await _rpc(self._messaging.SendMessage(request, metadata=self._metadata()))
                 if not messages:  # a sync copy with no other device to go to
                     self._alone_until = self.clock.now() + ALONE_RECHECK
                     return None
                 return _Sent(reply, request_id, tuple(sorted(messages)))
-            except aio.AioRpcError as exc:
-                mismatch = _mismatched_devices(exc)
+            except MismatchedDevices as exc:
                 if attempt == MAX_SEND_ATTEMPTS:
                     raise
-                if mismatch is not None:
-                    await self._fix_devices(account_id, mismatch, messages, plaintext)
-                    if not messages and not own:
-                        return None  # every device went away
-                    continue
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    # Same request_id, same ciphertexts: the server queues it at most once.
-                    await asyncio.sleep(0.2 * attempt)
-                    continue
-                raise
+                await self._fix_devices(account_id, exc.detail, messages, plaintext)
+                if not messages and not own:
+                    return None  # every device went away
+            except Unavailable:
+                if attempt == MAX_SEND_ATTEMPTS:
+                    raise
+                # Same request_id, same ciphertexts: the server queues it at most once.
+                await asyncio.sleep(0.2 * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fix_devices(
@@ -924,14 +1126,19 @@ class ParleyClient:
 
         Raises:
             UntrustedIdentityError: a recipient device's identity key changed.
-            grpc.aio.AioRpcError: the server refused the send.
+            NoRecipientDevices: nobody to send to (sending to ourselves: no other device).
+            client.errors.ParleyError: the server refused the send (e.g. ``NotFound``).
         """
         account_id = await self.resolve(recipient)
         timestamp_ms = self._now_ms()
         data = cpb.DataMessage(text=text, timestamp_ms=timestamp_ms)
         sent = await self._send_content(account_id, cpb.Content(data=data), timestamp_ms)
         if sent is None:
-            raise ParleyClientError(f"account {account_id} has no devices to send to")
+            if account_id == self.account_id:
+                raise NoRecipientDevices("you have no other device; nothing was sent")
+            raise NoRecipientDevices(
+                f"{self.display_name(account_id)} has no device to send to; nothing was sent"
+            )
         synced: tuple[int, ...] = ()
         sync_error: str | None = None
         if account_id != self.account_id:
@@ -941,9 +1148,9 @@ class ParleyClient:
             try:
                 sync_sent = await self._send_content(self.account_id, sync, timestamp_ms)
                 synced = sync_sent.device_ids if sync_sent else ()
-            except (aio.AioRpcError, UntrustedIdentityError, ParleyClientError) as exc:
+            except (ParleyError, UntrustedIdentityError, ParleyClientError) as exc:
                 # The message itself went out; failing the call now would invite a resend.
-                sync_error = exc.details() if isinstance(exc, aio.AioRpcError) else str(exc)
+                sync_error = exc.message if isinstance(exc, ParleyError) else str(exc)
                 log.warning("the sync copy to our other devices failed")
         self.store.add_message(
             incoming=False,
@@ -991,6 +1198,10 @@ class ParleyClient:
         Each envelope is decrypted, its session state and message committed, and the batch
         then acknowledged (rule 2) before its events are yielded. With ``until_empty`` the
         stream ends after the QueueEmpty marker (scripts, tests).
+
+        Raises:
+            client.errors.ParleyError: the stream failed (``Unavailable``: the server went
+                away, retry; ``Aborted``: another receiver of this device took over).
         """
         call = self._messaging.ReceiveMessages(
             mpb.ReceiveMessagesRequest(), metadata=self._metadata()
@@ -1022,24 +1233,33 @@ class ParleyClient:
                             delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
                             at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
                             reason=status.reason,
+                            recipient_phone_number=self.phone_number_of(
+                                status.recipient_account_id
+                            ),
                         )
                 elif which == "queue_empty":
                     yield QueueEmpty()
                     if until_empty:
                         return
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
         finally:
             call.cancel()
 
     async def _acknowledge(self, envelope_ids: list[int], status_ids: list[int]) -> None:
         for chunk in _chunks(envelope_ids, MAX_ACK_IDS):
-            await self._messaging.AcknowledgeMessages(
-                mpb.AcknowledgeMessagesRequest(envelope_ids=list(chunk)),
-                metadata=self._metadata(),
+            await _rpc(
+                self._messaging.AcknowledgeMessages(
+                    mpb.AcknowledgeMessagesRequest(envelope_ids=list(chunk)),
+                    metadata=self._metadata(),
+                )
             )
         for chunk in _chunks(status_ids, MAX_ACK_IDS):
-            await self._messaging.AcknowledgeMessages(
-                mpb.AcknowledgeMessagesRequest(status_ids=list(chunk)),
-                metadata=self._metadata(),
+            await _rpc(
+                self._messaging.AcknowledgeMessages(
+                    mpb.AcknowledgeMessagesRequest(status_ids=list(chunk)),
+                    metadata=self._metadata(),
+                )
             )
 
     def _process(
@@ -1061,7 +1281,10 @@ class ParleyClient:
             held.add(sender)
             if exc.identity_key is not None:
                 self.store.record_pending_identity(*sender, exc.identity_key)
-            return IdentityChanged(envelope.envelope_id, *sender, str(exc)), False
+            event = IdentityChanged(
+                envelope.envelope_id, *sender, str(exc), self.phone_number_of(sender[0])
+            )
+            return event, False
         except DuplicateMessageError:
             # Already decrypted (the key is used up): nothing new to show.
             with self.store.transaction():
@@ -1075,7 +1298,8 @@ class ParleyClient:
             with self.store.transaction():
                 self.store.mark_processed(envelope.envelope_id)
             reason = f"{type(exc).__name__}: {exc}"
-            return DecryptionFailed(envelope.envelope_id, *sender, reason), True
+            phone = self.phone_number_of(sender[0])
+            return DecryptionFailed(envelope.envelope_id, *sender, reason, phone), True
 
     def _decrypt_and_save(self, envelope: mpb.Envelope) -> Event | None:
         """Decrypt one envelope and save everything it changes; the caller holds the write
@@ -1090,7 +1314,9 @@ class ParleyClient:
             new_identity = message.identity_key.serialize()
             trusted = self.store.identity(account_id, device_id)
             if trusted is not None and trusted != new_identity:
-                raise UntrustedIdentityError(account_id, device_id, new_identity)
+                raise UntrustedIdentityError(
+                    account_id, device_id, new_identity, self.store.contact_phone(account_id)
+                )
             result = record.decrypt_prekey_message(
                 message,
                 our_identity=self._identity_key_pair(),
@@ -1149,9 +1375,16 @@ class ParleyClient:
             envelope.sender_device_id,
         )
         body = content.WhichOneof("body")
+        phone = self.phone_number_of(sender)
         if body == "data":
             return TextMessage(
-                eid, sender, device, content.data.timestamp_ms, server_time, content.data.text
+                eid,
+                sender,
+                device,
+                content.data.timestamp_ms,
+                server_time,
+                content.data.text,
+                phone,
             )
         if body == "sync":
             if sender != self.account_id:
@@ -1164,6 +1397,7 @@ class ParleyClient:
                 sync.message.timestamp_ms,
                 server_time,
                 sync.message.text,
+                self.phone_number_of(sync.destination_account_id),
             )
         if body == "receipt":
             return ReceiptEvent(
@@ -1172,6 +1406,7 @@ class ParleyClient:
                 device,
                 content.receipt.type == cpb.RECEIPT_TYPE_READ,
                 tuple(content.receipt.timestamps_ms),
+                phone,
             )
         if body == "typing":
             return TypingEvent(
@@ -1180,6 +1415,7 @@ class ParleyClient:
                 device,
                 content.typing.action == cpb.TYPING_ACTION_STARTED,
                 content.typing.timestamp_ms,
+                phone,
             )
         return None
 
@@ -1204,18 +1440,19 @@ class ParleyClient:
             out[device_id] = keys[device_id]
         return out
 
-    async def safety_number(self, peer: str) -> str:
-        """The 60-digit safety number with ``peer`` (see :func:`safety_number_for`), over
-        the identity keys of every current device of both accounts."""
+    async def safety_number(self, peer: str) -> SafetyNumber:
+        """The safety number with ``peer`` (see :func:`safety_number_for`), over the identity
+        keys of every current device of both accounts. ``str()`` of it is what to show."""
         peer_id = await self.resolve(peer)
         own_devices = [d.device_id for d in await self.devices()]
         peer_devices = await self._account_devices(peer_id)
         local = await self._known_keys(self.account_id, own_devices)
         remote = await self._known_keys(peer_id, peer_devices)
-        return safety_number_for(self.account_id, local, peer_id, remote)
+        return SafetyNumber(safety_number_for(self.account_id, local, peer_id, remote))
 
 
 def format_safety_number(number: str) -> str:
     """Twelve groups of five digits, four per line, as Signal shows them."""
-    groups = [number[i : i + 5] for i in range(0, len(number), 5)]
+    size = SAFETY_NUMBER_GROUP
+    groups = [number[i : i + size] for i in range(0, len(number), size)]
     return "\n".join(" ".join(groups[i : i + 4]) for i in range(0, len(groups), 4))

@@ -3,9 +3,15 @@
 
 Every command works on one *profile*, a directory holding the device's own SQLite store
 (keys, sessions, history); ``--profile`` picks it (default ``~/.parley/default``, or
-``$PARLEY_PROFILE``). Output is for people by default and JSON (one object per line) with
-``--json``. Errors print what went wrong (the server's message for a refused call) and exit
-with status 1, never with a traceback; bad usage exits with 2.
+``$PARLEY_PROFILE``). A profile folder is created only to store something: a command that
+leaves nothing in a new profile (a failed registration, a typo) removes the folder again.
+
+Output is for people by default and JSON (one object per line) with ``--json``, given before
+or after the command. Errors print what went wrong (the server's message for a refused call)
+and exit with status 1, never with a traceback; bad usage exits with 2. With ``--json`` an
+error is one JSON object on stderr: ``{"error": MESSAGE, "code": CODE}`` where CODE is the
+gRPC status name of a refused call (``NOT_FOUND``...), or ``USAGE``, ``CLIENT``,
+``UNTRUSTED_IDENTITY`` or ``CRYPTO`` for what the client itself refused.
 """
 
 from __future__ import annotations
@@ -14,18 +20,22 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import getpass
 import importlib
+import importlib.metadata
 import json
+import logging
 import os
+import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
-import grpc
-from grpc import aio
+# gRPC's C core prints its own INFO lines (each failed TLS handshake...) on stderr around our
+# one-line errors; it reads this variable once, when grpc is first imported (by client.api).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from client.api import (
     DecryptionFailed,
@@ -39,9 +49,9 @@ from client.api import (
     SyncedMessage,
     TextMessage,
     TypingEvent,
-    format_safety_number,
 )
 from client.crypto import CryptoError
+from client.errors import Aborted, ParleyError, RateLimited, Unavailable
 from client.store import StoreError, UntrustedIdentityError
 
 __all__ = ["DEFAULT_PROFILE", "build_parser", "main"]
@@ -51,17 +61,41 @@ EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 RECONNECT_MAX_DELAY: Final = 30
 """Seconds between reconnection attempts of ``parley listen`` at most."""
+TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 
 
 class CliError(Exception):
     """An error to print as-is (the message says what to do)."""
 
 
+class UsageError(Exception):
+    """Bad command-line usage (exit status 2); raised instead of argparse's print-and-exit so
+    that ``--json`` can report it as JSON too."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("parley")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="parley",
         description="Parley reference client: end-to-end-encrypted messages over a Parley server.",
     )
+    parser.add_argument("--version", action="version", version=f"parley {_version()}")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -75,15 +109,48 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="server address [env PARLEY_SERVER; default: the profile's, else localhost:50051]",
     )
-    json_flag = argparse.ArgumentParser(add_help=False)
-    json_flag.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="connect with TLS, trusting the system's certificate authorities (--no-tls:"
+        " plaintext) [env PARLEY_TLS=1|0; default: the profile's, else plaintext]",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=os.environ.get("PARLEY_CA_FILE") or None,
+        metavar="PEM",
+        help="connect with TLS, trusting this CA (or self-signed) certificate"
+        " [env PARLEY_CA_FILE; remembered in the profile]",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    # Also accepted after the command; SUPPRESS keeps a --json given before it.
+    json_flag = _Parser(add_help=False)
+    json_flag.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("register", parents=[json_flag], help="register a phone number")
+    p = sub.add_parser(
+        "register",
+        parents=[json_flag],
+        help="register a phone number: sends a code to it (finish with `parley verify CODE`);"
+        " with --code, in one step",
+    )
     p.add_argument("phone", help="the number in E.164 form, e.g. +14155550123")
     p.add_argument("--business", action="store_true", help="register a business account")
-    p.add_argument("--code", help="the verification code (prompted for when omitted)")
+    p.add_argument(
+        "--code", help="the code, when known in advance (test numbers): register in one step"
+    )
     p.add_argument("--device-name", default="parley", help="name shown in `parley devices`")
+
+    p = sub.add_parser(
+        "verify",
+        parents=[json_flag],
+        help="complete `parley register NUMBER` with the code sent to the number",
+    )
+    p.add_argument("code", help="the verification code the number received")
 
     p = sub.add_parser(
         "link",
@@ -143,6 +210,43 @@ def _emit(args: argparse.Namespace, human: str, data: dict[str, Any], out: TextI
     out.flush()
 
 
+def _warn(json_output: bool, text: str) -> None:
+    """A warning on stderr: ``parley: TEXT`` or ``{"warning": TEXT}`` with --json."""
+    line = json.dumps({"warning": text}, ensure_ascii=False) if json_output else f"parley: {text}"
+    print(line, file=sys.stderr, flush=True)
+
+
+class _WarningHandler(logging.Handler):
+    """Shows the client library's warnings (an exposed profile, a failed sync copy) the way
+    the CLI shows its own."""
+
+    def __init__(self, json_output: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.json_output = json_output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _warn(self.json_output, f"warning: {record.getMessage()}")
+
+
+def _command(args: argparse.Namespace, rest: str) -> str:
+    """A ``parley`` command line to suggest, with this run's --profile unless it is the
+    default one."""
+    profile = (
+        "" if args.profile == DEFAULT_PROFILE else f" --profile {shlex.quote(str(args.profile))}"
+    )
+    return f"parley{profile} {rest}"
+
+
+def _held_text(args: argparse.Namespace, who: str) -> str:
+    """What to do about a changed identity key, as commands to run."""
+    quoted = shlex.quote(who)
+    return (
+        f"compare safety numbers with them in person or on a call"
+        f" (`{_command(args, f'safety-number {quoted}')}`); if they match, accept the new key"
+        f" with `{_command(args, f'trust {quoted}')}`"
+    )
+
+
 def _time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -155,7 +259,7 @@ def _event_data(client: ParleyClient, event: Event) -> dict[str, Any]:
     return data
 
 
-def _event_text(client: ParleyClient, event: Event) -> str | None:
+def _event_text(client: ParleyClient, args: argparse.Namespace, event: Event) -> str | None:
     name = client.display_name
     if isinstance(event, TextMessage):
         when = _time(event.server_time or event.timestamp_ms / 1000)
@@ -184,27 +288,77 @@ def _event_text(client: ParleyClient, event: Event) -> str | None:
             f" could not be decrypted: {event.reason}"
         )
     if isinstance(event, IdentityChanged):
-        return f"message held: {event.reason}"
+        who = event.sender_phone_number or event.sender_account_id
+        return (
+            f"a message from {who} (device {event.sender_device_id}) is held: their identity key"
+            f" changed. {_held_text(args, who).capitalize()}; held messages then arrive with the"
+            " next `parley listen`"
+        )
     return None  # QueueEmpty: nothing to say to a person
 
 
 # --- commands -------------------------------------------------------------------------------
 
 
+def _registered(args: argparse.Namespace, phone: str, account_id: str, device_id: int) -> str:
+    return f"registered {phone}: account {account_id}, device {device_id}"
+
+
 async def _register(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
-    verification_id = await client.request_code(args.phone)
-    code = args.code
-    if code is None:
-        if not sys.stdin.isatty():
-            raise CliError("no --code given and no terminal to ask for it")
-        code = getpass.getpass(f"verification code sent to {args.phone}: ").strip()
-    identity = await client.register(
-        args.phone, verification_id, code, business=args.business, device_name=args.device_name
+    if args.code is not None:  # one step: a test number, or a code known in advance
+        verification_id = await client.request_code(args.phone)
+        identity = await client.register(
+            args.phone,
+            verification_id,
+            args.code,
+            business=args.business,
+            device_name=args.device_name,
+        )
+        _emit(
+            args,
+            _registered(args, args.phone, identity.account_id, identity.device_id),
+            {"account_id": identity.account_id, "device_id": identity.device_id},
+            out,
+        )
+        return
+    # Two steps, like signal-cli: a script cannot wait at a prompt for an SMS.
+    pending = await client.start_registration(
+        args.phone, business=args.business, device_name=args.device_name
     )
+    next_step = _command(args, "verify CODE")
     _emit(
         args,
-        f"registered {args.phone}: account {identity.account_id}, device {identity.device_id}",
-        {"account_id": identity.account_id, "device_id": identity.device_id},
+        f"a verification code was sent to {pending.phone_number}; finish with: {next_step}",
+        {
+            "phone_number": pending.phone_number,
+            "verification_id": pending.verification_id,
+            "next": next_step,
+        },
+        out,
+    )
+
+
+async def _verify(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    registered = client.store.local_identity()
+    if registered is not None:
+        raise CliError(
+            f"this profile is already registered ({registered.phone_number or 'linked device'});"
+            " use another --profile to register another number"
+        )
+    if client.pending_registration() is None:
+        raise CliError(
+            "no registration is waiting for a code in this profile: run"
+            f" `{_command(args, 'register NUMBER')}` first"
+        )
+    identity = await client.complete_registration(args.code)
+    _emit(
+        args,
+        _registered(args, identity.phone_number, identity.account_id, identity.device_id),
+        {
+            "account_id": identity.account_id,
+            "device_id": identity.device_id,
+            "phone_number": identity.phone_number,
+        },
         out,
     )
 
@@ -241,30 +395,37 @@ async def _send(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> 
 
 
 async def _listen(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
-    await client.maintain_keys()
-    retry = 0
+    """Listen until interrupted, riding out a server that is down at start or restarts
+    (backoff 1, 2, 4... up to RECONNECT_MAX_DELAY seconds, each wait said on stderr).
+    ``--once`` is for scripts: it fails at once instead of waiting."""
+    failures = 0
     while True:
+        connected = [False]
         try:
-            await _listen_once(client, args, out)
+            await client.maintain_keys()
+            await _listen_once(client, args, out, connected)
             return
-        except aio.AioRpcError as exc:
-            # A long-running listener rides out server restarts; scripts (--once) do not.
-            if args.once or exc.code() != grpc.StatusCode.UNAVAILABLE:
+        except Unavailable as exc:
+            if args.once:
                 raise
-            retry += 1
-            delay = min(RECONNECT_MAX_DELAY, 2 ** min(retry, 5))
-            print(f"parley: connection lost, reconnecting in {delay}s", file=sys.stderr)
+            failures = 1 if connected[0] else failures + 1
+            delay = min(RECONNECT_MAX_DELAY, 2 ** min(failures - 1, 5))
+            what = "connection lost" if connected[0] else f"cannot reach {client.server}"
+            _warn(args.json, f"{what} ({exc.message}); reconnecting in {delay}s")
             await asyncio.sleep(delay)
 
 
-async def _listen_once(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+async def _listen_once(
+    client: ParleyClient, args: argparse.Namespace, out: TextIO, connected: list[bool]
+) -> None:
     async with contextlib.aclosing(client.receive(until_empty=args.once)) as events:
         async for event in events:
+            connected[0] = True
             if args.json:
                 out.write(json.dumps(_event_data(client, event), ensure_ascii=False) + "\n")
                 out.flush()
             else:
-                text = _event_text(client, event)
+                text = _event_text(client, args, event)
                 if text is not None:
                     out.write(text + "\n")
                     out.flush()
@@ -288,9 +449,9 @@ async def _safety_number(client: ParleyClient, args: argparse.Namespace, out: Te
     number = await client.safety_number(args.who)
     _emit(
         args,
-        f"safety number with {args.who}:\n{format_safety_number(number)}\n"
+        f"safety number with {args.who}:\n{number.formatted}\n"
         "compare it with theirs in person or on a call; if they match, nobody is in between",
-        {"safety_number": number},
+        {"safety_number": str(number), "digits": number.digits},
         out,
     )
 
@@ -332,6 +493,7 @@ def _trace(args: argparse.Namespace, out: TextIO) -> None:
 
 COMMANDS: Final = {
     "register": _register,
+    "verify": _verify,
     "link": _link,
     "send": _send,
     "listen": _listen,
@@ -342,49 +504,114 @@ COMMANDS: Final = {
 }
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (what opening the profile
+    will create), or None when ``path`` exists."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
 async def _run(args: argparse.Namespace, out: TextIO) -> None:
-    client = ParleyClient.open(args.profile, server=args.server)
+    profile: Path = args.profile.expanduser()
+    created = _first_missing(profile)
+    keep = False
     try:
-        await COMMANDS[args.command](client, args, out)
-    finally:
-        await client.close()
-
-
-def _rpc_message(error: aio.AioRpcError, server: str | None) -> str:
-    code = error.code()
-    if code == grpc.StatusCode.ABORTED:
-        return f"aborted: {error.details()} (is another `parley listen` using this profile?)"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach the Parley server{f' at {server}' if server else ''}: " + (
-            error.details() or "unavailable"
+        client = ParleyClient.open(
+            profile,
+            server=args.server,
+            tls=args.tls,
+            ca_file=None if args.tls is False else args.ca_file,
         )
-    name = code.name.replace("_", " ").lower() if code is not None else "error"
-    return f"{name}: {error.details()}"
+        try:
+            await COMMANDS[args.command](client, args, out)
+        finally:
+            keep = client.store.holds_state()
+            await client.close()
+    finally:
+        if created is not None and not keep:
+            # Nothing was stored (a failed registration, a command on a mistyped profile):
+            # leave no empty profile behind to be mistaken for a real one.
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _error_text(error: ParleyError, args: argparse.Namespace) -> str:
+    if isinstance(error, Aborted):
+        return f"{error} (is another `parley listen` using this profile?)"
+    if isinstance(error, Unavailable):
+        where = f" at {args.server}" if args.server else ""
+        hint = ""
+        if args.tls is None and args.ca_file is None:
+            hint = " (if the server uses TLS, add --tls or --ca-file PEM)"
+        return f"cannot reach the Parley server{where}: {error.message}{hint}"
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        return f"{error} (retry in {error.retry_after:g} s)"
+    return str(error)
+
+
+def _env_flag(name: str) -> bool | None:
+    word = os.environ.get(name, "").strip().lower()
+    if not word:
+        return None
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise CliError(f"{name}={word!r} is not a yes/no value: use 1 or 0")
+
+
+def _fail(json_output: bool, code: str, message: str, status: int = EXIT_ERROR) -> int:
+    if json_output:
+        print(json.dumps({"error": message, "code": code}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"parley: {message}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``parley`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_output = "--json" in argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        if json_output:
+            return _fail(True, "USAGE", f"{exc} (see `parley --help`)", EXIT_USAGE)
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    json_output = args.json
+    handler = _WarningHandler(json_output)
+    library_log = logging.getLogger("parley.client")
+    library_log.addHandler(handler)
     out = sys.stdout
     try:
+        if args.tls is None:
+            args.tls = _env_flag("PARLEY_TLS")
         if args.command == "trace":
             _trace(args, out)
         else:
             asyncio.run(_run(args, out))
-    except aio.AioRpcError as exc:
-        print(f"parley: {_rpc_message(exc, args.server)}", file=sys.stderr)
-        return EXIT_ERROR
-    except (CliError, StoreError, ParleyClientError, UntrustedIdentityError) as exc:
-        print(f"parley: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except ParleyError as exc:
+        return _fail(json_output, exc.code.name, _error_text(exc, args))
+    except UntrustedIdentityError as exc:
+        message = (
+            f"the identity key of {exc.who} (device {exc.device_id}) changed since you first"
+            f" talked to them; nothing was sent. {_held_text(args, exc.who).capitalize()}"
+        )
+        return _fail(json_output, "UNTRUSTED_IDENTITY", message)
+    except (CliError, StoreError, ParleyClientError) as exc:
+        return _fail(json_output, "CLIENT", str(exc))
     except CryptoError as exc:
-        print(f"parley: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(json_output, "CRYPTO", f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         return 0 if args.command == "listen" else 130
     except BrokenPipeError:
         return 0
+    finally:
+        library_log.removeHandler(handler)
     return 0
 
 

@@ -20,12 +20,19 @@ Rules this module keeps:
    accepts it explicitly.
 5. **Secrets stay here.** Private keys and the auth token are stored in the profile file
    (protect the profile directory like an SSH key directory); they are never logged.
+6. **Private file modes.** A new profile directory is created 0700 and the SQLite file 0600
+   (SQLite gives its ``-wal`` and ``-shm`` files the database file's mode). An existing
+   directory or file that others may read is used, with a logged warning saying how to fix
+   it: refusing would lock a person out of their messages over a chmod.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +42,24 @@ __all__ = [
     "DB_FILENAME",
     "LATEST_VERSION",
     "ClientStore",
+    "Connection",
     "LocalIdentity",
     "MessageRow",
+    "PendingVerification",
     "SchemaTooNewError",
     "SignedPreKeyRow",
     "StoreError",
     "UntrustedIdentityError",
 ]
 
+log = logging.getLogger("parley.client")
+
 DB_FILENAME: Final = "parley-client.db"
 """Name of the SQLite file inside a profile directory."""
+SQLITE_SIDE_FILES: Final = ("-wal", "-shm")
+"""Suffixes of the files SQLite keeps next to a WAL-mode database (they hold its data too)."""
+DIRECTORY_MODE: Final = 0o700
+FILE_MODE: Final = 0o600
 BUSY_TIMEOUT_MS: Final = 10_000
 """A second process on the same profile (``parley send`` while ``parley listen`` runs) waits
 this long for the write lock instead of failing at once."""
@@ -65,17 +80,30 @@ class UntrustedIdentityError(StoreError):
     message says how to accept the new key after comparing safety numbers out of band.
     """
 
-    def __init__(self, account_id: str, device_id: int, identity_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        account_id: str,
+        device_id: int,
+        identity_key: bytes | None = None,
+        phone_number: str | None = None,
+    ) -> None:
         self.account_id = account_id
         self.device_id = device_id
         self.identity_key = identity_key
         """The new, refused key (public), when known."""
+        self.phone_number = phone_number
+        """The peer's number when it is a contact (see :attr:`who`)."""
         super().__init__(
-            f"the identity key of account {account_id} (device {device_id}) changed since you "
-            "first talked to it. Compare safety numbers with that person in person or on a call "
-            f"(`parley safety-number {account_id}`), then accept the new key with "
-            f"`parley trust {account_id}` (Python: `client.trust_identity(account_id)`)"
+            f"the identity key of {self.who} (device {device_id}) changed since you first"
+            " talked to it. Compare safety numbers with that person in person or on a call"
+            f" (`await client.safety_number({self.who!r})`), then accept the new key with"
+            f" `client.trust_identity({account_id!r})`"
         )
+
+    @property
+    def who(self) -> str:
+        """The peer as a person knows it: the phone number if known, else the account id."""
+        return self.phone_number or self.account_id
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,28 @@ class LocalIdentity:
             f"LocalIdentity(account_id={self.account_id!r}, device_id={self.device_id},"
             f" registration_id={self.registration_id}, server={self.server!r})"
         )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the profile's server: remembered so later runs need no options."""
+
+    server: str
+    """``host:port``."""
+    tls: bool
+    ca_file: str | None
+    """PEM file of the CA to trust (absolute path); None: the system's roots."""
+
+
+@dataclass(frozen=True)
+class PendingVerification:
+    """A registration whose code was sent (StartVerification) but not yet entered."""
+
+    phone_number: str
+    verification_id: str
+    business: bool
+    device_name: str
+    started_at: float
 
 
 @dataclass(frozen=True)
@@ -214,6 +264,28 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         CREATE INDEX messages_by_peer ON messages(peer_account_id, timestamp_ms);
         """,
     ),
+    Migration(
+        2,
+        "the server connection (TLS, CA file) and a registration waiting for its code",
+        """
+        CREATE TABLE connection (
+            singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+            server    TEXT NOT NULL,        -- host:port
+            tls       INTEGER NOT NULL,     -- 1: TLS
+            ca_file   TEXT                  -- PEM of the CA to trust, NULL for the system roots
+        );
+        INSERT INTO connection (singleton, server, tls, ca_file)
+            SELECT 1, server, 0, NULL FROM local_identity;
+        CREATE TABLE pending_verification (
+            singleton       INTEGER PRIMARY KEY CHECK (singleton = 1),
+            phone_number    TEXT NOT NULL,
+            verification_id TEXT NOT NULL,
+            business        INTEGER NOT NULL,
+            device_name     TEXT NOT NULL,
+            started_at      REAL NOT NULL
+        );
+        """,
+    ),
 )
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
@@ -248,6 +320,45 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     return applied
 
 
+# --- file modes -----------------------------------------------------------------------------
+
+
+def warn_if_exposed(path: Path) -> bool:
+    """Log a warning if group or others have any access to ``path``; True if they have.
+
+    The profile holds private keys, the device's bearer token and the message history.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
+    if not mode & 0o077:
+        return False
+    wanted = DIRECTORY_MODE if path.is_dir() else FILE_MODE
+    log.warning(
+        "%s is accessible by other users (mode %04o): it holds this device's private keys"
+        " and token; run `chmod %o %s`",
+        path,
+        mode,
+        wanted,
+        path,
+    )
+    return True
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite would use 0644 and give
+    the -wal and -shm files the same mode); warn about existing files that are exposed."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        for candidate in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
+            warn_if_exposed(candidate)
+        return
+    os.close(fd)
+    os.chmod(path, FILE_MODE)  # os.open's mode is filtered by the umask
+
+
 # --- the store ----------------------------------------------------------------------------
 
 
@@ -263,6 +374,7 @@ class ClientStore:
         """
         self.path = Path(path)
         self._clock = clock
+        _create_private_file(self.path)
         self._conn = sqlite3.connect(
             str(self.path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -280,7 +392,11 @@ class ClientStore:
     def open_profile(cls, directory: Path | str, *, clock: Callable[[], float]) -> ClientStore:
         """Open the store of a profile directory, creating the directory (mode 0700)."""
         directory = Path(directory).expanduser()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if directory.is_dir():
+            warn_if_exposed(directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
+            directory.chmod(DIRECTORY_MODE)  # mkdir's mode is filtered by the umask
         return cls(directory / DB_FILENAME, clock=clock)
 
     def close(self) -> None:
@@ -362,6 +478,58 @@ class ClientStore:
 
     def set_phone_number(self, phone_number: str) -> None:
         self._conn.execute("UPDATE local_identity SET phone_number = ?", (phone_number,))
+
+    def holds_state(self) -> bool:
+        """True once anything worth keeping is stored: an identity, a pending registration
+        or a remembered connection (a profile without any can be deleted safely)."""
+        row = self._conn.execute(
+            "SELECT (SELECT count(*) FROM local_identity) + (SELECT count(*) FROM connection)"
+            " + (SELECT count(*) FROM pending_verification)"
+        ).fetchone()
+        return bool(row[0])
+
+    # --- connection and pending registration -------------------------------------------
+
+    def connection(self) -> Connection | None:
+        row = self._conn.execute("SELECT server, tls, ca_file FROM connection").fetchone()
+        return Connection(row[0], bool(row[1]), row[2]) if row else None
+
+    def save_connection(self, connection: Connection) -> None:
+        self._conn.execute(
+            "INSERT INTO connection (singleton, server, tls, ca_file) VALUES (1, ?, ?, ?)"
+            " ON CONFLICT(singleton) DO UPDATE SET server = excluded.server,"
+            " tls = excluded.tls, ca_file = excluded.ca_file",
+            (connection.server, int(connection.tls), connection.ca_file),
+        )
+
+    def pending_verification(self) -> PendingVerification | None:
+        row = self._conn.execute(
+            "SELECT phone_number, verification_id, business, device_name, started_at"
+            " FROM pending_verification"
+        ).fetchone()
+        if row is None:
+            return None
+        return PendingVerification(row[0], row[1], bool(row[2]), row[3], row[4])
+
+    def save_pending_verification(self, pending: PendingVerification) -> None:
+        """Remember a started registration (replacing an older one)."""
+        self._conn.execute(
+            "INSERT INTO pending_verification (singleton, phone_number, verification_id,"
+            " business, device_name, started_at) VALUES (1, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(singleton) DO UPDATE SET phone_number = excluded.phone_number,"
+            " verification_id = excluded.verification_id, business = excluded.business,"
+            " device_name = excluded.device_name, started_at = excluded.started_at",
+            (
+                pending.phone_number,
+                pending.verification_id,
+                int(pending.business),
+                pending.device_name,
+                pending.started_at,
+            ),
+        )
+
+    def clear_pending_verification(self) -> None:
+        self._conn.execute("DELETE FROM pending_verification")
 
     # --- key ids ------------------------------------------------------------------------
 
@@ -554,7 +722,9 @@ class ClientStore:
                 (account_id, device_id, identity_key, self._now()),
             )
         elif known != identity_key:
-            raise UntrustedIdentityError(account_id, device_id, identity_key)
+            raise UntrustedIdentityError(
+                account_id, device_id, identity_key, self.contact_phone(account_id)
+            )
 
     def record_pending_identity(self, account_id: str, device_id: int, identity_key: bytes) -> None:
         """Remember a changed key that was refused, so that :meth:`trust_pending` can accept it

@@ -8,7 +8,8 @@ from functools import partial
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from parley.v1 import account_pb2 as apb
 
 from server.domain.ratelimit import Rate
@@ -117,9 +118,9 @@ def test_rate_limit_per_number(make_server: ServerFactory) -> None:
         start(server, ALICE)
     err = rpc_error(lambda: start(server, ALICE))
     assert code_of(err) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    # The status carries a google.rpc.RetryInfo so clients know when to come back.
-    trailers = dict(err.trailing_metadata() or ())
-    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    # The status carries a google.rpc.RetryInfo so clients know when to come back; grpcio-status
+    # decodes it (and checks that its code and message agree with the call's).
+    status = rpc_status.from_call(err)
     retry = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(retry)
     assert 1 <= retry.retry_delay.seconds <= 20

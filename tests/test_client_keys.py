@@ -176,7 +176,9 @@ def test_a_changed_identity_key_is_refused_until_trusted(
             with pytest.raises(UntrustedIdentityError) as info:
                 await alice.start_sessions(BOB)
             message = str(info.value)
-            assert "safety-number" in message and f"parley trust {bob_id}" in message
+            assert info.value.phone_number == BOB  # Alice looked Bob's number up
+            assert f"safety_number({BOB!r})" in message
+            assert f"trust_identity({bob_id!r})" in message
             assert info.value.account_id == bob_id and info.value.device_id == 1
             # Still refused on a second attempt: nothing was accepted silently.
             with pytest.raises(UntrustedIdentityError):
@@ -203,7 +205,9 @@ def test_safety_number_is_signals_numeric_fingerprint_over_all_devices(
         laptop = await linked(server, bob, tmp_path / "bob-laptop")
         try:
             number = await alice.safety_number(BOB)
-            assert len(number) == 60 and number.isdigit()
+            assert len(number.digits) == 60 and number.digits.isdigit()
+            assert str(number) == " ".join(number.groups) and len(number.groups) == 12
+            assert all(len(g) == 5 for g in number.groups)
             assert number == await bob.safety_number(ALICE)
             assert number == await laptop.safety_number(ALICE)
             # Recompute from the documented definition, independently of the client code.
@@ -222,7 +226,7 @@ def test_safety_number_is_signals_numeric_fingerprint_over_all_devices(
                         for i in range(0, 30, 5)
                     )
                 )
-            assert number == "".join(sorted(halves))
+            assert number.digits == "".join(sorted(halves))
         finally:
             for c in (alice, bob, laptop):
                 await c.close()

@@ -199,7 +199,7 @@ def test_a_changed_sender_identity_holds_its_messages_until_trusted(
             assert texts(events) == []
             changed = [e for e in events if isinstance(e, IdentityChanged)]
             assert len(changed) == 1 and changed[0].sender_account_id == bob.account_id
-            assert "parley trust" in changed[0].reason
+            assert "trust_identity" in changed[0].reason
             # Not acknowledged: the envelopes wait on the server.
             assert texts(await drain(alice)) == []
             assert alice.trust_identity(bob.account_id) == [1]

@@ -3,7 +3,10 @@ one-time key bookkeeping and the processed-envelope table."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,9 @@ import pytest
 from client.store import (
     DB_FILENAME,
     LATEST_VERSION,
+    MIGRATIONS,
     ClientStore,
+    Connection,
     SchemaTooNewError,
     UntrustedIdentityError,
 )
@@ -77,7 +82,12 @@ def test_trust_on_first_use(store: ClientStore) -> None:
     with pytest.raises(UntrustedIdentityError) as info:
         store.check_identity(ACCOUNT, 1, second)
     assert info.value.identity_key == second
-    assert "safety-number" in str(info.value) and "parley trust" in str(info.value)
+    # The message says what to do, naming the peer by account id until it is a contact.
+    assert info.value.who == ACCOUNT and f"trust_identity({ACCOUNT!r})" in str(info.value)
+    store.save_contact("+15550001234", ACCOUNT)
+    with pytest.raises(UntrustedIdentityError) as info:
+        store.check_identity(ACCOUNT, 1, second)
+    assert info.value.who == "+15550001234" and "safety_number('+15550001234')" in str(info.value)
     store.record_pending_identity(ACCOUNT, 1, second)
     assert store.identity(ACCOUNT, 1) == first  # refused keys are not trusted silently
     assert store.pending_identities(ACCOUNT) == {1: second}
@@ -111,3 +121,60 @@ def test_processed_envelope_ids_are_pruned_by_age(store: ClientStore, clock: Man
     store.mark_processed(2)
     assert store.prune_processed(50) == 1
     assert not store.is_processed(1) and store.is_processed(2)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_profile_is_private_whatever_the_umask(tmp_path: Path, clock: ManualClock) -> None:
+    old = os.umask(0)  # SQLite alone would create 0666 files under this umask
+    try:
+        with ClientStore.open_profile(tmp_path / "profile", clock=clock.now) as store:
+            store.save_contact("+15550001234", ACCOUNT)  # a write: the -wal and -shm exist
+            directory = tmp_path / "profile"
+            db = directory / DB_FILENAME
+            side = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
+            assert all(p.exists() for p in side)
+            assert _mode(directory) == 0o700
+            assert [_mode(p) for p in (db, *side)] == [0o600, 0o600, 0o600]
+    finally:
+        os.umask(old)
+
+
+def test_an_exposed_profile_is_opened_with_a_warning(
+    tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "profile"
+    ClientStore.open_profile(directory, clock=clock.now).close()
+    with caplog.at_level(logging.WARNING, "parley.client"):
+        ClientStore.open_profile(directory, clock=clock.now).close()
+    assert caplog.records == []  # private: nothing to say
+    os.chmod(directory, 0o755)
+    os.chmod(directory / DB_FILENAME, 0o644)
+    with caplog.at_level(logging.WARNING, "parley.client"):
+        ClientStore.open_profile(directory, clock=clock.now).close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"chmod 700 {directory}" in m and "mode 0755" in m for m in messages)
+    assert any(f"chmod 600 {directory / DB_FILENAME}" in m for m in messages)
+    # The warning is advice: the modes are left as the owner set them.
+    assert _mode(directory) == 0o755
+
+
+def test_a_version_1_profile_keeps_its_server_as_a_plaintext_connection(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0].script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO local_identity VALUES (1, ?, 7, ?, 1, 'token', 'example.org:50051', '', 0)",
+        (b"\x01" * 32, ACCOUNT),
+    )
+    conn.close()
+    with ClientStore(path, clock=clock.now) as store:
+        assert store.connection() == Connection("example.org:50051", False, None)
+        assert store.pending_verification() is None and store.holds_state()

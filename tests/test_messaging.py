@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.rpc import status_pb2
+from grpc_status import rpc_status
 from parley.v1 import account_pb2 as apb
 from parley.v1 import messaging_pb2 as mpb
 from parley.v1 import messaging_pb2_grpc
@@ -177,8 +177,7 @@ def test_device_mismatch_is_reported_with_details(server: LiveServer) -> None:
     def mismatch(request: mpb.SendMessageRequest) -> mpb.MismatchedDevices:
         err = failure(lambda: messaging.SendMessage(request, metadata=alice.device.metadata))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        trailers = dict(err.trailing_metadata() or ())
-        status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+        status = rpc_status.from_call(err)  # grpcio-status checks code and message agree
         detail = mpb.MismatchedDevices()
         assert status.details[0].Unpack(detail)
         return detail
