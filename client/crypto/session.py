@@ -778,6 +778,7 @@ def _prekey_message_fields(message: PreKeySignalMessage) -> dict[str, TraceValue
         "kyber_ciphertext": message.kyber_ciphertext,
         "base_key": message.base_key.serialize(),
         "identity_key": message.identity_key.serialize(),
+        "message": message.message.serialized,
         "prekey_serialized": message.serialized,
     }
 
