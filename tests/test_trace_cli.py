@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_DOC = ROOT / "docs" / "protocol.md"
+SNIPPET = re.compile(
+    r"<!-- tested: parley (?P<args>[^>]*?) > (?P<file>\S+) -->\s*```python\n(?P<body>.*?)```", re.S
+)
 EXCERPT = re.compile(
     r"<!-- trace-excerpt: parley (?P<args>[^>]*?) -->\s*```text\n(?P<body>.*?)```", re.S
 )
@@ -46,7 +50,9 @@ def records(output: str) -> list[dict[str, Any]]:
 
 
 def value(recs: list[dict[str, Any]], name: str) -> str:
-    return next(v["hex"] for r in recs for v in r.get("values", {}).values() if v["name"] == name)
+    return str(
+        next(v["hex"] for r in recs for v in r.get("values", {}).values() if v["name"] == name)
+    )
 
 
 def test_same_seed_prints_the_same_bytes_and_another_seed_other_keys() -> None:
@@ -127,3 +133,19 @@ def test_the_excerpts_in_docs_protocol_are_what_parley_trace_prints_today() -> N
             f"the excerpt of `parley {match['args']}` in docs/protocol.md is stale; "
             "replace it with the current output"
         )
+
+
+def test_the_recompute_by_hand_snippet_in_docs_protocol_runs(tmp_path: Path) -> None:
+    snippets = list(SNIPPET.finditer(PROTOCOL_DOC.read_text()))
+    assert snippets, "docs/protocol.md has no <!-- tested: ... --> Python block"
+    for match in snippets:
+        (tmp_path / match["file"]).write_text(ok(trace(*match["args"].split()[1:])))
+        result = subprocess.run(
+            [sys.executable, "-c", match["body"]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "recomputed" in result.stdout

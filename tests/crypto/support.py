@@ -9,7 +9,7 @@ from client.crypto.keys import IdentityKeyPair, KeyPair, KyberKeyPair, determini
 from client.crypto.pqxdh import PreKeyBundle
 from client.crypto.session import SessionRecord
 
-__all__ = ["PreKeys", "Party", "deterministic_rng", "established_pair", "new_party"]
+__all__ = ["Party", "PreKeys", "deterministic_rng", "established_pair", "new_party"]
 
 
 @dataclass
