@@ -523,9 +523,8 @@ def _message_step(event: TraceEvent, names: _Names, chain: str, counter: int) ->
     step.add("cipher_key", f"{mk}.cipher_key", event.secret.get("cipher_key"), secret=True)
     step.add("iv", f"{mk}.iv", event.secret.get("iv"), secret=True)
     step.add("ciphertext", f"ciphertext{tag}", event.public.get("ciphertext"))
-    step.add("ratchet_key", names.keys.get(event.public.get("ratchet_key"), chain)  # type: ignore[arg-type]
-             if isinstance(event.public.get("ratchet_key"), bytes) else chain,
-             event.public.get("ratchet_key"))  # fmt: skip
+    ratchet_key = event.public.get("ratchet_key")
+    step.add("ratchet_key", names.key(ratchet_key, chain), ratchet_key)
     step.add("counter", "counter", event.public.get("counter"))
     step.add("previous_counter", "PN", event.public.get("previous_counter"))
     step.add("version", "version", wire_bytes[:1])
@@ -631,9 +630,14 @@ def _steps(events: Iterable[TraceEvent]) -> tuple[dict[str, TraceValue], list[_S
             chain = names.ratchet(event.party, event.public.get("ratchet_key"))
             counter = _int(event.public.get("counter"))
             steps.append(
-                _kdf_ck_step(event, chain, counter, "ratchet.kdf_ck",
-                             f"KDF_CK: sending chain {chain} steps for message {counter}")
-            )  # fmt: skip
+                _kdf_ck_step(
+                    event,
+                    chain,
+                    counter,
+                    "ratchet.kdf_ck",
+                    f"KDF_CK: sending chain {chain} steps for message {counter}",
+                )
+            )
             steps.append(_message_keys_step(event, chain, counter))
             steps.append(_message_step(event, names, chain, counter))
             if event.public.get("prekey_message"):
@@ -643,19 +647,29 @@ def _steps(events: Iterable[TraceEvent]) -> tuple[dict[str, TraceValue], list[_S
             counter = _int(event.public.get("counter"))
             if not event.public.get("from_skipped_key"):
                 steps.append(
-                    _kdf_ck_step(event, chain, counter, "ratchet.kdf_ck",
-                                 f"KDF_CK: receiving chain {chain} steps for message {counter}")
-                )  # fmt: skip
+                    _kdf_ck_step(
+                        event,
+                        chain,
+                        counter,
+                        "ratchet.kdf_ck",
+                        f"KDF_CK: receiving chain {chain} steps for message {counter}",
+                    )
+                )
             steps.append(_message_keys_step(event, chain, counter))
             steps.append(_message_step(event, names, chain, counter))
         elif kind == EventKind.SKIPPED_KEY_STORED:
             chain = names.chain(event.public.get("ratchet_key"))
             counter = _int(event.public.get("counter"))
             steps.append(
-                _kdf_ck_step(event, chain, counter, kind,
-                             f"KDF_CK for skipped message {counter} of chain {chain}: "
-                             f"MK_{chain}.{counter} is stored until it arrives")
-            )  # fmt: skip
+                _kdf_ck_step(
+                    event,
+                    chain,
+                    counter,
+                    kind,
+                    f"KDF_CK for skipped message {counter} of chain {chain}: "
+                    f"MK_{chain}.{counter} is stored until it arrives",
+                )
+            )
         elif kind == EventKind.SKIPPED_KEY_USED:
             chain = names.chain(event.public.get("ratchet_key"))
             counter = _int(event.public.get("counter"))
@@ -754,9 +768,10 @@ def _header_text(header: Mapping[str, Any], hidden: int) -> list[str]:
     seed = header.get("seed")
     lines = [
         "Parley protocol trace: PQXDH and the Double Ratchet between Alice and Bob",
-        f"seed: {seed}" if seed is not None
+        f"seed: {seed}"
+        if seed is not None
         else "seed: none (a random run; pass --seed N to reproduce it)",
-    ]  # fmt: skip
+    ]
     if header.get("secrets") == "hidden":
         lines.append(
             f"secrets: hidden ({hidden} values show as {HIDDEN}); --reveal-secrets prints them,"
@@ -892,10 +907,14 @@ class VerifyReport:
         ]
         out.append(
             json.dumps(
-                {"kind": "verify.summary", "ok": self.ok, "checks": len(self.checks),
-                 "failed": len(self.failed)}
+                {
+                    "kind": "verify.summary",
+                    "ok": self.ok,
+                    "checks": len(self.checks),
+                    "failed": len(self.failed),
+                }
             )
-        )  # fmt: skip
+        )
         return "\n".join(out) + "\n"
 
 
@@ -1150,8 +1169,10 @@ def _verify_message(c: _Checker) -> None:
         f"4: {r.name('ciphertext')}}}",
         fields,
     )
-    c.check("version = 0x44 (message version 4, current version 4)",
-            lambda: r.b("version") == bytes((VERSION_BYTE,)))  # fmt: skip
+    c.check(
+        "version = 0x44 (message version 4, current version 4)",
+        lambda: r.b("version") == bytes((VERSION_BYTE,)),
+    )
     c.check(
         f"{r.name('mac_input')} = {r.name('sender_identity')} || "
         f"{r.name('receiver_identity')} || version || {r.name('protobuf')}",
@@ -1236,14 +1257,24 @@ def _links(recs: Sequence[Mapping[str, Any]]) -> list[Check]:
         > 1
     )
     checks = [
-        Check(0, "", "links", f"{name} differs between steps "
-              + ", ".join(f"#{s}" for s in seqs), False)
+        Check(
+            0,
+            "",
+            "links",
+            f"{name} differs between steps " + ", ".join(f"#{s}" for s in seqs),
+            False,
+        )
         for name, seqs in broken.items()
-    ]  # fmt: skip
+    ]
     checks.append(
-        Check(0, "", "links", f"{shared - len(broken)} of {shared} names used in several steps "
-              "carry one value", not broken)
-    )  # fmt: skip
+        Check(
+            0,
+            "",
+            "links",
+            f"{shared - len(broken)} of {shared} names used in several steps carry one value",
+            not broken,
+        )
+    )
     return checks
 
 

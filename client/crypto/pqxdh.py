@@ -283,6 +283,13 @@ def initiate(
 ) -> InitiatorResult:
     """Run PQXDH as the initiator against a bundle fetched from the server.
 
+    Args:
+        rng: randomness for the base key and, when it is not :data:`default_rng`, also for
+            the KEM encapsulation (a seeded run then reproduces the ciphertext; with the
+            default, OpenSSL draws the encapsulation randomness itself).
+        tracer: receives the two signature checks and the derivation (see
+            :mod:`client.crypto.trace`).
+
     Raises:
         InvalidSignatureError: a prekey signature is invalid (nothing is derived).
         InvalidKeyError: a key in the bundle is not usable.

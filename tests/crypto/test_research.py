@@ -74,26 +74,76 @@ def test_every_value_needed_to_recompute_the_protocol_is_named() -> None:
     values = _values(recs)
     expected = [
         # PQXDH inputs, private halves and outputs.
-        "IK_A", "IK_A.private", "EK_A", "EK_A.private", "IK_B", "IK_B.private",
-        "SPK_B", "SPK_B.private", "OPK_B", "OPK_B.private", "PQPK_B", "PQPK_B.private",
-        "Sig(IK_B, SPK_B)", "Sig(IK_B, PQPK_B)", "DH1", "DH2", "DH3", "DH4", "CT", "SS",
-        "F", "IKM", "salt_0", "info_PQXDH", "SK", "RK_0", "CK_B0.0", "SPQR_auth",
+        "IK_A",
+        "IK_A.private",
+        "EK_A",
+        "EK_A.private",
+        "IK_B",
+        "IK_B.private",
+        "SPK_B",
+        "SPK_B.private",
+        "OPK_B",
+        "OPK_B.private",
+        "PQPK_B",
+        "PQPK_B.private",
+        "Sig(IK_B, SPK_B)",
+        "Sig(IK_B, PQPK_B)",
+        "DH1",
+        "DH2",
+        "DH3",
+        "DH4",
+        "CT",
+        "SS",
+        "F",
+        "IKM",
+        "salt_0",
+        "info_PQXDH",
+        "SK",
+        "RK_0",
+        "CK_B0.0",
+        "SPQR_auth",
         # Double Ratchet: KDF_RK, KDF_CK, message keys.
-        "A1", "A1.private", "B1", "B1.private", "DHR_1", "DHR_2", "RK_1", "RK_2", "info_RK",
-        "CK_A1.0", "CK_A1.1", "0x01", "0x02", "MK_A1.0", "info_MK",
-        "MK_A1.0.cipher_key", "MK_A1.0.mac_key", "MK_A1.0.iv", "CK_B1.0", "MK_B1.0",
+        "A1",
+        "A1.private",
+        "B1",
+        "B1.private",
+        "DHR_1",
+        "DHR_2",
+        "RK_1",
+        "RK_2",
+        "info_RK",
+        "CK_A1.0",
+        "CK_A1.1",
+        "0x01",
+        "0x02",
+        "MK_A1.0",
+        "info_MK",
+        "MK_A1.0.cipher_key",
+        "MK_A1.0.mac_key",
+        "MK_A1.0.iv",
+        "CK_B1.0",
+        "MK_B1.0",
         # Messages: plaintext to wire bytes.
-        "plaintext[A1.0]", "ciphertext[A1.0]", "protobuf[A1.0]", "MAC_input[A1.0]",
-        "MAC[A1.0]", "SignalMessage[A1.0]", "PreKeySignalMessage[A1.0]", "SignalMessage[B1.0]",
-    ]  # fmt: skip
+        "plaintext[A1.0]",
+        "ciphertext[A1.0]",
+        "protobuf[A1.0]",
+        "MAC_input[A1.0]",
+        "MAC[A1.0]",
+        "SignalMessage[A1.0]",
+        "PreKeySignalMessage[A1.0]",
+        "SignalMessage[B1.0]",
+    ]
     missing = [name for name in expected if name not in values]
     assert not missing
     sizes = {"IK_A": 33, "PQPK_B": 1569, "PQPK_B.private": 64, "CT": 1569, "SK": 96, "IKM": 192}
     for name, size in sizes.items():
         assert values[name]["bytes"] == size, name
     texts = {values[n].get("text") for n in ("info_PQXDH", "info_RK", "info_MK")}
-    assert texts == {"WhisperText_X25519_SHA-256_CRYSTALS-KYBER-1024", "WhisperRatchet",
-                     "WhisperMessageKeys"}  # fmt: skip
+    assert texts == {
+        "WhisperText_X25519_SHA-256_CRYSTALS-KYBER-1024",
+        "WhisperRatchet",
+        "WhisperMessageKeys",
+    }
     assert values["plaintext[A1.0]"]["text"] == "hello 0"
     # The wire bytes are the real messages: they parse, and their fields are the named keys.
     prekey = PreKeySignalMessage.parse(bytes.fromhex(values["PreKeySignalMessage[A1.0]"]["hex"]))
@@ -103,8 +153,9 @@ def test_every_value_needed_to_recompute_the_protocol_is_named() -> None:
     reply = SignalMessage.parse(bytes.fromhex(values["SignalMessage[B1.0]"]["hex"]))
     assert reply.ratchet_key.serialize().hex() == values["B1"]["hex"]
     # Both parties' derivations carry one name each: Bob's RK_1 is Alice's RK_1.
-    parties = {r["party"] for r in recs[1:] for v in r.get("values", {}).values()
-               if v["name"] == "RK_1"}  # fmt: skip
+    parties = {
+        r["party"] for r in recs[1:] for v in r.get("values", {}).values() if v["name"] == "RK_1"
+    }
     assert parties == {"alice", "bob"}
     # Every symbol family the trace uses is explained in the legend.
     legend = " ".join(symbol for symbol, _ in LEGEND)
@@ -151,9 +202,18 @@ def test_verify_passes_on_a_fresh_trace(seed: int | None, out_of_order: bool) ->
     report = verify(events)
     assert report.ok, report.render()
     kinds = {c.kind for c in report.checks}
-    for kind in ("pqxdh.signature_check", "pqxdh.initiator", "pqxdh.responder",
-                 "ratchet.kdf_rk", "ratchet.kdf_ck", "ratchet.message_keys", "ratchet.encrypt",
-                 "ratchet.decrypt", "wire.prekey_signal_message", "links"):  # fmt: skip
+    for kind in (
+        "pqxdh.signature_check",
+        "pqxdh.initiator",
+        "pqxdh.responder",
+        "ratchet.kdf_rk",
+        "ratchet.kdf_ck",
+        "ratchet.message_keys",
+        "ratchet.encrypt",
+        "ratchet.decrypt",
+        "wire.prekey_signal_message",
+        "links",
+    ):
         assert kind in kinds, kind
     # The same report from the saved JSON lines: verification needs only the printed values.
     assert verify(render_jsonl(events, reveal_secrets=True)).checks == report.checks
