@@ -365,44 +365,24 @@ def _pqxdh_step(event: TraceEvent, names: _Names) -> _Step:
         "IKM = F || " + " || ".join(dhs) + " || SS;  SK = HKDF-SHA256(salt_0, IKM, info, 96)"
         " = RK_0 || CK_B0.0 || SPQR_auth",
     )
-    step.add("IK_A", "IK_A", ik_a)
-    if initiator:
-        step.add(
-            "IK_A.private", "IK_A.private", event.secret.get("our_identity_private"), secret=True
-        )
-    step.add("EK_A", "EK_A", ek_a)
-    if initiator:
-        step.add("EK_A.private", "EK_A.private", event.secret.get("base_key_private"), secret=True)
-    step.add("IK_B", "IK_B", ik_b)
-    if not initiator:
-        step.add(
-            "IK_B.private", "IK_B.private", event.secret.get("our_identity_private"), secret=True
-        )
-    if initiator:
-        step.add("SPK_B id", "SPK_B id", event.public.get("signed_pre_key_id"))
-    step.add("SPK_B", "SPK_B", spk)
-    if not initiator:
-        step.add(
-            "SPK_B.private",
-            "SPK_B.private",
-            event.secret.get("signed_pre_key_private"),
-            secret=True,
-        )
+    own = "_A" if initiator else "_B"
+
+    def add_key(name: str, public: TraceValue, private: str, key_id: str = "") -> None:
+        """A public key, its id in the bundle (Alice's view) and, for this party's own keys,
+        the private half."""
+        if key_id and initiator:
+            step.add(f"{name} id", f"{name} id", event.public.get(key_id))
+        step.add(name, name, public)
+        if name.endswith(own):
+            step.add(f"{name}.private", f"{name}.private", event.secret.get(private), secret=True)
+
+    add_key("IK_A", ik_a, "our_identity_private")
+    add_key("EK_A", ek_a, "base_key_private")
+    add_key("IK_B", ik_b, "our_identity_private")
+    add_key("SPK_B", spk, "signed_pre_key_private", "signed_pre_key_id")
     if one_time:
-        if initiator:
-            step.add("OPK_B id", "OPK_B id", event.public.get("pre_key_id"))
-        step.add("OPK_B", "OPK_B", event.public.get("pre_key"))
-        if not initiator:
-            step.add(
-                "OPK_B.private", "OPK_B.private", event.secret.get("pre_key_private"), secret=True
-            )
-    if initiator:
-        step.add("PQPK_B id", "PQPK_B id", event.public.get("kyber_pre_key_id"))
-    step.add("PQPK_B", "PQPK_B", event.public.get("kyber_pre_key"))
-    if not initiator:
-        step.add(
-            "PQPK_B.private", "PQPK_B.private", event.secret.get("kyber_pre_key_seed"), secret=True
-        )
+        add_key("OPK_B", event.public.get("pre_key"), "pre_key_private", "pre_key_id")
+    add_key("PQPK_B", event.public.get("kyber_pre_key"), "kyber_pre_key_seed", "kyber_pre_key_id")
     step.add(
         "CT",
         names.key(event.public.get("kyber_ciphertext"), "CT"),
@@ -626,37 +606,8 @@ def _steps(events: Iterable[TraceEvent]) -> tuple[dict[str, TraceValue], list[_S
             steps.append(_pqxdh_step(event, names))
         elif kind == EventKind.KDF_RK:
             steps.append(_kdf_rk_step(event, names))
-        elif kind == EventKind.ENCRYPT:
-            chain = names.ratchet(event.party, event.public.get("ratchet_key"))
-            counter = _int(event.public.get("counter"))
-            steps.append(
-                _kdf_ck_step(
-                    event,
-                    chain,
-                    counter,
-                    "ratchet.kdf_ck",
-                    f"KDF_CK: sending chain {chain} steps for message {counter}",
-                )
-            )
-            steps.append(_message_keys_step(event, chain, counter))
-            steps.append(_message_step(event, names, chain, counter))
-            if event.public.get("prekey_message"):
-                steps.append(_prekey_wire_step(event, names, f"[{chain}.{counter}]", sent=True))
-        elif kind == EventKind.DECRYPT:
-            chain = names.chain(event.public.get("ratchet_key"))
-            counter = _int(event.public.get("counter"))
-            if not event.public.get("from_skipped_key"):
-                steps.append(
-                    _kdf_ck_step(
-                        event,
-                        chain,
-                        counter,
-                        "ratchet.kdf_ck",
-                        f"KDF_CK: receiving chain {chain} steps for message {counter}",
-                    )
-                )
-            steps.append(_message_keys_step(event, chain, counter))
-            steps.append(_message_step(event, names, chain, counter))
+        elif kind in (EventKind.ENCRYPT, EventKind.DECRYPT):
+            steps += _message_steps(event, names)
         elif kind == EventKind.SKIPPED_KEY_STORED:
             chain = names.chain(event.public.get("ratchet_key"))
             counter = _int(event.public.get("counter"))
@@ -692,6 +643,25 @@ def _steps(events: Iterable[TraceEvent]) -> tuple[dict[str, TraceValue], list[_S
         else:
             steps.append(_info_step(event, names))
     return header, steps
+
+
+def _message_steps(event: TraceEvent, names: _Names) -> list[_Step]:
+    """An encryption or decryption as the steps a researcher recomputes: KDF_CK (unless the
+    key was stored earlier), the message keys, the message itself and its PreKey wrapper."""
+    sending = event.kind == EventKind.ENCRYPT
+    key = event.public.get("ratchet_key")
+    chain = names.ratchet(event.party, key) if sending else names.chain(key)
+    counter = _int(event.public.get("counter"))
+    out = []
+    if sending or not event.public.get("from_skipped_key"):
+        direction = "sending" if sending else "receiving"
+        title = f"KDF_CK: {direction} chain {chain} steps for message {counter}"
+        out.append(_kdf_ck_step(event, chain, counter, "ratchet.kdf_ck", title))
+    out.append(_message_keys_step(event, chain, counter))
+    out.append(_message_step(event, names, chain, counter))
+    if sending and event.public.get("prekey_message"):
+        out.append(_prekey_wire_step(event, names, f"[{chain}.{counter}]", sent=True))
+    return out
 
 
 def _int(value: TraceValue) -> int:
@@ -1045,23 +1015,30 @@ def _verify_signature(c: _Checker) -> None:
 def _verify_pqxdh(c: _Checker) -> None:
     r = c.r
     initiator = c.kind == EventKind.PQXDH_INITIATOR
+    # Each side computes the same four values from its own private keys (PQXDH §3.3/§3.4).
     if initiator:
-        c.public_from_private("IK_A", "IK_A.private")
-        c.public_from_private("EK_A", "EK_A.private")
-        c.dh("DH1", "IK_A.private", "SPK_B")
-        c.dh("DH2", "EK_A.private", "IK_B")
-        c.dh("DH3", "EK_A.private", "SPK_B")
-        if r.has("DH4"):
-            c.dh("DH4", "EK_A.private", "OPK_B")
+        owned: tuple[str, ...] = ("IK_A", "EK_A")
+        dhs = [
+            ("DH1", "IK_A", "SPK_B"),
+            ("DH2", "EK_A", "IK_B"),
+            ("DH3", "EK_A", "SPK_B"),
+            ("DH4", "EK_A", "OPK_B"),
+        ]
     else:
-        c.public_from_private("IK_B", "IK_B.private")
-        c.public_from_private("SPK_B", "SPK_B.private")
-        c.dh("DH1", "SPK_B.private", "IK_A")
-        c.dh("DH2", "IK_B.private", "EK_A")
-        c.dh("DH3", "SPK_B.private", "EK_A")
-        if r.has("DH4"):
-            c.public_from_private("OPK_B", "OPK_B.private")
-            c.dh("DH4", "OPK_B.private", "EK_A")
+        owned = ("IK_B", "SPK_B", "OPK_B")
+        dhs = [
+            ("DH1", "SPK_B", "IK_A"),
+            ("DH2", "IK_B", "EK_A"),
+            ("DH3", "SPK_B", "EK_A"),
+            ("DH4", "OPK_B", "EK_A"),
+        ]
+    for name in owned:
+        if r.has(f"{name}.private"):
+            c.public_from_private(name, f"{name}.private")
+    for output, private, public in dhs:
+        if r.has(output):
+            c.dh(output, f"{private}.private", public)
+    if not initiator:
 
         def pqpk() -> bool:
             key = mlkem.MLKEM1024PrivateKey.from_seed_bytes(r.b("PQPK_B.private"))
@@ -1081,10 +1058,10 @@ def _verify_pqxdh(c: _Checker) -> None:
             "SS = SHAKE256(ML-KEM-1024.Decaps(PQPK_B.private, CT) || SHA3-256(CT))[:32]",
             decapsulate,
         )
-    dhs = [d for d in ("DH1", "DH2", "DH3", "DH4") if r.has(d)]
+    present = [output for output, _, _ in dhs if r.has(output)]
     c.check(
-        "IKM = F || " + " || ".join(dhs) + " || SS",
-        lambda: r.b("IKM") == r.b("F") + b"".join(r.b(d) for d in dhs) + r.b("SS"),
+        "IKM = F || " + " || ".join(present) + " || SS",
+        lambda: r.b("IKM") == r.b("F") + b"".join(r.b(d) for d in present) + r.b("SS"),
     )
     c.check(
         "SK = HKDF-SHA256(salt_0, IKM, info_PQXDH, 96)",
