@@ -189,12 +189,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="at most this many messages")
 
     p = sub.add_parser(
-        "trace", parents=[json_flag], help="watch PQXDH and the Double Ratchet step by step"
+        "trace",
+        parents=[json_flag],
+        help="watch PQXDH and the Double Ratchet step by step (offline; no server needed)",
+        description="Run a scripted in-memory conversation between Alice and Bob and print every "
+        "protocol step with its inputs and outputs, named as in Signal's specifications "
+        "(legend at the top). Save it with --json --reveal-secrets and check it anywhere with "
+        "--verify-file.",
     )
     p.add_argument("--messages", type=int, default=4, help="messages per burst")
     p.add_argument("--out-of-order", action="store_true", help="deliver bursts out of order")
     p.add_argument(
-        "--reveal-secrets", action="store_true", help="research mode: show keys and DH outputs"
+        "--seed",
+        type=int,
+        metavar="N",
+        help="reproducible run: all randomness comes from N (same N, byte-identical output)",
+    )
+    p.add_argument(
+        "--reveal-secrets",
+        action="store_true",
+        help="research mode: show private keys, DH outputs, chain and message keys, plaintexts",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="print the trace, then recompute every step from the printed values and report "
+        "each check (implies --reveal-secrets: the checks need the secrets); exit 1 on failure",
+    )
+    p.add_argument(
+        "--verify-file",
+        type=Path,
+        metavar="FILE",
+        help="verify a trace saved with --json --reveal-secrets ('-' reads stdin) instead of "
+        "running one; exit 1 on failure",
     )
     return parser
 
@@ -484,11 +511,53 @@ def _trace(args: argparse.Namespace, out: TextIO) -> None:
         research: Any = importlib.import_module("client.research")
     except ImportError as exc:
         raise CliError(f"protocol tracing is not available in this build ({exc})") from None
+    if args.verify_file is not None:
+        if args.verify:
+            raise CliError("use either --verify (a new trace) or --verify-file FILE, not both")
+        path: Path = args.verify_file
+        try:
+            text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+            report = research.verify(research.parse_jsonl(text))
+        except OSError as exc:
+            raise CliError(f"cannot read the trace {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CliError(
+                f"{path} is not a trace saved with `parley trace --json`: {exc}"
+            ) from None
+        if report.secrets_hidden:
+            raise CliError(
+                f"{path} was saved without its secrets, so its steps cannot be recomputed: "
+                "save it with `parley trace --json --reveal-secrets` (or `--json --verify`)"
+            )
+        _verify_report(args, report, out)
+        return
     if args.messages < 1:
         raise CliError("--messages must be at least 1")
-    events = research.run_demo_conversation(messages=args.messages, out_of_order=args.out_of_order)
+    events = research.run_demo_conversation(
+        messages=args.messages, out_of_order=args.out_of_order, seed=args.seed
+    )
+    reveal = args.reveal_secrets or args.verify
     render = research.render_jsonl if args.json else research.render_text
-    out.write(render(events, reveal_secrets=args.reveal_secrets))
+    printed = render(events, reveal_secrets=reveal)
+    out.write(printed)
+    if args.verify:
+        # Check what was printed, read back from its JSON form, not the objects behind it.
+        rendered = printed if args.json else research.render_jsonl(events, reveal_secrets=True)
+        if not args.json:
+            out.write("\nverification (every step recomputed from the values above):\n")
+        _verify_report(args, research.verify(rendered), out)
+
+
+def _verify_report(args: argparse.Namespace, report: Any, out: TextIO) -> None:
+    """Print a :class:`client.research.VerifyReport`; any failed check is a failed command."""
+    out.write(report.jsonl() if args.json else report.render())
+    out.flush()
+    if not report.ok:
+        if not report.checks:
+            raise CliError("nothing to verify: the file holds no protocol steps")
+        raise CliError(
+            f"verification failed: {len(report.failed)} of {len(report.checks)} checks FAILED"
+        )
 
 
 COMMANDS: Final = {

@@ -158,10 +158,10 @@ def test_trace_shows_the_protocol_and_hides_secrets_unless_asked() -> None:
     assert {"pqxdh.initiator", "pqxdh.responder", "ratchet.dh_step"} <= kinds
     assert "ratchet.skipped_key_used" in kinds
     initiator = next(e for e in hidden if e["kind"] == "pqxdh.initiator")
-    assert initiator["root_key"] == "<hidden>"
+    assert initiator["values"]["RK"]["hex"] == "<hidden>"
     revealed = lines(run("--json", "--reveal-secrets"))
     initiator = next(e for e in revealed if e["kind"] == "pqxdh.initiator")
-    assert len(bytes.fromhex(initiator["root_key"])) == 32
+    assert len(bytes.fromhex(initiator["values"]["RK"]["hex"])) == 32
 
 
 def test_listen_rides_out_a_server_restart(cli_server: LiveServer, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import xeddsa as _xeddsa
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import mlkem
 
-from client.crypto import xeddsa
+from client.crypto import mlkem_encaps, xeddsa
 from client.crypto.errors import InvalidKeyError, InvalidMessageError
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "PublicKey",
     "Rng",
     "default_rng",
+    "deterministic_rng",
 ]
 
 Rng = Callable[[int], bytes]
@@ -57,6 +58,20 @@ Rng = Callable[[int], bytes]
 ``csprng``, so tests can make runs reproducible."""
 
 default_rng: Final[Rng] = os.urandom
+
+
+def deterministic_rng(label: bytes) -> Rng:
+    """A reproducible byte stream, ``SHAKE256(label || counter)`` per call: for seeded
+    research traces and golden transcripts, never for real keys."""
+    counter = 0
+
+    def rng(n: int) -> bytes:
+        nonlocal counter
+        counter += 1
+        return hashlib.shake_256(label + counter.to_bytes(8, "big")).digest(n)
+
+    return rng
+
 
 DJB_TYPE: Final = 0x05
 """Type byte of a Curve25519 public key (libsignal ``KeyType::Djb``)."""
@@ -342,13 +357,25 @@ class KyberPublicKey:
             self._obj = obj
         return obj
 
-    def encapsulate(self) -> tuple[bytes, bytes]:
+    def encapsulate(self, rng: Rng | None = None) -> tuple[bytes, bytes]:
         """Encapsulate a fresh secret to this key.
+
+        Args:
+            rng: where the 32 bytes of encapsulation randomness come from. ``None`` (the
+                default) lets OpenSSL draw them; a caller's ``rng`` (a seeded research run,
+                a reproducible test) takes the slower deterministic path of
+                :mod:`client.crypto.mlkem_encaps`, so the same ``rng`` gives the same bytes.
 
         Returns:
             ``(shared_secret (32 bytes), serialized ciphertext 0x08 || 1568 bytes)``.
         """
-        k, ct = self._mlkem().encapsulate()
+        if rng is None:
+            k, ct = self._mlkem().encapsulate()
+        else:
+            self._mlkem()  # the same key validation as the OpenSSL path
+            k, ct = mlkem_encaps.encapsulate_internal(
+                self._serialized[1:], rng(mlkem_encaps.MESSAGE_LENGTH)
+            )
         return kyber_shared_secret(k, ct), bytes((KYBER_1024_TYPE,)) + ct
 
     def __eq__(self, other: object) -> bool:

@@ -148,8 +148,12 @@ def initiator_secrets(
     bundle: PreKeyBundle,
     kem_shared_secret: bytes,
     tracer: Tracer = NO_TRACE,
+    *,
+    kyber_ciphertext: bytes = b"",
 ) -> PqxdhSecrets:
-    """Alice's side of the derivation, given the already-encapsulated KEM secret (pure)."""
+    """Alice's side of the derivation, given the already-encapsulated KEM secret (pure).
+
+    ``kyber_ciphertext`` is only reported to the tracer (the derivation does not use it)."""
     parts = [
         our_identity.private_key.agree(bundle.signed_pre_key),
         base_key.private_key.agree(bundle.identity_key),
@@ -164,13 +168,23 @@ def initiator_secrets(
             TraceEvent(
                 EventKind.PQXDH_INITIATOR,
                 {
-                    "their_identity": bundle.identity_key.serialize().hex(),
+                    "our_identity": our_identity.public_key.serialize(),
+                    "base_key": base_key.public_key.serialize(),
+                    "their_identity": bundle.identity_key.serialize(),
                     "signed_pre_key_id": bundle.signed_pre_key_id,
+                    "signed_pre_key": bundle.signed_pre_key.serialize(),
                     "pre_key_id": bundle.pre_key_id,
+                    "pre_key": bundle.pre_key.serialize() if bundle.pre_key else None,
                     "kyber_pre_key_id": bundle.kyber_pre_key_id,
-                    "base_key": base_key.public_key.serialize().hex(),
+                    "kyber_pre_key": bundle.kyber_pre_key.serialize(),
+                    "kyber_ciphertext": kyber_ciphertext,
+                    "info": PQXDH_INFO,
                 },
-                _secret_parts(parts, secrets),
+                {
+                    "our_identity_private": our_identity.private_key.serialize(),
+                    "base_key_private": base_key.private_key.serialize(),
+                    **_secret_parts(parts, secrets),
+                },
             )
         )
     return secrets
@@ -184,8 +198,13 @@ def responder_secrets(
     their_identity: PublicKey,
     their_base_key: PublicKey,
     tracer: Tracer = NO_TRACE,
+    *,
+    kyber_pre_key: KyberKeyPair | None = None,
+    kyber_ciphertext: bytes = b"",
 ) -> PqxdhSecrets:
-    """Bob's side of the derivation, given the decapsulated KEM secret (pure)."""
+    """Bob's side of the derivation, given the decapsulated KEM secret (pure).
+
+    ``kyber_pre_key`` and ``kyber_ciphertext`` are only reported to the tracer."""
     parts = responder_agreements(
         our_identity, signed_pre_key, one_time_pre_key, their_identity, their_base_key
     )
@@ -196,11 +215,35 @@ def responder_secrets(
             TraceEvent(
                 EventKind.PQXDH_RESPONDER,
                 {
-                    "their_identity": their_identity.serialize().hex(),
-                    "their_base_key": their_base_key.serialize().hex(),
+                    "our_identity": our_identity.public_key.serialize(),
+                    "signed_pre_key": signed_pre_key.public_key.serialize(),
+                    "pre_key": (
+                        one_time_pre_key.public_key.serialize() if one_time_pre_key else None
+                    ),
+                    "kyber_pre_key": (
+                        kyber_pre_key.public_key.serialize() if kyber_pre_key else None
+                    ),
+                    "kyber_ciphertext": kyber_ciphertext,
+                    "their_identity": their_identity.serialize(),
+                    "their_base_key": their_base_key.serialize(),
                     "used_one_time_pre_key": one_time_pre_key is not None,
+                    "info": PQXDH_INFO,
                 },
-                _secret_parts(parts, secrets),
+                {
+                    "our_identity_private": our_identity.private_key.serialize(),
+                    "signed_pre_key_private": signed_pre_key.private_key.serialize(),
+                    **(
+                        {"pre_key_private": one_time_pre_key.private_key.serialize()}
+                        if one_time_pre_key
+                        else {}
+                    ),
+                    **(
+                        {"kyber_pre_key_seed": kyber_pre_key.serialize_secret()}
+                        if kyber_pre_key
+                        else {}
+                    ),
+                    **_secret_parts(parts, secrets),
+                },
             )
         )
     return secrets
@@ -212,6 +255,7 @@ def _secret_parts(parts: list[bytes], secrets: PqxdhSecrets) -> dict[str, bytes]
         names.append("dh4_ek_opk")
     names.append("kem_shared_secret")
     out = dict(zip(names, parts, strict=True))
+    out["ikm"] = DISCONTINUITY_BYTES + b"".join(parts)
     out.update(
         root_key=secrets.root_key, chain_key=secrets.chain_key, pqr_auth_key=secrets.pqr_auth_key
     )
@@ -239,15 +283,53 @@ def initiate(
 ) -> InitiatorResult:
     """Run PQXDH as the initiator against a bundle fetched from the server.
 
+    Args:
+        rng: randomness for the base key and, when it is not :data:`default_rng`, also for
+            the KEM encapsulation (a seeded run then reproduces the ciphertext; with the
+            default, OpenSSL draws the encapsulation randomness itself).
+        tracer: receives the two signature checks and the derivation (see
+            :mod:`client.crypto.trace`).
+
     Raises:
         InvalidSignatureError: a prekey signature is invalid (nothing is derived).
         InvalidKeyError: a key in the bundle is not usable.
     """
+    if tracer is not NO_TRACE:
+        _trace_signature_checks(bundle, tracer)
     bundle.verify_signatures()
     base_key = KeyPair.generate(rng)
-    kem_secret, kyber_ciphertext = bundle.kyber_pre_key.encapsulate()
-    secrets = initiator_secrets(our_identity, base_key, bundle, kem_secret, tracer)
+    # OpenSSL draws the KEM randomness itself unless the caller injected an rng (seeded runs).
+    kem_rng = None if rng is default_rng else rng
+    kem_secret, kyber_ciphertext = bundle.kyber_pre_key.encapsulate(kem_rng)
+    secrets = initiator_secrets(
+        our_identity, base_key, bundle, kem_secret, tracer, kyber_ciphertext=kyber_ciphertext
+    )
     return InitiatorResult(secrets, base_key, kyber_ciphertext)
+
+
+def _trace_signature_checks(bundle: PreKeyBundle, tracer: Tracer) -> None:
+    """Report both prekey signature checks (what was signed, the signature, the result)
+    before :meth:`PreKeyBundle.verify_signatures` acts on them."""
+    ik = bundle.identity_key
+    spk, pqpk = bundle.signed_pre_key.serialize(), bundle.kyber_pre_key.serialize()
+    checks = (
+        ("signed_pre_key", bundle.signed_pre_key_id, spk, bundle.signed_pre_key_signature),
+        ("kyber_pre_key", bundle.kyber_pre_key_id, pqpk, bundle.kyber_pre_key_signature),
+    )
+    for which, key_id, message, signature in checks:
+        tracer(
+            TraceEvent(
+                EventKind.SIGNATURE_CHECK,
+                {
+                    "prekey": which,
+                    "key_id": key_id,
+                    "signer": ik.serialize(),
+                    "message": message,
+                    "signature": signature,
+                    "valid": ik.verify_signature(message, signature),
+                },
+            )
+        )
 
 
 def respond(
@@ -276,4 +358,6 @@ def respond(
         their_identity,
         their_base_key,
         tracer,
+        kyber_pre_key=kyber_pre_key,
+        kyber_ciphertext=kyber_ciphertext,
     )

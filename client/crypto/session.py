@@ -49,7 +49,8 @@ from client.crypto.keys import (
 from client.crypto.protobuf import bytes_field, decode_fields, decode_repeated, uint_field
 from client.crypto.ratchet import ChainKey, RootKey
 from client.crypto.ratchet.message_keys import aes_cbc_decrypt, aes_cbc_encrypt
-from client.crypto.trace import NO_TRACE, EventKind, TraceEvent, Tracer
+from client.crypto.ratchet.root_key import RATCHET_INFO
+from client.crypto.trace import NO_TRACE, EventKind, TraceEvent, Tracer, TraceValue
 from client.crypto.wire import (
     CIPHERTEXT_MESSAGE_CURRENT_VERSION,
     CiphertextMessageType,
@@ -225,7 +226,7 @@ class SessionState:
         RatchetEncrypt). Mutates this state: encryption cannot fail half-way."""
         chain = self.sender_chain
         ck = chain.chain_key
-        _, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, None)
+        seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, None)
         next_ck = ChainKey(next_key, ck.index + 1)
         body = aes_cbc_encrypt(cipher_key, iv, plaintext)
         pending = self.pending_pre_key
@@ -252,26 +253,10 @@ class SessionState:
             receiver_identity=self.remote_identity,
         )
         self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
-        if tracer is not NO_TRACE:
-            tracer(
-                TraceEvent(
-                    EventKind.ENCRYPT,
-                    {
-                        "counter": ck.index,
-                        "previous_counter": self.previous_counter,
-                        "ratchet_key": chain.ratchet_key.public_key.serialize().hex(),
-                        "prekey_message": pending is not None,
-                        "plaintext_length": len(plaintext),
-                    },
-                    {
-                        "chain_key": ck.key,
-                        "cipher_key": cipher_key,
-                        "mac_key": mac_key,
-                        "iv": iv,
-                    },
-                )
-            )
         if pending is None:
+            self._trace_encrypt(
+                tracer, ck, seed, next_ck, (cipher_key, mac_key, iv), plaintext, message, None
+            )
             return CiphertextMessage(CiphertextMessageType.WHISPER, message.serialized)
         prekey_message = PreKeySignalMessage(
             registration_id=self.local_registration_id,
@@ -283,7 +268,54 @@ class SessionState:
             identity_key=self.local_identity,
             message=message,
         )
+        self._trace_encrypt(
+            tracer, ck, seed, next_ck, (cipher_key, mac_key, iv), plaintext, message, prekey_message
+        )
         return CiphertextMessage(CiphertextMessageType.PREKEY, prekey_message.serialized)
+
+    def _trace_encrypt(
+        self,
+        tracer: Tracer,
+        ck: ChainKey,
+        seed: bytes,
+        next_ck: ChainKey,
+        keys: tuple[bytes, bytes, bytes],
+        plaintext: bytes,
+        message: SignalMessage,
+        prekey_message: PreKeySignalMessage | None,
+    ) -> None:
+        """Report one encryption with every input and output (only when tracing)."""
+        if tracer is NO_TRACE:
+            return
+        cipher_key, mac_key, iv = keys
+        public: dict[str, TraceValue] = {
+            "counter": ck.index,
+            "previous_counter": message.previous_counter,
+            "ratchet_key": message.ratchet_key.serialize(),
+            "prekey_message": prekey_message is not None,
+            "plaintext_length": len(plaintext),
+            "sender_identity": self.local_identity.serialize(),
+            "receiver_identity": self.remote_identity.serialize(),
+            "ciphertext": message.ciphertext,
+            "serialized": message.serialized,
+        }
+        if prekey_message is not None:
+            public.update(_prekey_message_fields(prekey_message))
+        tracer(
+            TraceEvent(
+                EventKind.ENCRYPT,
+                public,
+                {
+                    "chain_key": ck.key,
+                    "message_key_seed": seed,
+                    "next_chain_key": next_ck.key,
+                    "cipher_key": cipher_key,
+                    "mac_key": mac_key,
+                    "iv": iv,
+                    "plaintext": plaintext,
+                },
+            )
+        )
 
     # --- decryption -----------------------------------------------------------------
 
@@ -341,7 +373,7 @@ class SessionState:
                 tracer(
                     TraceEvent(
                         EventKind.SKIPPED_KEY_USED,
-                        {"counter": counter, "ratchet_key": their_key.serialize().hex()},
+                        {"counter": counter, "ratchet_key": their_key.serialize()},
                         {"message_key_seed": seed},
                     )
                 )
@@ -360,8 +392,12 @@ class SessionState:
                         tracer(
                             TraceEvent(
                                 EventKind.SKIPPED_KEY_STORED,
-                                {"counter": ck.index, "ratchet_key": their_key.serialize().hex()},
-                                {"message_key_seed": skipped_seed},
+                                {"counter": ck.index, "ratchet_key": their_key.serialize()},
+                                {
+                                    "chain_key": ck.key,
+                                    "message_key_seed": skipped_seed,
+                                    "next_chain_key": following.key,
+                                },
                             )
                         )
                     if len(skipped) > MAX_MESSAGE_KEYS:
@@ -377,7 +413,7 @@ class SessionState:
             else None
         )
         if step:
-            _, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_salt)
+            seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_salt)
             next_ck = ChainKey(next_key, ck.index + 1)
         else:
             cipher_key, mac_key, iv = message_key_material(seed, pq_salt)
@@ -395,11 +431,25 @@ class SessionState:
                     {
                         "counter": counter,
                         "previous_counter": message.previous_counter,
-                        "ratchet_key": their_key.serialize().hex(),
+                        "ratchet_key": their_key.serialize(),
                         "chain_index_after": next_ck.index,
                         "skipped_keys_in_chain": len(skipped),
+                        "from_skipped_key": not step,
+                        "sender_identity": new.remote_identity.serialize(),
+                        "receiver_identity": new.local_identity.serialize(),
+                        "ciphertext": message.ciphertext,
+                        "serialized": message.serialized,
+                        "pq_ratchet": message.pq_ratchet,
                     },
-                    {"cipher_key": cipher_key, "mac_key": mac_key, "iv": iv},
+                    {
+                        **({"chain_key": ck.key, "next_chain_key": next_ck.key} if step else {}),
+                        "message_key_seed": seed,
+                        **({"pq_salt": pq_salt} if pq_salt is not None else {}),
+                        "cipher_key": cipher_key,
+                        "mac_key": mac_key,
+                        "iv": iv,
+                        "plaintext": plaintext,
+                    },
                 )
             )
         return new, plaintext
@@ -408,9 +458,8 @@ class SessionState:
         """Double Ratchet §3.5 DHRatchet, on a copy: a receiving chain from
         ``DH(our current ratchet key, theirs)``, then a fresh ratchet key and sending chain."""
         sender = self.sender_chain
-        root1, receive_ck, dh_receive = self.root_key.create_chain(
-            their_key, sender.ratchet_key.private_key
-        )
+        root = self.root_key
+        root1, receive_ck, dh_receive = root.create_chain(their_key, sender.ratchet_key.private_key)
         our_new = KeyPair.generate(rng)
         root2, send_ck, dh_send = root1.create_chain(their_key, our_new.private_key)
         chains = (*self.receiver_chains, ReceiverChain(their_key, receive_ck, {}))
@@ -426,8 +475,8 @@ class SessionState:
                 TraceEvent(
                     EventKind.DH_RATCHET,
                     {
-                        "their_ratchet_key": their_key.serialize().hex(),
-                        "our_new_ratchet_key": our_new.public_key.serialize().hex(),
+                        "their_ratchet_key": their_key.serialize(),
+                        "our_new_ratchet_key": our_new.public_key.serialize(),
                         "previous_counter": self.previous_counter,
                         "receiver_chains": len(chains),
                     },
@@ -440,6 +489,17 @@ class SessionState:
                     },
                 )
             )
+            _trace_kdf_rk(
+                tracer,
+                "receiving",
+                root,
+                sender.ratchet_key,
+                their_key,
+                dh_receive,
+                root1,
+                receive_ck,
+            )
+            _trace_kdf_rk(tracer, "sending", root1, our_new, their_key, dh_send, root2, send_ck)
 
     # --- serialization ----------------------------------------------------------------
 
@@ -630,7 +690,9 @@ def initialize_initiator_state(
     """Alice's first state (libsignal's initial sender state): a receiving chain
     ``(SPK_B, CK0)`` and a sending chain from ``KDF_RK(RK0, DH(new, SPK_B))``."""
     root = RootKey(secrets.root_key)
-    root1, send_ck, _ = root.create_chain(bundle.signed_pre_key, sending_ratchet_key.private_key)
+    root1, send_ck, dh_send = root.create_chain(
+        bundle.signed_pre_key, sending_ratchet_key.private_key
+    )
     state = SessionState(
         local_identity=our_identity.public_key,
         remote_identity=bundle.identity_key,
@@ -656,13 +718,69 @@ def initialize_initiator_state(
                 EventKind.SESSION_INITIALIZED,
                 {
                     "role": "initiator",
-                    "sending_ratchet_key": sending_ratchet_key.public_key.serialize().hex(),
-                    "receiving_ratchet_key": bundle.signed_pre_key.serialize().hex(),
+                    "sending_ratchet_key": sending_ratchet_key.public_key.serialize(),
+                    "receiving_ratchet_key": bundle.signed_pre_key.serialize(),
                 },
                 {"root_key": root1.key, "sending_chain_key": send_ck.key},
             )
         )
+        _trace_kdf_rk(
+            tracer,
+            "sending",
+            root,
+            sending_ratchet_key,
+            bundle.signed_pre_key,
+            dh_send,
+            root1,
+            send_ck,
+        )
     return state
+
+
+def _trace_kdf_rk(
+    tracer: Tracer,
+    direction: str,
+    root: RootKey,
+    ours: KeyPair,
+    theirs: PublicKey,
+    dh_output: bytes,
+    next_root: RootKey,
+    chain: ChainKey,
+) -> None:
+    """Report one ``KDF_RK`` half-step with its inputs and outputs (only when tracing)."""
+    tracer(
+        TraceEvent(
+            EventKind.KDF_RK,
+            {
+                "direction": direction,
+                "our_ratchet_key": ours.public_key.serialize(),
+                "their_ratchet_key": theirs.serialize(),
+                "info": RATCHET_INFO,
+            },
+            {
+                "root_key": root.key,
+                "our_ratchet_private": ours.private_key.serialize(),
+                "dh_output": dh_output,
+                "next_root_key": next_root.key,
+                "chain_key": chain.key,
+            },
+        )
+    )
+
+
+def _prekey_message_fields(message: PreKeySignalMessage) -> dict[str, TraceValue]:
+    """The header fields of a PreKeySignalMessage and its bytes, for the tracer."""
+    return {
+        "registration_id": message.registration_id,
+        "pre_key_id": message.pre_key_id,
+        "signed_pre_key_id": message.signed_pre_key_id,
+        "kyber_pre_key_id": message.kyber_pre_key_id,
+        "kyber_ciphertext": message.kyber_ciphertext,
+        "base_key": message.base_key.serialize(),
+        "identity_key": message.identity_key.serialize(),
+        "message": message.message.serialized,
+        "prekey_serialized": message.serialized,
+    }
 
 
 def initialize_responder_state(
@@ -694,7 +812,7 @@ def initialize_responder_state(
                 EventKind.SESSION_INITIALIZED,
                 {
                     "role": "responder",
-                    "sending_ratchet_key": signed_pre_key.public_key.serialize().hex(),
+                    "sending_ratchet_key": signed_pre_key.public_key.serialize(),
                 },
                 {"root_key": secrets.root_key, "sending_chain_key": secrets.chain_key},
             )
@@ -858,6 +976,8 @@ class SessionRecord:
         """
         if isinstance(message, bytes | bytearray | memoryview):
             message = PreKeySignalMessage.parse(bytes(message))
+        if tracer is not NO_TRACE:
+            tracer(TraceEvent(EventKind.PREKEY_MESSAGE_RECEIVED, _prekey_message_fields(message)))
         work = SessionRecord(self.current, self.previous)
         used_pre_key_id: int | None = None
         used_kyber_id: int | None = None

@@ -36,10 +36,13 @@ TraceValue = str | int | bool | bytes | None
 class EventKind:
     """The event names a tracer can see (one per protocol step)."""
 
+    SIGNATURE_CHECK: Final = "pqxdh.signature_check"
     PQXDH_INITIATOR: Final = "pqxdh.initiator"
     PQXDH_RESPONDER: Final = "pqxdh.responder"
     SESSION_INITIALIZED: Final = "session.initialized"
     DH_RATCHET: Final = "ratchet.dh_step"
+    KDF_RK: Final = "ratchet.kdf_rk"
+    PREKEY_MESSAGE_RECEIVED: Final = "wire.prekey_message_received"
     ENCRYPT: Final = "ratchet.encrypt"
     DECRYPT: Final = "ratchet.decrypt"
     SKIPPED_KEY_STORED: Final = "ratchet.skipped_key_stored"

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from client.crypto.errors import MissingPreKeyError
-from client.crypto.keys import IdentityKeyPair, KeyPair, KyberKeyPair, Rng
+from client.crypto.keys import IdentityKeyPair, KeyPair, KyberKeyPair, deterministic_rng
 from client.crypto.pqxdh import PreKeyBundle
 from client.crypto.session import SessionRecord
 
-
-def deterministic_rng(label: bytes) -> Rng:
-    """A reproducible byte stream (SHAKE256 of label || counter): for golden transcripts."""
-    counter = 0
-
-    def rng(n: int) -> bytes:
-        nonlocal counter
-        counter += 1
-        return hashlib.shake_256(label + counter.to_bytes(8, "big")).digest(n)
-
-    return rng
+__all__ = ["Party", "PreKeys", "deterministic_rng", "established_pair", "new_party"]
 
 
 @dataclass

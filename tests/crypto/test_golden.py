@@ -2,7 +2,8 @@
 
 Any change to the key schedule, the wire encoding or the saved-state format changes these
 bytes, so it cannot happen by accident. The KEM step uses ML-KEM-1024 KAT record 0 (a valid
-key, ciphertext and shared secret), since ML-KEM encapsulation takes no caller randomness.
+key, ciphertext and shared secret), so these bytes do not depend on our own seeded
+encapsulation (``client/crypto/mlkem_encaps.py``), which has known-answer tests of its own.
 
 Also keeps the first saved-state format (v1) readable: ``fixtures/session_record_v1.bin`` was
 written by this transcript and must load, re-serialize identically and keep decrypting.
