@@ -23,9 +23,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.v1 import account_pb2 as apb
-from parley.v1 import account_pb2_grpc
+from parley.v1 import account_pb2_grpc, messaging_pb2_grpc
 from parley.v1 import messaging_pb2 as mpb
-from parley.v1 import messaging_pb2_grpc
 
 from server.app import build_server
 from server.config import Settings
@@ -175,10 +174,10 @@ def umask_022() -> Iterator[None]:
         os.umask(old)
 
 
-def register(port: int) -> tuple[tuple[str, str], ...]:
+def register(port: int, number: str = NUMBER) -> tuple[tuple[str, str], ...]:
     with grpc.insecure_channel(f"localhost:{port}") as channel:
         accounts = account_pb2_grpc.AccountServiceStub(channel)
-        started = accounts.StartVerification(apb.StartVerificationRequest(phone_number=NUMBER))
+        started = accounts.StartVerification(apb.StartVerificationRequest(phone_number=number))
         done = accounts.CompleteVerification(
             apb.CompleteVerificationRequest(
                 verification_id=started.verification_id,
@@ -219,33 +218,45 @@ def test_a_database_others_can_read_gets_one_warning(tmp_path: Path) -> None:
     assert "chmod 600" in warning
 
 
-def test_sigterm_with_open_streams_logs_no_error(tmp_path: Path) -> None:
-    log = tmp_path / "server.log"
-    args = ["--port", "0", "--database", str(tmp_path / "p.db"), "--test-number", f"{NUMBER}={CODE}"]
-    with server_process(*args, "--shutdown-grace", "1", log=log) as (proc, port):
-        metadata = register(port)
-        channel = grpc.insecure_channel(f"localhost:{port}")
+class OpenStreams:
+    """A device's ReceiveMessages and SendMessageStream, both known to be open on the server."""
+
+    def __init__(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
         messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-        receiving = messaging.ReceiveMessages(
+        self.receiving = messaging.ReceiveMessages(
             mpb.ReceiveMessagesRequest(), metadata=metadata, timeout=60
         )
-        assert next(receiving).HasField("queue_empty")  # the stream is open on the server
-        requests: queue.Queue[mpb.SendMessageStreamRequest | None] = queue.Queue()
-
-        def outgoing() -> Iterator[mpb.SendMessageStreamRequest]:
-            while (item := requests.get()) is not None:
-                yield item
-
-        sending = messaging.SendMessageStream(outgoing(), metadata=metadata, timeout=60)
+        assert next(self.receiving).HasField("queue_empty")
+        self.requests: queue.Queue[mpb.SendMessageStreamRequest | None] = queue.Queue()
+        self.sending = messaging.SendMessageStream(self._outgoing(), metadata=metadata, timeout=60)
         # A send the server answers (it has no request_id) proves this stream is open, too.
-        requests.put(mpb.SendMessageStreamRequest(request=mpb.SendMessageRequest()))
-        assert next(sending).result.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        self.requests.put(mpb.SendMessageStreamRequest(request=mpb.SendMessageRequest()))
+        assert next(self.sending).result.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
+    def _outgoing(self) -> Iterator[mpb.SendMessageStreamRequest]:
+        while (item := self.requests.get()) is not None:
+            yield item
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.receiving.cancel()  # type: ignore[no-untyped-call]
+        self.sending.cancel()  # type: ignore[no-untyped-call]
+
+
+def test_sigterm_with_open_streams_logs_no_error(tmp_path: Path) -> None:
+    """Streams never end by themselves: gRPC cancels them when the grace period is over, and
+    those cancellations must end quietly. Several devices, as the cancellations race the exit."""
+    numbers = [f"+1555000{i:04d}" for i in range(4)]
+    log = tmp_path / "server.log"
+    args = ["--port", "0", "--database", str(tmp_path / "p.db"), "--shutdown-grace", "1"]
+    args += [arg for n in numbers for arg in ("--test-number", f"{n}={CODE}")]
+    with server_process(*args, log=log) as (proc, port):
+        channel = grpc.insecure_channel(f"localhost:{port}")
+        streams = [OpenStreams(channel, register(port, n)) for n in numbers]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
-        requests.put(None)
-        for call in (receiving, sending):
-            call.cancel()
+        for s in streams:
+            s.close()
         channel.close()
     text = log.read_text()
     assert "Traceback" not in text and "CancelledError" not in text, text
