@@ -226,12 +226,12 @@ class OpenStreams:
         self.receiving = messaging.ReceiveMessages(
             mpb.ReceiveMessagesRequest(), metadata=metadata, timeout=60
         )
-        assert next(self.receiving).HasField("queue_empty")
+        assert next(iter(self.receiving)).HasField("queue_empty")
         self.requests: queue.Queue[mpb.SendMessageStreamRequest | None] = queue.Queue()
         self.sending = messaging.SendMessageStream(self._outgoing(), metadata=metadata, timeout=60)
         # A send the server answers (it has no request_id) proves this stream is open, too.
         self.requests.put(mpb.SendMessageStreamRequest(request=mpb.SendMessageRequest()))
-        assert next(self.sending).result.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert next(iter(self.sending)).result.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
     def _outgoing(self) -> Iterator[mpb.SendMessageStreamRequest]:
         while (item := self.requests.get()) is not None:
