@@ -7,8 +7,11 @@ and, where this process may mount one, a real filesystem that runs out of space 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.v1 import messaging_pb2 as mpb
 
 from server.app import SERVICE_NAMES
+from server.domain.errors import DomainError
+from server.rpc.errors import from_storage, status_code
+from server.storage.database import Database
+from server.storage.errors import StorageFull, translate
 from tests.conftest import LiveServer, ServerFactory
 from tests.test_messaging import (
     ALICE,
@@ -168,3 +175,80 @@ def test_full_filesystem_refuses_sends_and_recovers_when_space_is_freed(
         acked = ack(server, bob, received).acknowledged_envelopes
     assert acked == len(received)
     check_writes_again(server, alice, bob, acked=acked)
+
+
+def test_an_ack_grouped_with_a_failing_send_still_commits(tmp_path: Path) -> None:
+    """The writer group-commits whatever is waiting; when a send's insert finds the database
+    full, SQLite may roll back the whole transaction. The delete queued with it must commit."""
+    db = Database(tmp_path / "g.db", max_bytes=1024 * 1024)
+    try:
+        asyncio.run(_grouped_insert_and_delete(db))
+    finally:
+        db.close()
+
+
+async def _grouped_insert_and_delete(db: Database) -> None:
+    def create(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
+
+    def insert(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO blobs (data) VALUES (?)", (PAYLOAD,))
+
+    await db.write(create)
+    with pytest.raises(StorageFull):
+        while True:
+            await db.write(insert)
+    assert not db.writable
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:  # keeps the writer busy while the group forms
+        started.set()
+        release.wait(10)
+
+    def delete(conn: sqlite3.Connection) -> int:
+        return conn.execute("DELETE FROM blobs WHERE id <= 2").rowcount
+
+    held = asyncio.ensure_future(db.write(hold))
+    await asyncio.to_thread(started.wait, 10)
+    grouped = asyncio.gather(
+        db.write(insert), db.write(insert), db.write(delete), return_exceptions=True
+    )
+    await asyncio.sleep(0.05)  # all three are queued behind `hold`: one group
+    release.set()
+    await held
+    outcomes = await grouped
+    assert outcomes[2] == 2, outcomes
+    assert any(isinstance(o, StorageFull) for o in outcomes[:2]), outcomes
+    await db.write(insert)  # the room the delete freed
+    assert db.writable
+
+
+def test_storage_errors_map_to_statuses_from_real_sqlite_failures(tmp_path: Path) -> None:
+    """A lock held by another program is UNAVAILABLE; a full database RESOURCE_EXHAUSTED; a
+    mistake in our own SQL stays an INTERNAL defect."""
+    path = tmp_path / "m.db"
+    first = sqlite3.connect(path, isolation_level=None)
+    second = sqlite3.connect(path, isolation_level=None, timeout=0)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as busy:
+        second.execute("BEGIN IMMEDIATE")
+    first.execute("ROLLBACK")
+    locked = from_storage(translate(busy.value))  # type: ignore[arg-type]
+    assert isinstance(locked, DomainError)
+    assert status_code(locked) == grpc.StatusCode.UNAVAILABLE
+    assert "locked by another process" in locked.message
+
+    first.execute("PRAGMA max_page_count=2")
+    with pytest.raises(sqlite3.OperationalError) as full:
+        first.execute("CREATE TABLE u (x)")  # a third page
+    exhausted = from_storage(translate(full.value))  # type: ignore[arg-type]
+    assert isinstance(exhausted, DomainError)
+    assert status_code(exhausted) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    with pytest.raises(sqlite3.OperationalError) as ours:
+        first.execute("SELECT nonexistent FROM t")
+    assert translate(ours.value) is ours.value
+    first.close()
+    second.close()
