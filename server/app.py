@@ -133,6 +133,7 @@ class ParleyServer:
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def write_health_changed(self, writable: bool) -> None:
         """From the database's writer thread: report NOT_SERVING while writes fail on storage
@@ -141,17 +142,22 @@ class ParleyServer:
         loop = self._loop
 
         def publish() -> None:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if writable
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            task = loop.create_task(self._set_health(status))
+            task = loop.create_task(self._publish_health())
             self._health_updates.add(task)
             task.add_done_callback(self._health_updates.discard)
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is asking
             loop.call_soon_threadsafe(publish)
+
+    async def _publish_health(self) -> None:
+        """Set every name to the state writes are in *now*: updates that overlap (a failure,
+        then a commit a moment later) cannot leave an older state behind."""
+        async with self._health_lock:
+            await self._set_health(
+                health_pb2.HealthCheckResponse.SERVING
+                if self.db.writable
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
 
     async def _set_health(self, status: Any) -> None:
         for name in ("", *SERVICE_NAMES):
@@ -163,7 +169,7 @@ class ParleyServer:
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
         )
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._publish_health()
         log.info(
             "listening on %s:%d",
             self.settings.host,

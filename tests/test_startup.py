@@ -263,3 +263,13 @@ def test_sigterm_with_open_streams_logs_no_error(tmp_path: Path) -> None:
     records = [json.loads(line) for line in text.splitlines()]  # every line is a JSON record
     assert [r for r in records if r["level"] in ("ERROR", "CRITICAL")] == []
     assert [r["msg"] for r in records][-2:] == ["shutting down", "stopped"]
+
+
+def test_a_missing_tls_file(tmp_path: Path) -> None:
+    missing = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    key.write_text("not read: the certificate is missing first\n")
+    line = start_fails(
+        "--database", str(tmp_path / "p.db"), "--tls-cert", str(missing), "--tls-key", str(key)
+    )
+    assert f"cannot read --tls-cert {missing}" in line
