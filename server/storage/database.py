@@ -344,7 +344,10 @@ class Database:
         except (sqlite3.Error, _GroupLost) as failure:
             _rollback(conn)
             cause = failure.cause if isinstance(failure, _GroupLost) else failure
-            if len(batch) > 1 and is_storage_failure(cause):
+            # A job that took the transaction down with it, or a COMMIT that failed on the disk,
+            # says nothing about the other jobs: each gets its own try.
+            lost = isinstance(failure, _GroupLost) or is_storage_failure(cause)
+            if len(batch) > 1 and lost:
                 outcomes = [self._commit_alone(conn, job) for job in batch]
             else:
                 outcomes = [_failed(cause, len(batch))] * len(batch)
