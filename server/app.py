@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -48,6 +52,74 @@ SERVICE_NAMES = (
 )
 
 
+# Seconds `stop` waits for the tasks of calls cancelled at the end of the grace period.
+CANCELLED_CALLS_WAIT = 2.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line saying what is wrong and what to do."""
+
+
+def _check_port(host: str, port: int) -> None:
+    """Find out *why* a port cannot be bound before gRPC tries: gRPC only says "Failed to bind"
+    (and prints its own error line). Like gRPC, succeed if any address of `host` binds."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {host!r} is not a known host name or address "
+            f"({exc.strerror}); fix --host (0.0.0.0 listens on all interfaces)"
+        ) from None
+    first: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                first = first or exc
+                continue
+            return
+    if first is None:
+        return
+    if first.errno == errno.EADDRINUSE:
+        reason = "the port is in use by another program (perhaps another parley-server)"
+        fix = "stop it or choose another --port"
+    elif first.errno == errno.EACCES:
+        reason = "this user may not use the port (ports below 1024 need privileges)"
+        fix = "choose a --port of 1024 or above"
+    elif first.errno == errno.EADDRNOTAVAIL:
+        reason = f"{host} is not an address of this machine"
+        fix = "fix --host (0.0.0.0 listens on all interfaces)"
+    else:
+        reason, fix = str(first.strerror), "check --host and --port"
+    raise StartupError(f"cannot listen on {host}:{port}: {reason}; {fix}")
+
+
+def _read_pem(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read {flag} {path} ({exc.strerror}); fix the path") from None
+
+
+async def _finish_cancelled_calls() -> None:
+    """Let the tasks of the calls gRPC cancelled at the end of the grace period end.
+
+    grpc.aio's `stop` returns once the C core has ended every call, but the Python task that
+    ran a cancelled call sees its CancelledError only on a later turn of the event loop. If
+    `asyncio.run` returns first, it cancels gRPC's task that waits on it, and gRPC logs that as
+    an unhandled CancelledError with a traceback (one per open stream). Bounded, so a call that
+    swallows its cancellation cannot hold the process up.
+    """
+    current = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    if others:
+        await asyncio.wait(others, timeout=CANCELLED_CALLS_WAIT)
+
+
 @dataclass
 class ParleyServer:
     """A built, not yet started server. `port` is the bound port (useful with port 0)."""
@@ -59,14 +131,45 @@ class ParleyServer:
     settings: Settings
     mailbox: Mailbox
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+    _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def write_health_changed(self, writable: bool) -> None:
+        """From the database's writer thread: report NOT_SERVING while writes fail on storage
+        (a full disk, an I/O error), SERVING again once one commits. Load balancers and
+        orchestrators then stop sending traffic that would only fail."""
+        loop = self._loop
+
+        def publish() -> None:
+            task = loop.create_task(self._publish_health())
+            self._health_updates.add(task)
+            task.add_done_callback(self._health_updates.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is asking
+            loop.call_soon_threadsafe(publish)
+
+    async def _publish_health(self) -> None:
+        """Set every name to the state writes are in *now*: updates that overlap (a failure,
+        then a commit a moment later) cannot leave an older state behind."""
+        async with self._health_lock:
+            await self._set_health(
+                health_pb2.HealthCheckResponse.SERVING
+                if self.db.writable
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+
+    async def _set_health(self, status: Any) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        self.db.on_write_health(self.write_health_changed)
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
         )
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._publish_health()
         log.info(
             "listening on %s:%d",
             self.settings.host,
@@ -81,6 +184,7 @@ class ParleyServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
+        await _finish_cancelled_calls()
         self.db.close()
         log.info("stopped")
 
@@ -93,7 +197,22 @@ async def build_server(
     verification_gate: VerificationGate | None = None,
 ) -> ParleyServer:
     clock = clock or SystemClock()
-    db = Database(settings.database, synchronous=settings.sqlite_synchronous)
+    _check_port(settings.host, settings.port)
+    db = Database(
+        settings.database,
+        synchronous=settings.sqlite_synchronous,
+        max_bytes=settings.max_database_mb * 1024 * 1024,
+    )
+    try:
+        return await _assemble(settings, db, clock, code_sender)
+    except BaseException:
+        db.close()
+        raise
+
+
+async def _assemble(
+    settings: Settings, db: Database, clock: Clock, code_sender: CodeSender | None
+) -> ParleyServer:
     authenticator = Authenticator(db, clock)
     registry = AccountRegistry(
         db,
@@ -126,14 +245,21 @@ async def build_server(
     try:
         if settings.tls_cert and settings.tls_key:
             creds = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                [
+                    (
+                        _read_pem(settings.tls_key, "--tls-key"),
+                        _read_pem(settings.tls_cert, "--tls-cert"),
+                    )
+                ]
             )
             port = server.add_secure_port(address, creds)
         else:
             port = server.add_insecure_port(address)
-    except Exception:
-        db.close()
-        raise
+    except RuntimeError:  # taken between _check_port and now, or a reason only gRPC knows
+        raise StartupError(
+            f"cannot listen on {address}; check --host and --port (GRPC_VERBOSITY=debug shows "
+            "gRPC's reason)"
+        ) from None
     return ParleyServer(server, port, db, health_servicer, settings, mailbox)
 
 

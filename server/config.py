@@ -30,6 +30,16 @@ def _test_numbers(text: str) -> dict[str, str]:
     return out
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"{text!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "localhost"
@@ -62,6 +72,7 @@ class Settings:
     stream_buffer_bytes: int = 8 * 1024 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
+    max_database_mb: int = 0
     shutdown_grace: float = 5.0
 
     def account_policy(self) -> AccountPolicy:
@@ -124,7 +135,7 @@ OPTIONS: tuple[Option, ...] = (
         "demo number with a fixed code, NUMBER=CODE (flag repeatable; env comma-separated)",
         repeatable=True,
     ),
-    Option("log_level", str.upper, "DEBUG, INFO, WARNING or ERROR"),
+    Option("log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", str.lower, "json (one object per line) or text"),
     Option("code_ttl", float, "seconds a verification code stays valid"),
     Option("verification_rate", Rate.parse, "verification codes per number, e.g. 5/h"),
@@ -169,6 +180,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),
+    Option(
+        "max_database_mb",
+        int,
+        "largest database file in MiB, 0 for no limit; past it sends get RESOURCE_EXHAUSTED "
+        "while acknowledgements still free room",
+    ),
     Option("shutdown_grace", float, "seconds in-flight calls get to finish on SIGTERM"),
 )
 
@@ -223,6 +240,8 @@ def _check(s: Settings) -> None:
         raise SystemExit("parley-server: --sqlite-synchronous must be FULL, NORMAL or EXTRA")
     if not 0 <= s.port <= 65535:
         raise SystemExit("parley-server: --port must be between 0 and 65535")
+    if s.max_database_mb < 0:
+        raise SystemExit("parley-server: --max-database-mb must be 0 (no limit) or more")
 
 
 def setting_names() -> list[str]:

@@ -55,3 +55,8 @@ class ResourceExhausted(DomainError):
     """A quota or rate limit was hit; `retry_after` seconds until it is worth retrying."""
 
     retry_after: float | None = None
+
+
+class Unavailable(DomainError):
+    """The service cannot do this right now for a transient reason of its own (e.g. its storage
+    fails); the same request may succeed when retried later."""

@@ -12,6 +12,7 @@ from parley.v1 import messaging_pb2
 
 from server.domain import errors
 from server.domain.messaging import MismatchedDevicesError
+from server.storage.errors import StorageError, StorageFull
 
 _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -22,9 +23,20 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def from_storage(exc: Exception) -> Exception:
+    """A storage failure as the domain error of the same meaning (full: RESOURCE_EXHAUSTED,
+    else UNAVAILABLE), so it takes the same path to a status; any other exception unchanged."""
+    if isinstance(exc, StorageFull):
+        return errors.ResourceExhausted(exc.message)
+    if isinstance(exc, StorageError):
+        return errors.Unavailable(exc.message)
+    return exc
 
 
 def status_code(error: errors.DomainError) -> grpc.StatusCode:

@@ -206,6 +206,7 @@ async def _abort(context: aio.ServicerContext[Any, Any], exc: Exception, method:
     """Turn an exception into a status; re-raise what is already a status."""
     if isinstance(exc, aio.AbortError):
         raise exc
+    exc = errors.from_storage(exc)  # a full disk is RESOURCE_EXHAUSTED, not INTERNAL
     if isinstance(exc, DomainError):
         await context.abort(
             errors.status_code(exc), exc.message, trailing_metadata=errors.trailing_metadata(exc)

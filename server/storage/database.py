@@ -9,13 +9,26 @@ Rules this module keeps (docs/architecture.md, "Storage"):
 3. A job's future resolves only after the COMMIT that holds it returned, so "accepted" in a
    reply always means "on disk" (synchronous=FULL by default).
 4. WAL mode: readers see the last committed state and never block the writer.
+5. One server process per database file: a lock file next to it (`<db>.lock`, flock'd, with
+   the holder's pid) is taken before anything else, and released by the kernel when the
+   process ends, however it ends.
+6. Failures of the disk or the file (full, I/O error, locked by another program) become
+   `StorageFull` / `StorageUnavailable` (see `errors.py`), never a bare `sqlite3.Error`. When
+   one job's failure (or the COMMIT's) takes a whole group down, every job of the group is
+   retried alone, so a job that can still commit (an acknowledgement deletes rows and frees
+   pages) does not fail with the others. A job may therefore run twice; jobs only touch the
+   connection they are given, so a rolled-back run leaves nothing behind. Whether writes
+   currently commit is published as `writable` / `on_write_health` (the health service).
+7. Files are created 0600: they hold phone numbers, token hashes and message metadata.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -26,6 +39,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from server.storage import migrations
+from server.storage.errors import (
+    CannotOpenDatabase,
+    DatabaseInUse,
+    StorageError,
+    is_storage_failure,
+    opening_error,
+    translate,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -35,10 +56,15 @@ log = logging.getLogger(__name__)
 MAX_JOBS_PER_COMMIT = 512
 READER_THREADS = 2
 BUSY_TIMEOUT_MS = 10_000
+# At start-up a lock held by another program is reported, not waited out: the operator at the
+# terminal learns in two seconds that something else holds the file.
+STARTUP_BUSY_TIMEOUT_MS = 2_000
 # Page cache per connection (SQLite's default is 2 MiB): the hot index pages of a table with
 # millions of envelopes stay in memory. Reads of the file go through mmap, without copies.
 CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
+# The database, its -wal/-shm (SQLite gives them the database's mode) and the lock file.
+FILE_MODE = 0o600
 
 
 @dataclass
@@ -49,32 +75,169 @@ class _Job:
 
 
 _STOP = object()
+_Outcome = tuple[bool, Any]
 
 
-def connect(path: Path | str, *, synchronous: str = "FULL") -> sqlite3.Connection:
+class _GroupLost(Exception):
+    """A job failed and SQLite rolled back the whole transaction with it (it may, on a full
+    disk or an I/O error): the other jobs' work is gone too."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def connect(
+    path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
     """Open a connection with the pragmas every connection of ours needs."""
     conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
     )
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    try:
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _check_path(path: Path) -> None:
+    """Refuse paths SQLite would only answer with "unable to open database file"."""
+    if path.is_dir():
+        raise CannotOpenDatabase(
+            f"{path} is a directory; --database takes a file path, e.g. {path / 'parley.db'}"
+        )
+    parent = path.parent
+    if not parent.exists():
+        # Not created for the operator: a mistyped path would silently start an empty database.
+        raise CannotOpenDatabase(
+            f"the directory {parent} of {path} does not exist; create it (mkdir -p {parent}) "
+            "or choose another --database"
+        )
+    if not parent.is_dir():
+        raise CannotOpenDatabase(f"{parent} is not a directory; choose another --database")
+
+
+def _take_lock(path: Path) -> int:
+    """Hold `<db>.lock` for the life of this process (or until `close`); say who holds it."""
+    where = lock_path(path)
+    try:
+        fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise CannotOpenDatabase(
+            f"cannot create the lock file {where} ({exc.strerror}); make {path.parent} writable "
+            "for the server's user or choose another --database"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise DatabaseInUse(path, holder) from None
+    with contextlib.suppress(OSError):  # a lock file left by an older version may be wider
+        os.fchmod(fd, FILE_MODE)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _create_private(path: Path) -> int | None:
+    """Create the database file 0600 before SQLite does (it would use 0644 under umask 022);
+    SQLite gives its -wal and -shm files the database file's mode. Returns the mode of a file
+    that existed already (None when this call created it)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE))
+    return None
+
+
+def _warn_if_shared(path: Path, mode: int | None) -> None:
+    """Warn once, at start-up, about a database other users may read: chmod is the operator's
+    decision (a group may be intended), so it is not changed behind their back."""
+    if mode is not None and mode & 0o077:
+        log.warning(
+            "the database %s is accessible to other users (mode %04o); it holds phone "
+            "numbers and token hashes: run chmod 600 on it and its -wal and -shm files",
+            path,
+            mode,
+            extra={"path": str(path), "mode": f"{mode:04o}"},
+        )
+
+
+def _limit_size(conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
+    """Cap the file at `max_bytes` (0: no cap); past it, writes fail with SQLITE_FULL."""
+    if max_bytes <= 0:
+        return
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    wanted = max(1, max_bytes // page_size)
+    granted = int(conn.execute(f"PRAGMA max_page_count={wanted}").fetchone()[0])
+    if granted > wanted:  # SQLite never caps below the current size
+        log.warning(
+            "the database %s is already %d MiB, above --max-database-mb; it will not grow "
+            "until acknowledgements and expiry free room",
+            path,
+            granted * page_size // (1024 * 1024),
+        )
+
+
+def _open_writer(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connection:
+    """The writer's connection, migrated and proven writable, or a one-line start-up error."""
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect(path, synchronous=synchronous, busy_timeout_ms=STARTUP_BUSY_TIMEOUT_MS)
+        migrations.migrate(conn)
+        _limit_size(conn, path, max_bytes)
+        # Prove the write lock can be had now (a migrated database needs no write to start).
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("COMMIT")
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise opening_error(exc, path) from None
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 class Database:
     """The server's SQLite database: migrated on open, written by one group-committing thread."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL", max_bytes: int = 0) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self._synchronous = synchronous.upper()
-        self._writer_conn = connect(self.path, synchronous=self._synchronous)
-        migrations.migrate(self._writer_conn)
+        _check_path(self.path)
+        self._lock_fd = _take_lock(self.path)
+        try:
+            existing_mode = _create_private(self.path)
+            self._writer_conn = _open_writer(self.path, self._synchronous, max_bytes)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        _warn_if_shared(self.path, existing_mode)
+        self._writable = True
+        self._health_listeners: list[Callable[[bool], None]] = []
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._local = threading.local()
@@ -87,7 +250,10 @@ class Database:
     # -- public API -------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a write transaction; return its result once the transaction is durable."""
+        """Run `fn` in a write transaction; return its result once the transaction is durable.
+
+        `fn` may run more than once (see rule 6): it must only touch the connection it gets.
+        """
         if self._closed:
             raise RuntimeError("database is closed")
         loop = asyncio.get_running_loop()
@@ -102,35 +268,56 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn)
 
+    @property
+    def writable(self) -> bool:
+        """False from a write that failed on storage (full, I/O, locked) to the next commit."""
+        return self._writable
+
+    def on_write_health(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(writable)` on each change of `writable`, from the writer thread."""
+        self._health_listeners.append(listener)
+
     def close(self) -> None:
-        """Finish queued writes, then close every connection."""
+        """Finish queued writes, close every connection, release the lock file."""
         if self._closed:
             return
         self._closed = True
         self._jobs.put(_STOP)
         self._writer.join()
         self._readers.shutdown(wait=True)
-        with self._reader_lock:
-            for conn in self._reader_conns:
-                conn.close()
-        self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._writer_conn.close()
+        try:
+            with self._reader_lock:
+                for conn in self._reader_conns:
+                    conn.close()
+            try:
+                self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # e.g. a full disk: the WAL stays, and is replayed
+                log.warning("could not checkpoint the database on close: %s", exc)
+            self._writer_conn.close()
+        finally:
+            os.close(self._lock_fd)
 
     # -- threads ----------------------------------------------------------------------------
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path, synchronous=self._synchronous)
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-            with self._reader_lock:
-                self._reader_conns.append(conn)
-        conn.execute("BEGIN")
         try:
-            return fn(conn)
-        finally:
-            conn.execute("COMMIT")
+            if conn is None:
+                conn = connect(self.path, synchronous=self._synchronous)
+                conn.execute("PRAGMA query_only=1")
+                self._local.conn = conn
+                with self._reader_lock:
+                    self._reader_conns.append(conn)
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                _rollback(conn)  # a read transaction: nothing to commit
+        except sqlite3.Error as exc:
+            storage = translate(exc)
+            if storage is exc:
+                raise
+            raise storage from exc
 
     def _write_loop(self) -> None:
         conn = self._writer_conn
@@ -151,32 +338,88 @@ class Database:
                 batch.append(nxt)  # type: ignore[arg-type]
             self._commit_batch(conn, batch)
 
-    @staticmethod
-    def _commit_batch(conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.fn(conn)
-                except BaseException as exc:  # the caller gets it; other jobs go on
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append((False, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((True, result))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.exception("group commit of %d jobs failed", len(batch))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            outcomes = [(False, exc)] * len(batch)
+            outcomes = _run_group(conn, batch)
+        except (sqlite3.Error, _GroupLost) as failure:
+            _rollback(conn)
+            cause = failure.cause if isinstance(failure, _GroupLost) else failure
+            # A job that took the transaction down with it, or a COMMIT that failed on the disk,
+            # says nothing about the other jobs: each gets its own try.
+            lost = isinstance(failure, _GroupLost) or is_storage_failure(cause)
+            if len(batch) > 1 and lost:
+                outcomes = [self._commit_alone(conn, job) for job in batch]
+            else:
+                outcomes = [_failed(cause, len(batch))] * len(batch)
+        self._note_health(outcomes)
         for job, (ok, value) in zip(batch, outcomes, strict=True):
             # RuntimeError: the caller's loop is gone (shutdown); the write stands regardless.
             with contextlib.suppress(RuntimeError):
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+    @staticmethod
+    def _commit_alone(conn: sqlite3.Connection, job: _Job) -> _Outcome:
+        try:
+            return _run_group(conn, [job])[0]
+        except (sqlite3.Error, _GroupLost) as failure:
+            _rollback(conn)
+            return _failed(failure.cause if isinstance(failure, _GroupLost) else failure, 1)
+
+    def _note_health(self, outcomes: list[_Outcome]) -> None:
+        failure = next((v for ok, v in outcomes if not ok and isinstance(v, StorageError)), None)
+        if failure is not None:
+            self._set_writable(False, failure)
+        elif any(ok for ok, _ in outcomes):
+            self._set_writable(True, None)
+
+    def _set_writable(self, writable: bool, cause: BaseException | None) -> None:
+        if writable == self._writable:
+            return
+        self._writable = writable
+        if writable:
+            log.info("writes to the database %s commit again", self.path)
+        else:
+            log.error(
+                "writes to the database %s fail: %s. Reads and acknowledgements go on; "
+                "health reports NOT_SERVING until a write commits",
+                self.path,
+                cause,
+            )
+        for listener in self._health_listeners:
+            try:
+                listener(writable)
+            except Exception:
+                log.exception("a write-health listener failed")
+
+
+def _run_group(conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
+    """One transaction for the batch, each job in a SAVEPOINT so a job that raises is rolled
+    back alone; raises when the transaction as a whole fails."""
+    outcomes: list[_Outcome] = []
+    conn.execute("BEGIN IMMEDIATE")
+    for job in batch:
+        conn.execute("SAVEPOINT job")
+        try:
+            result = job.fn(conn)
+        except BaseException as exc:  # the caller gets it; other jobs go on
+            if not conn.in_transaction:
+                raise _GroupLost(exc) from exc
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            outcomes.append((False, translate(exc)))
+        else:
+            conn.execute("RELEASE job")
+            outcomes.append((True, result))
+    conn.execute("COMMIT")
+    return outcomes
+
+
+def _failed(cause: BaseException, jobs: int) -> _Outcome:
+    """The outcome of a job whose transaction failed; a failure of our own SQL is logged."""
+    storage = translate(cause)
+    if storage is cause:
+        log.error("a group commit of %d jobs failed", jobs, exc_info=cause)
+    return (False, storage)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
