@@ -537,6 +537,17 @@ class ParleyClient:
     async def _adopt(
         self, account_id: str, device_id: int, auth_token: str, phone_number: str
     ) -> LocalIdentity:
+        identity = self.create_identity(account_id, device_id, auth_token, phone_number)
+        await self._first_upload()
+        log.info("device registered and keys published")
+        return identity
+
+    def create_identity(
+        self, account_id: str, device_id: int, auth_token: str, phone_number: str
+    ) -> LocalIdentity:
+        """Give this profile a fresh identity key and registration id for a device the server
+        just created, and save it. :meth:`register` and :meth:`link` call it; so do tools that
+        make the RPCs themselves (``parley grpcurl keys``)."""
         identity_key = IdentityKeyPair.generate(self.rng)
         identity = LocalIdentity(
             identity_private=identity_key.private_key.serialize(),
@@ -549,8 +560,6 @@ class ParleyClient:
             created_at=self.clock.now(),
         )
         self.store.save_identity(identity)
-        await self._first_upload()
-        log.info("device registered and keys published")
         return identity
 
     # --- keys ----------------------------------------------------------------------------------
@@ -595,19 +604,25 @@ class ParleyClient:
         self.store.add_one_time_pre_keys(secrets)
         return out
 
-    async def _first_upload(self) -> kpb.PreKeyCount:
+    def first_upload_request(
+        self, one_time_keys: int = ONE_TIME_KEYS_PER_UPLOAD
+    ) -> kpb.UploadPreKeysRequest:
+        """New signed, one-time and last-resort prekeys, signed with this device's identity;
+        their private parts are saved in the profile, the request that publishes them is
+        returned (the first upload of a device: identity key and registration id included)."""
         identity = self._identity_key_pair()
         with self.store.transaction():
-            request = kpb.UploadPreKeysRequest(
+            return kpb.UploadPreKeysRequest(
                 identity_key=identity.public_key.serialize(),
                 registration_id=self.identity.registration_id,
                 signed_pre_key=self._new_signed_pre_key(identity),
-                pre_keys=self._new_one_time_keys(ONE_TIME_KEYS_PER_UPLOAD),
-                kyber_pre_keys=self._new_kyber_keys(
-                    identity, ONE_TIME_KEYS_PER_UPLOAD, last_resort=False
-                ),
+                pre_keys=self._new_one_time_keys(one_time_keys),
+                kyber_pre_keys=self._new_kyber_keys(identity, one_time_keys, last_resort=False),
                 last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
             )
+
+    async def _first_upload(self) -> kpb.PreKeyCount:
+        request = self.first_upload_request()
         reply = await self._keys.UploadPreKeys(request, metadata=self._metadata())
         return reply.count
 
@@ -762,6 +777,18 @@ class ParleyClient:
             kpb.GetPreKeyBundlesRequest(account_id=account_id, device_id=device_id),
             metadata=self._metadata(),
         )
+        return self.sessions_from_bundles(reply)
+
+    def sessions_from_bundles(
+        self, reply: kpb.GetPreKeyBundlesResponse
+    ) -> dict[int, SessionRecord]:
+        """Start (and save) a session with each device of a GetPreKeyBundles answer, however
+        it was fetched (``parley grpcurl encrypt`` takes one that grpcurl printed).
+
+        Raises:
+            UntrustedIdentityError: as for :meth:`_fetch_sessions`.
+        """
+        account_id = reply.account_id
         identity = self._identity_key_pair()
         out: dict[int, SessionRecord] = {}
         for pb in reply.bundles:

@@ -27,6 +27,7 @@ from typing import Any, Final, TextIO
 import grpc
 from grpc import aio
 
+from client import grpcurl_helpers
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reveal-secrets", action="store_true", help="research mode: show keys and DH outputs"
     )
+    grpcurl_helpers.add_parser(sub, json_flag)
     return parser
 
 
@@ -330,6 +332,10 @@ def _trace(args: argparse.Namespace, out: TextIO) -> None:
     out.write(render(events, reveal_secrets=args.reveal_secrets))
 
 
+async def _grpcurl(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    await grpcurl_helpers.run(client, args, out, text=_event_text, data=_event_data)
+
+
 COMMANDS: Final = {
     "register": _register,
     "link": _link,
@@ -339,6 +345,7 @@ COMMANDS: Final = {
     "safety-number": _safety_number,
     "trust": _trust,
     "history": _history,
+    "grpcurl": _grpcurl,
 }
 
 
