@@ -268,7 +268,9 @@ class MismatchedDevices(_message.Message):
 
     @_builtins.property
     def extra_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Devices the send included that the account does not have: drop their sessions."""
+        """Devices the send included that cannot receive: they no longer exist, or have not uploaded
+        keys yet (the status message says which). Drop their sessions and leave them out.
+        """
 
     @_builtins.property
     def stale_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
