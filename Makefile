@@ -8,12 +8,13 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck pytest protos bench format clean
+.PHONY: help install run test lint typecheck pytest protos docs bench format clean
 
 help:
 	@echo "make run      start the server on localhost:50051 (ARGS='--test-number +15550001111=123456')"
 	@echo "make test     lint, types, proto lint, stub drift and the whole test suite"
-	@echo "make protos   regenerate the Python stubs from protos/"
+	@echo "make protos   regenerate the Python stubs, descriptor set and API reference from protos/"
+	@echo "make docs     regenerate docs/api-reference.md from the .proto comments"
 	@echo "make bench    run the benchmarks"
 	@echo "make format   apply ruff's formatting"
 
@@ -43,6 +44,10 @@ test: lint typecheck pytest
 
 protos: $(STAMP)
 	$(BIN)/python protos/generate.py
+	$(BIN)/python protos/apidoc.py
+
+docs: $(STAMP)
+	$(BIN)/python protos/apidoc.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
