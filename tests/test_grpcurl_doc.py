@@ -103,47 +103,70 @@ def test_doc_has_the_blocks_this_test_relies_on() -> None:
         assert rpc in text, f"docs/grpcurl.md has no command for {rpc.strip()}"
 
 
+def run_blocks(steps: list[Block], port: int, tmp_path: Path) -> tuple[str, str, int, list[str]]:
+    """Run the blocks in one bash in a fresh directory, with this virtualenv's commands first on
+    PATH and PARLEY_SERVER naming the test's server. Returns stdout, stderr, the exit status
+    and the per-block report."""
+    results, errors, work = tmp_path / "results.txt", tmp_path / "errors", tmp_path / "work"
+    errors.mkdir()
+    work.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PARLEY_SERVER": f"localhost:{port}",
+        "TMPDIR": str(work),
+    }
+    env.pop("PARLEY_PROFILE", None)
+    run = subprocess.run(
+        ["bash", "-c", script(steps, results, errors)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return run.stdout, run.stderr, run.returncode, results.read_text().splitlines()
+
+
 def test_grpcurl_cookbook_runs_as_written(tmp_path: Path) -> None:
     blocks = sh_blocks(DOC.read_text())
     (server_block,) = [b for b in blocks if b.startswith("# server\n")]
     command = shlex.split(server_block.splitlines()[1])
     assert command[0] == "parley-server", "the doc's server command changed: update this test"
     steps = runnable(blocks)
-    results, errors = tmp_path / "results.txt", tmp_path / "errors"
-    errors.mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    with server_process("--port", "0", "--database", str(tmp_path / "parley.db"), *command[1:]) as (
-        _,
-        port,
-    ):
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "PARLEY_SERVER": f"localhost:{port}",
-            "TMPDIR": str(work),
-        }
-        env.pop("PARLEY_PROFILE", None)
-        run = subprocess.run(
-            ["bash", "-c", script(steps, results, errors)],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    report = results.read_text().splitlines()
-    context = f"\nreport: {report}\nstderr:\n{run.stderr[-3000:]}"
-    assert run.returncode == 0, f"a command of docs/grpcurl.md failed{context}"
+    database = str(tmp_path / "parley.db")
+    with server_process("--port", "0", "--database", database, *command[1:]) as (_, port):
+        _, stderr, status, report = run_blocks(steps, port, tmp_path)
+    context = f"\nreport: {report}\nstderr:\n{stderr[-3000:]}"
+    assert status == 0, f"a command of docs/grpcurl.md failed{context}"
     assert len(report) == len(steps), f"not every block ran{context}"
     for block, line in zip(steps, report, strict=True):
         if block.expect is None:
             assert line == f"ok {block.index}", context
             continue
-        _, index, status = line.split()
-        stderr = (errors / f"{index}.err").read_text()
+        _, index, exit_status = line.split()
+        err = (tmp_path / "errors" / f"{index}.err").read_text()
         want = GRPCURL_EXIT_BASE + block.status.value[0]
-        assert int(status) == want and f"Code: {block.expect}" in stderr, (
-            f"block {index} should fail with {block.expect} (exit {want}), got exit {status}:\n"
-            f"{block.text}\n{stderr}"
+        assert int(exit_status) == want and f"Code: {block.expect}" in err, (
+            f"block {index} should fail with {block.expect} (exit {want}), got exit "
+            f"{exit_status}:\n{block.text}\n{err}"
         )
+
+
+def test_readme_grpcurl_session_runs_from_registration_to_delivered(tmp_path: Path) -> None:
+    """The README's section alone, with the server its prose says to start. Only the port is
+    changed (tests never take 50051, which a developer's own server may hold)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## A grpcurl session\n", 1)[1].split("\n## ", 1)[0]
+    (flags,) = re.findall(r'`make run ARGS="([^"]*)"`', section)
+    steps = [
+        Block(b.index, b.text.replace("localhost:50051", "$PARLEY_SERVER"), b.expect)
+        for b in runnable(sh_blocks(section))
+    ]
+    assert steps and all(b.expect is None for b in steps)
+    database = str(tmp_path / "parley.db")
+    with server_process("--port", "0", "--database", database, *shlex.split(flags)) as (_, port):
+        stdout, stderr, status, _ = run_blocks(steps, port, tmp_path)
+    assert status == 0, stderr[-3000:]
+    assert "(device 1): Hello Bob" in stdout
+    assert '"state": "DELIVERY_STATE_DELIVERED"' in stdout
