@@ -202,6 +202,17 @@ class DeliveryUpdate:
 
     kind: str = field(default="delivery", init=False)
 
+    @classmethod
+    def from_proto(cls, status: mpb.DeliveryStatus) -> DeliveryUpdate:
+        return cls(
+            message_id=status.message_id,
+            request_id=status.request_id,
+            recipient_account_id=status.recipient_account_id,
+            delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
+            at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
+            reason=status.reason,
+        )
+
 
 @dataclass(frozen=True)
 class DecryptionFailed:
@@ -1042,14 +1053,7 @@ class ParleyClient:
                     statuses = list(response.statuses.statuses)
                     await self._acknowledge([], [s.status_id for s in statuses])
                     for status in statuses:
-                        yield DeliveryUpdate(
-                            message_id=status.message_id,
-                            request_id=status.request_id,
-                            recipient_account_id=status.recipient_account_id,
-                            delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
-                            at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
-                            reason=status.reason,
-                        )
+                        yield DeliveryUpdate.from_proto(status)
                 elif which == "queue_empty":
                     yield QueueEmpty()
                     if until_empty:

@@ -305,23 +305,12 @@ async def _decrypt(
         elif response.HasField("statuses"):
             for status in response.statuses.statuses:
                 status_ids.append(status.status_id)
-                _show(client, args, out, _delivery(status), text, data)
+                _show(client, args, out, DeliveryUpdate.from_proto(status), text, data)
     if args.ack:
         ack = mpb.AcknowledgeMessagesRequest(envelope_ids=envelope_ids, status_ids=status_ids)
         _write(args.ack, request_json(ack))
     if not envelope_ids and not status_ids:
         _note("no envelope and no status in the input (was the stream empty?)")
-
-
-def _delivery(status: mpb.DeliveryStatus) -> DeliveryUpdate:
-    return DeliveryUpdate(
-        message_id=status.message_id,
-        request_id=status.request_id,
-        recipient_account_id=status.recipient_account_id,
-        delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
-        at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
-        reason=status.reason,
-    )
 
 
 def _show(

@@ -89,6 +89,11 @@ def _anchor(full_name: str) -> str:
     return full_name.lstrip(".")
 
 
+def _heading(full_name: str, title: str, comment: str) -> list[str]:
+    """An anchor named by the full name (what type links point at), the title, the comment."""
+    return [f'<a id="{_anchor(full_name)}"></a>', "", f"### {title}", "", comment, ""]
+
+
 def _messages(
     messages: Iterable[descriptor_pb2.DescriptorProto], prefix: str, path: Path_
 ) -> Iterator[tuple[str, descriptor_pb2.DescriptorProto, Path_]]:
@@ -183,8 +188,7 @@ class _Renderer:
         comments: _Comments,
         path: Path_,
     ) -> list[str]:
-        out = [f'<a id="{_anchor(name)}"></a>', "", f"### service {service.name}", ""]
-        out += [comments.text(path), ""]
+        out = _heading(name, f"service {service.name}", comments.text(path))
         for j, method in enumerate(service.method):
             request = ("stream " if method.client_streaming else "") + self.type_link(
                 method.input_type
@@ -211,9 +215,7 @@ class _Renderer:
         comments: _Comments,
         path: Path_,
     ) -> list[str]:
-        short = name.removeprefix(".parley.v1.")
-        out = [f'<a id="{_anchor(name)}"></a>', "", f"### {short}", ""]
-        out += [comments.text(path), ""]
+        out = _heading(name, name.removeprefix(".parley.v1."), comments.text(path))
         if not message.field:
             return [*out, "No fields.", ""]
         out += [
@@ -238,9 +240,7 @@ class _Renderer:
         comments: _Comments,
         path: Path_,
     ) -> list[str]:
-        short = name.removeprefix(".parley.v1.")
-        out = [f'<a id="{_anchor(name)}"></a>', "", f"### enum {short}", ""]
-        out += [comments.text(path), ""]
+        out = _heading(name, f"enum {name.removeprefix('.parley.v1.')}", comments.text(path))
         out += ["| Name | Number | Description |", "| --- | --- | --- |"]
         for k, value in enumerate(enum.value):
             description = comments.cell((*path, ENUM_VALUE, k))
