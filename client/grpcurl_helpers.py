@@ -198,9 +198,9 @@ async def _keys(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> 
     out.write(request_json(request))
     out.flush()
     _note(
-        f"private keys saved in {client.store.path.parent}; upload with: grpcurl -plaintext "
-        '-H "authorization: Bearer $TOKEN" -d @ HOST:PORT parley.v1.KeyService/UploadPreKeys '
-        "< THIS_OUTPUT"
+        f"the private halves are saved in profile {client.store.path.parent}; send this body "
+        f"as device {identity.device_id}: grpcurl -plaintext -H 'authorization: Bearer TOKEN' "
+        "-d @ HOST:PORT parley.v1.KeyService/UploadPreKeys < FILE"
     )
 
 

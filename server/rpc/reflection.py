@@ -36,7 +36,12 @@ def commented_files(pool: Any | None = None) -> dict[str, bytes]:
     """File name -> serialized FileDescriptorProto with comments, for every file of the set
     that matches the descriptor the server actually runs."""
     pool = pool or descriptor_pool.Default()
-    data = resources.files("parley.v1").joinpath(DESCRIPTOR_SET).read_bytes()
+    try:
+        data = resources.files("parley.v1").joinpath(DESCRIPTOR_SET).read_bytes()
+    except OSError as exc:
+        # An install without the package data still serves the contract, only uncommented.
+        log.warning("no %s (%s): reflection serves no comments", DESCRIPTOR_SET, exc)
+        return {}
     out: dict[str, bytes] = {}
     for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
         try:
