@@ -120,7 +120,8 @@ def add_parser(sub: Any, json_flag: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ack",
         metavar="FILE",
-        help="also write the AcknowledgeMessages request for every envelope and status read",
+        help="also write the AcknowledgeMessages request for every envelope and status read "
+        "(except messages held back because a sender's identity key changed)",
     )
 
 
@@ -210,7 +211,7 @@ async def _keys(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> 
 def _parse(text: str, message: M, what: str) -> M:
     """grpcurl's JSON (lowerCamelCase or .proto names) into ``message``."""
     try:
-        return json_format.Parse(text, message)
+        return json_format.Parse(text, message, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise HelperError(f"{what} is not {message.DESCRIPTOR.name} JSON: {exc}") from None
 
@@ -280,7 +281,7 @@ def responses(text: str) -> Iterator[mpb.ReceiveMessagesResponse]:
             ) from None
         response = mpb.ReceiveMessagesResponse()
         try:
-            json_format.ParseDict(value, response)
+            json_format.ParseDict(value, response, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
             raise HelperError(f"not a ReceiveMessagesResponse: {exc}") from None
         yield response
@@ -295,20 +296,23 @@ async def _decrypt(
     for response in responses(_read(args.file)):
         if response.HasField("envelopes"):
             for envelope in response.envelopes.envelopes:
-                envelope_ids.append(envelope.envelope_id)
-                # `parley listen`'s own step: decrypt, then commit session and message.
-                event, _ = client._process(envelope, held)
-                if event is None:
+                earlier = client.store.is_processed(envelope.envelope_id)
+                # `parley listen`'s own step: decrypt, then commit session and message. It
+                # says not to acknowledge a message it holds back (a changed identity key).
+                event, ack = client._process(envelope, held)
+                if ack:
+                    envelope_ids.append(envelope.envelope_id)
+                if earlier:
                     _show_earlier(client, args, out, envelope)
-                else:
+                elif event is not None:
                     _show(client, args, out, event, text, data)
         elif response.HasField("statuses"):
             for status in response.statuses.statuses:
                 status_ids.append(status.status_id)
                 _show(client, args, out, DeliveryUpdate.from_proto(status), text, data)
     if args.ack:
-        ack = mpb.AcknowledgeMessagesRequest(envelope_ids=envelope_ids, status_ids=status_ids)
-        _write(args.ack, request_json(ack))
+        body = mpb.AcknowledgeMessagesRequest(envelope_ids=envelope_ids, status_ids=status_ids)
+        _write(args.ack, request_json(body))
     if not envelope_ids and not status_ids:
         _note("no envelope and no status in the input (was the stream empty?)")
 

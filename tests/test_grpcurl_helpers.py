@@ -182,3 +182,33 @@ def test_helpers_say_what_is_wrong(
     ok(helper(capsys, server, bad, "keys", "--account-id", bob.account_id, "--token=-wrong"))
     err = refused(helper(capsys, server, bad, "encrypt", "--to", alice.account_id, "x"))
     assert err.startswith("parley: unauthenticated: ")
+
+
+def test_a_message_from_a_changed_identity_is_held_not_acknowledged(
+    capsys: pytest.CaptureFixture[str], server: LiveServer, tmp_path: Path
+) -> None:
+    """decrypt --ack must not acknowledge what `parley listen` would hold back: acknowledging
+    deletes the envelope, and the message must wait until the user trusts the new key."""
+    alice, bob = register(server, ALICE), register(server, BOB)
+    alice_dir, bob_dir, ack_file = tmp_path / "alice", tmp_path / "bob", tmp_path / "ack.json"
+    upload(capsys, server, alice_dir, alice)
+    upload(capsys, server, bob_dir, bob)
+    send(
+        server, alice, ok(helper(capsys, server, alice_dir, "encrypt", "--to", bob.account_id, "1"))
+    )
+    first = str(inbox(server, bob, tmp_path / "first.json"))
+    ok(helper(capsys, server, bob_dir, "decrypt", first, "--ack", str(ack_file)))
+    ack = json_format.Parse(ack_file.read_text(), mpb.AcknowledgeMessagesRequest())
+    messaging(server).AcknowledgeMessages(ack, metadata=bob.metadata)
+
+    # Alice registers again: the same account, a new device 1 with a new identity key.
+    again, again_dir = register(server, ALICE), tmp_path / "alice-again"
+    upload(capsys, server, again_dir, again)
+    send(
+        server, again, ok(helper(capsys, server, again_dir, "encrypt", "--to", bob.account_id, "2"))
+    )
+    second = str(inbox(server, bob, tmp_path / "second.json"))
+    shown = ok(helper(capsys, server, bob_dir, "decrypt", second, "--ack", str(ack_file)))
+    assert shown.startswith("message held: ") and ": 2" not in shown
+    held = json_format.Parse(ack_file.read_text(), mpb.AcknowledgeMessagesRequest())
+    assert not held.envelope_ids
