@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from tests.tools import REPO, server_process
+from tests.tools import REPO, server_process, tool
 
 DOC = REPO / "docs" / "grpcurl.md"
 SH_BLOCK = re.compile(r"^```sh\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
@@ -110,9 +110,11 @@ def run_blocks(steps: list[Block], port: int, tmp_path: Path) -> tuple[str, str,
     results, errors, work = tmp_path / "results.txt", tmp_path / "errors", tmp_path / "work"
     errors.mkdir()
     work.mkdir()
+    # The doc's commands, resolved the way every tool test resolves them (missing: a failure).
+    bins = dict.fromkeys(str(Path(tool(name)).parent) for name in ("grpcurl", "parley"))
     env = {
         **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PATH": os.pathsep.join([*bins, str(Path(sys.executable).parent), os.environ["PATH"]]),
         "PARLEY_SERVER": f"localhost:{port}",
         "TMPDIR": str(work),
     }
