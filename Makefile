@@ -13,7 +13,7 @@ DEV     := $(VENV)/.dev
 PIP     := $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run demo test lint typecheck pytest protos bench format clean
+.PHONY: help install tools run demo test lint typecheck pytest protos docs bench format clean
 
 help:
 	@echo "make run      start the server on localhost:50051 (ARGS='--test-number +15550001111=123456')"
@@ -21,7 +21,8 @@ help:
 	@echo "make tools    add grpcurl to .venv/bin (for the README's grpcurl session)"
 	@echo "make test     lint, types, proto lint, stub drift and the whole test suite"
 	@echo "make install  everything make test needs (the dev extra)"
-	@echo "make protos   regenerate the Python stubs from protos/"
+	@echo "make protos   regenerate the Python stubs, descriptor set and API reference from protos/"
+	@echo "make docs     regenerate docs/api-reference.md from the .proto comments"
 	@echo "make bench    run the benchmarks"
 	@echo "make format   apply ruff's formatting"
 
@@ -67,6 +68,10 @@ test: lint typecheck pytest
 
 protos: $(DEV)
 	$(BIN)/python protos/generate.py
+	$(BIN)/python protos/apidoc.py
+
+docs: $(DEV)
+	$(BIN)/python protos/apidoc.py
 
 bench: $(DEV)
 	$(BIN)/python -m bench

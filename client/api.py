@@ -263,6 +263,20 @@ class DeliveryUpdate:
 
     kind: str = field(default="delivery", init=False)
 
+    @classmethod
+    def from_proto(
+        cls, status: mpb.DeliveryStatus, recipient_phone_number: str | None = None
+    ) -> DeliveryUpdate:
+        return cls(
+            message_id=status.message_id,
+            request_id=status.request_id,
+            recipient_account_id=status.recipient_account_id,
+            delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
+            at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
+            reason=status.reason,
+            recipient_phone_number=recipient_phone_number,
+        )
+
 
 @dataclass(frozen=True)
 class DecryptionFailed:
@@ -726,6 +740,17 @@ class ParleyClient:
     async def _adopt(
         self, account_id: str, device_id: int, auth_token: str, phone_number: str
     ) -> LocalIdentity:
+        identity = self.create_identity(account_id, device_id, auth_token, phone_number)
+        await self._first_upload()
+        log.info("device registered and keys published")
+        return identity
+
+    def create_identity(
+        self, account_id: str, device_id: int, auth_token: str, phone_number: str
+    ) -> LocalIdentity:
+        """Give this profile a fresh identity key and registration id for a device the server
+        just created, and save it. :meth:`register` and :meth:`link` call it; so do tools that
+        make the RPCs themselves (``parley grpcurl keys``)."""
         identity_key = IdentityKeyPair.generate(self.rng)
         identity = LocalIdentity(
             identity_private=identity_key.private_key.serialize(),
@@ -741,8 +766,6 @@ class ParleyClient:
             self.store.save_identity(identity)
             self.store.save_connection(self.connection)
             self.store.clear_pending_verification()
-        await self._first_upload()
-        log.info("device registered and keys published")
         return identity
 
     # --- keys ----------------------------------------------------------------------------------
@@ -787,19 +810,25 @@ class ParleyClient:
         self.store.add_one_time_pre_keys(secrets)
         return out
 
-    async def _first_upload(self) -> kpb.PreKeyCount:
+    def first_upload_request(
+        self, one_time_keys: int = ONE_TIME_KEYS_PER_UPLOAD
+    ) -> kpb.UploadPreKeysRequest:
+        """New signed, one-time and last-resort prekeys, signed with this device's identity;
+        their private parts are saved in the profile, the request that publishes them is
+        returned (the first upload of a device: identity key and registration id included)."""
         identity = self._identity_key_pair()
         with self.store.transaction():
-            request = kpb.UploadPreKeysRequest(
+            return kpb.UploadPreKeysRequest(
                 identity_key=identity.public_key.serialize(),
                 registration_id=self.identity.registration_id,
                 signed_pre_key=self._new_signed_pre_key(identity),
-                pre_keys=self._new_one_time_keys(ONE_TIME_KEYS_PER_UPLOAD),
-                kyber_pre_keys=self._new_kyber_keys(
-                    identity, ONE_TIME_KEYS_PER_UPLOAD, last_resort=False
-                ),
+                pre_keys=self._new_one_time_keys(one_time_keys),
+                kyber_pre_keys=self._new_kyber_keys(identity, one_time_keys, last_resort=False),
                 last_resort_kyber_pre_key=self._new_kyber_keys(identity, 1, last_resort=True)[0],
             )
+
+    async def _first_upload(self) -> kpb.PreKeyCount:
+        request = self.first_upload_request()
         reply = await _rpc(self._keys.UploadPreKeys(request, metadata=self._metadata()))
         return reply.count
 
@@ -967,6 +996,18 @@ class ParleyClient:
                 metadata=self._metadata(),
             )
         )
+        return self.sessions_from_bundles(reply)
+
+    def sessions_from_bundles(
+        self, reply: kpb.GetPreKeyBundlesResponse
+    ) -> dict[int, SessionRecord]:
+        """Start (and save) a session with each device of a GetPreKeyBundles answer, however
+        it was fetched (``parley grpcurl encrypt`` takes one that grpcurl printed).
+
+        Raises:
+            UntrustedIdentityError: as for :meth:`_fetch_sessions`.
+        """
+        account_id = reply.account_id
         identity = self._identity_key_pair()
         out: dict[int, SessionRecord] = {}
         for pb in reply.bundles:
@@ -1226,16 +1267,8 @@ class ParleyClient:
                     statuses = list(response.statuses.statuses)
                     await self._acknowledge([], [s.status_id for s in statuses])
                     for status in statuses:
-                        yield DeliveryUpdate(
-                            message_id=status.message_id,
-                            request_id=status.request_id,
-                            recipient_account_id=status.recipient_account_id,
-                            delivered=status.state == mpb.DELIVERY_STATE_DELIVERED,
-                            at=status.at.ToDatetime().timestamp() if status.HasField("at") else 0,
-                            reason=status.reason,
-                            recipient_phone_number=self.phone_number_of(
-                                status.recipient_account_id
-                            ),
+                        yield DeliveryUpdate.from_proto(
+                            status, self.phone_number_of(status.recipient_account_id)
                         )
                 elif which == "queue_empty":
                     yield QueueEmpty()

@@ -37,6 +37,7 @@ from typing import Any, Final, NoReturn, TextIO
 # one-line errors; it reads this variable once, when grpc is first imported (by client.api).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from client import grpcurl_helpers
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify a trace saved with --json --reveal-secrets ('-' reads stdin) instead of "
         "running one; exit 1 on failure",
     )
+    grpcurl_helpers.add_parser(sub, json_flag)
     return parser
 
 
@@ -560,6 +562,10 @@ def _verify_report(args: argparse.Namespace, report: Any, out: TextIO) -> None:
         )
 
 
+async def _grpcurl(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    await grpcurl_helpers.run(client, args, out, text=_event_text, data=_event_data)
+
+
 COMMANDS: Final = {
     "register": _register,
     "verify": _verify,
@@ -570,6 +576,7 @@ COMMANDS: Final = {
     "safety-number": _safety_number,
     "trust": _trust,
     "history": _history,
+    "grpcurl": _grpcurl,
 }
 
 

@@ -2,6 +2,12 @@
 
 One function serves `make protos` and the drift test, so the committed stubs are checked against
 exactly the command that writes them.
+
+Besides the stubs, protoc writes `descriptor_set.binpb`: a FileDescriptorSet of the contract
+(and the well-known types it imports) *with* `source_code_info`, i.e. the .proto comments. The
+generated `_pb2.py` modules embed their descriptors without it, so server reflection built on
+them alone would show `grpcurl describe` users no comments; the server serves this set instead
+(server/rpc/reflection.py), and docs/api-reference.md is rendered from it (protos/apidoc.py).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE_DIR = PROTO_ROOT / "parley" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+DESCRIPTOR_SET = "descriptor_set.binpb"
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", DESCRIPTOR_SET)
 
 
 def proto_files() -> list[Path]:
@@ -24,6 +31,7 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> list[Path]:
     """Run protoc (grpcio-tools) with the mypy-protobuf plugins; return the files written."""
+    (out_root / "parley" / "v1").mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     cmd = [
@@ -35,6 +43,9 @@ def generate(out_root: Path) -> list[Path]:
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        f"--descriptor_set_out={out_root / 'parley' / 'v1' / DESCRIPTOR_SET}",
+        "--include_source_info",
+        "--include_imports",
         *[str(p.relative_to(PROTO_ROOT)) for p in proto_files()],
     ]
     subprocess.run(cmd, check=True, cwd=PROTO_ROOT, env=env)

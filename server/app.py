@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from parley.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -37,6 +36,7 @@ from server.rpc.account_servicer import AccountServicer
 from server.rpc.interceptors import ParleyInterceptor
 from server.rpc.key_servicer import KeyServicer
 from server.rpc.messaging_servicer import MessagingServicer
+from server.rpc.reflection import enable_reflection
 from server.storage.database import Database
 from server.storage.messages import IdGenerator
 
@@ -238,9 +238,7 @@ async def _assemble(
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
     address = f"{settings.host}:{settings.port}"
     try:
         if settings.tls_cert and settings.tls_key:

@@ -60,7 +60,7 @@ def test_verification_flow_with_test_number(server: LiveServer) -> None:
                 server,
                 f"{svc}/CompleteVerification",
                 data={
-                    "verification_id": started["verification_id"],
+                    "verification_id": started["verificationId"],
                     "code": TEST_CODE,
                     "device_name": "grpcurl",
                     "account_kind": "ACCOUNT_KIND_BUSINESS",
@@ -68,8 +68,10 @@ def test_verification_flow_with_test_number(server: LiveServer) -> None:
             )
         )
     )
-    assert done["device_id"] == 1
-    devices = json.loads(ok(grpcurl(server, f"{svc}/ListDevices", token=done["auth_token"])))
+    # Output uses the proto3 JSON names (lowerCamelCase) that reflection's descriptors carry;
+    # requests accept those and the .proto names alike.
+    assert done["deviceId"] == 1
+    devices = json.loads(ok(grpcurl(server, f"{svc}/ListDevices", token=done["authToken"])))
     assert [d["name"] for d in devices["devices"]] == ["grpcurl"]
 
     denied = grpcurl(server, f"{svc}/ListDevices", token="wrong")
@@ -77,3 +79,18 @@ def test_verification_flow_with_test_number(server: LiveServer) -> None:
     assert "Unauthenticated" in denied.stderr
     bad = grpcurl(server, f"{svc}/StartVerification", data={"phone_number": "555"})
     assert "InvalidArgument" in bad.stderr and "E.164" in bad.stderr
+
+
+def test_describe_prints_the_proto_comments(server: LiveServer) -> None:
+    """Reflection serves the descriptors with source info, so grpcurl shows the contract's
+    rules next to each RPC, message and field (and finds methods by their full name)."""
+    method = ok(grpcurl(server, "describe", "parley.v1.MessagingService.SendMessage"))
+    assert "rpc SendMessage" in method
+    assert "// SendMessage queues one ciphertext per device of the recipient." in method
+    message = ok(grpcurl(server, "describe", "parley.v1.PreKeyBundle"))
+    assert "// PreKeyBundle is everything needed to start a PQXDH session" in message
+    assert "// The device's registration id." in message
+    service = ok(grpcurl(server, "describe", "parley.v1.KeyService"))
+    assert "// KeyService is the key directory" in service
+    missing = grpcurl(server, "describe", "parley.v1.MessagingService.NoSuchMethod")
+    assert missing.returncode != 0 and "not found" in missing.stderr.lower()

@@ -115,21 +115,59 @@ class SendReceipt:
 
 
 class MismatchedDevicesError(FailedPrecondition):
-    def __init__(self, account_id: str, missing: list[int], extra: list[int], stale: list[int]):
+    """The send's device list is not the recipient's receiving devices.
+
+    ``without_keys`` are devices that exist but have not uploaded keys yet; they are also in
+    ``extra`` (the MismatchedDevices detail has no field of its own for them, and a client's
+    session with such a device is useless either way: the device it was made with is gone),
+    but the message names them apart, because "they no longer exist" would send a person
+    looking in the wrong place.
+    """
+
+    def __init__(
+        self,
+        account_id: str,
+        missing: list[int],
+        extra: list[int],
+        stale: list[int],
+        *,
+        without_keys: list[int] | None = None,
+        own_account: bool = False,
+    ):
+        without_keys = without_keys or []
+        gone = [d for d in extra if d not in without_keys]
         parts = []
         if missing:
             parts.append(f"missing devices {missing} (fetch their prekey bundles and add them)")
-        if extra:
-            parts.append(f"extra devices {extra} (they no longer exist: drop their sessions)")
+        if gone:
+            parts.append(f"extra devices {gone} (they no longer exist: drop their sessions)")
         if stale:
             parts.append(f"stale devices {stale} (re-registered: fetch new bundles)")
-        super().__init__(
-            "the device list does not match the recipient's devices: " + "; ".join(parts)
-        )
+        if without_keys:
+            parts.append(_without_keys_message(without_keys, own_account))
+        if without_keys and len(parts) == 1:
+            message = parts[0]
+        else:
+            message = "the device list does not match the recipient's devices: " + "; ".join(parts)
+        super().__init__(message)
         self.account_id = account_id
         self.missing = missing
         self.extra = extra
         self.stale = stale
+        self.without_keys = without_keys
+
+
+def _without_keys_message(devices: list[int], own_account: bool) -> str:
+    whose = "your account" if own_account else "the recipient"
+    if len(devices) == 1:
+        return (
+            f"device {devices[0]} of {whose} has not uploaded its keys yet"
+            " (KeyService/UploadPreKeys), so it cannot receive messages"
+        )
+    return (
+        f"devices {devices} of {whose} have not uploaded their keys yet"
+        " (KeyService/UploadPreKeys), so they cannot receive messages"
+    )
 
 
 # -- stream events ---------------------------------------------------------------------------
@@ -649,10 +687,20 @@ def _admit(
         raise NotFound(f"no account {r.recipient_account_id}")
     if to_self:
         registrations = {d: reg for d, reg in registrations.items() if d != caller.device_id}
-    _check_devices(r, registrations)
+    _check_devices(conn, r, registrations, caller.device_id if to_self else None)
 
 
-def _check_devices(r: SendRequest, registrations: dict[int, int]) -> None:
+def _check_devices(
+    conn: sqlite3.Connection,
+    r: SendRequest,
+    registrations: dict[int, int],
+    sender_device: int | None,
+) -> None:
+    """Raise MismatchedDevicesError unless ``r`` covers exactly ``registrations``.
+
+    ``sender_device`` is the sending device on a send to one's own account (never a receiver
+    there, with keys or without), else None.
+    """
     given = {c.device_id: c.registration_id for c in r.copies}
     if given == registrations:
         return
@@ -660,7 +708,17 @@ def _check_devices(r: SendRequest, registrations: dict[int, int]) -> None:
     extra = sorted(set(given) - set(registrations))
     stale = sorted(d for d, reg in given.items() if d in registrations and registrations[d] != reg)
     if missing or extra or stale:
-        raise MismatchedDevicesError(r.recipient_account_id, missing, extra, stale)
+        # Only on the error path: which "extra" devices exist but cannot receive yet.
+        existing = {d.device_id for d in account_store.list_devices(conn, r.recipient_account_id)}
+        existing.discard(sender_device or 0)
+        raise MismatchedDevicesError(
+            r.recipient_account_id,
+            missing,
+            extra,
+            stale,
+            without_keys=[d for d in extra if d in existing],
+            own_account=sender_device is not None,
+        )
 
 
 def _statuses_for(

@@ -73,6 +73,9 @@ class KeyServiceServicer:
         INVALID_ARGUMENT; a different identity key than the one on file is FAILED_PRECONDITION
         (register the device again to change it); a key id already on file with another key is
         ALREADY_EXISTS. The upload is all-or-nothing, and repeating an identical upload is harmless.
+        A device cannot receive messages before its first upload. The signatures need the
+        identity private key, which grpcurl cannot use: `parley grpcurl keys` prints a signed
+        request for it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,7 +83,12 @@ class KeyServiceServicer:
 
     def GetPreKeyBundles(self, request, context):
         """GetPreKeyBundles returns one bundle per requested device. Each one-time prekey is handed
-        out once, ever, and deleted as it is handed out. Rate-limited per caller.
+        out once, ever, and deleted as it is handed out: every call consumes one one-time EC and
+        one one-time Kyber prekey of each device in the answer, even when the caller only wants to
+        look and never sends. Fetch bundles only to start sessions (a device sees its own counts
+        with GetPreKeyCount). A device with no one-time key left still gets a working bundle
+        (no EC one-time key, the last-resort Kyber key). NOT_FOUND when the account does not
+        exist or none of its devices has uploaded keys. Rate-limited per caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

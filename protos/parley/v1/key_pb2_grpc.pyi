@@ -46,10 +46,18 @@ class KeyServiceStub:
     INVALID_ARGUMENT; a different identity key than the one on file is FAILED_PRECONDITION
     (register the device again to change it); a key id already on file with another key is
     ALREADY_EXISTS. The upload is all-or-nothing, and repeating an identical upload is harmless.
+    A device cannot receive messages before its first upload. The signatures need the
+    identity private key, which grpcurl cannot use: `parley grpcurl keys` prints a signed
+    request for it.
     """
     GetPreKeyBundles: _grpc.UnaryUnaryMultiCallable[_key_pb2.GetPreKeyBundlesRequest, _key_pb2.GetPreKeyBundlesResponse]
     """GetPreKeyBundles returns one bundle per requested device. Each one-time prekey is handed
-    out once, ever, and deleted as it is handed out. Rate-limited per caller.
+    out once, ever, and deleted as it is handed out: every call consumes one one-time EC and
+    one one-time Kyber prekey of each device in the answer, even when the caller only wants to
+    look and never sends. Fetch bundles only to start sessions (a device sees its own counts
+    with GetPreKeyCount). A device with no one-time key left still gets a working bundle
+    (no EC one-time key, the last-resort Kyber key). NOT_FOUND when the account does not
+    exist or none of its devices has uploaded keys. Rate-limited per caller.
     """
     GetPreKeyCount: _grpc.UnaryUnaryMultiCallable[_key_pb2.GetPreKeyCountRequest, _key_pb2.GetPreKeyCountResponse]
     """GetPreKeyCount tells the calling device how many one-time keys remain, and whether to
@@ -74,10 +82,18 @@ class KeyServiceAsyncStub(KeyServiceStub):
     INVALID_ARGUMENT; a different identity key than the one on file is FAILED_PRECONDITION
     (register the device again to change it); a key id already on file with another key is
     ALREADY_EXISTS. The upload is all-or-nothing, and repeating an identical upload is harmless.
+    A device cannot receive messages before its first upload. The signatures need the
+    identity private key, which grpcurl cannot use: `parley grpcurl keys` prints a signed
+    request for it.
     """
     GetPreKeyBundles: _aio.UnaryUnaryMultiCallable[_key_pb2.GetPreKeyBundlesRequest, _key_pb2.GetPreKeyBundlesResponse]  # type: ignore[assignment]
     """GetPreKeyBundles returns one bundle per requested device. Each one-time prekey is handed
-    out once, ever, and deleted as it is handed out. Rate-limited per caller.
+    out once, ever, and deleted as it is handed out: every call consumes one one-time EC and
+    one one-time Kyber prekey of each device in the answer, even when the caller only wants to
+    look and never sends. Fetch bundles only to start sessions (a device sees its own counts
+    with GetPreKeyCount). A device with no one-time key left still gets a working bundle
+    (no EC one-time key, the last-resort Kyber key). NOT_FOUND when the account does not
+    exist or none of its devices has uploaded keys. Rate-limited per caller.
     """
     GetPreKeyCount: _aio.UnaryUnaryMultiCallable[_key_pb2.GetPreKeyCountRequest, _key_pb2.GetPreKeyCountResponse]  # type: ignore[assignment]
     """GetPreKeyCount tells the calling device how many one-time keys remain, and whether to
@@ -105,6 +121,9 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         INVALID_ARGUMENT; a different identity key than the one on file is FAILED_PRECONDITION
         (register the device again to change it); a key id already on file with another key is
         ALREADY_EXISTS. The upload is all-or-nothing, and repeating an identical upload is harmless.
+        A device cannot receive messages before its first upload. The signatures need the
+        identity private key, which grpcurl cannot use: `parley grpcurl keys` prints a signed
+        request for it.
         """
 
     @_abc_1.abstractmethod
@@ -114,7 +133,12 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_key_pb2.GetPreKeyBundlesResponse, _abc.Awaitable[_key_pb2.GetPreKeyBundlesResponse]]:
         """GetPreKeyBundles returns one bundle per requested device. Each one-time prekey is handed
-        out once, ever, and deleted as it is handed out. Rate-limited per caller.
+        out once, ever, and deleted as it is handed out: every call consumes one one-time EC and
+        one one-time Kyber prekey of each device in the answer, even when the caller only wants to
+        look and never sends. Fetch bundles only to start sessions (a device sees its own counts
+        with GetPreKeyCount). A device with no one-time key left still gets a working bundle
+        (no EC one-time key, the last-resort Kyber key). NOT_FOUND when the account does not
+        exist or none of its devices has uploaded keys. Rate-limited per caller.
         """
 
     @_abc_1.abstractmethod

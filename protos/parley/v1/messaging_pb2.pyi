@@ -153,7 +153,10 @@ class OutgoingMessage(_message.Message):
     content_type: Global___ContentType.ValueType
     """How the content is encrypted."""
     content: _builtins.bytes
-    """The ciphertext (at most the server's max envelope size)."""
+    """The ciphertext (at most the server's max envelope size): for WHISPER and PREKEY a
+    libsignal SignalMessage / PreKeySignalMessage whose plaintext is a serialized
+    parley.v1.Content (content.proto).
+    """
     def __init__(
         self,
         *,
@@ -268,7 +271,9 @@ class MismatchedDevices(_message.Message):
 
     @_builtins.property
     def extra_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Devices the send included that the account does not have: drop their sessions."""
+        """Devices the send included that cannot receive: they no longer exist, or have not uploaded
+        keys yet (the status message says which). Drop their sessions and leave them out.
+        """
 
     @_builtins.property
     def stale_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -457,7 +462,7 @@ class Envelope(_message.Message):
     content_type: Global___ContentType.ValueType
     """How the content is encrypted."""
     content: _builtins.bytes
-    """The ciphertext."""
+    """The ciphertext, as the sender's OutgoingMessage.content; decrypted, a parley.v1.Content."""
     online_only: _builtins.bool
     """True when it was sent online-only (never stored; not redelivered)."""
     @_builtins.property

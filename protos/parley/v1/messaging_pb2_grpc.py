@@ -89,8 +89,9 @@ class MessagingServiceServicer:
         stored=false, or reports the devices the sender did not know of) with their current
         registration ids; otherwise the call fails with
         FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
-        so the client can fetch bundles and retry. request_id makes retries safe: the same id
-        returns the first response and queues nothing new.
+        so the client can fetch bundles and retry. A device that exists but has not uploaded keys
+        yet cannot receive and counts as extra (the message names it). request_id makes retries
+        safe: the same id returns the first response and queues nothing new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,7 +120,8 @@ class MessagingServiceServicer:
         """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
         then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
         statuses for messages this account sent arrive on the same stream. A second stream for the
-        same device replaces the first (the first ends with ABORTED).
+        same device replaces the first (the first ends with ABORTED). The stream stays open until
+        the client ends it (grpcurl: -max-time). Receiving does not delete anything: acknowledge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

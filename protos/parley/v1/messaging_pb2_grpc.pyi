@@ -49,8 +49,9 @@ class MessagingServiceStub:
     stored=false, or reports the devices the sender did not know of) with their current
     registration ids; otherwise the call fails with
     FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
-    so the client can fetch bundles and retry. request_id makes retries safe: the same id
-    returns the first response and queues nothing new.
+    so the client can fetch bundles and retry. A device that exists but has not uploaded keys
+    yet cannot receive and counts as extra (the message names it). request_id makes retries
+    safe: the same id returns the first response and queues nothing new.
     """
     SendMessages: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendMessagesRequest, _messaging_pb2.SendMessagesResponse]
     """SendMessages is a batched SendMessage for high-volume senders: each item succeeds or fails
@@ -67,7 +68,8 @@ class MessagingServiceStub:
     """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
     then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
     statuses for messages this account sent arrive on the same stream. A second stream for the
-    same device replaces the first (the first ends with ABORTED).
+    same device replaces the first (the first ends with ABORTED). The stream stays open until
+    the client ends it (grpcurl: -max-time). Receiving does not delete anything: acknowledge.
     """
     AcknowledgeMessages: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.AcknowledgeMessagesRequest, _messaging_pb2.AcknowledgeMessagesResponse]
     """AcknowledgeMessages deletes received envelopes and delivery statuses for good. The first
@@ -95,8 +97,9 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     stored=false, or reports the devices the sender did not know of) with their current
     registration ids; otherwise the call fails with
     FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
-    so the client can fetch bundles and retry. request_id makes retries safe: the same id
-    returns the first response and queues nothing new.
+    so the client can fetch bundles and retry. A device that exists but has not uploaded keys
+    yet cannot receive and counts as extra (the message names it). request_id makes retries
+    safe: the same id returns the first response and queues nothing new.
     """
     SendMessages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendMessagesRequest, _messaging_pb2.SendMessagesResponse]  # type: ignore[assignment]
     """SendMessages is a batched SendMessage for high-volume senders: each item succeeds or fails
@@ -113,7 +116,8 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
     then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
     statuses for messages this account sent arrive on the same stream. A second stream for the
-    same device replaces the first (the first ends with ABORTED).
+    same device replaces the first (the first ends with ABORTED). The stream stays open until
+    the client ends it (grpcurl: -max-time). Receiving does not delete anything: acknowledge.
     """
     AcknowledgeMessages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.AcknowledgeMessagesRequest, _messaging_pb2.AcknowledgeMessagesResponse]  # type: ignore[assignment]
     """AcknowledgeMessages deletes received envelopes and delivery statuses for good. The first
@@ -144,8 +148,9 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         stored=false, or reports the devices the sender did not know of) with their current
         registration ids; otherwise the call fails with
         FAILED_PRECONDITION and a MismatchedDevices detail listing missing, extra and stale devices,
-        so the client can fetch bundles and retry. request_id makes retries safe: the same id
-        returns the first response and queues nothing new.
+        so the client can fetch bundles and retry. A device that exists but has not uploaded keys
+        yet cannot receive and counts as extra (the message names it). request_id makes retries
+        safe: the same id returns the first response and queues nothing new.
         """
 
     @_abc_1.abstractmethod
@@ -180,7 +185,8 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """ReceiveMessages streams the calling device's envelopes: first every stored one in order,
         then a queue_empty marker, then new ones as they arrive, with periodic keep-alives. Delivery
         statuses for messages this account sent arrive on the same stream. A second stream for the
-        same device replaces the first (the first ends with ABORTED).
+        same device replaces the first (the first ends with ABORTED). The stream stays open until
+        the client ends it (grpcurl: -max-time). Receiving does not delete anything: acknowledge.
         """
 
     @_abc_1.abstractmethod
