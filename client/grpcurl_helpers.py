@@ -48,7 +48,7 @@ enough to read (each signed Kyber key is about 2 KB of base64; the reference cli
 100 of each)."""
 
 M = TypeVar("M", bound=Message)
-TextOf = Callable[[ParleyClient, Event], "str | None"]
+TextOf = Callable[[ParleyClient, argparse.Namespace, Event], "str | None"]
 DataOf = Callable[[ParleyClient, Event], dict[str, Any]]
 
 
@@ -328,7 +328,11 @@ def _show(
     text: TextOf,
     data: DataOf,
 ) -> None:
-    line = json.dumps(data(client, event), ensure_ascii=False) if args.json else text(client, event)
+    line = (
+        json.dumps(data(client, event), ensure_ascii=False)
+        if args.json
+        else text(client, args, event)
+    )
     if line is not None:
         out.write(line + "\n")
 

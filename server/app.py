@@ -204,14 +204,18 @@ async def build_server(
         max_bytes=settings.max_database_mb * 1024 * 1024,
     )
     try:
-        return await _assemble(settings, db, clock, code_sender)
+        return await _assemble(settings, db, clock, code_sender, verification_gate)
     except BaseException:
         db.close()
         raise
 
 
 async def _assemble(
-    settings: Settings, db: Database, clock: Clock, code_sender: CodeSender | None
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    code_sender: CodeSender | None,
+    verification_gate: VerificationGate | None,
 ) -> ParleyServer:
     authenticator = Authenticator(db, clock)
     registry = AccountRegistry(

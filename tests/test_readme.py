@@ -85,8 +85,11 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(markdown: str) -> set[str]:
+    """Heading anchors, and explicit ones (`<a id="...">`, as the generated API reference uses)."""
     text = FENCE.sub("", markdown)
-    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
+    headings = {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
+    explicit = set(re.findall(r"<a (?:id|name)=\"([^\"]+)\"", text))
+    return headings | explicit
 
 
 def test_relative_links_in_the_docs_point_to_files_and_headings_that_exist() -> None:

@@ -24,8 +24,9 @@ from server.domain.messaging import (
     StreamEvent,
 )
 from server.rpc.convert import timestamp
-from server.rpc.errors import mismatched_devices, status_code
+from server.rpc.errors import from_storage, mismatched_devices, status_code
 from server.rpc.interceptors import caller
+from server.storage.errors import StorageError
 from server.storage.messages import EnvelopeRow, StatusRow
 
 Context = aio.ServicerContext[Any, Any]
@@ -185,8 +186,12 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
                     results: Sequence[SendReceipt | DomainError] = await self._mailbox.send_many(
                         principal, [_request(r) for r in sends]
                     )
-                except DomainError as exc:  # e.g. the device's send rate: every send of the group
-                    results = [exc] * len(sends)
+                except (DomainError, StorageError) as exc:
+                    # The device's send rate, or a full disk: each send of the group fails alone,
+                    # with its status, and the stream stays open for the next ones.
+                    failure = from_storage(exc)
+                    assert isinstance(failure, DomainError)
+                    results = [failure] * len(sends)
                 for item, result in zip(sends, results, strict=True):
                     response = pb.SendMessageStreamResponse()
                     _result(response.result, item.request_id, result)
