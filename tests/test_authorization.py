@@ -1,0 +1,391 @@
+"""The authorization matrix: every RPC x every kind of caller, table-driven.
+
+Callers: no token, a malformed token, the owner (primary device), the owner's linked device,
+another person, a removed device, and the old token of a re-registered account. Each request
+names the *owner's* resources (their account, devices, envelopes), so the matrix shows who may
+act on them. RPCs come from the server's own descriptors (`tests.rpc_catalog`): for every RPC,
+the callers without a valid credential are checked without any table; a new RPC must also get a
+row in `SPECS` (a test fails until it has one), which says what the valid callers get.
+
+Streams at the moment of revocation (both directions, for each way a credential is revoked)
+are in tests/test_hardening.py.
+"""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from parley.v1 import account_pb2 as apb
+from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import key_pb2 as kpb
+from parley.v1 import messaging_pb2 as mpb
+
+from server.config import Settings
+from server.domain.clock import ManualClock
+from tests.conftest import Device, LiveServer, RecordingCodeSender, link, register
+from tests.keys_helper import DeviceKeyMaker
+from tests.rpc_catalog import Rpc, all_rpcs
+
+OK = grpc.StatusCode.OK
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+NUMBERS = iter(f"+1555020{i:04d}" for i in range(1000))
+CALLERS = ["none", "malformed", "owner", "linked", "stranger", "removed", "re-registered"]
+INVALID_CALLERS = {"none", "malformed", "removed", "re-registered"}
+
+
+@dataclass
+class World:
+    """Fresh accounts for one cell of the matrix: calls may remove devices or delete accounts."""
+
+    server: LiveServer
+    owner: Device
+    linked: Device
+    stranger: Device
+    removed: Device
+    reregistered: Device
+    registration_ids: dict[tuple[str, int], int]
+    owner_envelope: int  # an envelope waiting for the owner's primary device
+
+    def device(self, caller: str) -> Device | None:
+        return {
+            "owner": self.owner,
+            "linked": self.linked,
+            "stranger": self.stranger,
+            "removed": self.removed,
+            "re-registered": self.reregistered,
+        }.get(caller)
+
+    def metadata(self, caller: str) -> tuple[tuple[str, str], ...]:
+        if caller == "none":
+            return ()
+        if caller == "malformed":
+            return (("authorization", "Token abc"),)
+        device = self.device(caller)
+        assert device is not None
+        return device.metadata
+
+    def messaging(self) -> messaging_pb2_grpc.MessagingServiceStub:
+        return messaging_pb2_grpc.MessagingServiceStub(self.server.channel())
+
+    def owner_devices(self) -> list[int]:
+        reply = account_pb2_grpc.AccountServiceStub(self.server.channel()).ListDevices(
+            apb.ListDevicesRequest(), metadata=self.owner.metadata
+        )
+        return [d.device_id for d in reply.devices]
+
+    def pending_for_owner(self) -> list[int]:
+        """Envelope ids the owner's primary device would receive now."""
+        call = self.messaging().ReceiveMessages(
+            mpb.ReceiveMessagesRequest(), metadata=self.owner.metadata, timeout=10
+        )
+        ids: list[int] = []
+        for event in call:
+            if event.HasField("queue_empty"):
+                break
+            ids.extend(e.envelope_id for e in event.envelopes.envelopes)
+        call.cancel()
+        return ids
+
+
+@pytest.fixture(scope="module")
+def matrix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    settings = Settings(
+        host="localhost",
+        port=0,
+        database=tmp_path_factory.mktemp("authz") / "authz.db",
+        test_numbers={f"+1555020{i:04d}": "123456" for i in range(1000)},
+        shutdown_grace=1.0,
+    )
+    server = LiveServer(settings, ManualClock(), RecordingCodeSender())
+    yield server
+    server.stop()
+
+
+def _with_keys(
+    server: LiveServer, device: Device, registrations: dict[tuple[str, int], int]
+) -> None:
+    maker = DeviceKeyMaker(registration_id=1000 + len(registrations))
+    key_pb2_grpc.KeyServiceStub(server.channel()).UploadPreKeys(
+        maker.first_upload(pre_keys=2, kyber=2), metadata=device.metadata
+    )
+    registrations[(device.account_id, device.device_id)] = maker.registration_id
+
+
+@pytest.fixture
+def world(matrix_server: LiveServer) -> World:
+    server = matrix_server
+    registrations: dict[tuple[str, int], int] = {}
+    owner = register(server, next(NUMBERS))
+    linked = link(server, owner, "laptop")
+    removed = link(server, owner, "old tablet")
+    stranger = register(server, next(NUMBERS))
+    for device in (owner, linked, stranger):
+        _with_keys(server, device, registrations)
+    accounts = account_pb2_grpc.AccountServiceStub(server.channel())
+    accounts.RemoveDevice(
+        apb.RemoveDeviceRequest(device_id=removed.device_id), metadata=owner.metadata
+    )
+    number = next(NUMBERS)
+    reregistered = register(server, number)
+    register(server, number)  # a new owner of the number: the first token is dead
+    partial = World(server, owner, linked, stranger, removed, reregistered, registrations, 0)
+    sent = partial.messaging().SendMessage(
+        _send_to_owner(partial, "stranger"), metadata=stranger.metadata
+    )
+    assert sent.stored
+    (envelope,) = partial.pending_for_owner()
+    partial.owner_envelope = envelope
+    return partial
+
+
+# -- requests naming the owner's resources ------------------------------------------------------
+
+
+def _send_to_owner(w: World, caller: str) -> mpb.SendMessageRequest:
+    """A valid send from `caller` to the owner's account (a self-send skips the sender)."""
+    sender = w.device(caller)
+    devices = [
+        (w.owner.account_id, d)
+        for d in (w.owner.device_id, w.linked.device_id)
+        if sender is None or sender.account_id != w.owner.account_id or sender.device_id != d
+    ]
+    return mpb.SendMessageRequest(
+        request_id=str(uuid.uuid4()),
+        recipient_account_id=w.owner.account_id,
+        messages=[
+            mpb.OutgoingMessage(
+                device_id=device,
+                registration_id=w.registration_ids.get((account, device), 1),
+                content_type=mpb.CONTENT_TYPE_WHISPER,
+                content=b"sealed",
+            )
+            for account, device in devices
+        ],
+    )
+
+
+Outcome = tuple[grpc.StatusCode, Any]
+
+
+def _call(w: World, rpc: Rpc, request: Message, caller: str) -> Outcome:
+    """Call `rpc` with `request` as `caller`: (status, the response or list of responses)."""
+    channel = w.server.channel()
+    path, ser = rpc.path, type(request).SerializeToString
+    metadata = w.metadata(caller)
+    output = _output_class(rpc)
+    try:
+        if rpc.client_streaming:
+            requests: queue.Queue[Message | None] = queue.Queue()
+            requests.put(request)
+            requests.put(None)
+
+            def feed() -> Iterator[Message]:
+                while (item := requests.get()) is not None:
+                    yield item
+
+            call: Any = channel.stream_stream(path, ser, output.FromString)(
+                feed(), metadata=metadata, timeout=10
+            )
+            return OK, list(call)
+        if rpc.server_streaming:
+            call = channel.unary_stream(path, ser, output.FromString)(
+                request, metadata=metadata, timeout=10
+            )
+            out = []
+            for event in call:
+                out.append(event)
+                if event.HasField("queue_empty"):
+                    break
+            call.cancel()
+            return OK, out
+        return OK, channel.unary_unary(path, ser, output.FromString)(
+            request, metadata=metadata, timeout=10
+        )
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        return exc.code(), exc.details()
+
+
+def _output_class(rpc: Rpc) -> Any:
+    from tests.rpc_catalog import message_class
+
+    return message_class(rpc.output)
+
+
+# -- the table: what each valid caller gets -------------------------------------------------------
+
+Check = Callable[[World, str, Outcome], None]
+
+
+@dataclass(frozen=True)
+class Spec:
+    request: Callable[[World, str], Message]
+    check: Check
+
+
+def expect(codes: dict[str, grpc.StatusCode], then: Check | None = None) -> Check:
+    """The status each valid caller gets (all three must be listed), then a further check."""
+
+    def check(w: World, caller: str, outcome: Outcome) -> None:
+        assert outcome[0] == codes[caller], f"{caller}: {outcome}"
+        if then is not None:
+            then(w, caller, outcome)
+
+    return check
+
+
+ALL_OK = {"owner": OK, "linked": OK, "stranger": OK}
+PRIMARY_ONLY = {"owner": OK, "linked": DENIED, "stranger": OK}  # the stranger acts on itself
+
+
+def _owner_untouched(w: World, caller: str, outcome: Outcome) -> None:
+    if caller == "stranger":  # whatever it did, it did to its own account
+        assert w.owner_devices() == [1, w.linked.device_id]
+        assert w.pending_for_owner() == [w.owner_envelope]
+
+
+def _account_view(w: World, caller: str, outcome: Outcome) -> None:
+    account = outcome[1].account
+    assert account.account_id == w.owner.account_id
+    own = caller in ("owner", "linked")
+    assert (account.phone_number == w.owner.phone_number) == own  # a number only to its owner
+
+
+def _devices_of_caller(w: World, caller: str, outcome: Outcome) -> None:
+    names = sorted(d.name for d in outcome[1].devices)
+    assert names == (["phone"] if caller == "stranger" else ["laptop", "phone"])
+
+
+def _removal(w: World, caller: str, outcome: Outcome) -> None:
+    if caller == "owner":
+        assert w.owner_devices() == [1]
+    else:
+        _owner_untouched(w, caller, outcome)
+
+
+def _received(w: World, caller: str, outcome: Outcome) -> None:
+    envelopes = [e.envelope_id for ev in outcome[1] for e in ev.envelopes.envelopes]
+    if caller == "owner":
+        assert envelopes == [w.owner_envelope]
+    else:  # the linked device has its own copy; the stranger has nothing of the owner's
+        assert w.owner_envelope not in envelopes
+
+
+def _acknowledged(w: World, caller: str, outcome: Outcome) -> None:
+    acked = outcome[1].acknowledged_envelopes
+    assert acked == (1 if caller == "owner" else 0)
+    if caller != "owner":
+        assert w.pending_for_owner() == [w.owner_envelope]
+
+
+def _sent(w: World, caller: str, outcome: Outcome) -> None:
+    responses = outcome[1]
+    if isinstance(responses, list):  # SendMessageStream
+        assert [r.result.code for r in responses] == [0]
+    elif isinstance(responses, mpb.SendMessagesResponse):
+        assert [r.code for r in responses.results] == [0]
+    else:
+        assert responses.stored
+
+
+SPECS: dict[str, Spec] = {
+    "AccountService.StartVerification": Spec(
+        lambda w, c: apb.StartVerificationRequest(phone_number=w.owner.phone_number),
+        expect(ALL_OK),
+    ),
+    "AccountService.CompleteVerification": Spec(
+        lambda w, c: apb.CompleteVerificationRequest(
+            verification_id=str(uuid.uuid4()), code="000000", device_name="x", account_kind=1
+        ),
+        expect({k: grpc.StatusCode.NOT_FOUND for k in ALL_OK}),
+    ),
+    "AccountService.LinkDevice": Spec(
+        lambda w, c: apb.LinkDeviceRequest(linking_code="not-a-code", device_name="x"),
+        expect({k: grpc.StatusCode.NOT_FOUND for k in ALL_OK}),
+    ),
+    "AccountService.GetAccount": Spec(
+        lambda w, c: apb.GetAccountRequest(account_id=w.owner.account_id),
+        expect(ALL_OK, _account_view),
+    ),
+    "AccountService.ListDevices": Spec(
+        lambda w, c: apb.ListDevicesRequest(), expect(ALL_OK, _devices_of_caller)
+    ),
+    "AccountService.CreateLinkingCode": Spec(
+        lambda w, c: apb.CreateLinkingCodeRequest(), expect(PRIMARY_ONLY)
+    ),
+    "AccountService.RemoveDevice": Spec(
+        # The owner's laptop; the laptop itself names another of the owner's devices, which a
+        # linked device may not remove (it may remove only itself). The stranger has no such
+        # device in its own account.
+        lambda w, c: apb.RemoveDeviceRequest(
+            device_id=w.removed.device_id if c == "linked" else w.linked.device_id
+        ),
+        expect({"owner": OK, "linked": DENIED, "stranger": grpc.StatusCode.NOT_FOUND}, _removal),
+    ),
+    "AccountService.DeleteAccount": Spec(
+        lambda w, c: apb.DeleteAccountRequest(), expect(PRIMARY_ONLY, _owner_untouched)
+    ),
+    "AccountService.LookupAccount": Spec(
+        lambda w, c: apb.LookupAccountRequest(phone_number=w.owner.phone_number),
+        expect(ALL_OK),
+    ),
+    "KeyService.UploadPreKeys": Spec(
+        lambda w, c: kpb.UploadPreKeysRequest(pre_keys=DeviceKeyMaker().pre_keys(1)),
+        expect(ALL_OK, _owner_untouched),
+    ),
+    "KeyService.GetPreKeyBundles": Spec(
+        lambda w, c: kpb.GetPreKeyBundlesRequest(account_id=w.owner.account_id),
+        expect(ALL_OK),
+    ),
+    "KeyService.GetPreKeyCount": Spec(lambda w, c: kpb.GetPreKeyCountRequest(), expect(ALL_OK)),
+    "MessagingService.SendMessage": Spec(_send_to_owner, expect(ALL_OK, _sent)),
+    "MessagingService.SendMessages": Spec(
+        lambda w, c: mpb.SendMessagesRequest(requests=[_send_to_owner(w, c)]),
+        expect(ALL_OK, _sent),
+    ),
+    "MessagingService.SendMessageStream": Spec(
+        lambda w, c: mpb.SendMessageStreamRequest(request=_send_to_owner(w, c)),
+        expect(ALL_OK, _sent),
+    ),
+    "MessagingService.ReceiveMessages": Spec(
+        lambda w, c: mpb.ReceiveMessagesRequest(), expect(ALL_OK, _received)
+    ),
+    "MessagingService.AcknowledgeMessages": Spec(
+        lambda w, c: mpb.AcknowledgeMessagesRequest(envelope_ids=[w.owner_envelope]),
+        expect(ALL_OK, _acknowledged),
+    ),
+}
+
+CELLS = [(rpc, caller) for rpc in all_rpcs() for caller in CALLERS]
+
+
+@pytest.mark.parametrize(("rpc", "caller"), CELLS, ids=[f"{r}-{c}" for r, c in CELLS])
+def test_authorization_matrix(world: World, rpc: Rpc, caller: str) -> None:
+    spec = SPECS.get(rpc.name)
+    request = spec.request(world, caller) if spec else rpc.request()
+    outcome = _call(world, rpc, request, caller)
+    assert outcome[0] not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), outcome
+    if caller in INVALID_CALLERS:
+        if rpc.open:  # registration needs no token, and a bad one is not looked at
+            assert outcome[0] != UNAUTH, outcome
+        else:  # refused before anything else, whatever the request says
+            assert outcome[0] == UNAUTH, f"{rpc} let {caller} through: {outcome}"
+            _owner_untouched(world, "stranger", outcome)
+        return
+    assert spec is not None, f"{rpc} has no row in SPECS: say what each valid caller gets"
+    spec.check(world, caller, outcome)
+
+
+def test_every_rpc_has_a_row() -> None:
+    names = {rpc.name for rpc in all_rpcs()}
+    assert names == set(SPECS), (
+        f"rows missing: {sorted(names - set(SPECS))}; stale rows: {sorted(set(SPECS) - names)}"
+    )
