@@ -91,7 +91,7 @@ class World:
             if event.HasField("queue_empty"):
                 break
             ids.extend(e.envelope_id for e in event.envelopes.envelopes)
-        call.cancel()
+        call.cancel()  # type: ignore[no-untyped-call]
         return ids
 
 
@@ -303,7 +303,10 @@ SPECS: dict[str, Spec] = {
     ),
     "AccountService.CompleteVerification": Spec(
         lambda w, c: apb.CompleteVerificationRequest(
-            verification_id=str(uuid.uuid4()), code="000000", device_name="x", account_kind=1
+            verification_id=str(uuid.uuid4()),
+            code="000000",
+            device_name="x",
+            account_kind=apb.ACCOUNT_KIND_PERSON,
         ),
         expect({k: grpc.StatusCode.NOT_FOUND for k in ALL_OK}),
     ),

@@ -45,8 +45,13 @@ class SendStream:
     def push(self, request: mpb.SendMessageRequest) -> None:
         self._queue.put(mpb.SendMessageStreamRequest(request=request))
 
+    def finish(self) -> grpc.StatusCode:
+        """End the client's side, then read to the end of the call; its status code."""
+        self._queue.put(None)
+        return self.end_status()
+
     def end_status(self) -> grpc.StatusCode:
-        """Read to the end of the call; its status code."""
+        """Read to the end of the call (the server ends it); its status code."""
         try:
             for _ in self._responses:
                 pass

@@ -112,6 +112,26 @@ def test_database_cap_refuses_sends_keeps_acks_and_reports_health(
     check_writes_again(server, alice, bob, acked=len(received))
 
 
+def test_a_full_database_fails_each_send_of_a_send_stream_alone(
+    make_server: ServerFactory,
+) -> None:
+    """On SendMessageStream a full database is a per-send RESOURCE_EXHAUSTED result, and the
+    stream stays open: once an acknowledgement frees room, the next send on it is stored."""
+    from tests.test_hardening import SendStream
+
+    server = make_server(max_database_mb=2)
+    alice, bob = member(server, ALICE), member(server, BOB)
+    received = check_full(server, alice, bob)
+    sends = SendStream(server, alice)
+    refused = sends.send(send_request([bob], PAYLOAD))
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "storage is full" in refused.message
+    assert ack(server, bob, received).acknowledged_envelopes == len(received)
+    stored = sends.send(send_request([bob], b"after room was freed"))
+    assert stored.code == 0 and stored.response.stored
+    assert sends.finish() == grpc.StatusCode.OK
+
+
 def test_cap_below_the_current_size_refuses_growth_at_once(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
