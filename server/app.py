@@ -178,11 +178,13 @@ class ParleyServer:
         )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish for `grace` seconds, close the DB."""
+        """Refuse new calls, end open receive streams (UNAVAILABLE: reconnect), let in-flight
+        calls finish for `grace` seconds, close the DB."""
         await self.health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        self.mailbox.close_streams()
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         await _finish_cancelled_calls()
         self.db.close()

@@ -256,6 +256,13 @@ def test_sigterm_with_open_streams_logs_no_error(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
         for s in streams:
+            # Receive streams are ended by the server at once, with a status that says what
+            # to do (they never end by themselves, and would otherwise be cut at the grace).
+            with pytest.raises(grpc.RpcError) as ended:
+                next(iter(s.receiving))
+            assert isinstance(ended.value, grpc.Call)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down; reconnect" in (ended.value.details() or "")
             s.close()
         channel.close()
     text = log.read_text()

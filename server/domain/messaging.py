@@ -40,6 +40,7 @@ from server.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from server.domain.ratelimit import Rate, RateLimiter
 from server.storage import accounts as account_store
@@ -197,6 +198,7 @@ class KeepAlive:
 StreamEvent = Envelopes | Statuses | QueueEmpty | KeepAlive
 
 
+SHUTTING_DOWN = "the server is shutting down; reconnect (to another replica, or in a moment)"
 # What one delivery status weighs in a stream buffer: its ids, request id and reason.
 STATUS_BYTES = 256
 
@@ -274,6 +276,7 @@ class Mailbox:
         self._ids = ids
         self._send_limit = RateLimiter(policy.send_rate, clock, "messages sent by this device")
         self._connections: dict[tuple[str, int], _Connection] = {}
+        self._closing = False
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -450,6 +453,8 @@ class Mailbox:
 
     async def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
         """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
+        if self._closing:
+            raise Unavailable(SHUTTING_DOWN)
         key = (caller.account_id, caller.device_id)
         connection = _Connection(self.policy.stream_buffer_bytes)
         old = self._connections.get(key)
@@ -469,6 +474,8 @@ class Mailbox:
                     yield KeepAlive()
                     continue
                 connection.wake.clear()
+                if self._closing:
+                    raise Unavailable(SHUTTING_DOWN)
                 if connection.replaced:
                     raise Aborted("another ReceiveMessages stream of this device replaced this one")
                 if connection.online:
@@ -535,6 +542,14 @@ class Mailbox:
                 return
             after = rows[-1][0]  # envelope_id / status_id: the first column of either row
             yield rows
+
+    def close_streams(self) -> None:
+        """End every open stream (UNAVAILABLE: reconnect) and refuse new ones: the server is
+        stopping. Streams never end by themselves, so without this a shutdown would wait its
+        whole grace period and then cancel them."""
+        self._closing = True
+        for connection in self._connections.values():
+            connection.wake.set()
 
     def _notify_envelopes(self, rows: list[EnvelopeRow]) -> None:
         by_device: dict[tuple[str, int], list[EnvelopeRow]] = {}
