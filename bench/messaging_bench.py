@@ -311,13 +311,16 @@ def prefill(database: Path, envelopes: int, recipient: Account, sender: Account)
     transactions (the send path would take minutes for a million); ids are time-ordered like
     the server's, older than anything sent later.
     """
-    from server.storage import messages as store
+    from server.domain.ids import IdGenerator
+    from server.domain.model import EnvelopeRow, MessageRow, MessageState
+    from server.storage.transaction import SqliteTransaction
 
     conn = sqlite3.connect(database, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    store = SqliteTransaction(conn)
     body = os.urandom(PAYLOAD_BYTES)
-    ids = store.IdGenerator.for_database(conn)
+    ids = IdGenerator(store.max_message_id())
     now = time.time() - 3600
     chunk = 50_000
     for first in range(0, envelopes, chunk):
@@ -326,14 +329,12 @@ def prefill(database: Path, envelopes: int, recipient: Account, sender: Account)
             message_id = ids.block(now, 2)
             a, b, r = sender.account_id, recipient.account_id, str(uuid.uuid4())
             messages.append(
-                store.MessageRow(message_id, a, 1, b, r, os.urandom(32), now, store.PENDING)
+                MessageRow(message_id, a, 1, b, r, os.urandom(32), now, MessageState.PENDING)
             )
-            rows.append(
-                store.EnvelopeRow(message_id + 1, b, 1, message_id, a, 1, now, 0, 2, body, 0, "")
-            )
+            rows.append(EnvelopeRow(message_id + 1, b, 1, message_id, a, 1, now, 0, 2, body, 0, ""))
         conn.execute("BEGIN")
-        store.insert_messages(conn, messages)
-        store.insert_envelopes(conn, rows)
+        store.insert_messages(messages)
+        store.insert_envelopes(rows)
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -29,8 +29,9 @@ from server.domain.accounts import AccountRegistry
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
+from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
-from server.domain.messaging import Mailbox
+from server.domain.mailbox import Mailbox
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
 from server.rpc.interceptors import ParleyInterceptor
@@ -38,7 +39,6 @@ from server.rpc.key_servicer import KeyServicer
 from server.rpc.messaging_servicer import MessagingServicer
 from server.rpc.reflection import enable_reflection
 from server.storage.database import Database
-from server.storage.messages import IdGenerator
 
 log = logging.getLogger("parley.server")
 
@@ -239,7 +239,7 @@ async def _assemble(
     key_pb2_grpc.add_KeyServiceServicer_to_server(
         KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
     )
-    ids = await db.read(IdGenerator.for_database)
+    ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     health_servicer = AsyncHealthServicer()

@@ -15,7 +15,7 @@ from typing import Any
 
 from server.domain.accounts import AccountPolicy
 from server.domain.keys import KeyPolicy
-from server.domain.messaging import MessagingPolicy
+from server.domain.messaging_policy import MessagingPolicy
 from server.domain.ratelimit import Rate
 
 
@@ -50,7 +50,8 @@ class Settings:
     test_numbers: Mapping[str, str] = field(default_factory=dict)
     log_level: str = "INFO"
     log_format: str = "json"
-    # The account and key rules' defaults live in their policy classes, beside their reasons.
+    # The account, key and messaging rules' defaults live in their policy classes, beside
+    # their reasons.
     code_ttl: float = AccountPolicy.code_ttl
     verification_rate: Rate = AccountPolicy.verification_rate
     verification_ip_rate: Rate = AccountPolicy.verification_ip_rate
@@ -62,14 +63,16 @@ class Settings:
     bundle_rate: Rate = KeyPolicy.bundle_rate
     bundle_pair_rate: Rate = KeyPolicy.bundle_pair_rate
     prekey_low_watermark: int = KeyPolicy.low_watermark
-    max_envelope_bytes: int = 256 * 1024
-    max_devices_per_send: int = 32
-    max_batch: int = 1000
-    send_rate: Rate = Rate(6000, 60.0)
-    envelope_ttl: float = 30 * 86400.0
+    max_envelope_bytes: int = MessagingPolicy.max_envelope_bytes
+    max_devices_per_send: int = MessagingPolicy.max_devices_per_send
+    max_batch: int = MessagingPolicy.max_batch
+    send_rate: Rate = MessagingPolicy.send_rate
+    envelope_ttl: float = MessagingPolicy.envelope_ttl
+    # How often expired envelopes are swept: a minute past the TTL is close enough, and a
+    # sweep of nothing costs one indexed read.
     expiry_interval: float = 60.0
-    keepalive_interval: float = 30.0
-    stream_buffer_bytes: int = 8 * 1024 * 1024
+    keepalive_interval: float = MessagingPolicy.keepalive_interval
+    stream_buffer_bytes: int = MessagingPolicy.stream_buffer_bytes
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     max_database_mb: int = 0

@@ -12,6 +12,7 @@ from parley.v1 import account_pb2 as apb
 
 from server.storage import migrations
 from server.storage.database import Database
+from server.storage.transaction import SqliteTransaction
 from tests.conftest import ServerFactory
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -81,15 +82,16 @@ def test_failed_write_job_rolls_back_alone(tmp_path: Path) -> None:
     """A job that raises is rolled back without taking its group-commit neighbours with it."""
 
     async def main(db: Database) -> list[object]:
-        def good(i: int) -> Callable[[sqlite3.Connection], int]:
-            return lambda c: (
-                c.execute(
+        def good(i: int) -> Callable[[SqliteTransaction], int]:
+            return lambda tx: (
+                tx.connection.execute(
                     "INSERT INTO verifications VALUES (?, '+1', x'00', 0, 0, 0, 0)", (f"v{i}",)
                 ).rowcount
             )
 
-        def bad(c: sqlite3.Connection) -> None:
-            c.execute("INSERT INTO verifications VALUES ('bad', '+1', x'00', 0, 0, 0, 0)")
+        def bad(tx: SqliteTransaction) -> None:
+            sql = "INSERT INTO verifications VALUES ('bad', '+1', x'00', 0, 0, 0, 0)"
+            tx.connection.execute(sql)
             raise ValueError("boom")
 
         jobs = [db.write(good(1)), db.write(bad), db.write(good(2))]

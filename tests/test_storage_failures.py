@@ -25,6 +25,7 @@ from server.domain.errors import DomainError
 from server.rpc.errors import from_storage, status_code
 from server.storage.database import Database
 from server.storage.errors import StorageFull, translate
+from server.storage.transaction import SqliteTransaction
 from tests.conftest import LiveServer, ServerFactory
 from tests.test_messaging import (
     ALICE,
@@ -208,11 +209,11 @@ def test_an_ack_grouped_with_a_failing_send_still_commits(tmp_path: Path) -> Non
 
 
 async def _grouped_insert_and_delete(db: Database) -> None:
-    def create(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
+    def create(tx: SqliteTransaction) -> None:
+        tx.connection.execute("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)")
 
-    def insert(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO blobs (data) VALUES (?)", (PAYLOAD,))
+    def insert(tx: SqliteTransaction) -> None:
+        tx.connection.execute("INSERT INTO blobs (data) VALUES (?)", (PAYLOAD,))
 
     await db.write(create)
     with pytest.raises(StorageFull):
@@ -222,12 +223,12 @@ async def _grouped_insert_and_delete(db: Database) -> None:
 
     started, release = threading.Event(), threading.Event()
 
-    def hold(conn: sqlite3.Connection) -> None:  # keeps the writer busy while the group forms
+    def hold(tx: SqliteTransaction) -> None:  # keeps the writer busy while the group forms
         started.set()
         release.wait(10)
 
-    def delete(conn: sqlite3.Connection) -> int:
-        return conn.execute("DELETE FROM blobs WHERE id <= 2").rowcount
+    def delete(tx: SqliteTransaction) -> int:
+        return tx.connection.execute("DELETE FROM blobs WHERE id <= 2").rowcount
 
     held = asyncio.ensure_future(db.write(hold))
     await asyncio.to_thread(started.wait, 10)

@@ -19,11 +19,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 from server.domain import validation
 from server.domain.auth import (
@@ -43,19 +41,14 @@ from server.domain.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from server.domain.model import AccountKind, AccountRow, DeviceRow, VerificationRow
+from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.ratelimit import Rate, RateLimiter, take_all
-from server.storage import accounts as store
-from server.storage.database import Database
 
 CODE_LENGTH = 6
 LINKING_CODE_BYTES = 12  # 96 bits: unguessable within a code's few minutes of life
 # Finished or expired verifications are kept this long for support questions, then purged.
 VERIFICATION_RETENTION = 86400.0
-
-
-class AccountKind(IntEnum):
-    PERSON = 1
-    BUSINESS = 2
 
 
 @dataclass(frozen=True)
@@ -122,7 +115,7 @@ def _code_hash(verification_id: str, code: str) -> bytes:
 class AccountRegistry:
     def __init__(
         self,
-        db: Database,
+        db: Store,
         clock: Clock,
         authenticator: Authenticator,
         code_sender: CodeSender,
@@ -178,7 +171,7 @@ class AccountRegistry:
         code = fixed_code or f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
         now = self._clock.now()
         vid = str(uuid.uuid4())
-        row = store.VerificationRow(
+        row = VerificationRow(
             verification_id=vid,
             phone_number=phone,
             code_hash=_code_hash(vid, code),
@@ -188,9 +181,9 @@ class AccountRegistry:
             completed=False,
         )
 
-        def save(conn: sqlite3.Connection) -> None:
-            store.delete_verifications_expired_before(conn, now - VERIFICATION_RETENTION)
-            store.insert_verification(conn, row)
+        def save(tx: Transaction) -> None:
+            tx.delete_verifications_expired_before(now - VERIFICATION_RETENTION)
+            tx.insert_verification(row)
 
         await self._db.write(save)
         if fixed_code is None:
@@ -220,8 +213,8 @@ class AccountRegistry:
         now = self._clock.now()
         policy = self.policy
 
-        def complete(conn: sqlite3.Connection) -> Credentials | _WrongCode:
-            v = store.get_verification(conn, vid)
+        def complete(tx: Transaction) -> Credentials | _WrongCode:
+            v = tx.get_verification(vid)
             if v is None:
                 raise NotFound(f"no verification {vid}; call StartVerification first")
             if v.completed:
@@ -239,10 +232,10 @@ class AccountRegistry:
                     "for a new code"
                 )
             if not hmac.compare_digest(v.code_hash, _code_hash(vid, code)):
-                store.add_verification_attempt(conn, vid)
+                tx.add_verification_attempt(vid)
                 return _WrongCode(policy.max_attempts - v.attempts - 1)
-            store.complete_verification(conn, vid)
-            return self._register(conn, v.phone_number, kind, name, token, now)
+            tx.complete_verification(vid)
+            return self._register(tx, v.phone_number, kind, name, token, now)
 
         outcome = await self._db.write(complete)
         if isinstance(outcome, _WrongCode):
@@ -261,27 +254,27 @@ class AccountRegistry:
 
     @staticmethod
     def _register(
-        conn: sqlite3.Connection,
+        tx: Transaction,
         phone: str,
         kind: AccountKind,
         device_name: str,
         token: str,
         now: float,
     ) -> Credentials:
-        existing = store.get_account_by_phone(conn, phone)
+        existing = tx.get_account_by_phone(phone)
         if existing is None:
             account_id = str(uuid.uuid4())
-            store.insert_account(conn, store.AccountRow(account_id, phone, int(kind), now))
+            tx.insert_account(AccountRow(account_id, phone, kind, now))
         else:
             if existing.kind != kind:
                 raise FailedPrecondition(
-                    f"{phone[:3]}… is registered as a {AccountKind(existing.kind).name.lower()} "
+                    f"{phone[:3]}… is registered as a {existing.kind.name.lower()} "
                     f"account; register with that kind, or delete the account first"
                 )
             account_id = existing.account_id
-            store.delete_all_devices(conn, account_id)
-        device = store.DeviceRow(account_id, PRIMARY_DEVICE_ID, device_name, now, now)
-        store.insert_device(conn, device, hash_token(token))
+            tx.delete_all_devices(account_id)
+        device = DeviceRow(account_id, PRIMARY_DEVICE_ID, device_name, now, now)
+        tx.insert_device(device, hash_token(token))
         return Credentials(account_id, PRIMARY_DEVICE_ID, token, reregistered=existing is not None)
 
     # -- account and devices ---------------------------------------------------------------
@@ -293,9 +286,9 @@ class AccountRegistry:
             else validation.uuid_string(account_id, field="account_id")
         )
 
-        def load(conn: sqlite3.Connection) -> tuple[store.AccountRow | None, list[int]]:
-            row = store.get_account(conn, target)
-            return row, [d.device_id for d in store.list_devices(conn, target)] if row else []
+        def load(tx: ReadTransaction) -> tuple[AccountRow | None, list[int]]:
+            row = tx.get_account(target)
+            return row, [d.device_id for d in tx.list_devices(target)] if row else []
 
         row, device_ids = await self._db.read(load)
         if row is None:
@@ -303,14 +296,14 @@ class AccountRegistry:
         own = row.account_id == caller.account_id
         return AccountView(
             row.account_id,
-            AccountKind(row.kind),
+            row.kind,
             row.phone_number if own else None,
             row.created_at,
             device_ids,
         )
 
-    async def list_devices(self, caller: Principal) -> list[store.DeviceRow]:
-        return await self._db.read(lambda c: store.list_devices(c, caller.account_id))
+    async def list_devices(self, caller: Principal) -> list[DeviceRow]:
+        return await self._db.read(lambda tx: tx.list_devices(caller.account_id))
 
     async def create_linking_code(self, caller: Principal) -> tuple[str, float]:
         if not caller.is_primary:
@@ -319,9 +312,9 @@ class AccountRegistry:
         now = self._clock.now()
         expires_at = now + self.policy.linking_code_ttl
 
-        def save(conn: sqlite3.Connection) -> None:
-            store.delete_linking_codes_expired_before(conn, now)
-            store.insert_linking_code(conn, hash_token(code), caller.account_id, expires_at)
+        def save(tx: Transaction) -> None:
+            tx.delete_linking_codes_expired_before(now)
+            tx.insert_linking_code(hash_token(code), caller.account_id, expires_at)
 
         await self._db.write(as_caller(caller, save))
         return code, expires_at
@@ -334,8 +327,8 @@ class AccountRegistry:
         now = self._clock.now()
         max_devices = self.policy.max_devices
 
-        def link(conn: sqlite3.Connection) -> Credentials:
-            taken = store.take_linking_code(conn, hash_token(linking_code))
+        def link(tx: Transaction) -> Credentials:
+            taken = tx.take_linking_code(hash_token(linking_code))
             if taken is None:
                 raise NotFound(
                     "unknown or already used linking code; create a new one on the primary device"
@@ -345,15 +338,13 @@ class AccountRegistry:
                 raise FailedPrecondition(
                     "the linking code expired; create a new one on the primary device"
                 )
-            if store.count_devices(conn, account_id) >= max_devices:
+            if tx.count_devices(account_id) >= max_devices:
                 raise ResourceExhausted(
                     f"the account already has {max_devices} devices, the most allowed; "
                     "remove one first"
                 )
-            device_id = store.allocate_device_id(conn, account_id)
-            store.insert_device(
-                conn, store.DeviceRow(account_id, device_id, name, now, now), hash_token(token)
-            )
+            device_id = tx.allocate_device_id(account_id)
+            tx.insert_device(DeviceRow(account_id, device_id, name, now, now), hash_token(token))
             return Credentials(account_id, device_id, token)
 
         return await self._db.write(link)
@@ -370,7 +361,7 @@ class AccountRegistry:
                 "a linked device may remove only itself; ask the primary device to remove others"
             )
         removed = await self._db.write(
-            as_caller(caller, lambda c: store.delete_device(c, caller.account_id, device_id))
+            as_caller(caller, lambda tx: tx.delete_device(caller.account_id, device_id))
         )
         if not removed:
             raise NotFound(f"the account has no device {device_id}; see ListDevices")
@@ -379,15 +370,13 @@ class AccountRegistry:
     async def delete_account(self, caller: Principal) -> None:
         if not caller.is_primary:
             raise PermissionDenied("only the primary device (device 1) can delete the account")
-        await self._db.write(
-            as_caller(caller, lambda c: store.delete_account(c, caller.account_id))
-        )
+        await self._db.write(as_caller(caller, lambda tx: tx.delete_account(caller.account_id)))
         self._auth.forget_account(caller.account_id)
 
     async def lookup(self, caller: Principal, phone_number: str) -> tuple[str, AccountKind]:
         self._lookup_limit.check(caller.account_id)
         phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
-        row = await self._db.read(lambda c: store.get_account_by_phone(c, phone))
+        row = await self._db.read(lambda tx: tx.get_account_by_phone(phone))
         if row is None:
             raise NotFound("no account is registered with that number")
-        return row.account_id, AccountKind(row.kind)
+        return row.account_id, row.kind

@@ -10,7 +10,7 @@ Rules kept here:
    are refused at their next authentication; long-lived calls hold a `Lease`, which revocation
    ends at once (the call's task is interrupted and the call ends UNAUTHENTICATED).
 2. Writes made on a caller's behalf re-check the credential inside their own transaction
-   (`Principal.token_hash`, see `server.storage.accounts.holds_credential`), so a call that
+   (`Principal.token_hash`, see `ports.AccountReads.holds_credential`), so a call that
    authenticated just before a revocation cannot write after it. A re-registered number gets
    device 1 again, but with a new token: the old one can never act as the new owner.
 """
@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from server.domain.clock import Clock
 from server.domain.errors import Unauthenticated
-from server.storage import accounts as store
-from server.storage.database import Database
+from server.domain.ports import ReadTransaction, Store, Transaction
 
 TOKEN_BYTES = 32
 # last_seen_at is kept to the hour: finer would cost a write per call and tell more than needed.
@@ -89,26 +87,24 @@ REVOKED_MESSAGE = (
 T = TypeVar("T")
 
 
-def as_caller(
-    caller: Principal, job: Callable[[sqlite3.Connection], T]
-) -> Callable[[sqlite3.Connection], T]:
+def as_caller(caller: Principal, job: Callable[[Transaction], T]) -> Callable[[Transaction], T]:
     """`job`, run only if `caller`'s credential is still valid in the same transaction.
 
     Every write an authenticated caller asks for goes through this (rule 2): the check and the
     write commit together, so no revocation can fall between them.
     """
 
-    def guarded(conn: sqlite3.Connection) -> T:
-        ensure_current(conn, caller)
-        return job(conn)
+    def guarded(tx: Transaction) -> T:
+        ensure_current(tx, caller)
+        return job(tx)
 
     return guarded
 
 
-def ensure_current(conn: sqlite3.Connection, caller: Principal) -> None:
+def ensure_current(tx: ReadTransaction, caller: Principal) -> None:
     """Raise Unauthenticated unless `caller`'s credential is still its device's."""
-    if not caller.token_hash or not store.holds_credential(
-        conn, caller.account_id, caller.device_id, caller.token_hash
+    if not caller.token_hash or not tx.holds_credential(
+        caller.account_id, caller.device_id, caller.token_hash
     ):
         raise Unauthenticated(REVOKED_MESSAGE)
 
@@ -122,7 +118,7 @@ def hash_token(token: str) -> bytes:
 
 
 class Authenticator:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Store, clock: Clock) -> None:
         self._db = db
         self._clock = clock
         self._cache: dict[bytes, tuple[Principal, float]] = {}
@@ -139,7 +135,7 @@ class Authenticator:
         cached = self._cache.get(token_hash)
         if cached is None:
             generation = self._generation
-            row = await self._db.read(lambda c: store.device_for_token(c, token_hash))
+            row = await self._db.read(lambda tx: tx.device_for_token(token_hash))
             if row is None:
                 raise Unauthenticated(
                     "the auth token is not valid (revoked, re-registered or mistyped); "
@@ -153,7 +149,7 @@ class Authenticator:
         if now - last_seen >= LAST_SEEN_RESOLUTION:
             seen = now - now % LAST_SEEN_RESOLUTION
             await self._db.write(
-                lambda c: store.touch_device(c, principal.account_id, principal.device_id, seen)
+                lambda tx: tx.touch_device(principal.account_id, principal.device_id, seen)
             )
             if token_hash in self._cache:
                 self._cache[token_hash] = (principal, seen)

@@ -18,7 +18,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 from client.crypto import xeddsa
@@ -26,11 +25,9 @@ from server.domain import validation
 from server.domain.auth import Principal, as_caller
 from server.domain.clock import Clock
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from server.domain.model import DeviceKeys, SignedKey
+from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.ratelimit import Rate, RateLimiter, take_all
-from server.storage import accounts as account_store
-from server.storage import keys as store
-from server.storage.database import Database
-from server.storage.keys import SignedKey
 
 EC_KEY_TYPE = 0x05
 EC_KEY_LEN = 33
@@ -132,7 +129,7 @@ def _no_duplicates(ids: list[int], *, field: str) -> None:
 
 
 class KeyDirectory:
-    def __init__(self, db: Database, clock: Clock, policy: KeyPolicy) -> None:
+    def __init__(self, db: Store, clock: Clock, policy: KeyPolicy) -> None:
         self._db = db
         self._clock = clock
         self.policy = policy
@@ -167,8 +164,8 @@ class KeyDirectory:
         now = self._clock.now()
         policy = self.policy
 
-        def apply(conn: sqlite3.Connection) -> KeyStatus:
-            current = store.get_device_keys(conn, caller.account_id, caller.device_id)
+        def apply(tx: Transaction) -> KeyStatus:
+            current = tx.get_device_keys(caller.account_id, caller.device_id)
             identity = upload.identity_key or (current.identity_key if current else b"")
             if current is None:
                 missing = [
@@ -198,8 +195,8 @@ class KeyDirectory:
                         "only when the device registers again"
                     )
             self._verify_signatures(upload, identity)
-            self._check_conflicts(conn, caller, upload)
-            counts = store.count_keys(conn, caller.account_id, caller.device_id)
+            self._check_conflicts(tx, caller, upload)
+            counts = tx.count_keys(caller.account_id, caller.device_id)
             if (
                 counts.pre_keys + len(upload.pre_keys) > policy.max_stored_keys
                 or counts.kyber_pre_keys + len(upload.kyber_pre_keys) > policy.max_stored_keys
@@ -214,9 +211,8 @@ class KeyDirectory:
                 current.last_resort_kyber if current else None
             )
             assert signed is not None and last_resort is not None  # checked above
-            store.put_device_keys(
-                conn,
-                store.DeviceKeys(
+            tx.put_device_keys(
+                DeviceKeys(
                     caller.account_id,
                     caller.device_id,
                     identity,
@@ -228,11 +224,9 @@ class KeyDirectory:
                     last_resort,
                 ),
             )
-            store.add_pre_keys(conn, caller.account_id, caller.device_id, upload.pre_keys)
-            store.add_kyber_pre_keys(
-                conn, caller.account_id, caller.device_id, upload.kyber_pre_keys
-            )
-            return self._status(conn, caller)
+            tx.add_pre_keys(caller.account_id, caller.device_id, upload.pre_keys)
+            tx.add_kyber_pre_keys(caller.account_id, caller.device_id, upload.kyber_pre_keys)
+            return self._status(tx, caller)
 
         return await self._db.write(as_caller(caller, apply))
 
@@ -260,9 +254,9 @@ class KeyDirectory:
             )
 
     @staticmethod
-    def _check_conflicts(conn: sqlite3.Connection, caller: Principal, upload: Upload) -> None:
-        stored = store.existing_pre_keys(
-            conn, caller.account_id, caller.device_id, (k for k, _ in upload.pre_keys)
+    def _check_conflicts(tx: ReadTransaction, caller: Principal, upload: Upload) -> None:
+        stored = tx.existing_pre_keys(
+            caller.account_id, caller.device_id, (k for k, _ in upload.pre_keys)
         )
         for key_id, pub in upload.pre_keys:
             if key_id in stored and stored[key_id] != pub:
@@ -270,8 +264,8 @@ class KeyDirectory:
                     f"pre_keys: key id {key_id} is already on file with another key; "
                     "use fresh key ids"
                 )
-        stored = store.existing_kyber_pre_keys(
-            conn, caller.account_id, caller.device_id, (k.key_id for k in upload.kyber_pre_keys)
+        stored = tx.existing_kyber_pre_keys(
+            caller.account_id, caller.device_id, (k.key_id for k in upload.kyber_pre_keys)
         )
         for key in upload.kyber_pre_keys:
             if key.key_id in stored and stored[key.key_id] != key.public_key:
@@ -280,9 +274,9 @@ class KeyDirectory:
                     "use fresh key ids"
                 )
 
-    def _status(self, conn: sqlite3.Connection, caller: Principal) -> KeyStatus:
-        counts = store.count_keys(conn, caller.account_id, caller.device_id)
-        keys = store.get_device_keys(conn, caller.account_id, caller.device_id)
+    def _status(self, tx: ReadTransaction, caller: Principal) -> KeyStatus:
+        counts = tx.count_keys(caller.account_id, caller.device_id)
+        keys = tx.get_device_keys(caller.account_id, caller.device_id)
         low = self.policy.low_watermark
         return KeyStatus(
             pre_keys=counts.pre_keys,
@@ -295,7 +289,7 @@ class KeyDirectory:
         )
 
     async def status(self, caller: Principal) -> KeyStatus:
-        return await self._db.read(lambda conn: self._status(conn, caller))
+        return await self._db.read(lambda tx: self._status(tx, caller))
 
     async def bundles(self, caller: Principal, account_id: str, device_id: int) -> list[Bundle]:
         target = validation.uuid_string(account_id, field="account_id")
@@ -309,11 +303,11 @@ class KeyDirectory:
             )
         )
 
-        def take(conn: sqlite3.Connection) -> list[Bundle]:
-            if account_store.get_account(conn, target) is None:
+        def take(tx: Transaction) -> list[Bundle]:
+            if tx.get_account(target) is None:
                 raise NotFound(f"no account {target}")
             if device_id:
-                one = store.get_device_keys(conn, target, device_id)
+                one = tx.get_device_keys(target, device_id)
                 if one is None:
                     raise NotFound(
                         f"device {device_id} of account {target} does not exist or has not "
@@ -321,19 +315,19 @@ class KeyDirectory:
                     )
                 devices = [one]
             else:
-                devices = store.list_device_keys(conn, target)
+                devices = tx.list_device_keys(target)
                 if not devices:
                     raise NotFound(f"no device of account {target} has published keys yet")
             out = []
             for keys in devices:
-                kyber = store.take_kyber_pre_key(conn, target, keys.device_id)
+                kyber = tx.take_kyber_pre_key(target, keys.device_id)
                 out.append(
                     Bundle(
                         device_id=keys.device_id,
                         registration_id=keys.registration_id,
                         identity_key=keys.identity_key,
                         signed_pre_key=keys.signed_pre_key,
-                        pre_key=store.take_pre_key(conn, target, keys.device_id),
+                        pre_key=tx.take_pre_key(target, keys.device_id),
                         kyber_pre_key=kyber or keys.last_resort_kyber,
                         kyber_is_last_resort=kyber is None,
                     )

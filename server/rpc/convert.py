@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf import timestamp_pb2
 from parley.v1 import account_pb2
 
-from server.domain.accounts import AccountKind
+from server.domain.model import AccountKind
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -11,7 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from parley.v1 import messaging_pb2
 
 from server.domain import errors
-from server.domain.messaging import MismatchedDevicesError
+from server.domain.admission import MismatchedDevicesError
 from server.storage.errors import StorageError, StorageFull
 
 _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {

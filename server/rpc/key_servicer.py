@@ -9,9 +9,9 @@ from parley.v1 import key_pb2 as pb
 from parley.v1 import key_pb2_grpc
 
 from server.domain.keys import KeyDirectory, KeyStatus, Upload
+from server.domain.model import SignedKey
 from server.rpc.convert import timestamp
 from server.rpc.interceptors import caller
-from server.storage.keys import SignedKey
 
 Context = aio.ServicerContext[Any, Any]
 

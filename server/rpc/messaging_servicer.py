@@ -11,23 +11,15 @@ from grpc import aio
 from parley.v1 import messaging_pb2 as pb
 from parley.v1 import messaging_pb2_grpc
 
+from server.domain.admission import Copy, MismatchedDevicesError, SendReceipt, SendRequest
 from server.domain.errors import DomainError
-from server.domain.messaging import (
-    Copy,
-    Envelopes,
-    KeepAlive,
-    Mailbox,
-    MismatchedDevicesError,
-    QueueEmpty,
-    SendReceipt,
-    SendRequest,
-    StreamEvent,
-)
+from server.domain.fanout import Envelopes, KeepAlive, QueueEmpty, StreamEvent
+from server.domain.mailbox import Mailbox
+from server.domain.model import EnvelopeRow, StatusRow
 from server.rpc.convert import timestamp
 from server.rpc.errors import from_storage, mismatched_devices, status_code
 from server.rpc.interceptors import caller
 from server.storage.errors import StorageError
-from server.storage.messages import EnvelopeRow, StatusRow
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -47,6 +47,7 @@ from server.storage.errors import (
     opening_error,
     translate,
 )
+from server.storage.transaction import SqliteTransaction
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ FILE_MODE = 0o600
 
 @dataclass
 class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
+    fn: Callable[[SqliteTransaction], Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
 
@@ -249,10 +250,11 @@ class Database:
 
     # -- public API -------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[SqliteTransaction], T]) -> T:
         """Run `fn` in a write transaction; return its result once the transaction is durable.
 
-        `fn` may run more than once (see rule 6): it must only touch the connection it gets.
+        `fn` gets the transaction (`server.domain.ports.Transaction`). It may run more than once
+        (see rule 6): it must only touch the transaction it gets.
         """
         if self._closed:
             raise RuntimeError("database is closed")
@@ -261,7 +263,7 @@ class Database:
         self._jobs.put(_Job(fn, loop, future))
         return await future
 
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, fn: Callable[[SqliteTransaction], T]) -> T:
         """Run `fn` on a reader connection (a short read transaction) off the event loop."""
         if self._closed:
             raise RuntimeError("database is closed")
@@ -299,20 +301,20 @@ class Database:
 
     # -- threads ----------------------------------------------------------------------------
 
-    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _run_read(self, fn: Callable[[SqliteTransaction], T]) -> T:
+        tx: SqliteTransaction | None = getattr(self._local, "tx", None)
         try:
-            if conn is None:
+            if tx is None:
                 conn = connect(self.path, synchronous=self._synchronous)
                 conn.execute("PRAGMA query_only=1")
-                self._local.conn = conn
+                tx = self._local.tx = SqliteTransaction(conn)
                 with self._reader_lock:
                     self._reader_conns.append(conn)
-            conn.execute("BEGIN")
+            tx.connection.execute("BEGIN")
             try:
-                return fn(conn)
+                return fn(tx)
             finally:
-                _rollback(conn)  # a read transaction: nothing to commit
+                _rollback(tx.connection)  # a read transaction: nothing to commit
         except sqlite3.Error as exc:
             storage = translate(exc)
             if storage is exc:
@@ -320,7 +322,7 @@ class Database:
             raise storage from exc
 
     def _write_loop(self) -> None:
-        conn = self._writer_conn
+        tx = SqliteTransaction(self._writer_conn)
         stopping = False
         while not stopping:
             first = self._jobs.get()
@@ -336,11 +338,12 @@ class Database:
                     stopping = True
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
-            self._commit_batch(conn, batch)
+            self._commit_batch(tx, batch)
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _commit_batch(self, tx: SqliteTransaction, batch: list[_Job]) -> None:
+        conn = tx.connection
         try:
-            outcomes = _run_group(conn, batch)
+            outcomes = _run_group(tx, batch)
         except (sqlite3.Error, _GroupLost) as failure:
             _rollback(conn)
             cause = failure.cause if isinstance(failure, _GroupLost) else failure
@@ -348,7 +351,7 @@ class Database:
             # says nothing about the other jobs: each gets its own try.
             lost = isinstance(failure, _GroupLost) or is_storage_failure(cause)
             if len(batch) > 1 and lost:
-                outcomes = [self._commit_alone(conn, job) for job in batch]
+                outcomes = [self._commit_alone(tx, job) for job in batch]
             else:
                 outcomes = [_failed(cause, len(batch))] * len(batch)
         self._note_health(outcomes)
@@ -358,11 +361,11 @@ class Database:
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
 
     @staticmethod
-    def _commit_alone(conn: sqlite3.Connection, job: _Job) -> _Outcome:
+    def _commit_alone(tx: SqliteTransaction, job: _Job) -> _Outcome:
         try:
-            return _run_group(conn, [job])[0]
+            return _run_group(tx, [job])[0]
         except (sqlite3.Error, _GroupLost) as failure:
-            _rollback(conn)
+            _rollback(tx.connection)
             return _failed(failure.cause if isinstance(failure, _GroupLost) else failure, 1)
 
     def _note_health(self, outcomes: list[_Outcome]) -> None:
@@ -392,15 +395,16 @@ class Database:
                 log.exception("a write-health listener failed")
 
 
-def _run_group(conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
+def _run_group(tx: SqliteTransaction, batch: list[_Job]) -> list[_Outcome]:
     """One transaction for the batch, each job in a SAVEPOINT so a job that raises is rolled
     back alone; raises when the transaction as a whole fails."""
+    conn = tx.connection
     outcomes: list[_Outcome] = []
     conn.execute("BEGIN IMMEDIATE")
     for job in batch:
         conn.execute("SAVEPOINT job")
         try:
-            result = job.fn(conn)
+            result = job.fn(tx)
         except BaseException as exc:  # the caller gets it; other jobs go on
             if not conn.in_transaction:
                 raise _GroupLost(exc) from exc

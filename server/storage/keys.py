@@ -1,40 +1,17 @@
 """SQL for the key directory: device identity, signed prekeys, one-time EC and Kyber prekeys.
 
-Handing out a one-time key is a DELETE ... RETURNING inside the single writer's transaction, so
-two callers can never receive the same key.
+Handing out a one-time key is a DELETE ... RETURNING: the row is gone in the same statement that
+reads it, so two callers, on one writer or several, can never receive the same key (ports
+guarantee 5).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class SignedKey:
-    key_id: int
-    public_key: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True)
-class DeviceKeys:
-    account_id: str
-    device_id: int
-    identity_key: bytes
-    registration_id: int
-    signed_pre_key: SignedKey
-    signed_pre_key_at: float
-    last_resort_kyber: SignedKey
-
-
-@dataclass(frozen=True)
-class KeyCounts:
-    pre_keys: int
-    kyber_pre_keys: int
-
+from server.domain.model import DeviceKeys, KeyCounts, SignedKey
 
 _DEVICE_KEY_COLUMNS = (
     "account_id, device_id, identity_key, registration_id, signed_pre_key_id, signed_pre_key,"
@@ -47,42 +24,6 @@ def _device_keys(r: Any) -> DeviceKeys:
     (acc, dev, ik, reg, spk_id, spk, spk_sig, spk_at, lr_id, lr_key, lr_sig) = r
     return DeviceKeys(
         acc, dev, ik, reg, SignedKey(spk_id, spk, spk_sig), spk_at, SignedKey(lr_id, lr_key, lr_sig)
-    )
-
-
-def get_device_keys(conn: sqlite3.Connection, account_id: str, device_id: int) -> DeviceKeys | None:
-    r = conn.execute(
-        f"SELECT {_DEVICE_KEY_COLUMNS} FROM device_keys WHERE account_id = ? AND device_id = ?",
-        (account_id, device_id),
-    ).fetchone()
-    return None if r is None else _device_keys(r)
-
-
-def list_device_keys(conn: sqlite3.Connection, account_id: str) -> list[DeviceKeys]:
-    rows = conn.execute(
-        f"SELECT {_DEVICE_KEY_COLUMNS} FROM device_keys WHERE account_id = ? ORDER BY device_id",
-        (account_id,),
-    ).fetchall()
-    return [_device_keys(r) for r in rows]
-
-
-def put_device_keys(conn: sqlite3.Connection, k: DeviceKeys) -> None:
-    conn.execute(
-        f"INSERT OR REPLACE INTO device_keys ({_DEVICE_KEY_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            k.account_id,
-            k.device_id,
-            k.identity_key,
-            k.registration_id,
-            k.signed_pre_key.key_id,
-            k.signed_pre_key.public_key,
-            k.signed_pre_key.signature,
-            k.signed_pre_key_at,
-            k.last_resort_kyber.key_id,
-            k.last_resort_kyber.public_key,
-            k.last_resort_kyber.signature,
-        ),
     )
 
 
@@ -101,70 +42,100 @@ def _existing(
     return {int(k): bytes(v) for k, v in rows}
 
 
-def existing_pre_keys(
-    conn: sqlite3.Connection, account_id: str, device_id: int, key_ids: Iterable[int]
-) -> dict[int, bytes]:
-    """The device's one-time EC prekeys among `key_ids`, by id."""
-    return _existing(conn, "one_time_pre_keys", account_id, device_id, key_ids)
+class SqliteKeys:
+    """The key directory (ports.KeyReads/KeyWrites)."""
 
+    connection: sqlite3.Connection
 
-def existing_kyber_pre_keys(
-    conn: sqlite3.Connection, account_id: str, device_id: int, key_ids: Iterable[int]
-) -> dict[int, bytes]:
-    """The device's one-time Kyber prekeys among `key_ids`, by id."""
-    return _existing(conn, "kyber_pre_keys", account_id, device_id, key_ids)
+    def get_device_keys(self, account_id: str, device_id: int) -> DeviceKeys | None:
+        r = self.connection.execute(
+            f"SELECT {_DEVICE_KEY_COLUMNS} FROM device_keys WHERE account_id = ? AND device_id = ?",
+            (account_id, device_id),
+        ).fetchone()
+        return None if r is None else _device_keys(r)
 
+    def list_device_keys(self, account_id: str) -> list[DeviceKeys]:
+        rows = self.connection.execute(
+            f"SELECT {_DEVICE_KEY_COLUMNS} FROM device_keys WHERE account_id = ?"
+            " ORDER BY device_id",
+            (account_id,),
+        ).fetchall()
+        return [_device_keys(r) for r in rows]
 
-def add_pre_keys(
-    conn: sqlite3.Connection, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
-) -> None:
-    conn.executemany(
-        "INSERT OR IGNORE INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
-        " VALUES (?, ?, ?, ?)",
-        [(account_id, device_id, key_id, pub) for key_id, pub in keys],
-    )
+    def put_device_keys(self, k: DeviceKeys) -> None:
+        self.connection.execute(
+            f"INSERT OR REPLACE INTO device_keys ({_DEVICE_KEY_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                k.account_id,
+                k.device_id,
+                k.identity_key,
+                k.registration_id,
+                k.signed_pre_key.key_id,
+                k.signed_pre_key.public_key,
+                k.signed_pre_key.signature,
+                k.signed_pre_key_at,
+                k.last_resort_kyber.key_id,
+                k.last_resort_kyber.public_key,
+                k.last_resort_kyber.signature,
+            ),
+        )
 
+    def existing_pre_keys(
+        self, account_id: str, device_id: int, key_ids: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The device's one-time EC prekeys among `key_ids`, by id."""
+        return _existing(self.connection, "one_time_pre_keys", account_id, device_id, key_ids)
 
-def add_kyber_pre_keys(
-    conn: sqlite3.Connection, account_id: str, device_id: int, keys: Iterable[SignedKey]
-) -> None:
-    conn.executemany(
-        "INSERT OR IGNORE INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
-        " signature) VALUES (?, ?, ?, ?, ?)",
-        [(account_id, device_id, k.key_id, k.public_key, k.signature) for k in keys],
-    )
+    def existing_kyber_pre_keys(
+        self, account_id: str, device_id: int, key_ids: Iterable[int]
+    ) -> dict[int, bytes]:
+        """The device's one-time Kyber prekeys among `key_ids`, by id."""
+        return _existing(self.connection, "kyber_pre_keys", account_id, device_id, key_ids)
 
+    def add_pre_keys(
+        self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
+    ) -> None:
+        self.connection.executemany(
+            "INSERT OR IGNORE INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
+            " VALUES (?, ?, ?, ?)",
+            [(account_id, device_id, key_id, pub) for key_id, pub in keys],
+        )
 
-def take_pre_key(
-    conn: sqlite3.Connection, account_id: str, device_id: int
-) -> tuple[int, bytes] | None:
-    """Remove and return the device's lowest-id one-time EC prekey."""
-    r = conn.execute(
-        "DELETE FROM one_time_pre_keys WHERE account_id = ?1 AND device_id = ?2 AND key_id = ("
-        " SELECT min(key_id) FROM one_time_pre_keys WHERE account_id = ?1 AND device_id = ?2)"
-        " RETURNING key_id, public_key",
-        (account_id, device_id),
-    ).fetchone()
-    return None if r is None else (int(r[0]), bytes(r[1]))
+    def add_kyber_pre_keys(
+        self, account_id: str, device_id: int, keys: Iterable[SignedKey]
+    ) -> None:
+        self.connection.executemany(
+            "INSERT OR IGNORE INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
+            " signature) VALUES (?, ?, ?, ?, ?)",
+            [(account_id, device_id, k.key_id, k.public_key, k.signature) for k in keys],
+        )
 
+    def take_pre_key(self, account_id: str, device_id: int) -> tuple[int, bytes] | None:
+        """Remove and return the device's lowest-id one-time EC prekey."""
+        r = self.connection.execute(
+            "DELETE FROM one_time_pre_keys WHERE account_id = ?1 AND device_id = ?2 AND key_id = ("
+            " SELECT min(key_id) FROM one_time_pre_keys WHERE account_id = ?1 AND device_id = ?2)"
+            " RETURNING key_id, public_key",
+            (account_id, device_id),
+        ).fetchone()
+        return None if r is None else (int(r[0]), bytes(r[1]))
 
-def take_kyber_pre_key(
-    conn: sqlite3.Connection, account_id: str, device_id: int
-) -> SignedKey | None:
-    """Remove and return the device's lowest-id one-time Kyber prekey."""
-    r = conn.execute(
-        "DELETE FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2 AND key_id = ("
-        " SELECT min(key_id) FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2)"
-        " RETURNING key_id, public_key, signature",
-        (account_id, device_id),
-    ).fetchone()
-    return None if r is None else SignedKey(int(r[0]), bytes(r[1]), bytes(r[2]))
+    def take_kyber_pre_key(self, account_id: str, device_id: int) -> SignedKey | None:
+        """Remove and return the device's lowest-id one-time Kyber prekey."""
+        r = self.connection.execute(
+            "DELETE FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2 AND key_id = ("
+            " SELECT min(key_id) FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2)"
+            " RETURNING key_id, public_key, signature",
+            (account_id, device_id),
+        ).fetchone()
+        return None if r is None else SignedKey(int(r[0]), bytes(r[1]), bytes(r[2]))
 
-
-def count_keys(conn: sqlite3.Connection, account_id: str, device_id: int) -> KeyCounts:
-    r = conn.execute(
-        "SELECT (SELECT count(*) FROM one_time_pre_keys WHERE account_id = ?1 AND device_id = ?2),"
-        " (SELECT count(*) FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2)",
-        (account_id, device_id),
-    ).fetchone()
-    return KeyCounts(int(r[0]), int(r[1]))
+    def count_keys(self, account_id: str, device_id: int) -> KeyCounts:
+        r = self.connection.execute(
+            "SELECT (SELECT count(*) FROM one_time_pre_keys"
+            " WHERE account_id = ?1 AND device_id = ?2),"
+            " (SELECT count(*) FROM kyber_pre_keys WHERE account_id = ?1 AND device_id = ?2)",
+            (account_id, device_id),
+        ).fetchone()
+        return KeyCounts(int(r[0]), int(r[1]))

@@ -1,9 +1,9 @@
-"""SQL for messages, per-device envelopes and delivery statuses, plus time-ordered ids.
+"""SQL for messages, per-device envelopes and delivery statuses.
 
-Rows are NamedTuples in column order: on the send path they are built once per message and
-handed to executemany as they are, with no per-row conversion.
+The rows are the domain's NamedTuples (`server.domain.model`), in column order: on the send
+path they are handed to the multi-row INSERTs as they are, with no per-row conversion.
 
-All functions run inside the caller's transaction. Envelope reads are by (account, device) in
+All methods run inside the caller's transaction. Envelope reads are by (account, device) in
 id order, which the `envelopes_by_device` index serves without sorting.
 """
 
@@ -11,87 +11,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+
+from server.domain.model import EnvelopeRow, MessageRow, MessageState, StatusRow
 
 # SQLite binds at most 32,766 parameters per statement (since 3.32).
 MAX_PARAMETERS = 32_000
-# Message states.
-PENDING, DELIVERED, FAILED, SYNC = 0, 1, 2, 3
-SEQUENCE_BITS = 20  # ids are (milliseconds << 20) | sequence: a million ids per millisecond
-
-
-class IdGenerator:
-    """Unique, time-ordered 63-bit ids; strictly increasing even if the clock steps back."""
-
-    def __init__(self, floor: int = 0) -> None:
-        self._last = floor
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def floor(at: float) -> int:
-        """The smallest id generated at or after time `at`."""
-        return int(at * 1000) << SEQUENCE_BITS
-
-    def next(self, now: float) -> int:
-        return self.block(now, 1)
-
-    def block(self, now: float, count: int) -> int:
-        """Reserve `count` consecutive ids; return the first."""
-        with self._lock:
-            first = max(self._last + 1, int(now * 1000) << SEQUENCE_BITS)
-            self._last = first + count - 1
-            return first
-
-    @classmethod
-    def for_database(cls, conn: sqlite3.Connection) -> IdGenerator:
-        row = conn.execute(
-            "SELECT max(m) FROM (SELECT max(message_id) AS m FROM messages"
-            " UNION ALL SELECT max(envelope_id) FROM envelopes"
-            " UNION ALL SELECT max(status_id) FROM delivery_statuses)"
-        ).fetchone()
-        return cls(int(row[0] or 0))
-
-
-class MessageRow(NamedTuple):
-    message_id: int
-    sender_account_id: str
-    sender_device_id: int
-    recipient_account_id: str
-    request_id: str
-    request_hash: bytes
-    server_ts: float
-    state: int
-    category: int = 0
-    template_name: str = ""
-
-
-class EnvelopeRow(NamedTuple):
-    envelope_id: int
-    account_id: str
-    device_id: int
-    message_id: int
-    sender_account_id: str
-    sender_device_id: int
-    server_ts: float
-    client_ts_ms: int
-    content_type: int
-    content: bytes
-    category: int
-    template_name: str
-
-
-class StatusRow(NamedTuple):
-    status_id: int
-    account_id: str
-    device_id: int
-    message_id: int
-    request_id: str
-    recipient_account_id: str
-    state: int
-    at: float
-    reason: str
+PENDING = int(MessageState.PENDING)  # spelled into SQL text as a literal
 
 
 _MESSAGE_COLUMNS = (
@@ -108,34 +34,13 @@ _STATUS_COLUMNS = (
 )
 
 
-def device_registrations(conn: sqlite3.Connection, account_id: str) -> dict[int, int]:
-    """device id -> registration id of the account's devices that can receive (have keys)."""
-    rows = conn.execute(
-        "SELECT k.device_id, k.registration_id FROM devices d JOIN device_keys k"
-        " ON k.account_id = d.account_id AND k.device_id = d.device_id WHERE d.account_id = ?",
-        (account_id,),
-    ).fetchall()
-    return {int(d): int(r) for d, r in rows}
-
-
-def find_messages(
-    conn: sqlite3.Connection, sender_account_id: str, request_ids: Sequence[str]
-) -> dict[str, MessageRow]:
-    """The sender's messages among `request_ids`, by request id (one query for a batch)."""
-    if not request_ids:
-        return {}
-    marks = ",".join("?" * len(request_ids))
-    rows = conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ?"
-        f" AND request_id IN ({marks})",
-        (sender_account_id, *request_ids),
-    ).fetchall()
-    return {r[4]: MessageRow(*r) for r in rows}
-
-
 def _insert_rows(
-    conn: sqlite3.Connection, into: str, width: int, rows: Sequence[tuple[object, ...]]
-) -> None:
+    conn: sqlite3.Connection,
+    into: str,
+    width: int,
+    rows: Sequence[tuple[object, ...]],
+    conflict: str = "",
+) -> int:
     """INSERT many rows with few statements: one multi-row VALUES per chunk.
 
     The sqlite3 module releases the GIL around every step, and executemany steps once per row;
@@ -144,20 +49,14 @@ def _insert_rows(
     """
     per_statement = MAX_PARAMETERS // width
     row_marks = "(" + ",".join("?" * width) + ")"
+    inserted = 0
     for first in range(0, len(rows), per_statement):
         chunk = rows[first : first + per_statement]
-        conn.execute(
-            f"INSERT INTO {into} VALUES " + ",".join([row_marks] * len(chunk)),
+        inserted += conn.execute(
+            f"INSERT INTO {into} VALUES " + ",".join([row_marks] * len(chunk)) + conflict,
             [value for row in chunk for value in row],
-        )
-
-
-def insert_messages(conn: sqlite3.Connection, rows: Sequence[MessageRow]) -> None:
-    _insert_rows(conn, f"messages ({_MESSAGE_COLUMNS})", 10, rows)
-
-
-def insert_envelopes(conn: sqlite3.Connection, rows: Sequence[EnvelopeRow]) -> None:
-    _insert_rows(conn, f"envelopes ({_ENVELOPE_COLUMNS})", 12, rows)
+        ).rowcount
+    return inserted
 
 
 def _rows_after(
@@ -178,126 +77,186 @@ def _rows_after(
     )
 
 
-def envelopes_after(
-    conn: sqlite3.Connection,
-    account_id: str,
-    device_id: int,
-    after_id: int,
-    limit: int,
-    max_bytes: int,
-) -> list[EnvelopeRow]:
-    """At most `limit` envelopes past `after_id`, stopping once `max_bytes` of content are read
-    (at least one): a page of large ciphertexts never holds more than about `max_bytes`."""
-    rows = _rows_after(conn, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_id, limit)
-    out: list[EnvelopeRow] = []
-    size = 0
-    for r in rows:
-        row = EnvelopeRow._make(r)
-        out.append(row)
-        size += len(row.content)
-        if size >= max_bytes:
-            break
-    rows.close()
-    return out
+class SqliteMessages:
+    """Messages, envelopes and delivery statuses (ports.MessageReads/MessageWrites)."""
 
+    connection: sqlite3.Connection
 
-def delete_envelopes(
-    conn: sqlite3.Connection, account_id: str, device_id: int, envelope_ids: Iterable[int]
-) -> list[int]:
-    """Delete the device's envelopes among `envelope_ids`; return their message ids."""
-    ids = list(envelope_ids)
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    where = f"account_id = ? AND device_id = ? AND envelope_id IN ({marks})"
-    # One row back (not one per envelope, as RETURNING would step): see _insert_rows.
-    (found,) = conn.execute(
-        f"SELECT group_concat(message_id) FROM envelopes WHERE {where}",
-        (account_id, device_id, *ids),
-    ).fetchone()
-    if not found:
-        return []
-    conn.execute(f"DELETE FROM envelopes WHERE {where}", (account_id, device_id, *ids))
-    return [int(m) for m in found.split(",")]
-
-
-def settle_messages(
-    conn: sqlite3.Connection, message_ids: Iterable[int], state: int, at: float
-) -> list[MessageRow]:
-    """Move pending messages among `message_ids` to `state`; return those that moved."""
-    ids = sorted(set(message_ids))
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    where = f"state = {PENDING} AND message_id IN ({marks})"
-    columns = ", ".join(_MESSAGE_COLUMNS.replace("request_hash", "hex(request_hash)").split(", "))
-    (found,) = conn.execute(
-        f"SELECT json_group_array(json_array({columns})) FROM messages WHERE {where}", ids
-    ).fetchone()
-    rows = json.loads(found)
-    if not rows:
-        return []
-    conn.execute(f"UPDATE messages SET state = ?, settled_at = ? WHERE {where}", (state, at, *ids))
-    return [MessageRow._make([*r[:5], bytes.fromhex(r[5]), *r[6:]]) for r in rows]
-
-
-def insert_statuses(conn: sqlite3.Connection, rows: Sequence[StatusRow]) -> list[StatusRow]:
-    """Queue statuses for the sending devices; return those whose device still exists."""
-    live = {
-        key
-        for key in {(s.account_id, s.device_id) for s in rows}
-        if conn.execute(
-            "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", key
+    def max_message_id(self) -> int:
+        row = self.connection.execute(
+            "SELECT max(m) FROM (SELECT max(message_id) AS m FROM messages"
+            " UNION ALL SELECT max(envelope_id) FROM envelopes"
+            " UNION ALL SELECT max(status_id) FROM delivery_statuses)"
         ).fetchone()
-    }
-    kept = [s for s in rows if (s.account_id, s.device_id) in live]
-    _insert_rows(conn, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
-    return kept
+        return int(row[0] or 0)
 
+    def device_registrations(self, account_id: str) -> dict[int, int]:
+        """device id -> registration id of the account's devices that can receive (have keys)."""
+        rows = self.connection.execute(
+            "SELECT k.device_id, k.registration_id FROM devices d JOIN device_keys k"
+            " ON k.account_id = d.account_id AND k.device_id = d.device_id WHERE d.account_id = ?",
+            (account_id,),
+        ).fetchall()
+        return {int(d): int(r) for d, r in rows}
 
-def statuses_after(
-    conn: sqlite3.Connection, account_id: str, device_id: int, after_id: int, limit: int
-) -> list[StatusRow]:
-    rows = _rows_after(
-        conn, "delivery_statuses", _STATUS_COLUMNS, account_id, device_id, after_id, limit
-    )
-    return [StatusRow._make(r) for r in rows.fetchall()]
+    def find_messages(
+        self, sender_account_id: str, request_ids: Sequence[str]
+    ) -> dict[str, MessageRow]:
+        """The sender's messages among `request_ids`, by request id (one query for a batch)."""
+        if not request_ids:
+            return {}
+        marks = ",".join("?" * len(request_ids))
+        rows = self.connection.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ?"
+            f" AND request_id IN ({marks})",
+            (sender_account_id, *request_ids),
+        ).fetchall()
+        return {r[4]: MessageRow(*r) for r in rows}
 
+    def insert_messages(self, rows: Sequence[MessageRow]) -> int:
+        """Insert the rows whose (sender, request_id) is still free; return how many were.
 
-def delete_statuses(
-    conn: sqlite3.Connection, account_id: str, device_id: int, status_ids: Iterable[int]
-) -> int:
-    ids = list(status_ids)
-    if not ids:
-        return 0
-    marks = ",".join("?" * len(ids))
-    return conn.execute(
-        f"DELETE FROM delivery_statuses WHERE account_id = ? AND device_id = ?"
-        f" AND status_id IN ({marks})",
-        (account_id, device_id, *ids),
-    ).rowcount
+        UNIQUE (sender_account_id, request_id) with ON CONFLICT DO NOTHING is what keeps one
+        message per request_id when writers race (ports guarantee 3): a row that lost is
+        skipped, not an error, and the count tells the caller. One statement per chunk, and
+        no RETURNING (it would step once per row, see _insert_rows).
+        """
+        return _insert_rows(
+            self.connection,
+            f"messages ({_MESSAGE_COLUMNS})",
+            10,
+            rows,
+            " ON CONFLICT (sender_account_id, request_id) DO NOTHING",
+        )
 
+    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None:
+        _insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 12, rows)
 
-def expire_envelopes(conn: sqlite3.Connection, before_id: int, limit: int) -> int:
-    """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
-    return conn.execute(
-        "DELETE FROM envelopes WHERE envelope_id IN ("
-        " SELECT envelope_id FROM envelopes WHERE envelope_id < ? ORDER BY envelope_id LIMIT ?)",
-        (before_id, limit),
-    ).rowcount
+    def envelopes_after(
+        self,
+        account_id: str,
+        device_id: int,
+        after_id: int,
+        limit: int,
+        max_bytes: int,
+    ) -> list[EnvelopeRow]:
+        """At most `limit` envelopes past `after_id`, stopping once `max_bytes` of content are read
+        (at least one): a page of large ciphertexts never holds more than about `max_bytes`."""
+        rows = _rows_after(
+            self.connection, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_id, limit
+        )
+        out: list[EnvelopeRow] = []
+        size = 0
+        for r in rows:
+            row = EnvelopeRow._make(r)
+            out.append(row)
+            size += len(row.content)
+            if size >= max_bytes:
+                break
+        rows.close()
+        return out
 
+    def delete_envelopes(
+        self, account_id: str, device_id: int, envelope_ids: Iterable[int]
+    ) -> list[int]:
+        """Delete the device's envelopes among `envelope_ids`; return their message ids."""
+        ids = list(envelope_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        where = f"account_id = ? AND device_id = ? AND envelope_id IN ({marks})"
+        # One row back (not one per envelope, as RETURNING would step): see _insert_rows.
+        (found,) = self.connection.execute(
+            f"SELECT group_concat(message_id) FROM envelopes WHERE {where}",
+            (account_id, device_id, *ids),
+        ).fetchone()
+        if not found:
+            return []
+        self.connection.execute(
+            f"DELETE FROM envelopes WHERE {where}", (account_id, device_id, *ids)
+        )
+        return [int(m) for m in found.split(",")]
 
-def pending_before(conn: sqlite3.Connection, before_id: int, limit: int) -> list[int]:
-    """Ids of up to `limit` messages still pending that were sent before `before_id`."""
-    rows = conn.execute(
-        f"SELECT message_id FROM messages WHERE message_id < ? AND state = {PENDING}"
-        " ORDER BY message_id LIMIT ?",
-        (before_id, limit),
-    ).fetchall()
-    return [int(r[0]) for r in rows]
+    def settle_messages(
+        self, message_ids: Iterable[int], state: int, at: float
+    ) -> list[MessageRow]:
+        """Move pending messages among `message_ids` to `state`; return those that moved."""
+        ids = sorted(set(message_ids))
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        where = f"state = {PENDING} AND message_id IN ({marks})"
+        columns = ", ".join(
+            _MESSAGE_COLUMNS.replace("request_hash", "hex(request_hash)").split(", ")
+        )
+        (found,) = self.connection.execute(
+            f"SELECT json_group_array(json_array({columns})) FROM messages WHERE {where}", ids
+        ).fetchone()
+        rows = json.loads(found)
+        if not rows:
+            return []
+        self.connection.execute(
+            f"UPDATE messages SET state = ?, settled_at = ? WHERE {where}", (state, at, *ids)
+        )
+        return [MessageRow._make([*r[:5], bytes.fromhex(r[5]), *r[6:]]) for r in rows]
 
+    def insert_statuses(self, rows: Sequence[StatusRow]) -> list[StatusRow]:
+        """Queue statuses for the sending devices; return those whose device still exists."""
+        live = {
+            key
+            for key in {(s.account_id, s.device_id) for s in rows}
+            if self.connection.execute(
+                "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", key
+            ).fetchone()
+        }
+        kept = [s for s in rows if (s.account_id, s.device_id) in live]
+        _insert_rows(self.connection, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
+        return kept
 
-def delete_settled_messages(conn: sqlite3.Connection, settled_before: float) -> int:
-    return conn.execute(
-        f"DELETE FROM messages WHERE state != {PENDING} AND settled_at < ?", (settled_before,)
-    ).rowcount
+    def statuses_after(
+        self, account_id: str, device_id: int, after_id: int, limit: int
+    ) -> list[StatusRow]:
+        rows = _rows_after(
+            self.connection,
+            "delivery_statuses",
+            _STATUS_COLUMNS,
+            account_id,
+            device_id,
+            after_id,
+            limit,
+        )
+        return [StatusRow._make(r) for r in rows.fetchall()]
+
+    def delete_statuses(self, account_id: str, device_id: int, status_ids: Iterable[int]) -> int:
+        ids = list(status_ids)
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        return self.connection.execute(
+            f"DELETE FROM delivery_statuses WHERE account_id = ? AND device_id = ?"
+            f" AND status_id IN ({marks})",
+            (account_id, device_id, *ids),
+        ).rowcount
+
+    def expire_envelopes(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
+        return self.connection.execute(
+            "DELETE FROM envelopes WHERE envelope_id IN ("
+            " SELECT envelope_id FROM envelopes WHERE envelope_id < ?"
+            " ORDER BY envelope_id LIMIT ?)",
+            (before_id, limit),
+        ).rowcount
+
+    def pending_before(self, before_id: int, limit: int) -> list[int]:
+        """Ids of up to `limit` messages still pending that were sent before `before_id`."""
+        rows = self.connection.execute(
+            f"SELECT message_id FROM messages WHERE message_id < ? AND state = {PENDING}"
+            " ORDER BY message_id LIMIT ?",
+            (before_id, limit),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def delete_settled_messages(self, settled_before: float) -> int:
+        return self.connection.execute(
+            f"DELETE FROM messages WHERE state != {PENDING} AND settled_at < ?", (settled_before,)
+        ).rowcount

@@ -1,0 +1,193 @@
+"""The domain's way into storage: a transaction interface, implemented by each backend.
+
+The domain never sees a connection or SQL. A service hands a function to `Store.write` (or
+`Store.read`); the backend runs it inside one transaction and passes it a `Transaction` (or a
+`ReadTransaction`) whose methods are the operations below. The SQLite backend
+(`server.storage.transaction.SqliteTransaction`) implements them today; a PostgreSQL backend
+implements the same protocols.
+
+What every backend must guarantee, because the domain's invariants rest on it (the modules that
+keep each invariant cite these by name):
+
+1. A `write` function's effects commit together or not at all, and the caller hears its result
+   only after the commit is durable. A function may run more than once (a retried group
+   commit); it touches nothing but the transaction it is given.
+2. Every lookup below is served by an index: a primary key, a unique constraint or
+   `(account_id, device_id, id)`; none scans a table.
+3. `insert_messages` keeps UNIQUE (sender_account_id, request_id): a conflicting row is not
+   inserted (`ON CONFLICT DO NOTHING`) and is reported by the count it returns, never by an
+   exception, so a concurrent writer's send of the same request_id cannot be stored twice.
+4. `settle_messages` moves only rows still PENDING (`state = PENDING` in the UPDATE's WHERE):
+   of two concurrent settlements of one message, exactly one returns it.
+5. `take_pre_key`, `take_kyber_pre_key` and `take_linking_code` delete the row they return
+   (DELETE ... RETURNING): a one-time key or code is handed out once, however many writers.
+6. `allocate_device_id` is one conditional UPDATE ... RETURNING of the account's counter, so
+   device ids are never handed out twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+from server.domain.model import (
+    AccountRow,
+    DeviceKeys,
+    DeviceRow,
+    EnvelopeRow,
+    KeyCounts,
+    MessageRow,
+    SignedKey,
+    StatusRow,
+    VerificationRow,
+)
+
+T = TypeVar("T")
+
+
+class AccountReads(Protocol):
+    def get_verification(self, verification_id: str) -> VerificationRow | None: ...
+    def get_account(self, account_id: str) -> AccountRow | None: ...
+    def get_account_by_phone(self, phone_number: str) -> AccountRow | None: ...
+    def list_devices(self, account_id: str) -> list[DeviceRow]: ...
+    def count_devices(self, account_id: str) -> int: ...
+    def device_for_token(self, token_hash: bytes) -> DeviceRow | None: ...
+    def holds_credential(self, account_id: str, device_id: int, token_hash: bytes) -> bool:
+        """Whether `token_hash` is still the credential of that device (one key probe)."""
+        ...
+
+
+class AccountWrites(Protocol):
+    def insert_verification(self, row: VerificationRow) -> None: ...
+    def add_verification_attempt(self, verification_id: str) -> None: ...
+    def complete_verification(self, verification_id: str) -> None: ...
+    def delete_verifications_expired_before(self, before: float) -> int: ...
+    def insert_account(self, row: AccountRow) -> None: ...
+    def delete_account(self, account_id: str) -> bool:
+        """Delete the account and everything that references it."""
+        ...
+
+    def allocate_device_id(self, account_id: str) -> int:
+        """The account's next unused device id (guarantee 6)."""
+        ...
+
+    def insert_device(self, row: DeviceRow, token_hash: bytes) -> None: ...
+    def delete_device(self, account_id: str, device_id: int) -> bool: ...
+    def delete_all_devices(self, account_id: str) -> int: ...
+    def touch_device(self, account_id: str, device_id: int, at: float) -> None: ...
+    def insert_linking_code(self, code_hash: bytes, account_id: str, expires_at: float) -> None: ...
+
+    def take_linking_code(self, code_hash: bytes) -> tuple[str, float] | None:
+        """Remove a linking code, return (account_id, expires_at) (guarantee 5)."""
+        ...
+
+    def delete_linking_codes_expired_before(self, before: float) -> int: ...
+
+
+class KeyReads(Protocol):
+    def get_device_keys(self, account_id: str, device_id: int) -> DeviceKeys | None: ...
+    def list_device_keys(self, account_id: str) -> list[DeviceKeys]: ...
+    def existing_pre_keys(
+        self, account_id: str, device_id: int, key_ids: Iterable[int]
+    ) -> dict[int, bytes]: ...
+    def existing_kyber_pre_keys(
+        self, account_id: str, device_id: int, key_ids: Iterable[int]
+    ) -> dict[int, bytes]: ...
+    def count_keys(self, account_id: str, device_id: int) -> KeyCounts: ...
+
+
+class KeyWrites(Protocol):
+    def put_device_keys(self, keys: DeviceKeys) -> None: ...
+    def add_pre_keys(
+        self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
+    ) -> None: ...
+    def add_kyber_pre_keys(
+        self, account_id: str, device_id: int, keys: Iterable[SignedKey]
+    ) -> None: ...
+    def take_pre_key(self, account_id: str, device_id: int) -> tuple[int, bytes] | None:
+        """Remove and return the device's lowest-id one-time EC prekey (guarantee 5)."""
+        ...
+
+    def take_kyber_pre_key(self, account_id: str, device_id: int) -> SignedKey | None:
+        """Remove and return the device's lowest-id one-time Kyber prekey (guarantee 5)."""
+        ...
+
+
+class MessageReads(Protocol):
+    def max_message_id(self) -> int:
+        """The largest message, envelope or status id stored (0 when none)."""
+        ...
+
+    def device_registrations(self, account_id: str) -> dict[int, int]:
+        """device id -> registration id of the account's devices that can receive (have keys)."""
+        ...
+
+    def find_messages(
+        self, sender_account_id: str, request_ids: Sequence[str]
+    ) -> dict[str, MessageRow]:
+        """The sender's messages among `request_ids`, by request id (one lookup for a batch)."""
+        ...
+
+    def envelopes_after(
+        self, account_id: str, device_id: int, after_id: int, limit: int, max_bytes: int
+    ) -> list[EnvelopeRow]:
+        """At most `limit` of the device's envelopes past `after_id` in id order, stopping once
+        `max_bytes` of content are read (at least one)."""
+        ...
+
+    def statuses_after(
+        self, account_id: str, device_id: int, after_id: int, limit: int
+    ) -> list[StatusRow]: ...
+
+
+class MessageWrites(Protocol):
+    def insert_messages(self, rows: Sequence[MessageRow]) -> int:
+        """Insert the rows whose (sender, request_id) is free; return how many (guarantee 3)."""
+        ...
+
+    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None: ...
+    def delete_envelopes(
+        self, account_id: str, device_id: int, envelope_ids: Iterable[int]
+    ) -> list[int]:
+        """Delete the device's envelopes among `envelope_ids`; return their message ids."""
+        ...
+
+    def settle_messages(
+        self, message_ids: Iterable[int], state: int, at: float
+    ) -> list[MessageRow]:
+        """Move the PENDING messages among `message_ids` to `state`; return those that moved
+        (guarantee 4)."""
+        ...
+
+    def insert_statuses(self, rows: Sequence[StatusRow]) -> list[StatusRow]:
+        """Queue statuses for the sending devices; return those whose device still exists."""
+        ...
+
+    def delete_statuses(
+        self, account_id: str, device_id: int, status_ids: Iterable[int]
+    ) -> int: ...
+
+    def expire_envelopes(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
+        ...
+
+    def pending_before(self, before_id: int, limit: int) -> list[int]:
+        """Ids of up to `limit` PENDING messages sent before `before_id`."""
+        ...
+
+    def delete_settled_messages(self, settled_before: float) -> int: ...
+
+
+class ReadTransaction(AccountReads, KeyReads, MessageReads, Protocol):
+    """What a read transaction offers: a consistent view, no writes."""
+
+
+class Transaction(ReadTransaction, AccountWrites, KeyWrites, MessageWrites, Protocol):
+    """What a write transaction offers: every read, and the writes."""
+
+
+class Store(Protocol):
+    """A database the domain writes and reads through (guarantee 1)."""
+
+    async def write(self, fn: Callable[[Transaction], T]) -> T: ...
+    async def read(self, fn: Callable[[ReadTransaction], T]) -> T: ...

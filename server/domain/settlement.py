@@ -1,0 +1,137 @@
+"""Settlement: acknowledgements and expiry, and the delivery status each one sends back.
+
+Rules kept here, and what enforces each one with concurrent writers:
+1. The first acknowledgement by any recipient device settles a message as delivered, once.
+   `settle_messages` is a conditional UPDATE (`state = PENDING` in its WHERE, ports guarantee
+   4): of two devices (or replicas) acknowledging at once, exactly one moves the message and
+   so exactly one delivery status is queued.
+2. An envelope is deleted by its own device's acknowledgement only: the DELETE is keyed by
+   (account_id, device_id, envelope_id), so a device cannot acknowledge another's envelopes.
+3. A message that no device acknowledged within the envelope TTL settles as failed (whether its
+   envelopes expired or went away with a removed device), by the same conditional UPDATE, so
+   an acknowledgement racing expiry yields one status, never two.
+4. Either way the sending device gets one delivery status, queued in the same transaction
+   (dropped if that device no longer exists), and fanned out after the commit.
+5. Settled messages are kept IDEMPOTENCY_RETENTION so a retried request_id still gets its
+   first result (admission rule 2), then deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from server.domain.auth import Principal, as_caller
+from server.domain.clock import Clock
+from server.domain.errors import InvalidArgument
+from server.domain.fanout import Fanout
+from server.domain.ids import IdGenerator
+from server.domain.messaging_policy import MessagingPolicy
+from server.domain.model import MessageRow, MessageState, StatusRow
+from server.domain.ports import Store, Transaction
+
+log = logging.getLogger(__name__)
+
+# Rows expired per write job: bounds how long one expiry job holds the writer.
+EXPIRY_BATCH = 10_000
+# Settled messages are kept this long so request_id retries keep returning the first result.
+IDEMPOTENCY_RETENTION = 86_400.0
+NOT_DELIVERED = "not delivered: no device of the recipient received it in time"
+
+
+class Settlement:
+    def __init__(
+        self, db: Store, clock: Clock, policy: MessagingPolicy, ids: IdGenerator, fanout: Fanout
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self.policy = policy
+        self._ids = ids
+        self._fanout = fanout
+
+    async def acknowledge(
+        self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
+    ) -> tuple[int, int]:
+        if not envelope_ids and not status_ids:
+            raise InvalidArgument("nothing to acknowledge: give envelope_ids or status_ids")
+        limit = self.policy.max_batch
+        if len(envelope_ids) > limit or len(status_ids) > limit:
+            raise InvalidArgument(f"at most {limit} envelope ids and {limit} status ids per call")
+        now = self._clock.now()
+        ids = self._ids
+
+        def job(tx: Transaction) -> tuple[int, int, list[StatusRow]]:
+            message_ids = tx.delete_envelopes(caller.account_id, caller.device_id, envelope_ids)
+            settled = tx.settle_messages(message_ids, MessageState.DELIVERED, now)
+            statuses = _statuses_for(tx, settled, MessageState.DELIVERED, now, ids, "")
+            removed = tx.delete_statuses(caller.account_id, caller.device_id, status_ids)
+            return len(message_ids), removed, statuses
+
+        acked, removed, statuses = await self._db.write(as_caller(caller, job))
+        self._fanout.notify_statuses(statuses)
+        return acked, removed
+
+    async def expire(self) -> int:
+        """Delete expired envelopes; settle their undelivered messages as failed."""
+        now = self._clock.now()
+        cutoff = IdGenerator.floor(now - self.policy.envelope_ttl)
+        ids = self._ids
+        total = 0
+        while True:
+
+            def job(tx: Transaction) -> tuple[int, list[StatusRow]]:
+                # All copies of a message share its send time, so they expire with it. A message
+                # still pending at that age was acknowledged by no device: its envelopes expired,
+                # or went with a removed device or a deleted account.
+                count = tx.expire_envelopes(cutoff, EXPIRY_BATCH)
+                failed = tx.settle_messages(
+                    tx.pending_before(cutoff, EXPIRY_BATCH), MessageState.FAILED, now
+                )
+                statuses = _statuses_for(tx, failed, MessageState.FAILED, now, ids, NOT_DELIVERED)
+                tx.delete_settled_messages(now - IDEMPOTENCY_RETENTION)
+                return max(count, len(failed)), statuses
+
+            count, statuses = await self._db.write(job)
+            self._fanout.notify_statuses(statuses)
+            total += count
+            if count < EXPIRY_BATCH:
+                return total
+
+    async def run_expiry(self, interval: float) -> None:
+        """Background task: expire envelopes every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                expired = await self.expire()
+            except Exception:
+                log.exception("envelope expiry failed; will retry")
+                continue
+            if expired:
+                log.info("expired %d undelivered envelopes", expired)
+
+
+def _statuses_for(
+    tx: Transaction,
+    settled: list[MessageRow],
+    state: MessageState,
+    now: float,
+    ids: IdGenerator,
+    reason: str,
+) -> list[StatusRow]:
+    return tx.insert_statuses(
+        [
+            StatusRow(
+                status_id=ids.next(now),
+                account_id=m.sender_account_id,
+                device_id=m.sender_device_id,
+                message_id=m.message_id,
+                request_id=m.request_id,
+                recipient_account_id=m.recipient_account_id,
+                state=int(state),
+                at=now,
+                reason=reason,
+            )
+            for m in settled
+        ]
+    )
