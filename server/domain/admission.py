@@ -373,7 +373,7 @@ class Admission:
     ) -> None:
         self.policy = policy
         self._ids = ids
-        self._rules = tuple(rules)
+        self.rules = tuple(rules)
 
     def validate(self, caller: Principal, r: SendRequest) -> None:
         """The checks that need no database: shape, sizes, enums."""
@@ -448,7 +448,7 @@ class Admission:
         """Run every rule on every draft: a refusal or an answer, or the draft with its
         deferred writes. Nothing is written here."""
         try:
-            for rule in self._rules:
+            for rule in self.rules:
                 rule.prepare(job, drafts)
         except DomainError as exc:
             return [exc] * len(drafts)
@@ -456,7 +456,7 @@ class Admission:
         for draft in drafts:
             writes: list[DeferredWrite] = []
             try:
-                for rule in self._rules:
+                for rule in self.rules:
                     writes.extend(rule.check(draft, job))
             except DomainError as exc:
                 out.append(exc)
