@@ -1,14 +1,20 @@
 """Accounts and devices: phone verification, registration, linking, removal, lookup.
 
-Rules kept here:
+Rules kept here, and what enforces each with concurrent writers (`server.domain.ports`
+lists the backend's guarantees):
 1. A code is 6 digits, lives `code_ttl` seconds, allows `max_attempts` wrong guesses, works once.
-   Wrong guesses are counted durably before the caller hears "wrong code".
+   Wrong guesses are counted durably before the caller hears "wrong code". Enforced by
+   conditional UPDATEs (ports guarantee 7): a guess is counted only while `attempts < max`, a
+   code is used only while `completed = 0`.
 2. Registering a number that has an account keeps the account id and replaces every device:
-   old tokens stop working at once (the new primary device is device 1).
+   old tokens stop working at once (the new primary device is device 1). One account per
+   number: UNIQUE (phone_number).
 3. Only the primary device links new devices or deletes the account; a linked device may remove
    only itself; the primary device cannot be removed (delete the account or re-register).
+   A linking code works once: DELETE ... RETURNING (ports guarantee 5).
 4. Device ids are never reused within an account, so a stale session never meets a new device
-   that happens to have the old id.
+   that happens to have the old id: the account's counter moves by one UPDATE ... RETURNING
+   (ports guarantee 6), and (account_id, device_id) is the devices' primary key.
 5. A code costs the operator an SMS: one is sent only within the limits per number, per client
    address and across the server, and when the `VerificationGate` allows. Failed attempts are
    limited per client address too, across all numbers, so guessing cannot spread out.
@@ -232,9 +238,13 @@ class AccountRegistry:
                     "for a new code"
                 )
             if not hmac.compare_digest(v.code_hash, _code_hash(vid, code)):
-                tx.add_verification_attempt(vid)
-                return _WrongCode(policy.max_attempts - v.attempts - 1)
-            tx.complete_verification(vid)
+                # The check above read a snapshot; the conditional UPDATE decides (rule 1).
+                attempts = tx.add_verification_attempt(vid, policy.max_attempts)
+                return _WrongCode(policy.max_attempts - (attempts or policy.max_attempts))
+            if not tx.complete_verification(vid):
+                raise FailedPrecondition(
+                    "this verification was already used; call StartVerification for a new code"
+                )
             return self._register(tx, v.phone_number, kind, name, token, now)
 
         outcome = await self._db.write(complete)

@@ -8,7 +8,8 @@ Rules kept here:
    client). A bad signature refuses the whole upload: uploads are all-or-nothing.
 3. A key id already on file with different key bytes is refused; the identical key is a no-op,
    so a retried upload succeeds.
-4. A one-time key is handed out once, ever: taking it deletes it in the same transaction.
+4. A one-time key is handed out once, ever: taking it is one DELETE ... RETURNING (ports
+   guarantee 5), so two callers, on one writer or several, never receive the same key.
 5. Fetching is limited per caller and per (caller, target) pair, so no one caller can take all
    of a stranger's one-time keys. Once they are gone (drained by many callers, or simply used
    up), bundles carry the signed prekey and the last-resort Kyber key, which are never taken:

@@ -23,6 +23,9 @@ keep each invariant cite these by name):
    (DELETE ... RETURNING): a one-time key or code is handed out once, however many writers.
 6. `allocate_device_id` is one conditional UPDATE ... RETURNING of the account's counter, so
    device ids are never handed out twice.
+7. `add_verification_attempt` and `complete_verification` are conditional UPDATEs
+   (`attempts < max`, `completed = 0`): of concurrent guesses at one code, no more than the
+   allowed number are counted, and one correct code registers once.
 """
 
 from __future__ import annotations
@@ -59,8 +62,15 @@ class AccountReads(Protocol):
 
 class AccountWrites(Protocol):
     def insert_verification(self, row: VerificationRow) -> None: ...
-    def add_verification_attempt(self, verification_id: str) -> None: ...
-    def complete_verification(self, verification_id: str) -> None: ...
+    def add_verification_attempt(self, verification_id: str, max_attempts: int) -> int | None:
+        """Count one wrong guess unless `max_attempts` are counted already (one conditional
+        UPDATE, guarantee 7); return the new count, None when none was left."""
+        ...
+
+    def complete_verification(self, verification_id: str) -> bool:
+        """Mark it used unless it already was (one conditional UPDATE, guarantee 7)."""
+        ...
+
     def delete_verifications_expired_before(self, before: float) -> int: ...
     def insert_account(self, row: AccountRow) -> None: ...
     def delete_account(self, account_id: str) -> bool:

@@ -52,15 +52,22 @@ class SqliteAccounts:
         vid, phone, code_hash, created, expires, attempts, completed = r
         return VerificationRow(vid, phone, code_hash, created, expires, attempts, bool(completed))
 
-    def add_verification_attempt(self, verification_id: str) -> None:
-        self.connection.execute(
-            "UPDATE verifications SET attempts = attempts + 1 WHERE verification_id = ?",
-            (verification_id,),
-        )
+    def add_verification_attempt(self, verification_id: str, max_attempts: int) -> int | None:
+        row = self.connection.execute(
+            "UPDATE verifications SET attempts = attempts + 1"
+            " WHERE verification_id = ? AND attempts < ? RETURNING attempts",
+            (verification_id, max_attempts),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
-    def complete_verification(self, verification_id: str) -> None:
-        self.connection.execute(
-            "UPDATE verifications SET completed = 1 WHERE verification_id = ?", (verification_id,)
+    def complete_verification(self, verification_id: str) -> bool:
+        return (
+            self.connection.execute(
+                "UPDATE verifications SET completed = 1"
+                " WHERE verification_id = ? AND completed = 0",
+                (verification_id,),
+            ).rowcount
+            > 0
         )
 
     def delete_verifications_expired_before(self, before: float) -> int:
