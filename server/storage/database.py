@@ -221,7 +221,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 class Database:
-    """The server's SQLite database: migrated on open, written by one group-committing thread."""
+    """The server's SQLite database: migrated on open, written by one group-committing thread.
+
+    It is the domain's `server.domain.ports.Store`: each job gets a `SqliteTransaction`."""
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL", max_bytes: int = 0) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
