@@ -18,6 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from parley.v1 import (
     account_pb2,
     account_pb2_grpc,
+    admin_pb2,
+    admin_pb2_grpc,
+    business_pb2,
+    business_pb2_grpc,
     key_pb2,
     key_pb2_grpc,
     messaging_pb2,
@@ -32,8 +36,13 @@ from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
 from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
 from server.domain.mailbox import Mailbox
+from server.domain.operator import OperatorGate
+from server.domain.profiles import BusinessProfiles
+from server.domain.templates import TemplateCatalog
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
+from server.rpc.admin_servicer import AdminServicer
+from server.rpc.business_servicer import BusinessServicer
 from server.rpc.interceptors import ParleyInterceptor
 from server.rpc.key_servicer import KeyServicer
 from server.rpc.messaging_servicer import MessagingServicer
@@ -45,10 +54,13 @@ log = logging.getLogger("parley.server")
 # grpcio-health-checking ships the asyncio servicer untyped, as `health.aio`.
 AsyncHealthServicer: Any = health.aio.HealthServicer  # type: ignore[attr-defined]
 
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 SERVICE_NAMES = (
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
     key_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+    business_pb2.DESCRIPTOR.services_by_name["BusinessService"].full_name,
+    ADMIN_SERVICE,
 )
 
 
@@ -229,7 +241,13 @@ async def _assemble(
         verification_gate,
     )
     server = aio.server(
-        interceptors=[ParleyInterceptor(authenticator, ACCOUNT_OPEN_METHODS)],
+        interceptors=[
+            ParleyInterceptor(
+                authenticator,
+                ACCOUNT_OPEN_METHODS,
+                {ADMIN_SERVICE: OperatorGate(settings.admin_token)},
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
@@ -242,6 +260,14 @@ async def _assemble(
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
+    profiles = BusinessProfiles(db, clock)
+    templates = TemplateCatalog(db, clock)
+    business_pb2_grpc.add_BusinessServiceServicer_to_server(
+        BusinessServicer(profiles=profiles, templates=templates), server
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(profiles=profiles, templates=templates), server
+    )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))

@@ -77,6 +77,8 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     max_database_mb: int = 0
     shutdown_grace: float = 5.0
+    # The operator's bearer token for AdminService; None disables every admin RPC.
+    admin_token: str | None = None
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -190,6 +192,12 @@ OPTIONS: tuple[Option, ...] = (
         "while acknowledgements still free room",
     ),
     Option("shutdown_grace", float, "seconds in-flight calls get to finish on SIGTERM"),
+    Option(
+        "admin_token",
+        str,
+        "operator token for AdminService (reviews of business names and templates); unset "
+        "disables every admin RPC. Use a long random secret, e.g. from `openssl rand -hex 32`",
+    ),
 )
 
 

@@ -1,8 +1,14 @@
 """One interceptor around every Parley RPC: decode, authenticate, map errors, log.
 
-Authentication sets the caller's Principal in a context variable that the servicers read with
-`caller()`. Each RPC runs in its own task, so the variable never leaks between calls.
-Health and reflection are not Parley services and pass through untouched.
+Authentication sets the caller in a context variable that the servicers read with `caller()`
+(a device's Principal) or `operator()` (the operator). Each RPC runs in its own task, so the
+variable never leaks between calls. Health and reflection are not Parley services and pass
+through untouched.
+
+Which credential a method takes is decided per service, by one table (`authenticators`:
+service full name -> authenticator; every other service takes device tokens). So AdminService
+accepts only the operator token and every device RPC only device tokens, with no servicer
+checking credentials itself.
 
 Rules kept here, for every Parley RPC, present and future:
 1. Requests are decoded here (`server.rpc.decoding`), not by gRPC: undecodable bytes and
@@ -21,26 +27,44 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 from grpc import aio
 
 from server.domain.auth import REVOKED_MESSAGE, Authenticator, Lease, Principal
 from server.domain.errors import DomainError, Unauthenticated
+from server.domain.operator import Operator
 from server.rpc import errors
 from server.rpc.decoding import RequestDecoder, UndecodableLog
 
 log = logging.getLogger("parley.rpc")
 
-_PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar("parley_principal")
+_PRINCIPAL: contextvars.ContextVar[object] = contextvars.ContextVar("parley_principal")
 PARLEY_PREFIX = "/parley."
 
 
+class CallAuthenticator(Protocol):
+    """Turns a presented bearer token into the caller of one kind, or raises a DomainError."""
+
+    async def authenticate(self, token: str) -> object: ...
+
+
 def caller() -> Principal:
-    """The authenticated device of the current RPC (only on RPCs that require auth)."""
-    return _PRINCIPAL.get()
+    """The authenticated device of the current RPC (only on RPCs that require a device)."""
+    principal = _PRINCIPAL.get()
+    if not isinstance(principal, Principal):
+        raise TypeError("caller() on an RPC not authenticated as a device")
+    return principal
+
+
+def operator() -> Operator:
+    """Proof that the current RPC presented the operator token (AdminService only)."""
+    principal = _PRINCIPAL.get()
+    if not isinstance(principal, Operator):
+        raise TypeError("operator() on an RPC not authenticated as the operator")
+    return principal
 
 
 def bearer_token(metadata: Any) -> str:
@@ -60,9 +84,17 @@ else:
 
 
 class ParleyInterceptor(_Interceptor):
-    def __init__(self, authenticator: Authenticator, open_methods: frozenset[str]) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        open_methods: frozenset[str],
+        authenticators: Mapping[str, CallAuthenticator] | None = None,
+    ) -> None:
+        """`authenticator` checks device tokens, on every service not in `authenticators`
+        (service full name, e.g. "parley.v1.AdminService" -> its own authenticator)."""
         self._auth = authenticator
         self._open = open_methods
+        self._services: Mapping[str, CallAuthenticator] = dict(authenticators or {})
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._undecodable = UndecodableLog()
 
@@ -87,17 +119,24 @@ class ParleyInterceptor(_Interceptor):
     def _wrap(
         self, handler: grpc.RpcMethodHandler[Any, Any], method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        needs_auth = method not in self._open
+        service = method[1:].partition("/")[0]
+        auth: CallAuthenticator | None = (
+            None if method in self._open else self._services.get(service, self._auth)
+        )
         assert handler.request_deserializer is not None, method  # generated stubs always set it
         decode = RequestDecoder(method, handler.request_deserializer, self._undecodable)
         # request_deserializer=None: gRPC hands over the bytes and `decode` turns them into the
         # request (rule 1).
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, needs_auth, decode),
+                self._unary(handler.unary_unary, method, auth, decode),
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
+        if auth is not None and auth is not self._auth:
+            # Streams hold a Lease on a device credential (rule 2); other kinds have none.
+            raise NotImplementedError(f"{method}: only device RPCs may stream")
+        needs_auth = auth is not None
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(
@@ -130,18 +169,25 @@ class ParleyInterceptor(_Interceptor):
         _PRINCIPAL.set(principal)
         return principal
 
+    @staticmethod
+    async def _authenticate_with(
+        auth: CallAuthenticator, context: aio.ServicerContext[Any, Any]
+    ) -> None:
+        token = bearer_token(context.invocation_metadata())
+        _PRINCIPAL.set(await auth.authenticate(token))
+
     def _unary(
         self,
         inner: Callable[..., Awaitable[Any]],
         method: str,
-        needs_auth: bool,
+        auth: CallAuthenticator | None,
         decode: RequestDecoder,
     ) -> Callable[..., Awaitable[Any]]:
         async def behavior(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             try:
-                if needs_auth:
-                    await self._authenticate(context)
+                if auth is not None:
+                    await self._authenticate_with(auth, context)
                 return await inner(decode(raw), context)
             except Exception as exc:
                 await _abort(context, exc, method)

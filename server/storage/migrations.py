@@ -178,11 +178,84 @@ def _v4_messaging(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v5_business_directory(conn: sqlite3.Connection) -> None:
+    # Review statuses: 1 pending, 2 approved, 3 rejected (directory_model.ReviewStatus). The
+    # review queues are partial indexes over PENDING rows only, so they stay small.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE business_profiles (
+            account_id        TEXT PRIMARY KEY
+                              REFERENCES accounts(account_id) ON DELETE CASCADE,
+            display_name      TEXT NOT NULL,             -- the name submitted last
+            about             TEXT NOT NULL DEFAULT '',
+            description       TEXT NOT NULL DEFAULT '',
+            address           TEXT NOT NULL DEFAULT '',
+            email             TEXT NOT NULL DEFAULT '',
+            websites          TEXT NOT NULL DEFAULT '[]', -- JSON array, at most 2
+            vertical          INTEGER NOT NULL DEFAULT 0,
+            name_status       INTEGER NOT NULL,          -- review of display_name
+            name_reason       TEXT NOT NULL DEFAULT '',  -- why it was rejected
+            verified_name     TEXT NOT NULL DEFAULT '',  -- the last approved name
+            name_submitted_at REAL NOT NULL,
+            updated_at        REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX business_names_pending ON business_profiles(name_submitted_at)
+            WHERE name_status = 1;
+        CREATE TABLE templates (
+            template_id         TEXT PRIMARY KEY,        -- UUID, by which sends name it
+            business_account_id TEXT NOT NULL
+                                REFERENCES accounts(account_id) ON DELETE CASCADE,
+            name                TEXT NOT NULL,
+            language            TEXT NOT NULL,
+            category            INTEGER NOT NULL,        -- MessageCategory, frozen at approval
+            header              TEXT NOT NULL DEFAULT '',
+            body                TEXT NOT NULL,
+            footer              TEXT NOT NULL DEFAULT '',
+            buttons             TEXT NOT NULL DEFAULT '[]', -- JSON array of labels
+            parameter_count     INTEGER NOT NULL,
+            status              INTEGER NOT NULL,
+            reason              TEXT NOT NULL DEFAULT '',
+            pause_reason        TEXT NOT NULL DEFAULT '', -- '', 'business' or 'quality'
+            created_at          REAL NOT NULL,
+            reviewed_at         REAL,
+            UNIQUE (business_account_id, name, language)
+        ) WITHOUT ROWID;
+        CREATE INDEX templates_pending ON templates(created_at) WHERE status = 1;
+        """,
+    )
+    # Triggers have ';' inside BEGIN ... END, so each is one execute (D4 of directory_model).
+    conn.execute(
+        """
+        CREATE TRIGGER templates_frozen_once_approved
+            BEFORE UPDATE OF name, language, category, header, body, footer, buttons,
+                parameter_count, business_account_id ON templates
+            WHEN OLD.status = 2
+            BEGIN
+                SELECT RAISE(ABORT, 'an approved template never changes; create a new one');
+            END
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER templates_review_is_final
+            BEFORE UPDATE OF status ON templates
+            WHEN OLD.status != 1 AND NEW.status != OLD.status
+            BEGIN
+                SELECT RAISE(ABORT, 'a reviewed template keeps its status');
+            END
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
     Migration(3, "identity keys, signed, one-time and Kyber prekeys", _v3_keys),
     Migration(4, "messages, envelopes and delivery statuses", _v4_messaging),
+    Migration(
+        5, "business profiles, display-name review and message templates", _v5_business_directory
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
