@@ -300,6 +300,7 @@ def test_template_review_flow(w: World) -> None:
     assert w.get(w.person, template_id=created.template_id).category == (
         mpb.MESSAGE_CATEGORY_UTILITY
     )
+    w.server.clock.advance(1)  # listed oldest first
     other_language = w.create(language="de", body="Ihre Bestellung {{1}}")
     rejected = w.review_template(other_language.template_id, REJECT, "say when it ships")
     assert (rejected.status, rejected.reason) == (bpb.REVIEW_STATUS_REJECTED, "say when it ships")
@@ -479,10 +480,9 @@ def test_pause_all_for_quality(tmp_path: Any) -> None:
 
 async def _quality_scenario(db: Database) -> None:
     from server.domain.auth import Principal, hash_token
-    from server.domain.directory_model import ReviewStatus
+    from server.domain.directory_model import ReviewStatus, TemplateContent
     from server.domain.model import AccountKind, AccountRow, DeviceRow
     from server.domain.operator import Operator
-    from server.domain.directory_model import TemplateContent
 
     clock = ManualClock()
     catalog = TemplateCatalog(db, clock)
