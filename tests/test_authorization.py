@@ -1,11 +1,15 @@
 """The authorization matrix: every RPC x every kind of caller, table-driven.
 
 Callers: no token, a malformed token, the owner (primary device), the owner's linked device,
-another person, a removed device, and the old token of a re-registered account. Each request
-names the *owner's* resources (their account, devices, envelopes), so the matrix shows who may
-act on them. RPCs come from the server's own descriptors (`tests.rpc_catalog`): for every RPC,
-the callers without a valid credential are checked without any table; a new RPC must also get a
-row in `SPECS` (a test fails until it has one), which says what the valid callers get.
+another person, a removed device, the old token of a re-registered account, and the operator
+(the server's admin token). Each request names the *owner's* resources (their account,
+devices, envelopes) — or, for BusinessService and AdminService, those of a business account
+of the world — so the matrix shows who may act on them. The operator's token opens
+AdminService and nothing else; a device's token opens everything but AdminService.
+
+RPCs come from the server's own descriptors (`tests.rpc_catalog`): for every RPC, the callers
+without a valid credential are checked without any table; a new RPC must also get a row in
+`SPECS` (a test fails until it has one), which says what the valid callers get.
 
 Streams at the moment of revocation (both directions, for each way a credential is revoked)
 are in tests/test_hardening.py.
@@ -23,7 +27,15 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from parley.v1 import account_pb2 as apb
-from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import (
+    account_pb2_grpc,
+    admin_pb2_grpc,
+    business_pb2_grpc,
+    key_pb2_grpc,
+    messaging_pb2_grpc,
+)
+from parley.v1 import admin_pb2 as adm
+from parley.v1 import business_pb2 as bpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 
@@ -37,8 +49,20 @@ OK = grpc.StatusCode.OK
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 NUMBERS = iter(f"+1555020{i:04d}" for i in range(1000))
-CALLERS = ["none", "malformed", "owner", "linked", "stranger", "removed", "re-registered"]
+CALLERS = [
+    "none",
+    "malformed",
+    "owner",
+    "linked",
+    "stranger",
+    "removed",
+    "re-registered",
+    "operator",
+]
 INVALID_CALLERS = {"none", "malformed", "removed", "re-registered"}
+ADMIN_TOKEN = "matrix-operator-token"
+OPERATOR = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+ADMIN_SERVICE = "AdminService"
 
 
 @dataclass
@@ -53,6 +77,9 @@ class World:
     reregistered: Device
     registration_ids: dict[tuple[str, int], int]
     owner_envelope: int  # an envelope waiting for the owner's primary device
+    business: Device | None = None  # a business whose display name waits for review
+    template_id: str = ""  # the business's APPROVED template
+    pending_template_id: str = ""  # and one waiting for review
 
     def device(self, caller: str) -> Device | None:
         return {
@@ -68,6 +95,8 @@ class World:
             return ()
         if caller == "malformed":
             return (("authorization", "Token abc"),)
+        if caller == "operator":
+            return OPERATOR
         device = self.device(caller)
         assert device is not None
         return device.metadata
@@ -103,6 +132,7 @@ def matrix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
         database=tmp_path_factory.mktemp("authz") / "authz.db",
         test_numbers={f"+1555020{i:04d}": "123456" for i in range(1000)},
         shutdown_grace=1.0,
+        admin_token=ADMIN_TOKEN,
     )
     server = LiveServer(settings, ManualClock(), RecordingCodeSender())
     yield server
@@ -143,7 +173,36 @@ def world(matrix_server: LiveServer) -> World:
     assert sent.stored
     (envelope,) = partial.pending_for_owner()
     partial.owner_envelope = envelope
+    _with_business(partial)
     return partial
+
+
+def _with_business(w: World) -> None:
+    """A business with a profile (name pending), an approved and a pending template."""
+    business = register(w.server, next(NUMBERS), apb.ACCOUNT_KIND_BUSINESS)
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    stub.UpdateBusinessProfile(
+        bpb.UpdateBusinessProfileRequest(fields=bpb.BusinessProfileFields(display_name="Shop")),
+        metadata=business.metadata,
+    )
+    ids = []
+    for name in ("approved_one", "pending_one"):
+        ids.append(
+            stub.CreateTemplate(
+                bpb.CreateTemplateRequest(
+                    name=name,
+                    language="en",
+                    category=mpb.MESSAGE_CATEGORY_UTILITY,
+                    content=bpb.TemplateContent(body="Order {{1}} shipped"),
+                ),
+                metadata=business.metadata,
+            ).template.template_id
+        )
+    admin_pb2_grpc.AdminServiceStub(w.server.channel()).ReviewTemplate(
+        adm.ReviewTemplateRequest(template_id=ids[0], decision=adm.REVIEW_DECISION_APPROVE),
+        metadata=OPERATOR,
+    )
+    w.business, w.template_id, w.pending_template_id = business, ids[0], ids[1]
 
 
 # -- requests naming the owner's resources ------------------------------------------------------
@@ -232,7 +291,8 @@ class Spec:
 
 
 def expect(codes: dict[str, grpc.StatusCode], then: Check | None = None) -> Check:
-    """The status each valid caller gets (all three must be listed), then a further check."""
+    """The status each valid caller gets (all three must be listed; "operator" too on
+    AdminService), then a further check."""
 
     def check(w: World, caller: str, outcome: Outcome) -> None:
         assert outcome[0] == codes[caller], f"{caller}: {outcome}"
@@ -243,6 +303,10 @@ def expect(codes: dict[str, grpc.StatusCode], then: Check | None = None) -> Chec
 
 
 ALL_OK = {"owner": OK, "linked": OK, "stranger": OK}
+# Business RPCs acting as a business: the three valid callers are people.
+NOT_BUSINESS = {k: grpc.StatusCode.FAILED_PRECONDITION for k in ALL_OK}
+# AdminService: only the operator.
+OPERATOR_ONLY = {"owner": UNAUTH, "linked": UNAUTH, "stranger": UNAUTH, "operator": OK}
 PRIMARY_ONLY = {"owner": OK, "linked": DENIED, "stranger": OK}  # the stranger acts on itself
 
 
@@ -284,6 +348,31 @@ def _acknowledged(w: World, caller: str, outcome: Outcome) -> None:
     assert acked == (1 if caller == "owner" else 0)
     if caller != "owner":
         assert w.pending_for_owner() == [w.owner_envelope]
+
+
+def _business(w: World) -> Device:
+    assert w.business is not None
+    return w.business
+
+
+def _business_untouched(w: World, caller: str, outcome: Outcome) -> None:
+    """Nobody but the operator reviewed or paused anything of the business."""
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    business = _business(w)
+    profile = stub.GetBusinessProfile(
+        bpb.GetBusinessProfileRequest(account_id=business.account_id), metadata=business.metadata
+    ).profile
+    templates = stub.ListTemplates(bpb.ListTemplatesRequest(), metadata=business.metadata)
+    assert profile.name_review.status == bpb.REVIEW_STATUS_PENDING
+    assert {t.name: (t.status, t.paused) for t in templates.templates} == {
+        "approved_one": (bpb.REVIEW_STATUS_APPROVED, False),
+        "pending_one": (bpb.REVIEW_STATUS_PENDING, False),
+    }
+
+
+def _reviewed(w: World, caller: str, outcome: Outcome) -> None:
+    if caller != "operator":
+        _business_untouched(w, caller, outcome)
 
 
 def _sent(w: World, caller: str, outcome: Outcome) -> None:
@@ -365,6 +454,56 @@ SPECS: dict[str, Spec] = {
         lambda w, c: mpb.AcknowledgeMessagesRequest(envelope_ids=[w.owner_envelope]),
         expect(ALL_OK, _acknowledged),
     ),
+    "BusinessService.GetBusinessProfile": Spec(
+        lambda w, c: bpb.GetBusinessProfileRequest(account_id=_business(w).account_id),
+        expect(ALL_OK),
+    ),
+    "BusinessService.UpdateBusinessProfile": Spec(
+        lambda w, c: bpb.UpdateBusinessProfileRequest(
+            fields=bpb.BusinessProfileFields(display_name="Mine now")
+        ),
+        expect(NOT_BUSINESS, _business_untouched),
+    ),
+    "BusinessService.CreateTemplate": Spec(
+        lambda w, c: bpb.CreateTemplateRequest(
+            name="x",
+            language="en",
+            category=mpb.MESSAGE_CATEGORY_UTILITY,
+            content=bpb.TemplateContent(body="hi"),
+        ),
+        expect(NOT_BUSINESS, _business_untouched),
+    ),
+    "BusinessService.ListTemplates": Spec(
+        lambda w, c: bpb.ListTemplatesRequest(), expect(NOT_BUSINESS)
+    ),
+    "BusinessService.GetTemplate": Spec(
+        # The approved template is public; the pending one is checked in test_business_directory.
+        lambda w, c: bpb.GetTemplateRequest(template_id=w.template_id),
+        expect(ALL_OK),
+    ),
+    "BusinessService.PauseTemplate": Spec(
+        lambda w, c: bpb.PauseTemplateRequest(template_id=w.template_id),
+        expect(NOT_BUSINESS, _business_untouched),
+    ),
+    "BusinessService.UnpauseTemplate": Spec(
+        lambda w, c: bpb.UnpauseTemplateRequest(template_id=w.template_id),
+        expect(NOT_BUSINESS, _business_untouched),
+    ),
+    "AdminService.ListPendingReviews": Spec(
+        lambda w, c: adm.ListPendingReviewsRequest(), expect(OPERATOR_ONLY)
+    ),
+    "AdminService.ReviewBusinessName": Spec(
+        lambda w, c: adm.ReviewBusinessNameRequest(
+            account_id=_business(w).account_id, decision=adm.REVIEW_DECISION_APPROVE
+        ),
+        expect(OPERATOR_ONLY, _reviewed),
+    ),
+    "AdminService.ReviewTemplate": Spec(
+        lambda w, c: adm.ReviewTemplateRequest(
+            template_id=w.pending_template_id, decision=adm.REVIEW_DECISION_APPROVE
+        ),
+        expect(OPERATOR_ONLY, _reviewed),
+    ),
 }
 
 CELLS = [(rpc, caller) for rpc in all_rpcs() for caller in CALLERS]
@@ -381,6 +520,15 @@ def test_authorization_matrix(world: World, rpc: Rpc, caller: str) -> None:
             assert outcome[0] != UNAUTH, outcome
         else:  # refused before anything else, whatever the request says
             assert outcome[0] == UNAUTH, f"{rpc} let {caller} through: {outcome}"
+            _owner_untouched(world, "stranger", outcome)
+        return
+    admin = rpc.method.containing_service.name == ADMIN_SERVICE
+    if caller == "operator" and not admin:
+        # The operator token is no device's: refused wherever a device is needed.
+        if rpc.open:
+            assert outcome[0] != UNAUTH, outcome
+        else:
+            assert outcome[0] == UNAUTH, f"{rpc} let the operator token through: {outcome}"
             _owner_untouched(world, "stranger", outcome)
         return
     assert spec is not None, f"{rpc} has no row in SPECS: say what each valid caller gets"
