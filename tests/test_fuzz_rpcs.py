@@ -1,13 +1,14 @@
 """Fuzz every RPC of every Parley service, listed from the server's own descriptors.
 
 Three kinds of input, each under several credentials (none, malformed, another account's, the
-owner's): bytes that do not decode (random, and truncations of valid requests), requests whose
-fields Hypothesis fills from the descriptor (boundary integers, huge strings and repeated
-fields, unknown enum numbers, real ids of the accounts involved), and — for client streams —
-valid messages mixed with garbage frames. Whatever comes in, the server answers with a
-deliberate status: never UNKNOWN or INTERNAL, never a hang (every call has a deadline, and a
-unary call that reaches it fails the test), and afterwards it still serves and its database
-passes `PRAGMA integrity_check`.
+owner's, a business's, the operator's admin token — which AdminService RPCs get most often, so
+their fuzzing reaches past authentication): bytes that do not decode (random, and truncations of
+valid requests), requests whose fields Hypothesis fills from the descriptor (boundary integers,
+huge strings and repeated fields, unknown enum numbers, real ids of the accounts involved), and
+— for client streams — valid messages mixed with garbage frames. Whatever comes in, the server
+answers with a deliberate status: never UNKNOWN or INTERNAL, never a hang (every call has a
+deadline, and a unary call that reaches it fails the test), and afterwards it still serves and
+its database passes `PRAGMA integrity_check`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from parley.v1 import key_pb2_grpc
+from parley.v1 import account_pb2 as apb
+from parley.v1 import business_pb2 as bpb
+from parley.v1 import business_pb2_grpc, key_pb2_grpc
+from parley.v1 import messaging_pb2 as mpb
 
 from server.config import Settings
 from server.domain.clock import ManualClock
@@ -40,6 +44,7 @@ CALL_DEADLINE = 10.0
 STREAM_READ = 0.3
 NUMBERS = [f"+1555010{i:04d}" for i in range(200)]
 EXAMPLES = 30
+ADMIN_TOKEN = "fuzz-operator-token"
 
 FIELD_TYPE = FieldDescriptor
 INT_BOUNDS = {
@@ -65,6 +70,11 @@ class Fuzzed:
     linked: Device
     stranger: Device
     numbers: Iterator[str]
+    business: Device
+    template_id: str  # a PENDING template of the business
+
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
     def credentials(self, which: str) -> tuple[tuple[str, str], ...]:
         return {
@@ -74,10 +84,29 @@ class Fuzzed:
             "stranger": self.stranger.metadata,
             "owner": self.owner.metadata,
             "linked": self.linked.metadata,
+            "business": self.business.metadata,
+            "operator": self.admin_metadata(),
         }[which]
 
 
-CREDENTIALS = ["none", "malformed", "garbage", "stranger", "owner", "linked"]
+CREDENTIALS = [
+    "none",
+    "malformed",
+    "garbage",
+    "stranger",
+    "owner",
+    "linked",
+    "business",
+    "operator",
+]
+
+
+def _credentials(rpc: Rpc) -> st.SearchStrategy[str]:
+    """Any credential; the operator's most of the time on AdminService, whose RPCs refuse all
+    others before looking at the request."""
+    if rpc.method.containing_service.name == "AdminService":
+        return st.one_of(st.just("operator"), st.sampled_from(CREDENTIALS))
+    return st.sampled_from(CREDENTIALS)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +118,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         database=base / "fuzz.db",
         test_numbers={n: "123456" for n in NUMBERS},
         shutdown_grace=1.0,
+        admin_token=ADMIN_TOKEN,
     )
     server = LiveServer(settings_, ManualClock(), RecordingCodeSender())
     yield server
@@ -113,7 +143,22 @@ def world(fuzz_server: LiveServer) -> Fuzzed:
     for device in (owner, linked, stranger):
         maker = DeviceKeyMaker(registration_id=100 + device.device_id)
         keys.UploadPreKeys(maker.first_upload(pre_keys=3, kyber=2), metadata=device.metadata)
-    return Fuzzed(fuzz_server, owner, linked, stranger, _numbers)
+    business = register(fuzz_server, next(_numbers), apb.ACCOUNT_KIND_BUSINESS)
+    stub = business_pb2_grpc.BusinessServiceStub(fuzz_server.channel())
+    stub.UpdateBusinessProfile(
+        bpb.UpdateBusinessProfileRequest(fields=bpb.BusinessProfileFields(display_name="Fuzz")),
+        metadata=business.metadata,
+    )
+    template = stub.CreateTemplate(
+        bpb.CreateTemplateRequest(
+            name="fuzz",
+            language="en",
+            category=mpb.MESSAGE_CATEGORY_UTILITY,
+            content=bpb.TemplateContent(body="Hello {{1}}"),
+        ),
+        metadata=business.metadata,
+    ).template
+    return Fuzzed(fuzz_server, owner, linked, stranger, _numbers, business, template.template_id)
 
 
 # -- strategies built from descriptors ----------------------------------------------------------
@@ -123,6 +168,8 @@ def _strings(world: Fuzzed) -> st.SearchStrategy[str]:
     real = [
         world.owner.account_id,
         world.stranger.account_id,
+        world.business.account_id,
+        world.template_id,
         world.owner.phone_number,
         str(uuid.uuid4()),
         "+15550001111",
@@ -276,7 +323,7 @@ def test_undecodable_and_truncated_bytes(world: Fuzzed, rpc: Rpc) -> None:
         frame = data.draw(
             st.one_of(st.binary(min_size=1, max_size=200), st.just(valid[:cut] + b"\xff"))
         )
-        _call(world, rpc, [frame], data.draw(st.sampled_from(CREDENTIALS)))
+        _call(world, rpc, [frame], data.draw(_credentials(rpc)))
 
     run()
     _assert_alive(world)
@@ -292,7 +339,7 @@ def test_generated_field_values(world: Fuzzed, rpc: Rpc) -> None:
             build(rpc.input, data.draw(_message(rpc.input, world))).SerializeToString()
             for _ in range(count)
         ]
-        _call(world, rpc, frames, data.draw(st.sampled_from(CREDENTIALS)))
+        _call(world, rpc, frames, data.draw(_credentials(rpc)))
 
     run()
     _assert_alive(world)
