@@ -27,6 +27,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -69,6 +70,9 @@ from client.store import (
     StoreError,
     UntrustedIdentityError,
 )
+
+if TYPE_CHECKING:  # client.business_api imports this module
+    from client.business_api import AdminCalls, BusinessCalls
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -605,6 +609,20 @@ class ParleyClient:
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.identity.auth_token}"),)
+
+    @functools.cached_property
+    def business(self) -> BusinessCalls:
+        """Business profiles and templates (``client.business_api``)."""
+        from client.business_api import BusinessCalls
+
+        return BusinessCalls(self._channel, self._metadata)
+
+    def admin(self, admin_token: str) -> AdminCalls:
+        """The operator's reviews over this client's connection, with the server's admin
+        token instead of this device's (``client.business_api``)."""
+        from client.business_api import AdminCalls
+
+        return AdminCalls(self._channel, admin_token)
 
     def _now_ms(self) -> int:
         return int(self.clock.now() * 1000)
