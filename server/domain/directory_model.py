@@ -30,9 +30,6 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol, TypeVar
 
-from server.domain.auth import Principal, ensure_current
-from server.domain.errors import FailedPrecondition
-from server.domain.model import AccountKind
 from server.domain.ports import ReadTransaction, Transaction
 
 T = TypeVar("T")
@@ -206,28 +203,3 @@ class DirectoryTransaction(Transaction, DirectoryReads, DirectoryWrites, Protoco
 class DirectoryStore(Protocol):
     async def write(self, fn: Callable[[DirectoryTransaction], T]) -> T: ...
     async def read(self, fn: Callable[[DirectoryReadTransaction], T]) -> T: ...
-
-
-def as_business(
-    caller: Principal, what: str, job: Callable[[DirectoryTransaction], T]
-) -> Callable[[DirectoryTransaction], T]:
-    """`job`, run only if `caller`'s credential is still valid (as `auth.as_caller`) and its
-    account is a BUSINESS account; `what` completes "only business accounts can ..."."""
-
-    def guarded(tx: DirectoryTransaction) -> T:
-        ensure_current(tx, caller)
-        require_business_kind(tx, caller.account_id, what)
-        return job(tx)
-
-    return guarded
-
-
-def require_business_kind(tx: ReadTransaction, account_id: str, what: str) -> None:
-    """Raise FailedPrecondition unless the account is a BUSINESS account."""
-    account = tx.get_account(account_id)
-    if account is None or account.kind != AccountKind.BUSINESS:
-        raise FailedPrecondition(
-            f"only business accounts can {what}; register a business account "
-            "(CompleteVerification with account_kind ACCOUNT_KIND_BUSINESS, or "
-            "`parley register --business`)"
-        )

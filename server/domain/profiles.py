@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from server.domain import validation
-from server.domain.auth import Principal
+from server.domain.auth import Principal, ensure_current
 from server.domain.clock import Clock
 from server.domain.directory_model import (
     BusinessVertical,
@@ -27,11 +28,13 @@ from server.domain.directory_model import (
     ProfileRow,
     ReviewDecision,
     ReviewStatus,
-    as_business,
 )
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.domain.model import AccountKind
 from server.domain.operator import Operator
+from server.domain.ports import ReadTransaction
 
+T = TypeVar("T")
 MAX_DISPLAY_NAME = 64
 MAX_ABOUT = 139
 MAX_DESCRIPTION = 512
@@ -162,6 +165,31 @@ def view(row: ProfileRow, *, with_review: bool) -> ProfileView:
     if row.verified_name:
         return ProfileView(row, row.verified_name, True, with_review)
     return ProfileView(row, row.fields.display_name, False, with_review)
+
+
+def as_business(
+    caller: Principal, what: str, job: Callable[[DirectoryTransaction], T]
+) -> Callable[[DirectoryTransaction], T]:
+    """`job`, run only if `caller`'s credential is still valid (as `auth.as_caller`) and its
+    account is a BUSINESS account; `what` completes "only business accounts can ..."."""
+
+    def guarded(tx: DirectoryTransaction) -> T:
+        ensure_current(tx, caller)
+        require_business_kind(tx, caller.account_id, what)
+        return job(tx)
+
+    return guarded
+
+
+def require_business_kind(tx: ReadTransaction, account_id: str, what: str) -> None:
+    """Raise FailedPrecondition unless the account is a BUSINESS account."""
+    account = tx.get_account(account_id)
+    if account is None or account.kind != AccountKind.BUSINESS:
+        raise FailedPrecondition(
+            f"only business accounts can {what}; register a business account "
+            "(CompleteVerification with account_kind ACCOUNT_KIND_BUSINESS, or "
+            "`parley register --business`)"
+        )
 
 
 class BusinessProfiles:

@@ -28,13 +28,11 @@ from server.domain.directory_model import (
     ReviewStatus,
     TemplateContent,
     TemplateRow,
-    as_business,
-    require_business_kind,
 )
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from server.domain.model import MessageCategory
 from server.domain.operator import Operator
-from server.domain.profiles import page_size, review, text
+from server.domain.profiles import as_business, page_size, require_business_kind, review, text
 
 MAX_NAME = 512
 MAX_BODY = 1024
