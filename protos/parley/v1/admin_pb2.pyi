@@ -27,7 +27,9 @@ class _ReviewDecision:
 class _ReviewDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewDecision.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     REVIEW_DECISION_UNSPECIFIED: _ReviewDecision.ValueType  # 0
+    """Not set: refused."""
     REVIEW_DECISION_APPROVE: _ReviewDecision.ValueType  # 1
+    """Approve it: a name becomes the verified one shown, a template becomes usable."""
     REVIEW_DECISION_REJECT: _ReviewDecision.ValueType  # 2
     """Needs a reason, which the business sees."""
 
@@ -35,13 +37,17 @@ class ReviewDecision(_ReviewDecision, metaclass=_ReviewDecisionEnumTypeWrapper):
     """ReviewDecision is the operator's verdict."""
 
 REVIEW_DECISION_UNSPECIFIED: ReviewDecision.ValueType  # 0
+"""Not set: refused."""
 REVIEW_DECISION_APPROVE: ReviewDecision.ValueType  # 1
+"""Approve it: a name becomes the verified one shown, a template becomes usable."""
 REVIEW_DECISION_REJECT: ReviewDecision.ValueType  # 2
 """Needs a reason, which the business sees."""
 Global___ReviewDecision: _TypeAlias = ReviewDecision  # noqa: Y015
 
 @_typing.final
 class ListPendingReviewsRequest(_message.Message):
+    """ListPendingReviewsRequest asks what waits for the operator."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -62,6 +68,8 @@ Global___ListPendingReviewsRequest: _TypeAlias = ListPendingReviewsRequest  # no
 
 @_typing.final
 class ListPendingReviewsResponse(_message.Message):
+    """ListPendingReviewsResponse lists names and templates waiting for review."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMES_FIELD_NUMBER: _builtins.int
@@ -90,6 +98,8 @@ Global___ListPendingReviewsResponse: _TypeAlias = ListPendingReviewsResponse  # 
 
 @_typing.final
 class ReviewBusinessNameRequest(_message.Message):
+    """ReviewBusinessNameRequest approves or rejects a business's submitted display name."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -99,6 +109,7 @@ class ReviewBusinessNameRequest(_message.Message):
     account_id: _builtins.str
     """The business's account id."""
     decision: Global___ReviewDecision.ValueType
+    """APPROVE or REJECT."""
     reason: _builtins.str
     """Required to reject (at most 512 characters); the business sees it."""
     display_name: _builtins.str
@@ -123,11 +134,15 @@ Global___ReviewBusinessNameRequest: _TypeAlias = ReviewBusinessNameRequest  # no
 
 @_typing.final
 class ReviewBusinessNameResponse(_message.Message):
+    """ReviewBusinessNameResponse is the profile after the review."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def profile(self) -> _business_pb2.BusinessProfile: ...
+    def profile(self) -> _business_pb2.BusinessProfile:
+        """The reviewed profile, with its name review."""
+
     def __init__(
         self,
         *,
@@ -143,13 +158,17 @@ Global___ReviewBusinessNameResponse: _TypeAlias = ReviewBusinessNameResponse  # 
 
 @_typing.final
 class ReviewTemplateRequest(_message.Message):
+    """ReviewTemplateRequest approves or rejects a PENDING template."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
+    """The template's id."""
     decision: Global___ReviewDecision.ValueType
+    """APPROVE or REJECT."""
     reason: _builtins.str
     """Required to reject (at most 512 characters); the business sees it."""
     def __init__(
@@ -169,11 +188,15 @@ Global___ReviewTemplateRequest: _TypeAlias = ReviewTemplateRequest  # noqa: Y015
 
 @_typing.final
 class ReviewTemplateResponse(_message.Message):
+    """ReviewTemplateResponse is the template after the review."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> _business_pb2.Template: ...
+    def template(self) -> _business_pb2.Template:
+        """The reviewed template."""
+
     def __init__(
         self,
         *,

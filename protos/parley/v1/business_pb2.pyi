@@ -28,6 +28,7 @@ class _ReviewStatus:
 class _ReviewStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     REVIEW_STATUS_UNSPECIFIED: _ReviewStatus.ValueType  # 0
+    """Not set (never stored)."""
     REVIEW_STATUS_PENDING: _ReviewStatus.ValueType  # 1
     """Submitted, waiting for the operator."""
     REVIEW_STATUS_APPROVED: _ReviewStatus.ValueType  # 2
@@ -43,6 +44,7 @@ class ReviewStatus(_ReviewStatus, metaclass=_ReviewStatusEnumTypeWrapper):
     """
 
 REVIEW_STATUS_UNSPECIFIED: ReviewStatus.ValueType  # 0
+"""Not set (never stored)."""
 REVIEW_STATUS_PENDING: ReviewStatus.ValueType  # 1
 """Submitted, waiting for the operator."""
 REVIEW_STATUS_APPROVED: ReviewStatus.ValueType  # 2
@@ -60,22 +62,39 @@ class _BusinessVerticalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Busi
     BUSINESS_VERTICAL_UNSPECIFIED: _BusinessVertical.ValueType  # 0
     """Not set."""
     BUSINESS_VERTICAL_OTHER: _BusinessVertical.ValueType  # 1
+    """None of the others."""
     BUSINESS_VERTICAL_AUTOMOTIVE: _BusinessVertical.ValueType  # 2
+    """Cars, dealers, garages."""
     BUSINESS_VERTICAL_BEAUTY: _BusinessVertical.ValueType  # 3
+    """Beauty, spa and salon."""
     BUSINESS_VERTICAL_APPAREL: _BusinessVertical.ValueType  # 4
+    """Clothing and apparel."""
     BUSINESS_VERTICAL_EDUCATION: _BusinessVertical.ValueType  # 5
+    """Schools and education."""
     BUSINESS_VERTICAL_ENTERTAINMENT: _BusinessVertical.ValueType  # 6
+    """Entertainment."""
     BUSINESS_VERTICAL_EVENT_PLANNING: _BusinessVertical.ValueType  # 7
+    """Event planning and services."""
     BUSINESS_VERTICAL_FINANCE: _BusinessVertical.ValueType  # 8
+    """Finance and banking."""
     BUSINESS_VERTICAL_GROCERY: _BusinessVertical.ValueType  # 9
+    """Food and grocery."""
     BUSINESS_VERTICAL_GOVERNMENT: _BusinessVertical.ValueType  # 10
+    """Public service and government."""
     BUSINESS_VERTICAL_HOTEL: _BusinessVertical.ValueType  # 11
+    """Hotels and lodging."""
     BUSINESS_VERTICAL_HEALTH: _BusinessVertical.ValueType  # 12
+    """Medical and health."""
     BUSINESS_VERTICAL_NONPROFIT: _BusinessVertical.ValueType  # 13
+    """Non-profit organisations."""
     BUSINESS_VERTICAL_PROFESSIONAL_SERVICES: _BusinessVertical.ValueType  # 14
+    """Professional services."""
     BUSINESS_VERTICAL_RETAIL: _BusinessVertical.ValueType  # 15
+    """Shopping and retail."""
     BUSINESS_VERTICAL_TRAVEL: _BusinessVertical.ValueType  # 16
+    """Travel and transportation."""
     BUSINESS_VERTICAL_RESTAURANT: _BusinessVertical.ValueType  # 17
+    """Restaurants."""
 
 class BusinessVertical(_BusinessVertical, metaclass=_BusinessVerticalEnumTypeWrapper):
     """BusinessVertical is the line of business, as a directory would file it."""
@@ -83,22 +102,39 @@ class BusinessVertical(_BusinessVertical, metaclass=_BusinessVerticalEnumTypeWra
 BUSINESS_VERTICAL_UNSPECIFIED: BusinessVertical.ValueType  # 0
 """Not set."""
 BUSINESS_VERTICAL_OTHER: BusinessVertical.ValueType  # 1
+"""None of the others."""
 BUSINESS_VERTICAL_AUTOMOTIVE: BusinessVertical.ValueType  # 2
+"""Cars, dealers, garages."""
 BUSINESS_VERTICAL_BEAUTY: BusinessVertical.ValueType  # 3
+"""Beauty, spa and salon."""
 BUSINESS_VERTICAL_APPAREL: BusinessVertical.ValueType  # 4
+"""Clothing and apparel."""
 BUSINESS_VERTICAL_EDUCATION: BusinessVertical.ValueType  # 5
+"""Schools and education."""
 BUSINESS_VERTICAL_ENTERTAINMENT: BusinessVertical.ValueType  # 6
+"""Entertainment."""
 BUSINESS_VERTICAL_EVENT_PLANNING: BusinessVertical.ValueType  # 7
+"""Event planning and services."""
 BUSINESS_VERTICAL_FINANCE: BusinessVertical.ValueType  # 8
+"""Finance and banking."""
 BUSINESS_VERTICAL_GROCERY: BusinessVertical.ValueType  # 9
+"""Food and grocery."""
 BUSINESS_VERTICAL_GOVERNMENT: BusinessVertical.ValueType  # 10
+"""Public service and government."""
 BUSINESS_VERTICAL_HOTEL: BusinessVertical.ValueType  # 11
+"""Hotels and lodging."""
 BUSINESS_VERTICAL_HEALTH: BusinessVertical.ValueType  # 12
+"""Medical and health."""
 BUSINESS_VERTICAL_NONPROFIT: BusinessVertical.ValueType  # 13
+"""Non-profit organisations."""
 BUSINESS_VERTICAL_PROFESSIONAL_SERVICES: BusinessVertical.ValueType  # 14
+"""Professional services."""
 BUSINESS_VERTICAL_RETAIL: BusinessVertical.ValueType  # 15
+"""Shopping and retail."""
 BUSINESS_VERTICAL_TRAVEL: BusinessVertical.ValueType  # 16
+"""Travel and transportation."""
 BUSINESS_VERTICAL_RESTAURANT: BusinessVertical.ValueType  # 17
+"""Restaurants."""
 Global___BusinessVertical: _TypeAlias = BusinessVertical  # noqa: Y015
 
 @_typing.final
@@ -125,6 +161,7 @@ class BusinessProfileFields(_message.Message):
     email: _builtins.str
     """Contact e-mail address, at most 128 characters."""
     vertical: Global___BusinessVertical.ValueType
+    """The line of business; unset is allowed."""
     @_builtins.property
     def websites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """At most 2 http:// or https:// URLs of at most 256 characters each."""
@@ -161,10 +198,13 @@ class NameReview(_message.Message):
     display_name: _builtins.str
     """The submitted name."""
     status: Global___ReviewStatus.ValueType
+    """PENDING until the operator reviews it."""
     reason: _builtins.str
     """Why it was rejected (empty otherwise)."""
     @_builtins.property
-    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When this name was submitted."""
+
     def __init__(
         self,
         *,
@@ -193,6 +233,7 @@ class BusinessProfile(_message.Message):
     NAME_REVIEW_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    """The business's account id."""
     name_verified: _builtins.bool
     """Whether fields.display_name was approved by the operator."""
     @_builtins.property
@@ -206,7 +247,9 @@ class BusinessProfile(_message.Message):
         """The review of the latest submitted name: only for the business itself and the operator."""
 
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the profile last changed."""
+
     def __init__(
         self,
         *,
@@ -226,6 +269,8 @@ Global___BusinessProfile: _TypeAlias = BusinessProfile  # noqa: Y015
 
 @_typing.final
 class GetBusinessProfileRequest(_message.Message):
+    """GetBusinessProfileRequest names the business to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -246,11 +291,15 @@ Global___GetBusinessProfileRequest: _TypeAlias = GetBusinessProfileRequest  # no
 
 @_typing.final
 class GetBusinessProfileResponse(_message.Message):
+    """GetBusinessProfileResponse is the business's profile as the caller may see it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def profile(self) -> Global___BusinessProfile: ...
+    def profile(self) -> Global___BusinessProfile:
+        """The profile."""
+
     def __init__(
         self,
         *,
@@ -266,6 +315,8 @@ Global___GetBusinessProfileResponse: _TypeAlias = GetBusinessProfileResponse  # 
 
 @_typing.final
 class UpdateBusinessProfileRequest(_message.Message):
+    """UpdateBusinessProfileRequest replaces the calling business's profile."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELDS_FIELD_NUMBER: _builtins.int
@@ -288,11 +339,15 @@ Global___UpdateBusinessProfileRequest: _TypeAlias = UpdateBusinessProfileRequest
 
 @_typing.final
 class UpdateBusinessProfileResponse(_message.Message):
+    """UpdateBusinessProfileResponse is the profile as saved."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def profile(self) -> Global___BusinessProfile: ...
+    def profile(self) -> Global___BusinessProfile:
+        """The profile, with the review of its submitted name."""
+
     def __init__(
         self,
         *,
@@ -368,6 +423,7 @@ class Template(_message.Message):
     template_id: _builtins.str
     """Stable id (UUID) by which sends name it."""
     business_account_id: _builtins.str
+    """The business that owns it."""
     name: _builtins.str
     """Lowercase letters, digits and '_', at most 512 characters."""
     language: _builtins.str
@@ -375,6 +431,7 @@ class Template(_message.Message):
     category: _messaging_pb2.MessageCategory.ValueType
     """MARKETING, UTILITY or AUTHENTICATION; frozen once approved."""
     status: Global___ReviewStatus.ValueType
+    """PENDING until reviewed; APPROVED templates may be sent, REJECTED ones never."""
     reason: _builtins.str
     """Why it was rejected (empty otherwise)."""
     paused: _builtins.bool
@@ -386,11 +443,17 @@ class Template(_message.Message):
     parameter_count: _builtins.int
     """How many {{n}} parameters the body has."""
     @_builtins.property
-    def content(self) -> Global___TemplateContent: ...
+    def content(self) -> Global___TemplateContent:
+        """The text."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was submitted."""
+
     @_builtins.property
-    def reviewed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def reviewed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was reviewed (unset while PENDING)."""
+
     def __init__(
         self,
         *,
@@ -418,6 +481,8 @@ Global___Template: _TypeAlias = Template  # noqa: Y015
 
 @_typing.final
 class CreateTemplateRequest(_message.Message):
+    """CreateTemplateRequest submits a template for review."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -425,10 +490,17 @@ class CreateTemplateRequest(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Lowercase letters, digits and '_', at most 512 characters; with the language, unique per
+    business.
+    """
     language: _builtins.str
+    """A language tag such as en or pt_BR."""
     category: _messaging_pb2.MessageCategory.ValueType
+    """MESSAGE_CATEGORY_MARKETING, _UTILITY or _AUTHENTICATION; frozen once approved."""
     @_builtins.property
-    def content(self) -> Global___TemplateContent: ...
+    def content(self) -> Global___TemplateContent:
+        """The text: body required, header, footer and buttons optional."""
+
     def __init__(
         self,
         *,
@@ -447,11 +519,15 @@ Global___CreateTemplateRequest: _TypeAlias = CreateTemplateRequest  # noqa: Y015
 
 @_typing.final
 class CreateTemplateResponse(_message.Message):
+    """CreateTemplateResponse is the new template, PENDING."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template, with its new id."""
+
     def __init__(
         self,
         *,
@@ -467,6 +543,8 @@ Global___CreateTemplateResponse: _TypeAlias = CreateTemplateResponse  # noqa: Y0
 
 @_typing.final
 class ListTemplatesRequest(_message.Message):
+    """ListTemplatesRequest lists the calling business's templates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -482,6 +560,8 @@ Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
 
 @_typing.final
 class ListTemplatesResponse(_message.Message):
+    """ListTemplatesResponse holds the business's templates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATES_FIELD_NUMBER: _builtins.int
@@ -504,6 +584,8 @@ Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
 
 @_typing.final
 class GetTemplateRequest(_message.Message):
+    """GetTemplateRequest names a template: by id, or by business, name and language."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
@@ -515,7 +597,9 @@ class GetTemplateRequest(_message.Message):
     business_account_id: _builtins.str
     """... or the business, name and language together."""
     name: _builtins.str
+    """The template's name (with business_account_id and language)."""
     language: _builtins.str
+    """The template's language (with business_account_id and name)."""
     def __init__(
         self,
         *,
@@ -534,11 +618,15 @@ Global___GetTemplateRequest: _TypeAlias = GetTemplateRequest  # noqa: Y015
 
 @_typing.final
 class GetTemplateResponse(_message.Message):
+    """GetTemplateResponse is the template."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template."""
+
     def __init__(
         self,
         *,
@@ -554,10 +642,13 @@ Global___GetTemplateResponse: _TypeAlias = GetTemplateResponse  # noqa: Y015
 
 @_typing.final
 class PauseTemplateRequest(_message.Message):
+    """PauseTemplateRequest names the business's own approved template to pause."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
+    """The template's id."""
     def __init__(
         self,
         *,
@@ -573,11 +664,15 @@ Global___PauseTemplateRequest: _TypeAlias = PauseTemplateRequest  # noqa: Y015
 
 @_typing.final
 class PauseTemplateResponse(_message.Message):
+    """PauseTemplateResponse is the template, paused."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template."""
+
     def __init__(
         self,
         *,
@@ -593,10 +688,13 @@ Global___PauseTemplateResponse: _TypeAlias = PauseTemplateResponse  # noqa: Y015
 
 @_typing.final
 class UnpauseTemplateRequest(_message.Message):
+    """UnpauseTemplateRequest names the business's own template to unpause."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
+    """The template's id."""
     def __init__(
         self,
         *,
@@ -612,11 +710,15 @@ Global___UnpauseTemplateRequest: _TypeAlias = UnpauseTemplateRequest  # noqa: Y0
 
 @_typing.final
 class UnpauseTemplateResponse(_message.Message):
+    """UnpauseTemplateResponse is the template, unpaused."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template."""
+
     def __init__(
         self,
         *,
