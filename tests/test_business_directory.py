@@ -427,6 +427,21 @@ def test_admin_token_is_required_and_separate(w: World) -> None:
     )
 
 
+def test_pending_reviews_are_paged_oldest_first(w: World) -> None:
+    first = w.create(name="first")
+    w.server.clock.advance(1)
+    w.create(name="second")
+    page = w.admin.ListPendingReviews(adm.ListPendingReviewsRequest(page_size=1), metadata=OPERATOR)
+    assert [t.template_id for t in page.templates] == [first.template_id]
+    _fails(
+        lambda: w.admin.ListPendingReviews(
+            adm.ListPendingReviewsRequest(page_size=201), metadata=OPERATOR
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_size 201 is too large; at most 200",
+    )
+
+
 def test_no_admin_token_configured_disables_admin_rpcs(make_server: ServerFactory) -> None:
     server = make_server()
     admin = admin_pb2_grpc.AdminServiceStub(server.channel())
