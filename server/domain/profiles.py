@@ -113,11 +113,6 @@ def validate_fields(fields: ProfileFields) -> ProfileFields:
         )
     for i, site in enumerate(fields.websites):
         _website(site, i)
-    if fields.vertical not in BusinessVertical.__members__.values():
-        raise InvalidArgument(
-            f"vertical {int(fields.vertical)} is not a known BusinessVertical; use one of "
-            f"{', '.join(v.name for v in BusinessVertical)}"
-        )
     return fields
 
 
@@ -152,8 +147,9 @@ def page_size(value: int) -> int:
 
 @dataclass(frozen=True)
 class ProfileView:
-    """A profile as one reader may see it: `shown_name` is the approved name when there is one;
-    `review` (the submitted name's review) only for the business itself and the operator."""
+    """A profile as one reader may see it: `shown_name` is the approved name when there is one
+    (else the submitted one, not verified); `with_review`: the submitted name's review is shown,
+    which only the business itself and the operator see (a rejection reason is theirs)."""
 
     row: ProfileRow
     shown_name: str
