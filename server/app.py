@@ -18,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from parley.v1 import (
     account_pb2,
     account_pb2_grpc,
+    business_pb2,
+    business_pb2_grpc,
     key_pb2,
     key_pb2_grpc,
     messaging_pb2,
@@ -29,11 +31,13 @@ from server.domain.accounts import AccountRegistry
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
+from server.domain.consent import ConsentBook
 from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
 from server.domain.mailbox import Mailbox
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
+from server.rpc.business_servicer import BusinessServicer
 from server.rpc.interceptors import ParleyInterceptor
 from server.rpc.key_servicer import KeyServicer
 from server.rpc.messaging_servicer import MessagingServicer
@@ -49,6 +53,7 @@ SERVICE_NAMES = (
     account_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
     key_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
+    business_pb2.DESCRIPTOR.services_by_name["BusinessService"].full_name,
 )
 
 
@@ -242,6 +247,10 @@ async def _assemble(
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
+    consent = ConsentBook(db, clock, settings.account_policy().test_numbers)
+    business_pb2_grpc.add_BusinessServiceServicer_to_server(
+        BusinessServicer(consent=consent), server
+    )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME))
