@@ -188,7 +188,7 @@ def _v6_consent(conn: sqlite3.Connection) -> None:
         conn,
         """
         CREATE TABLE consents (
-            user_phone          TEXT NOT NULL,     -- E.164; may have no account yet
+            user_phone          TEXT NOT NULL,     -- E.164, perhaps of no account yet
             business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
             category            INTEGER NOT NULL,  -- MessageCategory
             kind                INTEGER NOT NULL,  -- OptInKind: 0 none, 1 user, 2 business
