@@ -37,7 +37,7 @@ from typing import Any, Final, NoReturn, TextIO
 # one-line errors; it reads this variable once, when grpc is first imported (by client.api).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from client import grpcurl_helpers
+from client import cli_consent, grpcurl_helpers
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "running one; exit 1 on failure",
     )
     grpcurl_helpers.add_parser(sub, json_flag)
+    cli_consent.add_parsers(sub, json_flag)
     return parser
 
 
@@ -577,6 +578,7 @@ COMMANDS: Final = {
     "trust": _trust,
     "history": _history,
     "grpcurl": _grpcurl,
+    **cli_consent.COMMANDS,
 }
 
 
