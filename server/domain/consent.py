@@ -23,7 +23,7 @@ yet; only the block is enforced today.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -151,11 +151,25 @@ class ConsentBook:
         validation.uuid_string(business_account_id, field="business_account_id")
         chosen = categories(wanted)
         now = self._clock.now()
+        return await self._change(
+            caller,
+            business_account_id,
+            lambda tx, phone, business_id: tx.opt_in_by_user(phone, business_id, chosen, now),
+        )
+
+    async def _change(
+        self,
+        caller: Principal,
+        business_account_id: str,
+        change: Callable[[Transaction, str, str], None],
+    ) -> BusinessConsent:
+        """Apply `change(tx, caller's number, business id)` to the caller's consent for a
+        business, and return that consent as it now stands."""
 
         def write(tx: Transaction) -> BusinessConsent:
             business = _business(tx, caller, business_account_id)
             phone = _own_account(tx, caller).phone_number
-            tx.opt_in_by_user(phone, business.account_id, chosen, now)
+            change(tx, phone, business.account_id)
             return _consent_for(tx, phone, business, caller.account_id)
 
         return await self._db.write(as_caller(caller, write))
@@ -209,14 +223,11 @@ class ConsentBook:
             raise InvalidArgument("give either categories or all, not both")
         chosen = list(CONSENT_CATEGORIES) if everything else categories(named)
         now = self._clock.now()
-
-        def write(tx: Transaction) -> BusinessConsent:
-            business = _business(tx, caller, business_account_id)
-            phone = _own_account(tx, caller).phone_number
-            tx.opt_out(phone, business.account_id, chosen, now)
-            return _consent_for(tx, phone, business, caller.account_id)
-
-        return await self._db.write(as_caller(caller, write))
+        return await self._change(
+            caller,
+            business_account_id,
+            lambda tx, phone, business_id: tx.opt_out(phone, business_id, chosen, now),
+        )
 
     def _other_account(self, caller: Principal, account_id: str, verb: str) -> str:
         account_id = validation.uuid_string(account_id, field="account_id")
