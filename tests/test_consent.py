@@ -555,3 +555,28 @@ def test_domain_enums_match_the_protos() -> None:
     assert {s.name: int(s) for s in OptInSource} == {
         n.removeprefix("OPT_IN_SOURCE_"): v for n, v in bpb.OptInSource.items()
     }
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_the_block_is_looked_up_once_per_recipient_and_job(
+    server: LiveServer, blocked: bool
+) -> None:
+    """A batch of sends to one recipient probes `blocks` once (the rule's per-job cache),
+    whether the sends pass or are refused; the writer's own statements are traced."""
+    alice, bob = member(server, ALICE), member(server, BOB)
+    if blocked:
+        block(server, alice.device, bob.device.account_id)
+    live = server._server
+    assert live is not None
+    statements: list[str] = []
+    writer = live.db._writer_conn
+    writer.set_trace_callback(statements.append)
+    try:
+        reply = stub(server).SendMessages(
+            mpb.SendMessagesRequest(requests=[send_request([alice], b"%d" % i) for i in range(20)]),
+            metadata=bob.device.metadata,
+        )
+    finally:
+        writer.set_trace_callback(None)
+    assert [(r.code, r.message) for r in reply.results] == [DENIED if blocked else (0, "")] * 20
+    assert sum("FROM blocks" in s for s in statements) == 1, statements
