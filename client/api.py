@@ -47,6 +47,7 @@ from parley.v1 import content_pb2 as cpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 
+from client.consent_api import ConsentCalls
 from client.crypto import (
     CryptoError,
     DuplicateMessageError,
@@ -469,7 +470,7 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 # --- the client ------------------------------------------------------------------------------
 
 
-class ParleyClient:
+class ParleyClient(ConsentCalls):
     """One device of one account: registration, keys, sending and receiving.
 
     Use as ``async with ParleyClient.open(profile_dir) as client: ...``. The clock and the

@@ -37,7 +37,7 @@ from typing import Any, Final, NoReturn, TextIO
 # one-line errors; it reads this variable once, when grpc is first imported (by client.api).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from client import cli_business, grpcurl_helpers
+from client import cli_business, cli_consent, grpcurl_helpers
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
@@ -225,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "running one; exit 1 on failure",
     )
     grpcurl_helpers.add_parser(sub, json_flag)
-    cli_business.add_parsers(sub, json_flag)
+    business_areas = cli_business.add_parsers(sub, json_flag)
+    cli_consent.add_parsers(sub, json_flag, business=business_areas)
     return parser
 
 
@@ -579,6 +580,7 @@ COMMANDS: Final = {
     "history": _history,
     "grpcurl": _grpcurl,
     **cli_business.COMMANDS,
+    **cli_consent.COMMANDS,
 }
 
 

@@ -33,8 +33,9 @@ STATUS: Final = {
 }
 
 
-def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> None:
-    """Add ``business`` and ``admin`` to the CLI's sub-command parsers."""
+def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> Any:
+    """Add ``business`` and ``admin`` to the CLI's sub-command parsers; return the ``business``
+    group's sub-parsers, where other modules add areas of their own (see `run_business`)."""
     business = sub.add_parser(
         "business", help="business profile and message templates (a business account)"
     )
@@ -112,6 +113,7 @@ def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> None:
             required=verb.startswith("reject"),
             help="why (required to reject; the business sees it)",
         )
+    return areas
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -243,6 +245,11 @@ BUSINESS: Final[dict[tuple[str, str], Handler]] = {
 
 
 async def run_business(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    from client import cli_consent  # an area without actions: `parley business record-opt-in`
+
+    if args.area in cli_consent.BUSINESS_COMMANDS:
+        await cli_consent.BUSINESS_COMMANDS[args.area](client, args, out)
+        return
     await BUSINESS[(args.area, args.action)](client, args, out)
 
 

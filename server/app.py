@@ -33,6 +33,7 @@ from server.domain.accounts import AccountRegistry
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
+from server.domain.consent import ConsentBook
 from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
 from server.domain.mailbox import Mailbox
@@ -262,8 +263,9 @@ async def _assemble(
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
     templates = TemplateCatalog(db, clock)
+    consent = ConsentBook(db, clock, settings.account_policy().test_numbers)
     business_pb2_grpc.add_BusinessServiceServicer_to_server(
-        BusinessServicer(profiles=profiles, templates=templates), server
+        BusinessServicer(profiles=profiles, templates=templates, consent=consent), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(profiles=profiles, templates=templates), server

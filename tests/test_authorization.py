@@ -308,6 +308,15 @@ NOT_BUSINESS = {k: grpc.StatusCode.FAILED_PRECONDITION for k in ALL_OK}
 # AdminService: only the operator.
 OPERATOR_ONLY = {"owner": UNAUTH, "linked": UNAUTH, "stranger": UNAUTH, "operator": OK}
 PRIMARY_ONLY = {"owner": OK, "linked": DENIED, "stranger": OK}  # the stranger acts on itself
+SELF_INVALID_STRANGER_OK = {
+    "owner": grpc.StatusCode.INVALID_ARGUMENT,
+    "linked": grpc.StatusCode.INVALID_ARGUMENT,
+    "stranger": OK,
+}
+SELF_INVALID_OTHERS_PERSON = {
+    **SELF_INVALID_STRANGER_OK,
+    "stranger": grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 
 def _owner_untouched(w: World, caller: str, outcome: Outcome) -> None:
@@ -383,6 +392,10 @@ def _sent(w: World, caller: str, outcome: Outcome) -> None:
         assert [r.code for r in responses.results] == [0]
     else:
         assert responses.stored
+
+
+def _no_businesses(outcome: Outcome) -> None:
+    assert list(outcome[1].businesses) == []
 
 
 SPECS: dict[str, Spec] = {
@@ -503,6 +516,39 @@ SPECS: dict[str, Spec] = {
             template_id=w.pending_template_id, decision=adm.REVIEW_DECISION_APPROVE
         ),
         expect(OPERATOR_ONLY, _reviewed),
+    ),
+    # Consent: the owner is a person, so naming it as a business is refused (FAILED_PRECONDITION)
+    # and naming oneself is INVALID_ARGUMENT; RecordOptIn is for business accounts only.
+    "BusinessService.OptIn": Spec(
+        lambda w, c: bpb.OptInRequest(
+            business_account_id=w.owner.account_id, categories=[mpb.MESSAGE_CATEGORY_UTILITY]
+        ),
+        expect(SELF_INVALID_OTHERS_PERSON, _owner_untouched),
+    ),
+    "BusinessService.OptOut": Spec(
+        lambda w, c: bpb.OptOutRequest(business_account_id=w.owner.account_id, all=True),
+        expect(SELF_INVALID_OTHERS_PERSON, _owner_untouched),
+    ),
+    "BusinessService.RecordOptIn": Spec(
+        lambda w, c: bpb.RecordOptInRequest(
+            phone_number=w.owner.phone_number,
+            source=bpb.OPT_IN_SOURCE_WEBSITE,
+            evidence="form",
+            categories=[mpb.MESSAGE_CATEGORY_UTILITY],
+        ),
+        expect({k: grpc.StatusCode.FAILED_PRECONDITION for k in ALL_OK}, _owner_untouched),
+    ),
+    "BusinessService.BlockAccount": Spec(
+        lambda w, c: bpb.BlockAccountRequest(account_id=w.owner.account_id),
+        expect(SELF_INVALID_STRANGER_OK, _owner_untouched),
+    ),
+    "BusinessService.UnblockAccount": Spec(
+        lambda w, c: bpb.UnblockAccountRequest(account_id=w.owner.account_id),
+        expect(SELF_INVALID_STRANGER_OK, _owner_untouched),
+    ),
+    "BusinessService.ListMyBusinesses": Spec(
+        lambda w, c: bpb.ListMyBusinessesRequest(),
+        expect(ALL_OK, lambda w, c, o: _no_businesses(o)),
     ),
 }
 

@@ -27,7 +27,16 @@ Rules kept here, and what enforces each one with concurrent writers (several rep
    keys. A device added concurrently is caught by the recipient on its next send (the list is
    read in the same transaction as the write; its foreign key drops envelopes of a device
    removed concurrently).
-5. An empty send to one's own account is a probe ("I know of no other device"): once the device
+5. A send to an account that blocked the sender is refused PERMISSION_DENIED, saying only
+   that "the recipient does not accept messages from you" (`BlockRule`, one primary-key probe
+   per recipient and job). PERMISSION_DENIED, not FAILED_PRECONDITION: nothing the sender can
+   change makes the send acceptable (it is the recipient's decision, not a state the sender
+   can fix and retry), and a client must not retry it. Sends to one's own account are never
+   blocked. A block committed concurrently is seen by the next job (the probe reads the same
+   transaction as the write); a retried request_id of a send stored before the block still
+   gets its first result (rule 2 runs first), and a blocked sender learns nothing of the
+   recipient's devices (this rule runs before rule 4).
+6. An empty send to one's own account is a probe ("I know of no other device"): once the device
    rule agreed, it is answered, not stored, and later rules (limits, billing) never see it
    (`ProbeRule`).
 """
@@ -42,12 +51,14 @@ from typing import NamedTuple, Protocol, TypeVar
 
 from server.domain import validation
 from server.domain.auth import Principal, ensure_current
+from server.domain.consent import BLOCKED_MESSAGE
 from server.domain.errors import (
     Aborted,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from server.domain.ids import IdGenerator
 from server.domain.messaging_policy import MessagingPolicy
@@ -295,6 +306,22 @@ class RecipientRule:
         return NO_WRITES
 
 
+class BlockRule:
+    """Rule 5: the recipient has not blocked the sender (cached per recipient and job)."""
+
+    def prepare(self, job: SendJob, drafts: Sequence[Draft]) -> None:
+        pass
+
+    def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
+        if draft.to_self:
+            return NO_WRITES
+        recipient = draft.request.recipient_account_id
+        sender = job.caller.account_id
+        if job.memo("blocked", recipient, lambda: job.tx.get_block(recipient, sender) is not None):
+            raise PermissionDenied(BLOCKED_MESSAGE)
+        return NO_WRITES
+
+
 class DeviceListRule:
     """Rule 4: the send covers exactly the recipient's receiving devices."""
 
@@ -329,7 +356,7 @@ class DeviceListRule:
 
 
 class ProbeRule:
-    """Rule 5: an empty send (to one's own account, the only empty send validation lets
+    """Rule 6: an empty send (to one's own account, the only empty send validation lets
     through) that the device rule passed is answered "not stored"."""
 
     def prepare(self, job: SendJob, drafts: Sequence[Draft]) -> None:
@@ -350,6 +377,7 @@ RULES: tuple[AdmissionRule, ...] = (
     CredentialRule(),
     IdempotencyRule(),
     RecipientRule(),
+    BlockRule(),
     DeviceListRule(),
     ProbeRule(),
 )

@@ -26,6 +26,9 @@ keep each invariant cite these by name):
 7. `add_verification_attempt` and `complete_verification` are conditional UPDATEs
    (`attempts < max`, `completed = 0`): of concurrent guesses at one code, no more than the
    allowed number are counted, and one correct code registers once.
+
+Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
+`server.domain.consent_model`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
+from server.domain.consent_model import ConsentReads, ConsentWrites
 from server.domain.model import (
     AccountRow,
     DeviceKeys,
@@ -188,11 +192,13 @@ class MessageWrites(Protocol):
     def delete_settled_messages(self, settled_before: float) -> int: ...
 
 
-class ReadTransaction(AccountReads, KeyReads, MessageReads, Protocol):
+class ReadTransaction(AccountReads, KeyReads, MessageReads, ConsentReads, Protocol):
     """What a read transaction offers: a consistent view, no writes."""
 
 
-class Transaction(ReadTransaction, AccountWrites, KeyWrites, MessageWrites, Protocol):
+class Transaction(
+    ReadTransaction, AccountWrites, KeyWrites, MessageWrites, ConsentWrites, Protocol
+):
     """What a write transaction offers: every read, and the writes."""
 
 

@@ -1,7 +1,7 @@
 """BusinessService: convert, one domain call, convert back.
 
 The servicer is assembled from one mixin per area of the service (profiles and templates here,
-consent elsewhere), so each area's RPCs live beside each other and areas do not share lines.
+consent in `consent_rpcs`), so each area's RPCs live beside each other and areas do not share lines.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from grpc import aio
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import business_pb2_grpc
 
+from server.domain.consent import ConsentBook
 from server.domain.profiles import BusinessProfiles
 from server.domain.templates import TemplateCatalog
+from server.rpc.consent_rpcs import ConsentRpcs
 from server.rpc.directory_convert import (
     content_from_proto,
     profile_fields_from_proto,
@@ -84,7 +86,12 @@ class TemplateRpcs:
         return bpb.UnpauseTemplateResponse(template=template_to_proto(row))
 
 
-class BusinessServicer(ProfileRpcs, TemplateRpcs, business_pb2_grpc.BusinessServiceServicer):
-    def __init__(self, *, profiles: BusinessProfiles, templates: TemplateCatalog) -> None:
+class BusinessServicer(
+    ProfileRpcs, TemplateRpcs, ConsentRpcs, business_pb2_grpc.BusinessServiceServicer
+):
+    def __init__(
+        self, *, profiles: BusinessProfiles, templates: TemplateCatalog, consent: ConsentBook
+    ) -> None:
         self._profiles = profiles
         self._templates = templates
+        self._consent = consent

@@ -248,6 +248,44 @@ def _v5_business_directory(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_consent(conn: sqlite3.Connection) -> None:
+    # Consent is keyed by the user's number, so a business's record for a number with no
+    # account yet applies once it registers (server.domain.consent_model). The primary key
+    # serves the user's list (a prefix) and the sending rules' probe; the partial index serves
+    # the quality rating (a business's opt-outs over the last days), as blocks_by_blocked does
+    # for blocks.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE consents (
+            user_phone          TEXT NOT NULL,     -- E.164, perhaps of no account yet
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            category            INTEGER NOT NULL,  -- MessageCategory
+            kind                INTEGER NOT NULL,  -- OptInKind: 0 none, 1 user, 2 business
+            source              INTEGER NOT NULL DEFAULT 0,  -- OptInSource
+            evidence            TEXT NOT NULL DEFAULT '',
+            opted_in_at         REAL,
+            opted_out_at        REAL,              -- not NULL: opted out, whatever kind says
+            PRIMARY KEY (user_phone, business_account_id, category)
+        ) WITHOUT ROWID;
+        CREATE INDEX consents_opt_outs ON consents(business_account_id, opted_out_at)
+            WHERE opted_out_at IS NOT NULL;
+        CREATE TABLE blocks (
+            blocker_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            blocked_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            blocked_at         REAL NOT NULL,
+            PRIMARY KEY (blocker_account_id, blocked_account_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX blocks_by_blocked ON blocks(blocked_account_id, blocked_at);
+        """,
+    )
+    # A deleted account's consents go with it (its number may register again as someone else).
+    conn.execute(
+        "CREATE TRIGGER consents_of_deleted_account AFTER DELETE ON accounts BEGIN"
+        " DELETE FROM consents WHERE user_phone = OLD.phone_number; END"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -256,6 +294,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         5, "business profiles, display-name review and message templates", _v5_business_directory
     ),
+    Migration(6, "consent: opt-ins, opt-outs and blocks", _v6_consent),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import sqlite3
 
 from server.storage.accounts import SqliteAccounts
+from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
 from server.storage.messages import SqliteMessages
 
 
-class SqliteTransaction(SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory):
+class SqliteTransaction(SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

@@ -26,17 +26,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.v1 import messaging_pb2 as parley_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18parley/v1/business.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19parley/v1/messaging.proto\"\xb2\x01\n\x15\x42usinessProfileFields\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x62out\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x10\n\x08websites\x18\x06 \x03(\t\x12-\n\x08vertical\x18\x07 \x01(\x0e\x32\x1b.parley.v1.BusinessVertical\"\x8d\x01\n\nNameReview\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.parley.v1.ReviewStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0csubmitted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x0f\x42usinessProfile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ields\x18\x02 \x01(\x0b\x32 .parley.v1.BusinessProfileFields\x12\x15\n\rname_verified\x18\x03 \x01(\x08\x12*\n\x0bname_review\x18\x04 \x01(\x0b\x32\x15.parley.v1.NameReview\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x19GetBusinessProfileRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"I\n\x1aGetBusinessProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessProfile\"P\n\x1cUpdateBusinessProfileRequest\x12\x30\n\x06\x66ields\x18\x01 \x01(\x0b\x32 .parley.v1.BusinessProfileFields\"L\n\x1dUpdateBusinessProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessProfile\"P\n\x0fTemplateContent\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x0e\n\x06\x66ooter\x18\x03 \x01(\t\x12\x0f\n\x07\x62uttons\x18\x04 \x03(\t\"\x90\x03\n\x08Template\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x1b\n\x13\x62usiness_account_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12+\n\x07\x63ontent\x18\x06 \x01(\x0b\x32\x1a.parley.v1.TemplateContent\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.parley.v1.ReviewStatus\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06paused\x18\t \x01(\x08\x12\x14\n\x0cpause_reason\x18\n \x01(\t\x12\x17\n\x0fparameter_count\x18\x0b \x01(\r\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breviewed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x92\x01\n\x15\x43reateTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12+\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x1a.parley.v1.TemplateContent\"?\n\x16\x43reateTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"\x16\n\x14ListTemplatesRequest\"?\n\x15ListTemplatesResponse\x12&\n\ttemplates\x18\x01 \x03(\x0b\x32\x13.parley.v1.Template\"f\n\x12GetTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x1b\n\x13\x62usiness_account_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\"<\n\x13GetTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"+\n\x14PauseTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\">\n\x15PauseTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"-\n\x16UnpauseTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\"@\n\x17UnpauseTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template*\x80\x01\n\x0cReviewStatus\x12\x1d\n\x19REVIEW_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15REVIEW_STATUS_PENDING\x10\x01\x12\x1a\n\x16REVIEW_STATUS_APPROVED\x10\x02\x12\x1a\n\x16REVIEW_STATUS_REJECTED\x10\x03*\xe4\x04\n\x10\x42usinessVertical\x12!\n\x1d\x42USINESS_VERTICAL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42USINESS_VERTICAL_OTHER\x10\x01\x12 \n\x1c\x42USINESS_VERTICAL_AUTOMOTIVE\x10\x02\x12\x1c\n\x18\x42USINESS_VERTICAL_BEAUTY\x10\x03\x12\x1d\n\x19\x42USINESS_VERTICAL_APPAREL\x10\x04\x12\x1f\n\x1b\x42USINESS_VERTICAL_EDUCATION\x10\x05\x12#\n\x1f\x42USINESS_VERTICAL_ENTERTAINMENT\x10\x06\x12$\n BUSINESS_VERTICAL_EVENT_PLANNING\x10\x07\x12\x1d\n\x19\x42USINESS_VERTICAL_FINANCE\x10\x08\x12\x1d\n\x19\x42USINESS_VERTICAL_GROCERY\x10\t\x12 \n\x1c\x42USINESS_VERTICAL_GOVERNMENT\x10\n\x12\x1b\n\x17\x42USINESS_VERTICAL_HOTEL\x10\x0b\x12\x1c\n\x18\x42USINESS_VERTICAL_HEALTH\x10\x0c\x12\x1f\n\x1b\x42USINESS_VERTICAL_NONPROFIT\x10\r\x12+\n\'BUSINESS_VERTICAL_PROFESSIONAL_SERVICES\x10\x0e\x12\x1c\n\x18\x42USINESS_VERTICAL_RETAIL\x10\x0f\x12\x1c\n\x18\x42USINESS_VERTICAL_TRAVEL\x10\x10\x12 \n\x1c\x42USINESS_VERTICAL_RESTAURANT\x10\x11\x32\x87\x05\n\x0f\x42usinessService\x12\x61\n\x12GetBusinessProfile\x12$.parley.v1.GetBusinessProfileRequest\x1a%.parley.v1.GetBusinessProfileResponse\x12j\n\x15UpdateBusinessProfile\x12\'.parley.v1.UpdateBusinessProfileRequest\x1a(.parley.v1.UpdateBusinessProfileResponse\x12U\n\x0e\x43reateTemplate\x12 .parley.v1.CreateTemplateRequest\x1a!.parley.v1.CreateTemplateResponse\x12R\n\rListTemplates\x12\x1f.parley.v1.ListTemplatesRequest\x1a .parley.v1.ListTemplatesResponse\x12L\n\x0bGetTemplate\x12\x1d.parley.v1.GetTemplateRequest\x1a\x1e.parley.v1.GetTemplateResponse\x12R\n\rPauseTemplate\x12\x1f.parley.v1.PauseTemplateRequest\x1a .parley.v1.PauseTemplateResponse\x12X\n\x0fUnpauseTemplate\x12!.parley.v1.UnpauseTemplateRequest\x1a\".parley.v1.UnpauseTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18parley/v1/business.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19parley/v1/messaging.proto\"\xb2\x01\n\x15\x42usinessProfileFields\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\r\n\x05\x61\x62out\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x10\n\x08websites\x18\x06 \x03(\t\x12-\n\x08vertical\x18\x07 \x01(\x0e\x32\x1b.parley.v1.BusinessVertical\"\x8d\x01\n\nNameReview\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.parley.v1.ReviewStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0csubmitted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x0f\x42usinessProfile\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x06\x66ields\x18\x02 \x01(\x0b\x32 .parley.v1.BusinessProfileFields\x12\x15\n\rname_verified\x18\x03 \x01(\x08\x12*\n\x0bname_review\x18\x04 \x01(\x0b\x32\x15.parley.v1.NameReview\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x19GetBusinessProfileRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"I\n\x1aGetBusinessProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessProfile\"P\n\x1cUpdateBusinessProfileRequest\x12\x30\n\x06\x66ields\x18\x01 \x01(\x0b\x32 .parley.v1.BusinessProfileFields\"L\n\x1dUpdateBusinessProfileResponse\x12+\n\x07profile\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessProfile\"[\n\x0cOptInRequest\x12\x1b\n\x13\x62usiness_account_id\x18\x01 \x01(\t\x12.\n\ncategories\x18\x02 \x03(\x0e\x32\x1a.parley.v1.MessageCategory\"=\n\rOptInResponse\x12,\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessConsent\"\x94\x01\n\x12RecordOptInRequest\x12\x14\n\x0cphone_number\x18\x01 \x01(\t\x12&\n\x06source\x18\x02 \x01(\x0e\x32\x16.parley.v1.OptInSource\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\x12.\n\ncategories\x18\x04 \x03(\x0e\x32\x1a.parley.v1.MessageCategory\"\x15\n\x13RecordOptInResponse\"i\n\rOptOutRequest\x12\x1b\n\x13\x62usiness_account_id\x18\x01 \x01(\t\x12.\n\ncategories\x18\x02 \x03(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\">\n\x0eOptOutResponse\x12,\n\x08\x62usiness\x18\x01 \x01(\x0b\x32\x1a.parley.v1.BusinessConsent\")\n\x13\x42lockAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"F\n\x14\x42lockAccountResponse\x12.\n\nblocked_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x15UnblockAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"-\n\x16UnblockAccountResponse\x12\x13\n\x0bwas_blocked\x18\x01 \x01(\x08\"\x19\n\x17ListMyBusinessesRequest\"J\n\x18ListMyBusinessesResponse\x12.\n\nbusinesses\x18\x01 \x03(\x0b\x32\x1a.parley.v1.BusinessConsent\"\xbb\x01\n\x0f\x42usinessConsent\x12\x1b\n\x13\x62usiness_account_id\x18\x01 \x01(\t\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\x12.\n\ncategories\x18\x03 \x03(\x0b\x32\x1a.parley.v1.CategoryConsent\x12\x0f\n\x07\x62locked\x18\x04 \x01(\x08\x12.\n\nblocked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\x06\x10\x07\"\x93\x02\n\x0f\x43\x61tegoryConsent\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x11\n\topted_out\x18\x02 \x01(\x08\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.parley.v1.OptInKind\x12&\n\x06source\x18\x04 \x01(\x0e\x32\x16.parley.v1.OptInSource\x12\x10\n\x08\x65vidence\x18\x05 \x01(\t\x12/\n\x0bopted_in_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0copted_out_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x0fTemplateContent\x12\x0e\n\x06header\x18\x01 \x01(\t\x12\x0c\n\x04\x62ody\x18\x02 \x01(\t\x12\x0e\n\x06\x66ooter\x18\x03 \x01(\t\x12\x0f\n\x07\x62uttons\x18\x04 \x03(\t\"\x90\x03\n\x08Template\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x1b\n\x13\x62usiness_account_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x05 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12+\n\x07\x63ontent\x18\x06 \x01(\x0b\x32\x1a.parley.v1.TemplateContent\x12\'\n\x06status\x18\x07 \x01(\x0e\x32\x17.parley.v1.ReviewStatus\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x0e\n\x06paused\x18\t \x01(\x08\x12\x14\n\x0cpause_reason\x18\n \x01(\t\x12\x17\n\x0fparameter_count\x18\x0b \x01(\r\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breviewed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x92\x01\n\x15\x43reateTemplateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12+\n\x07\x63ontent\x18\x04 \x01(\x0b\x32\x1a.parley.v1.TemplateContent\"?\n\x16\x43reateTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"\x16\n\x14ListTemplatesRequest\"?\n\x15ListTemplatesResponse\x12&\n\ttemplates\x18\x01 \x03(\x0b\x32\x13.parley.v1.Template\"f\n\x12GetTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x1b\n\x13\x62usiness_account_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\"<\n\x13GetTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"+\n\x14PauseTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\">\n\x15PauseTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template\"-\n\x16UnpauseTemplateRequest\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\"@\n\x17UnpauseTemplateResponse\x12%\n\x08template\x18\x01 \x01(\x0b\x32\x13.parley.v1.Template*\x80\x01\n\x0cReviewStatus\x12\x1d\n\x19REVIEW_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15REVIEW_STATUS_PENDING\x10\x01\x12\x1a\n\x16REVIEW_STATUS_APPROVED\x10\x02\x12\x1a\n\x16REVIEW_STATUS_REJECTED\x10\x03*\xe4\x04\n\x10\x42usinessVertical\x12!\n\x1d\x42USINESS_VERTICAL_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42USINESS_VERTICAL_OTHER\x10\x01\x12 \n\x1c\x42USINESS_VERTICAL_AUTOMOTIVE\x10\x02\x12\x1c\n\x18\x42USINESS_VERTICAL_BEAUTY\x10\x03\x12\x1d\n\x19\x42USINESS_VERTICAL_APPAREL\x10\x04\x12\x1f\n\x1b\x42USINESS_VERTICAL_EDUCATION\x10\x05\x12#\n\x1f\x42USINESS_VERTICAL_ENTERTAINMENT\x10\x06\x12$\n BUSINESS_VERTICAL_EVENT_PLANNING\x10\x07\x12\x1d\n\x19\x42USINESS_VERTICAL_FINANCE\x10\x08\x12\x1d\n\x19\x42USINESS_VERTICAL_GROCERY\x10\t\x12 \n\x1c\x42USINESS_VERTICAL_GOVERNMENT\x10\n\x12\x1b\n\x17\x42USINESS_VERTICAL_HOTEL\x10\x0b\x12\x1c\n\x18\x42USINESS_VERTICAL_HEALTH\x10\x0c\x12\x1f\n\x1b\x42USINESS_VERTICAL_NONPROFIT\x10\r\x12+\n\'BUSINESS_VERTICAL_PROFESSIONAL_SERVICES\x10\x0e\x12\x1c\n\x18\x42USINESS_VERTICAL_RETAIL\x10\x0f\x12\x1c\n\x18\x42USINESS_VERTICAL_TRAVEL\x10\x10\x12 \n\x1c\x42USINESS_VERTICAL_RESTAURANT\x10\x11*j\n\tOptInKind\x12\x1b\n\x17OPT_IN_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19OPT_IN_KIND_USER_VERIFIED\x10\x01\x12!\n\x1dOPT_IN_KIND_BUSINESS_ASSERTED\x10\x02*\xcf\x01\n\x0bOptInSource\x12\x1d\n\x19OPT_IN_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15OPT_IN_SOURCE_WEBSITE\x10\x01\x12\x15\n\x11OPT_IN_SOURCE_APP\x10\x02\x12\x1a\n\x16OPT_IN_SOURCE_IN_STORE\x10\x03\x12\x1c\n\x18OPT_IN_SOURCE_PHONE_CALL\x10\x04\x12\x1c\n\x18OPT_IN_SOURCE_PAPER_FORM\x10\x05\x12\x17\n\x13OPT_IN_SOURCE_OTHER\x10\x06\x32\xd5\x08\n\x0f\x42usinessService\x12\x61\n\x12GetBusinessProfile\x12$.parley.v1.GetBusinessProfileRequest\x1a%.parley.v1.GetBusinessProfileResponse\x12j\n\x15UpdateBusinessProfile\x12\'.parley.v1.UpdateBusinessProfileRequest\x1a(.parley.v1.UpdateBusinessProfileResponse\x12:\n\x05OptIn\x12\x17.parley.v1.OptInRequest\x1a\x18.parley.v1.OptInResponse\x12L\n\x0bRecordOptIn\x12\x1d.parley.v1.RecordOptInRequest\x1a\x1e.parley.v1.RecordOptInResponse\x12=\n\x06OptOut\x12\x18.parley.v1.OptOutRequest\x1a\x19.parley.v1.OptOutResponse\x12O\n\x0c\x42lockAccount\x12\x1e.parley.v1.BlockAccountRequest\x1a\x1f.parley.v1.BlockAccountResponse\x12U\n\x0eUnblockAccount\x12 .parley.v1.UnblockAccountRequest\x1a!.parley.v1.UnblockAccountResponse\x12[\n\x10ListMyBusinesses\x12\".parley.v1.ListMyBusinessesRequest\x1a#.parley.v1.ListMyBusinessesResponse\x12U\n\x0e\x43reateTemplate\x12 .parley.v1.CreateTemplateRequest\x1a!.parley.v1.CreateTemplateResponse\x12R\n\rListTemplates\x12\x1f.parley.v1.ListTemplatesRequest\x1a .parley.v1.ListTemplatesResponse\x12L\n\x0bGetTemplate\x12\x1d.parley.v1.GetTemplateRequest\x1a\x1e.parley.v1.GetTemplateResponse\x12R\n\rPauseTemplate\x12\x1f.parley.v1.PauseTemplateRequest\x1a .parley.v1.PauseTemplateResponse\x12X\n\x0fUnpauseTemplate\x12!.parley.v1.UnpauseTemplateRequest\x1a\".parley.v1.UnpauseTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.business_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REVIEWSTATUS']._serialized_start=2090
-  _globals['_REVIEWSTATUS']._serialized_end=2218
-  _globals['_BUSINESSVERTICAL']._serialized_start=2221
-  _globals['_BUSINESSVERTICAL']._serialized_end=2833
+  _globals['_REVIEWSTATUS']._serialized_start=3369
+  _globals['_REVIEWSTATUS']._serialized_end=3497
+  _globals['_BUSINESSVERTICAL']._serialized_start=3500
+  _globals['_BUSINESSVERTICAL']._serialized_end=4112
+  _globals['_OPTINKIND']._serialized_start=4114
+  _globals['_OPTINKIND']._serialized_end=4220
+  _globals['_OPTINSOURCE']._serialized_start=4223
+  _globals['_OPTINSOURCE']._serialized_end=4430
   _globals['_BUSINESSPROFILEFIELDS']._serialized_start=100
   _globals['_BUSINESSPROFILEFIELDS']._serialized_end=278
   _globals['_NAMEREVIEW']._serialized_start=281
@@ -51,30 +55,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEBUSINESSPROFILEREQUEST']._serialized_end=833
   _globals['_UPDATEBUSINESSPROFILERESPONSE']._serialized_start=835
   _globals['_UPDATEBUSINESSPROFILERESPONSE']._serialized_end=911
-  _globals['_TEMPLATECONTENT']._serialized_start=913
-  _globals['_TEMPLATECONTENT']._serialized_end=993
-  _globals['_TEMPLATE']._serialized_start=996
-  _globals['_TEMPLATE']._serialized_end=1396
-  _globals['_CREATETEMPLATEREQUEST']._serialized_start=1399
-  _globals['_CREATETEMPLATEREQUEST']._serialized_end=1545
-  _globals['_CREATETEMPLATERESPONSE']._serialized_start=1547
-  _globals['_CREATETEMPLATERESPONSE']._serialized_end=1610
-  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1612
-  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1634
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1636
-  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=1699
-  _globals['_GETTEMPLATEREQUEST']._serialized_start=1701
-  _globals['_GETTEMPLATEREQUEST']._serialized_end=1803
-  _globals['_GETTEMPLATERESPONSE']._serialized_start=1805
-  _globals['_GETTEMPLATERESPONSE']._serialized_end=1865
-  _globals['_PAUSETEMPLATEREQUEST']._serialized_start=1867
-  _globals['_PAUSETEMPLATEREQUEST']._serialized_end=1910
-  _globals['_PAUSETEMPLATERESPONSE']._serialized_start=1912
-  _globals['_PAUSETEMPLATERESPONSE']._serialized_end=1974
-  _globals['_UNPAUSETEMPLATEREQUEST']._serialized_start=1976
-  _globals['_UNPAUSETEMPLATEREQUEST']._serialized_end=2021
-  _globals['_UNPAUSETEMPLATERESPONSE']._serialized_start=2023
-  _globals['_UNPAUSETEMPLATERESPONSE']._serialized_end=2087
-  _globals['_BUSINESSSERVICE']._serialized_start=2836
-  _globals['_BUSINESSSERVICE']._serialized_end=3483
+  _globals['_OPTINREQUEST']._serialized_start=913
+  _globals['_OPTINREQUEST']._serialized_end=1004
+  _globals['_OPTINRESPONSE']._serialized_start=1006
+  _globals['_OPTINRESPONSE']._serialized_end=1067
+  _globals['_RECORDOPTINREQUEST']._serialized_start=1070
+  _globals['_RECORDOPTINREQUEST']._serialized_end=1218
+  _globals['_RECORDOPTINRESPONSE']._serialized_start=1220
+  _globals['_RECORDOPTINRESPONSE']._serialized_end=1241
+  _globals['_OPTOUTREQUEST']._serialized_start=1243
+  _globals['_OPTOUTREQUEST']._serialized_end=1348
+  _globals['_OPTOUTRESPONSE']._serialized_start=1350
+  _globals['_OPTOUTRESPONSE']._serialized_end=1412
+  _globals['_BLOCKACCOUNTREQUEST']._serialized_start=1414
+  _globals['_BLOCKACCOUNTREQUEST']._serialized_end=1455
+  _globals['_BLOCKACCOUNTRESPONSE']._serialized_start=1457
+  _globals['_BLOCKACCOUNTRESPONSE']._serialized_end=1527
+  _globals['_UNBLOCKACCOUNTREQUEST']._serialized_start=1529
+  _globals['_UNBLOCKACCOUNTREQUEST']._serialized_end=1572
+  _globals['_UNBLOCKACCOUNTRESPONSE']._serialized_start=1574
+  _globals['_UNBLOCKACCOUNTRESPONSE']._serialized_end=1619
+  _globals['_LISTMYBUSINESSESREQUEST']._serialized_start=1621
+  _globals['_LISTMYBUSINESSESREQUEST']._serialized_end=1646
+  _globals['_LISTMYBUSINESSESRESPONSE']._serialized_start=1648
+  _globals['_LISTMYBUSINESSESRESPONSE']._serialized_end=1722
+  _globals['_BUSINESSCONSENT']._serialized_start=1725
+  _globals['_BUSINESSCONSENT']._serialized_end=1912
+  _globals['_CATEGORYCONSENT']._serialized_start=1915
+  _globals['_CATEGORYCONSENT']._serialized_end=2190
+  _globals['_TEMPLATECONTENT']._serialized_start=2192
+  _globals['_TEMPLATECONTENT']._serialized_end=2272
+  _globals['_TEMPLATE']._serialized_start=2275
+  _globals['_TEMPLATE']._serialized_end=2675
+  _globals['_CREATETEMPLATEREQUEST']._serialized_start=2678
+  _globals['_CREATETEMPLATEREQUEST']._serialized_end=2824
+  _globals['_CREATETEMPLATERESPONSE']._serialized_start=2826
+  _globals['_CREATETEMPLATERESPONSE']._serialized_end=2889
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=2891
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=2913
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=2915
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2978
+  _globals['_GETTEMPLATEREQUEST']._serialized_start=2980
+  _globals['_GETTEMPLATEREQUEST']._serialized_end=3082
+  _globals['_GETTEMPLATERESPONSE']._serialized_start=3084
+  _globals['_GETTEMPLATERESPONSE']._serialized_end=3144
+  _globals['_PAUSETEMPLATEREQUEST']._serialized_start=3146
+  _globals['_PAUSETEMPLATEREQUEST']._serialized_end=3189
+  _globals['_PAUSETEMPLATERESPONSE']._serialized_start=3191
+  _globals['_PAUSETEMPLATERESPONSE']._serialized_end=3253
+  _globals['_UNPAUSETEMPLATEREQUEST']._serialized_start=3255
+  _globals['_UNPAUSETEMPLATEREQUEST']._serialized_end=3300
+  _globals['_UNPAUSETEMPLATERESPONSE']._serialized_start=3302
+  _globals['_UNPAUSETEMPLATERESPONSE']._serialized_end=3366
+  _globals['_BUSINESSSERVICE']._serialized_start=4433
+  _globals['_BUSINESSSERVICE']._serialized_end=5542
 # @@protoc_insertion_point(module_scope)

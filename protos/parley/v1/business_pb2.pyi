@@ -37,7 +37,7 @@ class _ReviewStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewSt
     """The operator rejected it; the reason says why."""
 
 class ReviewStatus(_ReviewStatus, metaclass=_ReviewStatusEnumTypeWrapper):
-    """======== Messages: profiles ========
+    """-- Messages: profiles --
 
     ReviewStatus is where an item under the operator's review stands (a display name, a
     template).
@@ -136,6 +136,73 @@ BUSINESS_VERTICAL_TRAVEL: BusinessVertical.ValueType  # 16
 BUSINESS_VERTICAL_RESTAURANT: BusinessVertical.ValueType  # 17
 """Restaurants."""
 Global___BusinessVertical: _TypeAlias = BusinessVertical  # noqa: Y015
+
+class _OptInKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OptInKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OptInKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPT_IN_KIND_UNSPECIFIED: _OptInKind.ValueType  # 0
+    """No opt-in (only an opt-out is recorded)."""
+    OPT_IN_KIND_USER_VERIFIED: _OptInKind.ValueType  # 1
+    """The user opted in from their own device (OptIn)."""
+    OPT_IN_KIND_BUSINESS_ASSERTED: _OptInKind.ValueType  # 2
+    """The business says the user gave it their number (RecordOptIn)."""
+
+class OptInKind(_OptInKind, metaclass=_OptInKindEnumTypeWrapper):
+    """-- Messages: consent --
+
+    OptInKind says who recorded an opt-in.
+    """
+
+OPT_IN_KIND_UNSPECIFIED: OptInKind.ValueType  # 0
+"""No opt-in (only an opt-out is recorded)."""
+OPT_IN_KIND_USER_VERIFIED: OptInKind.ValueType  # 1
+"""The user opted in from their own device (OptIn)."""
+OPT_IN_KIND_BUSINESS_ASSERTED: OptInKind.ValueType  # 2
+"""The business says the user gave it their number (RecordOptIn)."""
+Global___OptInKind: _TypeAlias = OptInKind  # noqa: Y015
+
+class _OptInSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OptInSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OptInSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPT_IN_SOURCE_UNSPECIFIED: _OptInSource.ValueType  # 0
+    """Not set (user-verified opt-ins have no source); refused in RecordOptIn."""
+    OPT_IN_SOURCE_WEBSITE: _OptInSource.ValueType  # 1
+    """A form on the business's website."""
+    OPT_IN_SOURCE_APP: _OptInSource.ValueType  # 2
+    """The business's own app."""
+    OPT_IN_SOURCE_IN_STORE: _OptInSource.ValueType  # 3
+    """In a shop, at a counter or a terminal."""
+    OPT_IN_SOURCE_PHONE_CALL: _OptInSource.ValueType  # 4
+    """On a phone call with the business."""
+    OPT_IN_SOURCE_PAPER_FORM: _OptInSource.ValueType  # 5
+    """A signed paper form."""
+    OPT_IN_SOURCE_OTHER: _OptInSource.ValueType  # 6
+    """Anywhere else (say where in the evidence)."""
+
+class OptInSource(_OptInSource, metaclass=_OptInSourceEnumTypeWrapper):
+    """OptInSource is where a business-asserted opt-in was given."""
+
+OPT_IN_SOURCE_UNSPECIFIED: OptInSource.ValueType  # 0
+"""Not set (user-verified opt-ins have no source); refused in RecordOptIn."""
+OPT_IN_SOURCE_WEBSITE: OptInSource.ValueType  # 1
+"""A form on the business's website."""
+OPT_IN_SOURCE_APP: OptInSource.ValueType  # 2
+"""The business's own app."""
+OPT_IN_SOURCE_IN_STORE: OptInSource.ValueType  # 3
+"""In a shop, at a counter or a terminal."""
+OPT_IN_SOURCE_PHONE_CALL: OptInSource.ValueType  # 4
+"""On a phone call with the business."""
+OPT_IN_SOURCE_PAPER_FORM: OptInSource.ValueType  # 5
+"""A signed paper form."""
+OPT_IN_SOURCE_OTHER: OptInSource.ValueType  # 6
+"""Anywhere else (say where in the evidence)."""
+Global___OptInSource: _TypeAlias = OptInSource  # noqa: Y015
 
 @_typing.final
 class BusinessProfileFields(_message.Message):
@@ -362,8 +429,392 @@ class UpdateBusinessProfileResponse(_message.Message):
 Global___UpdateBusinessProfileResponse: _TypeAlias = UpdateBusinessProfileResponse  # noqa: Y015
 
 @_typing.final
+class OptInRequest(_message.Message):
+    """OptInRequest names a business and the categories to accept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    business_account_id: _builtins.str
+    """The business (an account id; LookupAccount turns its number into one)."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_messaging_pb2.MessageCategory.ValueType]:
+        """At least one of MARKETING, UTILITY, AUTHENTICATION, SERVICE."""
+
+    def __init__(
+        self,
+        *,
+        business_account_id: _builtins.str = ...,
+        categories: _abc.Iterable[_messaging_pb2.MessageCategory.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_account_id", b"business_account_id", "categories", b"categories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptInRequest: _TypeAlias = OptInRequest  # noqa: Y015
+
+@_typing.final
+class OptInResponse(_message.Message):
+    """OptInResponse is the caller's consent for that business after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def business(self) -> Global___BusinessConsent:
+        """The caller's consent for the business."""
+
+    def __init__(
+        self,
+        *,
+        business: Global___BusinessConsent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptInResponse: _TypeAlias = OptInResponse  # noqa: Y015
+
+@_typing.final
+class RecordOptInRequest(_message.Message):
+    """RecordOptInRequest is a business's record of an opt-in it collected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    phone_number: _builtins.str
+    """The person's number, in E.164 form."""
+    source: Global___OptInSource.ValueType
+    """Where the person gave the number."""
+    evidence: _builtins.str
+    """What shows it: a form URL and a timestamp, a receipt number... (1 to 512 characters)."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_messaging_pb2.MessageCategory.ValueType]:
+        """The categories the person agreed to (at least one)."""
+
+    def __init__(
+        self,
+        *,
+        phone_number: _builtins.str = ...,
+        source: Global___OptInSource.ValueType = ...,
+        evidence: _builtins.str = ...,
+        categories: _abc.Iterable[_messaging_pb2.MessageCategory.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "evidence", b"evidence", "phone_number", b"phone_number", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOptInRequest: _TypeAlias = RecordOptInRequest  # noqa: Y015
+
+@_typing.final
+class RecordOptInResponse(_message.Message):
+    """RecordOptInResponse is empty: it says nothing about the number's account or choices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOptInResponse: _TypeAlias = RecordOptInResponse  # noqa: Y015
+
+@_typing.final
+class OptOutRequest(_message.Message):
+    """OptOutRequest names a business and the categories to stop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    business_account_id: _builtins.str
+    """The business."""
+    all: _builtins.bool
+    """Stop every category (then categories must be empty)."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_messaging_pb2.MessageCategory.ValueType]:
+        """The categories to stop; empty when all is set."""
+
+    def __init__(
+        self,
+        *,
+        business_account_id: _builtins.str = ...,
+        categories: _abc.Iterable[_messaging_pb2.MessageCategory.ValueType] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "business_account_id", b"business_account_id", "categories", b"categories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptOutRequest: _TypeAlias = OptOutRequest  # noqa: Y015
+
+@_typing.final
+class OptOutResponse(_message.Message):
+    """OptOutResponse is the caller's consent for that business after the call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def business(self) -> Global___BusinessConsent:
+        """The caller's consent for the business."""
+
+    def __init__(
+        self,
+        *,
+        business: Global___BusinessConsent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OptOutResponse: _TypeAlias = OptOutResponse  # noqa: Y015
+
+@_typing.final
+class BlockAccountRequest(_message.Message):
+    """BlockAccountRequest names the account to block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """Any account but the caller's own."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockAccountRequest: _TypeAlias = BlockAccountRequest  # noqa: Y015
+
+@_typing.final
+class BlockAccountResponse(_message.Message):
+    """BlockAccountResponse says since when the account is blocked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def blocked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the block was first recorded (a repeated block keeps it)."""
+
+    def __init__(
+        self,
+        *,
+        blocked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blocked_at", b"blocked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_at", b"blocked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockAccountResponse: _TypeAlias = BlockAccountResponse  # noqa: Y015
+
+@_typing.final
+class UnblockAccountRequest(_message.Message):
+    """UnblockAccountRequest names the account to unblock."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The blocked account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnblockAccountRequest: _TypeAlias = UnblockAccountRequest  # noqa: Y015
+
+@_typing.final
+class UnblockAccountResponse(_message.Message):
+    """UnblockAccountResponse says whether a block was lifted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WAS_BLOCKED_FIELD_NUMBER: _builtins.int
+    was_blocked: _builtins.bool
+    """False when the account was not blocked."""
+    def __init__(
+        self,
+        *,
+        was_blocked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["was_blocked", b"was_blocked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnblockAccountResponse: _TypeAlias = UnblockAccountResponse  # noqa: Y015
+
+@_typing.final
+class ListMyBusinessesRequest(_message.Message):
+    """ListMyBusinessesRequest has no fields: the caller's own consents are listed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyBusinessesRequest: _TypeAlias = ListMyBusinessesRequest  # noqa: Y015
+
+@_typing.final
+class ListMyBusinessesResponse(_message.Message):
+    """ListMyBusinessesResponse lists the caller's consents, one entry per business."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def businesses(self) -> _containers.RepeatedCompositeFieldContainer[Global___BusinessConsent]:
+        """Ordered by the businesses' numbers."""
+
+    def __init__(
+        self,
+        *,
+        businesses: _abc.Iterable[Global___BusinessConsent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["businesses", b"businesses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyBusinessesResponse: _TypeAlias = ListMyBusinessesResponse  # noqa: Y015
+
+@_typing.final
+class BusinessConsent(_message.Message):
+    """BusinessConsent is what one user allowed one business."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    BLOCKED_AT_FIELD_NUMBER: _builtins.int
+    business_account_id: _builtins.str
+    """The business."""
+    phone_number: _builtins.str
+    """The business's number (businesses are public)."""
+    blocked: _builtins.bool
+    """The user blocked the business: none of its sends reach the user."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategoryConsent]:
+        """One entry per category with an opt-in or an opt-out, in category order."""
+
+    @_builtins.property
+    def blocked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the block was recorded (unset when not blocked)."""
+
+    def __init__(
+        self,
+        *,
+        business_account_id: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+        categories: _abc.Iterable[Global___CategoryConsent] | None = ...,
+        blocked: _builtins.bool = ...,
+        blocked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["blocked_at", b"blocked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "blocked_at", b"blocked_at", "business_account_id", b"business_account_id", "categories", b"categories", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BusinessConsent: _TypeAlias = BusinessConsent  # noqa: Y015
+
+@_typing.final
+class CategoryConsent(_message.Message):
+    """CategoryConsent is the state of one category."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
+    OPTED_IN_AT_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_AT_FIELD_NUMBER: _builtins.int
+    category: _messaging_pb2.MessageCategory.ValueType
+    """The category."""
+    opted_out: _builtins.bool
+    """True when the user opted out: no opt-in counts until the user opts in again."""
+    kind: Global___OptInKind.ValueType
+    """Who recorded the opt-in (UNSPECIFIED when there is only an opt-out)."""
+    source: Global___OptInSource.ValueType
+    """Where a business-asserted opt-in was given."""
+    evidence: _builtins.str
+    """The business's evidence for a business-asserted opt-in."""
+    @_builtins.property
+    def opted_in_at(self) -> _timestamp_pb2.Timestamp:
+        """When the opt-in was recorded (unset when there is none)."""
+
+    @_builtins.property
+    def opted_out_at(self) -> _timestamp_pb2.Timestamp:
+        """When the user opted out (unset unless opted_out)."""
+
+    def __init__(
+        self,
+        *,
+        category: _messaging_pb2.MessageCategory.ValueType = ...,
+        opted_out: _builtins.bool = ...,
+        kind: Global___OptInKind.ValueType = ...,
+        source: Global___OptInSource.ValueType = ...,
+        evidence: _builtins.str = ...,
+        opted_in_at: _timestamp_pb2.Timestamp | None = ...,
+        opted_out_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opted_in_at", b"opted_in_at", "opted_out_at", b"opted_out_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "evidence", b"evidence", "kind", b"kind", "opted_in_at", b"opted_in_at", "opted_out", b"opted_out", "opted_out_at", b"opted_out_at", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CategoryConsent: _TypeAlias = CategoryConsent  # noqa: Y015
+
+@_typing.final
 class TemplateContent(_message.Message):
-    """======== Messages: templates ========
+    """-- Messages: templates --
 
     TemplateContent is the text of a template. Parameters are written {{1}}, {{2}}, ... in the
     body only, numbered from 1 without gaps (each may appear more than once).

@@ -29,7 +29,7 @@ class BusinessServiceStub:
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     def __init__(self, channel):
@@ -47,6 +47,36 @@ class BusinessServiceStub:
                 '/parley.v1.BusinessService/UpdateBusinessProfile',
                 request_serializer=parley_dot_v1_dot_business__pb2.UpdateBusinessProfileRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_business__pb2.UpdateBusinessProfileResponse.FromString,
+                _registered_method=True)
+        self.OptIn = channel.unary_unary(
+                '/parley.v1.BusinessService/OptIn',
+                request_serializer=parley_dot_v1_dot_business__pb2.OptInRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.OptInResponse.FromString,
+                _registered_method=True)
+        self.RecordOptIn = channel.unary_unary(
+                '/parley.v1.BusinessService/RecordOptIn',
+                request_serializer=parley_dot_v1_dot_business__pb2.RecordOptInRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.RecordOptInResponse.FromString,
+                _registered_method=True)
+        self.OptOut = channel.unary_unary(
+                '/parley.v1.BusinessService/OptOut',
+                request_serializer=parley_dot_v1_dot_business__pb2.OptOutRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.OptOutResponse.FromString,
+                _registered_method=True)
+        self.BlockAccount = channel.unary_unary(
+                '/parley.v1.BusinessService/BlockAccount',
+                request_serializer=parley_dot_v1_dot_business__pb2.BlockAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.BlockAccountResponse.FromString,
+                _registered_method=True)
+        self.UnblockAccount = channel.unary_unary(
+                '/parley.v1.BusinessService/UnblockAccount',
+                request_serializer=parley_dot_v1_dot_business__pb2.UnblockAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.UnblockAccountResponse.FromString,
+                _registered_method=True)
+        self.ListMyBusinesses = channel.unary_unary(
+                '/parley.v1.BusinessService/ListMyBusinesses',
+                request_serializer=parley_dot_v1_dot_business__pb2.ListMyBusinessesRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.ListMyBusinessesResponse.FromString,
                 _registered_method=True)
         self.CreateTemplate = channel.unary_unary(
                 '/parley.v1.BusinessService/CreateTemplate',
@@ -79,7 +109,7 @@ class BusinessServiceServicer:
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     def GetBusinessProfile(self, request, context):
@@ -101,14 +131,65 @@ class BusinessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OptIn(self, request, context):
+        """-- Consent: opt-in, opt-out, block --
+
+        OptIn records, from the user's own device, that the caller accepts messages of these
+        categories from a business: a *user-verified* opt-in. It lifts the caller's earlier
+        opt-out of those categories. NOT_FOUND: no such account; FAILED_PRECONDITION: the account
+        is a person (consent applies to businesses; BlockAccount stops a person).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOptIn(self, request, context):
+        """RecordOptIn is called by a business (FAILED_PRECONDITION for any other account kind): the
+        person with this number gave it to the business (website, app, shop...) to get updates on
+        Parley. Stored as *business-asserted* with its source and evidence, shown to the user in
+        ListMyBusinesses and revocable by them with OptOut. It never replaces a user-verified
+        opt-in and never lifts the user's opt-out. A number with no account yet is kept and
+        applies once the number registers; the answer is the same either way, so it does not
+        tell the business whether the number is on Parley.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OptOut(self, request, context):
+        """OptOut stops a business's messages of some categories (or all): it wins over any opt-in,
+        whoever recorded it, until the user calls OptIn again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlockAccount(self, request, context):
+        """BlockAccount refuses every later send of that account (business or person) to the
+        caller: such a send fails with PERMISSION_DENIED "the recipient does not accept messages
+        from you". Blocking twice keeps the first block's time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnblockAccount(self, request, context):
+        """UnblockAccount lifts a block; unblocking an account that is not blocked is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyBusinesses(self, request, context):
+        """ListMyBusinesses lists every business the caller has an opt-in, an opt-out or a block
+        for: who may message them, in which categories, and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateTemplate(self, request, context):
-        """==== end of profiles ====
-
-        ==== Consent: opt-in, opt-out, block (section "consent") ====
-
-        ==== end of consent ====
-
-        ==== Templates (section "directory") ====
+        """-- Templates --
 
         CreateTemplate submits a message template for review; it starts PENDING. (business,
         name, language) is unique: a new wording is a new name or language, never an edit.
@@ -160,6 +241,36 @@ def add_BusinessServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_v1_dot_business__pb2.UpdateBusinessProfileRequest.FromString,
                     response_serializer=parley_dot_v1_dot_business__pb2.UpdateBusinessProfileResponse.SerializeToString,
             ),
+            'OptIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.OptIn,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.OptInRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.OptInResponse.SerializeToString,
+            ),
+            'RecordOptIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOptIn,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.RecordOptInRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.RecordOptInResponse.SerializeToString,
+            ),
+            'OptOut': grpc.unary_unary_rpc_method_handler(
+                    servicer.OptOut,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.OptOutRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.OptOutResponse.SerializeToString,
+            ),
+            'BlockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockAccount,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.BlockAccountRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.BlockAccountResponse.SerializeToString,
+            ),
+            'UnblockAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnblockAccount,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.UnblockAccountRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.UnblockAccountResponse.SerializeToString,
+            ),
+            'ListMyBusinesses': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyBusinesses,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.ListMyBusinessesRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.ListMyBusinessesResponse.SerializeToString,
+            ),
             'CreateTemplate': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTemplate,
                     request_deserializer=parley_dot_v1_dot_business__pb2.CreateTemplateRequest.FromString,
@@ -197,7 +308,7 @@ class BusinessService:
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     @staticmethod
@@ -244,6 +355,168 @@ class BusinessService:
             '/parley.v1.BusinessService/UpdateBusinessProfile',
             parley_dot_v1_dot_business__pb2.UpdateBusinessProfileRequest.SerializeToString,
             parley_dot_v1_dot_business__pb2.UpdateBusinessProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OptIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/OptIn',
+            parley_dot_v1_dot_business__pb2.OptInRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.OptInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOptIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/RecordOptIn',
+            parley_dot_v1_dot_business__pb2.RecordOptInRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.RecordOptInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OptOut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/OptOut',
+            parley_dot_v1_dot_business__pb2.OptOutRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.OptOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/BlockAccount',
+            parley_dot_v1_dot_business__pb2.BlockAccountRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.BlockAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnblockAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/UnblockAccount',
+            parley_dot_v1_dot_business__pb2.UnblockAccountRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.UnblockAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyBusinesses(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ListMyBusinesses',
+            parley_dot_v1_dot_business__pb2.ListMyBusinessesRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.ListMyBusinessesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,7 +30,7 @@ class BusinessServiceStub:
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     @_typing.overload
@@ -48,8 +48,40 @@ class BusinessServiceStub:
     until it is approved, the last approved name stays the verified one shown.
     FAILED_PRECONDITION unless the caller's account is a BUSINESS account.
     """
+    OptIn: _grpc.UnaryUnaryMultiCallable[_business_pb2.OptInRequest, _business_pb2.OptInResponse]
+    """-- Consent: opt-in, opt-out, block --
+
+    OptIn records, from the user's own device, that the caller accepts messages of these
+    categories from a business: a *user-verified* opt-in. It lifts the caller's earlier
+    opt-out of those categories. NOT_FOUND: no such account; FAILED_PRECONDITION: the account
+    is a person (consent applies to businesses; BlockAccount stops a person).
+    """
+    RecordOptIn: _grpc.UnaryUnaryMultiCallable[_business_pb2.RecordOptInRequest, _business_pb2.RecordOptInResponse]
+    """RecordOptIn is called by a business (FAILED_PRECONDITION for any other account kind): the
+    person with this number gave it to the business (website, app, shop...) to get updates on
+    Parley. Stored as *business-asserted* with its source and evidence, shown to the user in
+    ListMyBusinesses and revocable by them with OptOut. It never replaces a user-verified
+    opt-in and never lifts the user's opt-out. A number with no account yet is kept and
+    applies once the number registers; the answer is the same either way, so it does not
+    tell the business whether the number is on Parley.
+    """
+    OptOut: _grpc.UnaryUnaryMultiCallable[_business_pb2.OptOutRequest, _business_pb2.OptOutResponse]
+    """OptOut stops a business's messages of some categories (or all): it wins over any opt-in,
+    whoever recorded it, until the user calls OptIn again.
+    """
+    BlockAccount: _grpc.UnaryUnaryMultiCallable[_business_pb2.BlockAccountRequest, _business_pb2.BlockAccountResponse]
+    """BlockAccount refuses every later send of that account (business or person) to the
+    caller: such a send fails with PERMISSION_DENIED "the recipient does not accept messages
+    from you". Blocking twice keeps the first block's time.
+    """
+    UnblockAccount: _grpc.UnaryUnaryMultiCallable[_business_pb2.UnblockAccountRequest, _business_pb2.UnblockAccountResponse]
+    """UnblockAccount lifts a block; unblocking an account that is not blocked is a no-op."""
+    ListMyBusinesses: _grpc.UnaryUnaryMultiCallable[_business_pb2.ListMyBusinessesRequest, _business_pb2.ListMyBusinessesResponse]
+    """ListMyBusinesses lists every business the caller has an opt-in, an opt-out or a block
+    for: who may message them, in which categories, and why.
+    """
     CreateTemplate: _grpc.UnaryUnaryMultiCallable[_business_pb2.CreateTemplateRequest, _business_pb2.CreateTemplateResponse]
-    """==== Templates (section "directory") ====
+    """-- Templates --
 
     CreateTemplate submits a message template for review; it starts PENDING. (business,
     name, language) is unique: a new wording is a new name or language, never an edit.
@@ -72,7 +104,7 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -87,8 +119,40 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     until it is approved, the last approved name stays the verified one shown.
     FAILED_PRECONDITION unless the caller's account is a BUSINESS account.
     """
+    OptIn: _aio.UnaryUnaryMultiCallable[_business_pb2.OptInRequest, _business_pb2.OptInResponse]  # type: ignore[assignment]
+    """-- Consent: opt-in, opt-out, block --
+
+    OptIn records, from the user's own device, that the caller accepts messages of these
+    categories from a business: a *user-verified* opt-in. It lifts the caller's earlier
+    opt-out of those categories. NOT_FOUND: no such account; FAILED_PRECONDITION: the account
+    is a person (consent applies to businesses; BlockAccount stops a person).
+    """
+    RecordOptIn: _aio.UnaryUnaryMultiCallable[_business_pb2.RecordOptInRequest, _business_pb2.RecordOptInResponse]  # type: ignore[assignment]
+    """RecordOptIn is called by a business (FAILED_PRECONDITION for any other account kind): the
+    person with this number gave it to the business (website, app, shop...) to get updates on
+    Parley. Stored as *business-asserted* with its source and evidence, shown to the user in
+    ListMyBusinesses and revocable by them with OptOut. It never replaces a user-verified
+    opt-in and never lifts the user's opt-out. A number with no account yet is kept and
+    applies once the number registers; the answer is the same either way, so it does not
+    tell the business whether the number is on Parley.
+    """
+    OptOut: _aio.UnaryUnaryMultiCallable[_business_pb2.OptOutRequest, _business_pb2.OptOutResponse]  # type: ignore[assignment]
+    """OptOut stops a business's messages of some categories (or all): it wins over any opt-in,
+    whoever recorded it, until the user calls OptIn again.
+    """
+    BlockAccount: _aio.UnaryUnaryMultiCallable[_business_pb2.BlockAccountRequest, _business_pb2.BlockAccountResponse]  # type: ignore[assignment]
+    """BlockAccount refuses every later send of that account (business or person) to the
+    caller: such a send fails with PERMISSION_DENIED "the recipient does not accept messages
+    from you". Blocking twice keeps the first block's time.
+    """
+    UnblockAccount: _aio.UnaryUnaryMultiCallable[_business_pb2.UnblockAccountRequest, _business_pb2.UnblockAccountResponse]  # type: ignore[assignment]
+    """UnblockAccount lifts a block; unblocking an account that is not blocked is a no-op."""
+    ListMyBusinesses: _aio.UnaryUnaryMultiCallable[_business_pb2.ListMyBusinessesRequest, _business_pb2.ListMyBusinessesResponse]  # type: ignore[assignment]
+    """ListMyBusinesses lists every business the caller has an opt-in, an opt-out or a block
+    for: who may message them, in which categories, and why.
+    """
     CreateTemplate: _aio.UnaryUnaryMultiCallable[_business_pb2.CreateTemplateRequest, _business_pb2.CreateTemplateResponse]  # type: ignore[assignment]
-    """==== Templates (section "directory") ====
+    """-- Templates --
 
     CreateTemplate submits a message template for review; it starts PENDING. (business,
     name, language) is unique: a new wording is a new name or language, never an edit.
@@ -110,7 +174,7 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
     """BusinessService is how people and businesses meet on Parley: business profiles with a
     verified name, the user's consent (opt-in, opt-out, block) and message templates. Every RPC
     needs a device's bearer token.
-    ==== Profiles (section "directory") ====
+    -- Profiles --
     """
 
     @_abc_1.abstractmethod
@@ -137,12 +201,80 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def OptIn(
+        self,
+        request: _business_pb2.OptInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.OptInResponse, _abc.Awaitable[_business_pb2.OptInResponse]]:
+        """-- Consent: opt-in, opt-out, block --
+
+        OptIn records, from the user's own device, that the caller accepts messages of these
+        categories from a business: a *user-verified* opt-in. It lifts the caller's earlier
+        opt-out of those categories. NOT_FOUND: no such account; FAILED_PRECONDITION: the account
+        is a person (consent applies to businesses; BlockAccount stops a person).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordOptIn(
+        self,
+        request: _business_pb2.RecordOptInRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.RecordOptInResponse, _abc.Awaitable[_business_pb2.RecordOptInResponse]]:
+        """RecordOptIn is called by a business (FAILED_PRECONDITION for any other account kind): the
+        person with this number gave it to the business (website, app, shop...) to get updates on
+        Parley. Stored as *business-asserted* with its source and evidence, shown to the user in
+        ListMyBusinesses and revocable by them with OptOut. It never replaces a user-verified
+        opt-in and never lifts the user's opt-out. A number with no account yet is kept and
+        applies once the number registers; the answer is the same either way, so it does not
+        tell the business whether the number is on Parley.
+        """
+
+    @_abc_1.abstractmethod
+    def OptOut(
+        self,
+        request: _business_pb2.OptOutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.OptOutResponse, _abc.Awaitable[_business_pb2.OptOutResponse]]:
+        """OptOut stops a business's messages of some categories (or all): it wins over any opt-in,
+        whoever recorded it, until the user calls OptIn again.
+        """
+
+    @_abc_1.abstractmethod
+    def BlockAccount(
+        self,
+        request: _business_pb2.BlockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.BlockAccountResponse, _abc.Awaitable[_business_pb2.BlockAccountResponse]]:
+        """BlockAccount refuses every later send of that account (business or person) to the
+        caller: such a send fails with PERMISSION_DENIED "the recipient does not accept messages
+        from you". Blocking twice keeps the first block's time.
+        """
+
+    @_abc_1.abstractmethod
+    def UnblockAccount(
+        self,
+        request: _business_pb2.UnblockAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.UnblockAccountResponse, _abc.Awaitable[_business_pb2.UnblockAccountResponse]]:
+        """UnblockAccount lifts a block; unblocking an account that is not blocked is a no-op."""
+
+    @_abc_1.abstractmethod
+    def ListMyBusinesses(
+        self,
+        request: _business_pb2.ListMyBusinessesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.ListMyBusinessesResponse, _abc.Awaitable[_business_pb2.ListMyBusinessesResponse]]:
+        """ListMyBusinesses lists every business the caller has an opt-in, an opt-out or a block
+        for: who may message them, in which categories, and why.
+        """
+
+    @_abc_1.abstractmethod
     def CreateTemplate(
         self,
         request: _business_pb2.CreateTemplateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_business_pb2.CreateTemplateResponse, _abc.Awaitable[_business_pb2.CreateTemplateResponse]]:
-        """==== Templates (section "directory") ====
+        """-- Templates --
 
         CreateTemplate submits a message template for review; it starts PENDING. (business,
         name, language) is unique: a new wording is a new name or language, never an edit.
