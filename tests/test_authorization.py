@@ -48,7 +48,9 @@ from tests.rpc_catalog import Rpc, all_rpcs
 OK = grpc.StatusCode.OK
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-NUMBERS = iter(f"+1555020{i:04d}" for i in range(1000))
+# Test numbers enough for every cell's fresh world (a few accounts each), with room to grow.
+NUMBER_COUNT = 10_000
+NUMBERS = iter(f"+155502{i:05d}" for i in range(NUMBER_COUNT))
 CALLERS = [
     "none",
     "malformed",
@@ -130,7 +132,7 @@ def matrix_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
         host="localhost",
         port=0,
         database=tmp_path_factory.mktemp("authz") / "authz.db",
-        test_numbers={f"+1555020{i:04d}": "123456" for i in range(1000)},
+        test_numbers={f"+155502{i:05d}": "123456" for i in range(NUMBER_COUNT)},
         shutdown_grace=1.0,
         admin_token=ADMIN_TOKEN,
     )

@@ -42,7 +42,8 @@ UNDECIDED = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 CALL_DEADLINE = 10.0
 # A server stream with nothing more to say stays open: read this long, then hang up ourselves.
 STREAM_READ = 0.3
-NUMBERS = [f"+1555010{i:04d}" for i in range(200)]
+# Fresh accounts for each fuzzed RPC (a few each), with room for more RPCs.
+NUMBERS = [f"+155501{i:05d}" for i in range(2_000)]
 EXAMPLES = 30
 ADMIN_TOKEN = "fuzz-operator-token"
 
