@@ -118,19 +118,26 @@ class BusinessMetadata(_message.Message):
 
     CATEGORY_FIELD_NUMBER: _builtins.int
     TEMPLATE_NAME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     category: Global___MessageCategory.ValueType
     """The pricing category."""
     template_name: _builtins.str
     """The approved template the message was made from (empty for service replies)."""
+    template_id: _builtins.str
+    """The id of the approved template (BusinessService.GetTemplate) the message was made from;
+    empty for a free-form reply inside the customer-service window. The server checks it and
+    takes the category from it; the recipient's client renders the message from it.
+    """
     def __init__(
         self,
         *,
         category: Global___MessageCategory.ValueType = ...,
         template_name: _builtins.str = ...,
+        template_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "template_name", b"template_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "template_id", b"template_id", "template_name", b"template_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
