@@ -30,6 +30,7 @@ from parley.v1 import (
 
 from server.config import Settings
 from server.domain.accounts import AccountRegistry
+from server.domain.admission import RULES
 from server.domain.auth import Authenticator
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
@@ -39,6 +40,7 @@ from server.domain.keys import KeyDirectory
 from server.domain.mailbox import Mailbox
 from server.domain.operator import OperatorGate
 from server.domain.profiles import BusinessProfiles
+from server.domain.sending import BusinessRule, SendingDesk
 from server.domain.templates import TemplateCatalog
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
@@ -259,13 +261,20 @@ async def _assemble(
         KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
     )
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
-    mailbox = Mailbox(db, clock, settings.messaging_policy(), ids)
+    sending_policy = settings.sending_policy()
+    mailbox = Mailbox(
+        db, clock, settings.messaging_policy(), ids, (*RULES, BusinessRule(sending_policy, clock))
+    )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
     templates = TemplateCatalog(db, clock)
-    consent = ConsentBook(db, clock, settings.account_policy().test_numbers)
+    sending = SendingDesk(db, clock, sending_policy)
+    consent = ConsentBook(
+        db, clock, settings.account_policy().test_numbers, after_signal=sending.review
+    )
     business_pb2_grpc.add_BusinessServiceServicer_to_server(
-        BusinessServicer(profiles=profiles, templates=templates, consent=consent), server
+        BusinessServicer(profiles=profiles, templates=templates, consent=consent, sending=sending),
+        server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(profiles=profiles, templates=templates), server

@@ -17,6 +17,7 @@ from server.domain.accounts import AccountPolicy
 from server.domain.keys import KeyPolicy
 from server.domain.messaging_policy import MessagingPolicy
 from server.domain.ratelimit import Rate
+from server.domain.sending import SendingPolicy, parse_tiers
 
 
 def _test_numbers(text: str) -> dict[str, str]:
@@ -79,6 +80,10 @@ class Settings:
     shutdown_grace: float = 5.0
     # The operator's bearer token for AdminService; None disables every admin RPC.
     admin_token: str | None = None
+    # The sending rules of businesses (server.domain.sending, where the reasons are).
+    business_tiers: tuple[int | None, ...] = SendingPolicy.tiers
+    marketing_per_user: int = SendingPolicy.marketing_per_user
+    business_send_rate: Rate = SendingPolicy.business_send_rate
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -102,6 +107,13 @@ class Settings:
             envelope_ttl=self.envelope_ttl,
             keepalive_interval=self.keepalive_interval,
             stream_buffer_bytes=self.stream_buffer_bytes,
+        )
+
+    def sending_policy(self) -> SendingPolicy:
+        return SendingPolicy(
+            tiers=self.business_tiers,
+            marketing_per_user=self.marketing_per_user,
+            business_send_rate=self.business_send_rate,
         )
 
     def key_policy(self) -> KeyPolicy:
@@ -198,6 +210,14 @@ OPTIONS: tuple[Option, ...] = (
         "operator token for AdminService (reviews of business names and templates); unset "
         "disables every admin RPC. Use a long random secret, e.g. from `openssl rand -hex 32`",
     ),
+    Option(
+        "business_tiers",
+        parse_tiers,
+        "unique users a business may start conversations with per 24 h, step by step, e.g. "
+        "250,2000,10000,100000,unlimited",
+    ),
+    Option("marketing_per_user", int, "marketing templates one business may send a user per 24 h"),
+    Option("business_send_rate", Rate.parse, "messages one business may send, e.g. 80/s"),
 )
 
 
@@ -253,6 +273,8 @@ def _check(s: Settings) -> None:
         raise SystemExit("parley-server: --port must be between 0 and 65535")
     if s.max_database_mb < 0:
         raise SystemExit("parley-server: --max-database-mb must be 0 (no limit) or more")
+    if s.marketing_per_user < 1:
+        raise SystemExit("parley-server: --marketing-per-user must be 1 or more")
 
 
 def setting_names() -> list[str]:

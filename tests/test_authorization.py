@@ -531,6 +531,14 @@ SPECS: dict[str, Spec] = {
         lambda w, c: bpb.OptOutRequest(business_account_id=w.owner.account_id, all=True),
         expect(SELF_INVALID_OTHERS_PERSON, _owner_untouched),
     ),
+    # The sending rules' questions are the business's own: the three people are refused.
+    "BusinessService.GetConversationWindow": Spec(
+        lambda w, c: bpb.GetConversationWindowRequest(user_account_id=w.owner.account_id),
+        expect(NOT_BUSINESS),
+    ),
+    "BusinessService.GetBusinessStatus": Spec(
+        lambda w, c: bpb.GetBusinessStatusRequest(), expect(NOT_BUSINESS, _business_untouched)
+    ),
     "BusinessService.RecordOptIn": Spec(
         lambda w, c: bpb.RecordOptInRequest(
             phone_number=w.owner.phone_number,

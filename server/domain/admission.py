@@ -39,6 +39,11 @@ Rules kept here, and what enforces each one with concurrent writers (several rep
 6. An empty send to one's own account is a probe ("I know of no other device"): once the device
    rule agreed, it is answered, not stored, and later rules (limits, billing) never see it
    (`ProbeRule`).
+7. A business's send follows the sending rules (template, window, consent, limits, quality)
+   and a person's message to a business opens the customer-service window
+   (`server.domain.sending.BusinessRule`, added by the app with its settings). It is the last
+   rule, so its counters move only for a send that is admitted, and it may *stamp* the draft:
+   the category and template it decided replace the client's in the stored rows.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class SendRequest:
     online_only: bool = False
     category: int = MessageCategory.UNSPECIFIED
     template_name: str = ""
+    template_id: str = ""
 
     def fingerprint(self) -> bytes:
         """Digest of the body, to tell a retry from a reused request_id."""
@@ -111,6 +117,8 @@ class SendRequest:
             struct.pack(">Q?I", self.client_ts_ms, self.online_only, self.category),
             self.template_name.encode(),
         ]
+        if self.template_id:  # only then: digests of sends stored before it existed still match
+            parts.append(self.template_id.encode())
         for c in self.copies:
             parts.append(
                 struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))
@@ -196,6 +204,18 @@ class Draft(NamedTuple):
     def to_self(self) -> bool:
         return self.request.recipient_account_id == self.message.sender_account_id
 
+    def with_business(self, category: int, template_name: str, template_id: str) -> Draft:
+        """The draft with the business metadata the rules decided (the server's category and
+        the template's name and id), in the message row and every envelope."""
+        return Draft(
+            self.request,
+            self.message._replace(category=category, template_name=template_name),
+            [
+                e._replace(category=category, template_name=template_name, template_id=template_id)
+                for e in self.envelopes
+            ],
+        )
+
 
 @dataclass(eq=False)
 class SendJob:
@@ -205,6 +225,8 @@ class SendJob:
     caller: Principal
     tx: ReadTransaction
     _memo: dict[tuple[str, str], object] = field(default_factory=dict)
+    # message id -> (category, template name, template id) a rule decided for that draft.
+    stamps: dict[int, tuple[int, str, str]] = field(default_factory=dict)
 
     def memo(self, kind: str, key: str, compute: Callable[[], T]) -> T:
         """`compute()` once per job for (kind, key): per-job caches of the rules."""
@@ -214,17 +236,31 @@ class SendJob:
             value = self._memo[kind, key] = compute()
             return value
 
+    def account_kind(self, account_id: str) -> int | None:
+        """The account's kind, None if there is no such account (one primary-key probe per
+        account and job)."""
+
+        def load() -> int | None:
+            account = self.tx.get_account(account_id)
+            return None if account is None else account.kind
+
+        return self.memo("kind", account_id, load)
+
     def recipient_devices(self, account_id: str) -> dict[int, int] | None:
         """device id -> registration id of the account's receiving devices, None if there is
         no such account (one primary-key probe and one indexed read per recipient and job)."""
 
         def load() -> dict[int, int] | None:
             exists = (
-                account_id == self.caller.account_id or self.tx.get_account(account_id) is not None
+                account_id == self.caller.account_id or self.account_kind(account_id) is not None
             )
             return self.tx.device_registrations(account_id) if exists else None
 
         return self.memo("devices", account_id, load)
+
+    def stamp(self, draft: Draft, category: int, template_name: str, template_id: str) -> None:
+        """Set the business metadata stored with `draft` once it is admitted."""
+        self.stamps[draft.message.message_id] = (category, template_name, template_id)
 
 
 class DeferredWrite(Protocol):
@@ -436,6 +472,8 @@ class Admission:
             raise InvalidArgument("business.category is not a known MessageCategory")
         if len(r.template_name) > MAX_TEMPLATE_NAME:
             raise InvalidArgument(f"business.template_name is longer than {MAX_TEMPLATE_NAME}")
+        if r.template_id:
+            validation.uuid_string(r.template_id, field="business.template_id")
 
     def draft(self, caller: Principal, r: SendRequest, now: float) -> Draft:
         """The send's rows, made on the event loop: ids come from one block, so envelope ids
@@ -455,6 +493,7 @@ class Admission:
                 c.content,
                 r.category,
                 r.template_name,
+                r.template_id,
             )
             for k, c in enumerate(r.copies)
         ]
@@ -493,7 +532,8 @@ class Admission:
                 nothing: list[EnvelopeRow] = []
                 out.append((answer.receipt, nothing))
                 continue
-            out.append(Admitted(draft, writes))
+            stamp = job.stamps.get(draft.message.message_id)
+            out.append(Admitted(draft if stamp is None else draft.with_business(*stamp), writes))
         return out
 
     def store_job(

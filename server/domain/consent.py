@@ -16,14 +16,15 @@ lists the backend's guarantees 8-10):
    (a repeated opt-out or block keeps its first time, which the quality rating counts).
 6. Only a BUSINESS account records opt-ins; opt-ins and opt-outs name a business.
 
-`may_start` is the question the sending rules will ask ("may business B start a conversation
-in category C with user U?"): three primary-key lookups, no scan. It is not an admission rule
-yet; only the block is enforced today.
+`may_start` is the question the sending rules ask ("may business B start a conversation in
+category C with user U?"): three primary-key lookups, no scan (`server.domain.sending`). A
+block or opt-out naming a business is followed by `after_signal(business)`, the quality
+review of the sending rules (blocks and opt-outs are what the quality rating counts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -140,10 +141,23 @@ def _consent_for(
 class ConsentBook:
     """The consent RPCs' domain: opt-ins, opt-outs, blocks and the user's list of them."""
 
-    def __init__(self, db: Store, clock: Clock, test_numbers: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        db: Store,
+        clock: Clock,
+        test_numbers: Collection[str] = (),
+        *,
+        after_signal: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._test_numbers = test_numbers
+        self._after_signal = after_signal
+
+    async def _signal(self, account_id: str) -> None:
+        """A block or opt-out of `account_id` was committed: let the quality review see it."""
+        if self._after_signal is not None:
+            await self._after_signal(account_id)
 
     async def opt_in(
         self, caller: Principal, business_account_id: str, wanted: Iterable[int]
@@ -223,11 +237,13 @@ class ConsentBook:
             raise InvalidArgument("give either categories or all, not both")
         chosen = list(CONSENT_CATEGORIES) if everything else categories(named)
         now = self._clock.now()
-        return await self._change(
+        consent = await self._change(
             caller,
             business_account_id,
             lambda tx, phone, business_id: tx.opt_out(phone, business_id, chosen, now),
         )
+        await self._signal(business_account_id)
+        return consent
 
     def _other_account(self, caller: Principal, account_id: str, verb: str) -> str:
         account_id = validation.uuid_string(account_id, field="account_id")
@@ -244,7 +260,9 @@ class ConsentBook:
                 raise NotFound(f"no account {blocked}")
             return tx.block(caller.account_id, blocked, now)
 
-        return await self._db.write(as_caller(caller, write))
+        row = await self._db.write(as_caller(caller, write))
+        await self._signal(blocked)
+        return row
 
     async def unblock(self, caller: Principal, account_id: str) -> bool:
         blocked = self._other_account(caller, account_id, "unblock")

@@ -140,6 +140,8 @@ class EnvelopeRow(NamedTuple):
     content: bytes
     category: int  # a MessageCategory
     template_name: str
+    # The approved template it was made from (checked by the sending rules); "" = free-form.
+    template_id: str = ""
 
 
 class StatusRow(NamedTuple):

@@ -28,7 +28,8 @@ keep each invariant cite these by name):
    allowed number are counted, and one correct code registers once.
 
 Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
-`server.domain.consent_model`.
+`server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
+`server.domain.sending_model`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from server.domain.model import (
     StatusRow,
     VerificationRow,
 )
+from server.domain.sending_model import SendingReads, SendingWrites
 
 T = TypeVar("T")
 
@@ -192,12 +194,18 @@ class MessageWrites(Protocol):
     def delete_settled_messages(self, settled_before: float) -> int: ...
 
 
-class ReadTransaction(AccountReads, KeyReads, MessageReads, ConsentReads, Protocol):
+class ReadTransaction(AccountReads, KeyReads, MessageReads, ConsentReads, SendingReads, Protocol):
     """What a read transaction offers: a consistent view, no writes."""
 
 
 class Transaction(
-    ReadTransaction, AccountWrites, KeyWrites, MessageWrites, ConsentWrites, Protocol
+    ReadTransaction,
+    AccountWrites,
+    KeyWrites,
+    MessageWrites,
+    ConsentWrites,
+    SendingWrites,
+    Protocol,
 ):
     """What a write transaction offers: every read, and the writes."""
 

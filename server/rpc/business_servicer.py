@@ -1,7 +1,8 @@
 """BusinessService: convert, one domain call, convert back.
 
 The servicer is assembled from one mixin per area of the service (profiles and templates here,
-consent in `consent_rpcs`), so each area's RPCs live beside each other and areas do not share lines.
+consent in `consent_rpcs`, the sending rules' in `sending_rpcs`), so each area's RPCs live
+beside each other and areas do not share lines.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from parley.v1 import business_pb2_grpc
 
 from server.domain.consent import ConsentBook
 from server.domain.profiles import BusinessProfiles
+from server.domain.sending import SendingDesk
 from server.domain.templates import TemplateCatalog
 from server.rpc.consent_rpcs import ConsentRpcs
 from server.rpc.directory_convert import (
@@ -23,6 +25,7 @@ from server.rpc.directory_convert import (
     template_to_proto,
 )
 from server.rpc.interceptors import caller
+from server.rpc.sending_rpcs import SendingRpcs
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -87,11 +90,17 @@ class TemplateRpcs:
 
 
 class BusinessServicer(
-    ProfileRpcs, TemplateRpcs, ConsentRpcs, business_pb2_grpc.BusinessServiceServicer
+    ProfileRpcs, TemplateRpcs, ConsentRpcs, SendingRpcs, business_pb2_grpc.BusinessServiceServicer
 ):
     def __init__(
-        self, *, profiles: BusinessProfiles, templates: TemplateCatalog, consent: ConsentBook
+        self,
+        *,
+        profiles: BusinessProfiles,
+        templates: TemplateCatalog,
+        consent: ConsentBook,
+        sending: SendingDesk,
     ) -> None:
         self._profiles = profiles
         self._templates = templates
         self._consent = consent
+        self._sending = sending

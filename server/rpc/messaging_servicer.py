@@ -40,6 +40,7 @@ def _request(r: pb.SendMessageRequest) -> SendRequest:
         online_only=r.online_only,
         category=r.business.category,
         template_name=r.business.template_name,
+        template_id=r.business.template_id,
     )
 
 
@@ -63,9 +64,10 @@ def _envelope(e: EnvelopeRow, online_only: bool) -> pb.Envelope:
         content=e.content,
         online_only=online_only,
     )
-    if e.category or e.template_name:
+    if e.category or e.template_name or e.template_id:
         out.business.category = cast(pb.MessageCategory.ValueType, e.category)
         out.business.template_name = e.template_name
+        out.business.template_id = e.template_id
     return out
 
 

@@ -26,7 +26,7 @@ _MESSAGE_COLUMNS = (
 )
 _ENVELOPE_COLUMNS = (
     "envelope_id, account_id, device_id, message_id, sender_account_id, sender_device_id,"
-    " server_ts, client_ts_ms, content_type, content, category, template_name"
+    " server_ts, client_ts_ms, content_type, content, category, template_name, template_id"
 )
 _STATUS_COLUMNS = (
     "status_id, account_id, device_id, message_id, request_id, recipient_account_id, state, at,"
@@ -130,7 +130,7 @@ class SqliteMessages:
         )
 
     def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None:
-        _insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 12, rows)
+        _insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 13, rows)
 
     def envelopes_after(
         self,

@@ -286,6 +286,50 @@ def _v6_consent(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v7_sending_rules(conn: sqlite3.Connection) -> None:
+    # The sending rules' state (server.domain.sending): every table is keyed so that one
+    # upsert per send keeps it right with concurrent writers (sending_model S1-S3), and every
+    # read is a primary-key probe or a short primary-key range. The envelope gains the template
+    # id the server checked, as cleartext metadata for the recipient.
+    _run_script(
+        conn,
+        """
+        ALTER TABLE envelopes ADD COLUMN template_id TEXT NOT NULL DEFAULT '';
+        CREATE TABLE service_windows (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            opened_at           REAL NOT NULL,   -- the user's latest message to the business
+            PRIMARY KEY (business_account_id, user_account_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE conversation_starts (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            started_at          REAL NOT NULL,   -- the latest counted start
+            PRIMARY KEY (business_account_id, user_account_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE conversation_hours (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            hour                INTEGER NOT NULL,  -- unix time // 3600
+            started             INTEGER NOT NULL,  -- unique users started that hour
+            PRIMARY KEY (business_account_id, hour)
+        ) WITHOUT ROWID;
+        CREATE TABLE business_tiers (
+            business_account_id TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+            tier                INTEGER NOT NULL,  -- step on the ladder, 0 = the first
+            promoted_at         REAL NOT NULL,
+            red_since           REAL               -- quality RED since then, NULL: not RED
+        ) WITHOUT ROWID;
+        CREATE TABLE marketing_sends (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            sent_at             REAL NOT NULL,
+            message_id          INTEGER NOT NULL,
+            PRIMARY KEY (business_account_id, user_account_id, sent_at, message_id)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -295,6 +339,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         5, "business profiles, display-name review and message templates", _v5_business_directory
     ),
     Migration(6, "consent: opt-ins, opt-outs and blocks", _v6_consent),
+    Migration(
+        7, "sending rules: windows, conversation starts, tiers, marketing caps", _v7_sending_rules
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

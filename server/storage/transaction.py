@@ -16,8 +16,11 @@ from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
 from server.storage.messages import SqliteMessages
+from server.storage.sending import SqliteSending
 
 
-class SqliteTransaction(SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent):
+class SqliteTransaction(
+    SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent, SqliteSending
+):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

@@ -204,6 +204,38 @@ OPT_IN_SOURCE_OTHER: OptInSource.ValueType  # 6
 """Anywhere else (say where in the evidence)."""
 Global___OptInSource: _TypeAlias = OptInSource  # noqa: Y015
 
+class _QualityRating:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QualityRatingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QualityRating.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUALITY_RATING_UNSPECIFIED: _QualityRating.ValueType  # 0
+    """Not set."""
+    QUALITY_RATING_GREEN: _QualityRating.ValueType  # 1
+    """Fewer than 5 % of users contacted blocked or opted out."""
+    QUALITY_RATING_YELLOW: _QualityRating.ValueType  # 2
+    """5 % or more: a warning."""
+    QUALITY_RATING_RED: _QualityRating.ValueType  # 3
+    """10 % or more: templates are paused and the limit is not raised."""
+
+class QualityRating(_QualityRating, metaclass=_QualityRatingEnumTypeWrapper):
+    """-- Sending rules --
+
+    QualityRating is a business's quality over the last 7 days, from the blocks and opt-outs of
+    users relative to the users it started conversations with.
+    """
+
+QUALITY_RATING_UNSPECIFIED: QualityRating.ValueType  # 0
+"""Not set."""
+QUALITY_RATING_GREEN: QualityRating.ValueType  # 1
+"""Fewer than 5 % of users contacted blocked or opted out."""
+QUALITY_RATING_YELLOW: QualityRating.ValueType  # 2
+"""5 % or more: a warning."""
+QUALITY_RATING_RED: QualityRating.ValueType  # 3
+"""10 % or more: templates are paused and the limit is not raised."""
+Global___QualityRating: _TypeAlias = QualityRating  # noqa: Y015
+
 @_typing.final
 class BusinessProfileFields(_message.Message):
     """BusinessProfileFields are what a business says about itself."""
@@ -1182,3 +1214,154 @@ class UnpauseTemplateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnpauseTemplateResponse: _TypeAlias = UnpauseTemplateResponse  # noqa: Y015
+
+@_typing.final
+class GetConversationWindowRequest(_message.Message):
+    """GetConversationWindowRequest names the user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    user_account_id: _builtins.str
+    """The user's account id."""
+    def __init__(
+        self,
+        *,
+        user_account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_account_id", b"user_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationWindowRequest: _TypeAlias = GetConversationWindowRequest  # noqa: Y015
+
+@_typing.final
+class GetConversationWindowResponse(_message.Message):
+    """GetConversationWindowResponse is the window's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    CLOSES_AT_FIELD_NUMBER: _builtins.int
+    user_account_id: _builtins.str
+    """The user's account id."""
+    open: _builtins.bool
+    """True while the window is open."""
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp:
+        """The user's latest message to the business; unset if the user never wrote."""
+
+    @_builtins.property
+    def closes_at(self) -> _timestamp_pb2.Timestamp:
+        """When the window closes (closed, if in the past); unset if the user never wrote."""
+
+    def __init__(
+        self,
+        *,
+        user_account_id: _builtins.str = ...,
+        open: _builtins.bool = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        closes_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "opened_at", b"opened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "open", b"open", "opened_at", b"opened_at", "user_account_id", b"user_account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConversationWindowResponse: _TypeAlias = GetConversationWindowResponse  # noqa: Y015
+
+@_typing.final
+class GetBusinessStatusRequest(_message.Message):
+    """GetBusinessStatusRequest has no fields: the caller is the business."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBusinessStatusRequest: _TypeAlias = GetBusinessStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetBusinessStatusResponse(_message.Message):
+    """GetBusinessStatusResponse is the business's limits, usage and quality."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    USED_24H_FIELD_NUMBER: _builtins.int
+    NEXT_SLOT_AT_FIELD_NUMBER: _builtins.int
+    USED_7D_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    QUALITY_REASON_FIELD_NUMBER: _builtins.int
+    BLOCKS_7D_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_7D_FIELD_NUMBER: _builtins.int
+    PROMOTION_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    MARKETING_PER_USER_FIELD_NUMBER: _builtins.int
+    SEND_RATE_PER_SECOND_FIELD_NUMBER: _builtins.int
+    tier: _builtins.int
+    """The step on the messaging-limit ladder, 1 = the first."""
+    limit: _builtins.int
+    """Unique users the business may start conversations with per rolling 24 h; 0 = unlimited."""
+    used_24h: _builtins.int
+    """Unique users it started conversations with in the rolling 24 h."""
+    used_7d: _builtins.int
+    """Unique users it started conversations with in the last 7 days (promotion counts these)."""
+    quality: Global___QualityRating.ValueType
+    """The quality rating."""
+    quality_reason: _builtins.str
+    """Why the quality is what it is, in words."""
+    blocks_7d: _builtins.int
+    """Blocks of the business by users in the last 7 days."""
+    opt_outs_7d: _builtins.int
+    """Users who opted out of any of its categories in the last 7 days."""
+    promotion: _builtins.str
+    """How the limit is raised next, in words."""
+    marketing_per_user: _builtins.int
+    """Marketing templates one user may get from one business per 24 h."""
+    send_rate_per_second: _builtins.float
+    """Messages a business may send per second."""
+    @_builtins.property
+    def next_slot_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next start is allowed again, set only while the limit is reached."""
+
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The server's ladder of limits, 0 = unlimited."""
+
+    def __init__(
+        self,
+        *,
+        tier: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        used_24h: _builtins.int = ...,
+        next_slot_at: _timestamp_pb2.Timestamp | None = ...,
+        used_7d: _builtins.int = ...,
+        quality: Global___QualityRating.ValueType = ...,
+        quality_reason: _builtins.str = ...,
+        blocks_7d: _builtins.int = ...,
+        opt_outs_7d: _builtins.int = ...,
+        promotion: _builtins.str = ...,
+        tiers: _abc.Iterable[_builtins.int] | None = ...,
+        marketing_per_user: _builtins.int = ...,
+        send_rate_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_slot_at", b"next_slot_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocks_7d", b"blocks_7d", "limit", b"limit", "marketing_per_user", b"marketing_per_user", "next_slot_at", b"next_slot_at", "opt_outs_7d", b"opt_outs_7d", "promotion", b"promotion", "quality", b"quality", "quality_reason", b"quality_reason", "send_rate_per_second", b"send_rate_per_second", "tier", b"tier", "tiers", b"tiers", "used_24h", b"used_24h", "used_7d", b"used_7d"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBusinessStatusResponse: _TypeAlias = GetBusinessStatusResponse  # noqa: Y015

@@ -103,6 +103,16 @@ class BusinessServiceStub:
                 request_serializer=parley_dot_v1_dot_business__pb2.UnpauseTemplateRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_business__pb2.UnpauseTemplateResponse.FromString,
                 _registered_method=True)
+        self.GetConversationWindow = channel.unary_unary(
+                '/parley.v1.BusinessService/GetConversationWindow',
+                request_serializer=parley_dot_v1_dot_business__pb2.GetConversationWindowRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.GetConversationWindowResponse.FromString,
+                _registered_method=True)
+        self.GetBusinessStatus = channel.unary_unary(
+                '/parley.v1.BusinessService/GetBusinessStatus',
+                request_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+                _registered_method=True)
 
 
 class BusinessServiceServicer:
@@ -228,6 +238,26 @@ class BusinessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConversationWindow(self, request, context):
+        """-- Sending rules --
+
+        GetConversationWindow tells the calling business when its 24-hour customer-service
+        window with a user closes: the user's latest message to it plus 24 h. Inside it the
+        business may send free-form (SERVICE) messages; outside it, only approved templates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBusinessStatus(self, request, context):
+        """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
+        rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
+        quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BusinessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -295,6 +325,16 @@ def add_BusinessServiceServicer_to_server(servicer, server):
                     servicer.UnpauseTemplate,
                     request_deserializer=parley_dot_v1_dot_business__pb2.UnpauseTemplateRequest.FromString,
                     response_serializer=parley_dot_v1_dot_business__pb2.UnpauseTemplateResponse.SerializeToString,
+            ),
+            'GetConversationWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversationWindow,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.GetConversationWindowRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.GetConversationWindowResponse.SerializeToString,
+            ),
+            'GetBusinessStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBusinessStatus,
+                    request_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -652,6 +692,60 @@ class BusinessService:
             '/parley.v1.BusinessService/UnpauseTemplate',
             parley_dot_v1_dot_business__pb2.UnpauseTemplateRequest.SerializeToString,
             parley_dot_v1_dot_business__pb2.UnpauseTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversationWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetConversationWindow',
+            parley_dot_v1_dot_business__pb2.GetConversationWindowRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.GetConversationWindowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBusinessStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetBusinessStatus',
+            parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
+            parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,6 +98,18 @@ class BusinessServiceStub:
     """
     UnpauseTemplate: _grpc.UnaryUnaryMultiCallable[_business_pb2.UnpauseTemplateRequest, _business_pb2.UnpauseTemplateResponse]
     """UnpauseTemplate lifts a pause the business set itself (not one set for low quality)."""
+    GetConversationWindow: _grpc.UnaryUnaryMultiCallable[_business_pb2.GetConversationWindowRequest, _business_pb2.GetConversationWindowResponse]
+    """-- Sending rules --
+
+    GetConversationWindow tells the calling business when its 24-hour customer-service
+    window with a user closes: the user's latest message to it plus 24 h. Inside it the
+    business may send free-form (SERVICE) messages; outside it, only approved templates.
+    """
+    GetBusinessStatus: _grpc.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]
+    """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
+    rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
+    quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+    """
 
 @_typing.type_check_only
 class BusinessServiceAsyncStub(BusinessServiceStub):
@@ -169,6 +181,18 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     """
     UnpauseTemplate: _aio.UnaryUnaryMultiCallable[_business_pb2.UnpauseTemplateRequest, _business_pb2.UnpauseTemplateResponse]  # type: ignore[assignment]
     """UnpauseTemplate lifts a pause the business set itself (not one set for low quality)."""
+    GetConversationWindow: _aio.UnaryUnaryMultiCallable[_business_pb2.GetConversationWindowRequest, _business_pb2.GetConversationWindowResponse]  # type: ignore[assignment]
+    """-- Sending rules --
+
+    GetConversationWindow tells the calling business when its 24-hour customer-service
+    window with a user closes: the user's latest message to it plus 24 h. Inside it the
+    business may send free-form (SERVICE) messages; outside it, only approved templates.
+    """
+    GetBusinessStatus: _aio.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]  # type: ignore[assignment]
+    """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
+    rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
+    quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+    """
 
 class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
     """BusinessService is how people and businesses meet on Parley: business profiles with a
@@ -315,5 +339,29 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_business_pb2.UnpauseTemplateResponse, _abc.Awaitable[_business_pb2.UnpauseTemplateResponse]]:
         """UnpauseTemplate lifts a pause the business set itself (not one set for low quality)."""
+
+    @_abc_1.abstractmethod
+    def GetConversationWindow(
+        self,
+        request: _business_pb2.GetConversationWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.GetConversationWindowResponse, _abc.Awaitable[_business_pb2.GetConversationWindowResponse]]:
+        """-- Sending rules --
+
+        GetConversationWindow tells the calling business when its 24-hour customer-service
+        window with a user closes: the user's latest message to it plus 24 h. Inside it the
+        business may send free-form (SERVICE) messages; outside it, only approved templates.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBusinessStatus(
+        self,
+        request: _business_pb2.GetBusinessStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_business_pb2.GetBusinessStatusResponse, _abc.Awaitable[_business_pb2.GetBusinessStatusResponse]]:
+        """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
+        rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
+        quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+        """
 
 def add_BusinessServiceServicer_to_server(servicer: BusinessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
