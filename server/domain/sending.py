@@ -46,6 +46,7 @@ from hour buckets, so a start counts for 24 h to 25 h (never less).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -245,7 +246,7 @@ def maybe_promote(tx: Transaction, business: str, now: float, policy: SendingPol
     limit over the last 7 days and its quality is not RED (checked after each counted start)."""
     tier, red_since = tx.business_standing(business)
     limit = policy.limit(tier)
-    if limit is None or red_since is not None:
+    if limit is None or tier >= len(policy.tiers) - 1 or red_since is not None:
         return False
     used, _ = usage(tx, business, now, WEEK)
     if used * 2 < limit:
@@ -412,8 +413,8 @@ class BusinessRule:
                 wait = max(1.0, (frees_at or now + DAY) - now)
                 raise ResourceExhausted(
                     f"messaging limit reached: at tier {tier + 1} you may start conversations"
-                    f" with {limit} unique users per 24 h, and you have; the next slot frees at"
-                    f" {_when(now + wait)} (the limit rises as you use it with good quality)",
+                    f" with {limit} unique users per 24 h, and you have (the limit rises as you"
+                    f" use it with good quality); try again in {math.ceil(wait)} s",
                     retry_after=wait,
                 )
         return [StartConversation(business, user, now, self.policy)]
@@ -427,7 +428,7 @@ class BusinessRule:
             wait = max(1.0, sent[0] + DAY - now)
             raise ResourceExhausted(
                 f"marketing limit reached: at most {cap} marketing templates per user per 24 h"
-                f" from one business; the next may go at {_when(now + wait)}",
+                f" from one business; try again in {math.ceil(wait)} s",
                 retry_after=wait,
             )
         return RecordMarketing(business, user, message_id, now)
@@ -490,8 +491,8 @@ class SendingDesk:
             limit = self.policy.limit(tier)
             used, frees_at = usage(tx, caller.account_id, now, DAY)
             used_7d, _ = usage(tx, caller.account_id, now, WEEK)
-            if limit is None:
-                promotion = "unlimited: the top of the ladder"
+            if limit is None or tier >= len(self.policy.tiers) - 1:
+                promotion = "none: the top of the ladder"
             elif rating.quality == Quality.RED:
                 promotion = "no promotion while your quality is RED"
             else:

@@ -59,7 +59,7 @@ class SendingReads(Protocol):
     def marketing_sent_since(
         self, business_account_id: str, user_account_id: str, since: float, limit: int
     ) -> list[float]:
-        """Times of at most `limit` marketing templates sent to the user since `since`,
+        """Times of at most `limit` marketing templates sent to the user after `since`,
         oldest first."""
         ...
 

@@ -66,7 +66,7 @@ class SqliteSending:
     ) -> list[float]:
         rows = self.connection.execute(
             "SELECT sent_at FROM marketing_sends WHERE business_account_id = ?"
-            " AND user_account_id = ? AND sent_at >= ? ORDER BY sent_at LIMIT ?",
+            " AND user_account_id = ? AND sent_at > ? ORDER BY sent_at LIMIT ?",
             (business_account_id, user_account_id, since, limit),
         ).fetchall()
         return [float(r[0]) for r in rows]
@@ -153,7 +153,7 @@ class SqliteSending:
         conn = self.connection
         conn.execute(
             "DELETE FROM marketing_sends WHERE business_account_id = ? AND user_account_id = ?"
-            " AND sent_at < ?",
+            " AND sent_at <= ?",
             (business_account_id, user_account_id, at - DAY),
         )
         conn.execute(
