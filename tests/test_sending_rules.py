@@ -275,7 +275,11 @@ def test_starting_needs_consent(server: LiveServer) -> None:
     refused(lambda: send(server, shop, bob, template_id=promo), FP, "not opted in to MARKETING")
     block(server, alice.device, shop.device.account_id)
     for kw in ({"template_id": utility}, {}):
-        refused(lambda: send(server, shop, alice, **kw), grpc.StatusCode.PERMISSION_DENIED, BLOCKED)
+        refused(
+            lambda kw=kw: send(server, shop, alice, **kw),  # type: ignore[misc]
+            grpc.StatusCode.PERMISSION_DENIED,
+            BLOCKED,
+        )
 
 
 def test_online_only_business_sends_need_the_window(server: LiveServer) -> None:
@@ -322,7 +326,7 @@ def test_tier_exhausted_and_a_user_counts_once(make_server: ServerFactory) -> No
     hour_end = (int((server.clock.now() - 1800) // 3600) + 1) * 3600
     assert retry_after(err) == int(hour_end + DAY - server.clock.now())
     st = status(server, shop)
-    assert (st.tier, st.limit, st.used_24h, st.tiers) == (1, 2, 2, [2])
+    assert (st.tier, st.limit, st.used_24h, list(st.tiers)) == (1, 2, 2, [2])
     assert st.next_slot_at.seconds == hour_end + DAY
     assert sends(server, shop, users[0], template_id=tid)  # the same conversation: no new start
     server.clock.advance(retry_after(err))
