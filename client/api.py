@@ -74,6 +74,7 @@ from client.store import (
 
 if TYPE_CHECKING:  # client.business_api imports this module
     from client.business_api import AdminCalls, BusinessCalls
+    from client.sending_api import SendingCalls
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -617,6 +618,13 @@ class ParleyClient(ConsentCalls):
         from client.business_api import BusinessCalls
 
         return BusinessCalls(self._channel, self._metadata)
+
+    @functools.cached_property
+    def sending(self) -> SendingCalls:
+        """The business's window and status under the sending rules (``client.sending_api``)."""
+        from client.sending_api import SendingCalls
+
+        return SendingCalls(self._channel, self._metadata, self.resolve)
 
     def admin(self, admin_token: str) -> AdminCalls:
         """The operator's reviews over this client's connection, with the server's admin

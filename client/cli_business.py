@@ -250,6 +250,11 @@ async def run_business(client: ParleyClient, args: argparse.Namespace, out: Text
     if args.area in cli_consent.BUSINESS_COMMANDS:
         await cli_consent.BUSINESS_COMMANDS[args.area](client, args, out)
         return
+    from client import cli_sending  # `parley business window|status`
+
+    if args.area in cli_sending.BUSINESS_COMMANDS:
+        await cli_sending.BUSINESS_COMMANDS[args.area](client, args, out)
+        return
     await BUSINESS[(args.area, args.action)](client, args, out)
 
 
