@@ -35,6 +35,7 @@ def main() -> int:
         ("SQLite ceiling (insert+delete, FULL)", _sqlite_ceiling),
         ("messaging: one pair, server path", _one_pair),
         (f"messaging: {MANY_PAIRS} pairs, server path", _many_pairs),
+        ("messaging: business template sends next to plain sends", _business_templates),
         ("messaging: one pair, full path (encrypted)", _full_path),
         ("latency at 1,000 msg/s offered", _latency),
         (f"messaging with {STORED_ENVELOPES:,} envelopes stored", _stored),
@@ -102,6 +103,33 @@ def _many_pairs(results: dict[str, Any]) -> None:
         )
 
     _with_server(2 * MANY_PAIRS, run)
+
+
+def _business_templates(results: dict[str, Any]) -> None:
+    """Template sends of a business (every sending rule checked: template, consent, window,
+    limits, rate) next to plain person-to-person sends, on one server in one run. The
+    business rate is raised for this: its default (80/s) is a policy, not the path's cost."""
+    database = mb.temp_database()
+    try:
+        with mb.server_process(
+            database,
+            4,
+            "--admin-token",
+            mb.BENCH_ADMIN_TOKEN,
+            "--business-send-rate",
+            "100000000/60s",
+        ) as server:
+            plain = asyncio.run(mb.make_pairs(server, 1))
+            business, template_id = asyncio.run(mb.business_pair(server, 2))
+            m = results.setdefault("messaging", {})
+            m["plain_sends_delivered_per_s"] = asyncio.run(
+                mb.delivered_per_second(server, plain, PAIR_MESSAGES)
+            )
+            m["business_template_delivered_per_s"] = asyncio.run(
+                mb.delivered_per_second(server, [business], PAIR_MESSAGES, template_id)
+            )
+    finally:
+        shutil.rmtree(database.parent, ignore_errors=True)
 
 
 def _full_path(results: dict[str, Any]) -> None:
@@ -176,6 +204,12 @@ def report(r: dict[str, Any]) -> str:
     if pair and stream:
         row("  ratio to bare stream ceiling", pair / stream, "goal >= 0.75", unit="")
     row(f"{MANY_PAIRS} pairs, server path", m.get("many_pairs_delivered_per_s"), "")
+    plain = m.get("plain_sends_delivered_per_s")
+    templates = m.get("business_template_delivered_per_s")
+    row("plain sends, one pair (same run as below)", plain, "")
+    row("business template sends per second", templates, "every sending rule checked")
+    if plain and templates:
+        row("  ratio to plain sends", templates / plain, "goal >= 0.8", unit="")
     row("one pair, full path (real encryption)", m.get("full_path_delivered_per_s"), "")
     stored = m.get("one_pair_delivered_per_s_1m_stored")
     row(f"one pair with {STORED_ENVELOPES:,} stored", stored, "")

@@ -28,7 +28,15 @@ from pathlib import Path
 
 from grpc import aio
 from parley.v1 import account_pb2 as apb
-from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import (
+    account_pb2_grpc,
+    admin_pb2_grpc,
+    business_pb2_grpc,
+    key_pb2_grpc,
+    messaging_pb2_grpc,
+)
+from parley.v1 import admin_pb2 as adm
+from parley.v1 import business_pb2 as bpb
 from parley.v1 import messaging_pb2 as mpb
 
 from tests import tools
@@ -83,7 +91,9 @@ class Account:
     registration_id: int
 
 
-async def register(channel: aio.Channel, i: int) -> Account:
+async def register(
+    channel: aio.Channel, i: int, kind: apb.AccountKind.ValueType = apb.ACCOUNT_KIND_PERSON
+) -> Account:
     accounts = account_pb2_grpc.AccountServiceStub(channel)
     started = await accounts.StartVerification(
         apb.StartVerificationRequest(phone_number=test_number(i))
@@ -93,7 +103,7 @@ async def register(channel: aio.Channel, i: int) -> Account:
             verification_id=started.verification_id,
             code=TEST_CODE,
             device_name="bench",
-            account_kind=apb.ACCOUNT_KIND_PERSON,
+            account_kind=kind,
         )
     )
     metadata = (("authorization", f"Bearer {done.auth_token}"),)
@@ -104,8 +114,9 @@ async def register(channel: aio.Channel, i: int) -> Account:
     return Account(done.account_id, metadata, maker.registration_id)
 
 
-def send_request(to: Account, content: bytes) -> mpb.SendMessageRequest:
+def send_request(to: Account, content: bytes, template_id: str = "") -> mpb.SendMessageRequest:
     return mpb.SendMessageRequest(
+        business=mpb.BusinessMetadata(template_id=template_id),
         request_id=str(uuid.uuid4()),
         recipient_account_id=to.account_id,
         messages=[
@@ -120,12 +131,12 @@ def send_request(to: Account, content: bytes) -> mpb.SendMessageRequest:
     )
 
 
-def batches(to: Account, count: int) -> list[mpb.SendMessagesRequest]:
+def batches(to: Account, count: int, template_id: str = "") -> list[mpb.SendMessagesRequest]:
     """The server path's input, made before the clock starts: pre-encrypted (random) payloads."""
     return [
         mpb.SendMessagesRequest(
             requests=[
-                send_request(to, os.urandom(PAYLOAD_BYTES))
+                send_request(to, os.urandom(PAYLOAD_BYTES), template_id)
                 for _ in range(min(BATCH, count - first))
             ]
         )
@@ -180,10 +191,13 @@ class Pair:
     receiver: Account
 
 
-async def delivered_per_second(server: Server, pairs: Sequence[Pair], per_pair: int) -> float:
-    """Delivered (acknowledged) messages per second across all pairs."""
+async def delivered_per_second(
+    server: Server, pairs: Sequence[Pair], per_pair: int, template_id: str = ""
+) -> float:
+    """Delivered (acknowledged) messages per second across all pairs (sent from `template_id`
+    when given: the senders are then a business)."""
     async with aio.insecure_channel(server.target) as channel:
-        work = [batches(p.receiver, per_pair) for p in pairs]
+        work = [batches(p.receiver, per_pair, template_id) for p in pairs]
         readies = [asyncio.Event() for _ in pairs]
         receivers = [
             asyncio.ensure_future(_receiver(channel, p.receiver, per_pair, r))
@@ -295,6 +309,41 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "offered_per_s": rate,
     }
+
+
+BENCH_ADMIN_TOKEN = "bench-operator-token"
+
+
+async def business_pair(server: Server, first: int) -> tuple[Pair, str]:
+    """A business with an approved UTILITY template, and a user opted in to UTILITY: the pair
+    and the template id (the server must run with --admin-token BENCH_ADMIN_TOKEN)."""
+    async with aio.insecure_channel(server.target) as channel:
+        shop = await register(channel, first, apb.ACCOUNT_KIND_BUSINESS)
+        user = await register(channel, first + 1)
+        business = business_pb2_grpc.BusinessServiceStub(channel)
+        created = await business.CreateTemplate(
+            bpb.CreateTemplateRequest(
+                name="bench_notice",
+                language="en",
+                category=mpb.MESSAGE_CATEGORY_UTILITY,
+                content=bpb.TemplateContent(body="Your order {{1}} has shipped."),
+            ),
+            metadata=shop.metadata,
+        )
+        template_id = created.template.template_id
+        await admin_pb2_grpc.AdminServiceStub(channel).ReviewTemplate(
+            adm.ReviewTemplateRequest(
+                template_id=template_id, decision=adm.REVIEW_DECISION_APPROVE
+            ),
+            metadata=(("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),),
+        )
+        await business.OptIn(
+            bpb.OptInRequest(
+                business_account_id=shop.account_id, categories=[mpb.MESSAGE_CATEGORY_UTILITY]
+            ),
+            metadata=user.metadata,
+        )
+    return Pair(shop, user), template_id
 
 
 async def make_pairs(server: Server, n: int, first: int = 0) -> list[Pair]:

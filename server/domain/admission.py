@@ -236,6 +236,11 @@ class SendJob:
             value = self._memo[kind, key] = compute()
             return value
 
+    def remember(self, kind: str, key: str, value: object) -> None:
+        """Replace what `memo` holds for (kind, key): a rule that asked for a write which
+        changes a memoised read keeps the memo true for the job's later drafts."""
+        self._memo[kind, key] = value
+
     def account_kind(self, account_id: str) -> int | None:
         """The account's kind, None if there is no such account (one primary-key probe per
         account and job)."""

@@ -372,7 +372,9 @@ class BusinessRule:
             )
         # 3. Consent.
         if facts is not None and not (window_open and category in NO_OPT_IN_INSIDE_WINDOW):
-            verdict = may_start(tx, business, user, category)
+            verdict = job.memo(
+                "may_start", f"{user}/{category}", lambda: may_start(tx, business, user, category)
+            )
             if verdict == StartVerdict.BLOCKED:
                 raise PermissionDenied(BLOCKED_MESSAGE)
             if verdict == StartVerdict.NO_OPT_IN:
@@ -395,13 +397,14 @@ class BusinessRule:
         # 4. The business's send rate: last, so a refused send takes no token.
         self._rate.check(business)
         job.stamp(draft, int(category), facts.name if facts else "", r.template_id)
-        if writes and facts is not None and not window_open:
-            used = job.memo("usage", "", lambda: [0])
-            used[0] += 1  # the start just admitted (usage read once per job, then counted)
+        if any(isinstance(w, StartConversation) for w in writes):
+            # The start just admitted: later drafts of the job see it without reading again.
+            job.remember("started", user, now)
+            job.memo("usage", "", lambda: [0])[0] += 1
         return writes
 
     def _start(self, job: SendJob, business: str, user: str, now: float) -> list[DeferredWrite]:
-        started = job.tx.conversation_started_at(business, user)
+        started = job.memo("started", user, lambda: job.tx.conversation_started_at(business, user))
         if started is not None and started > now - DAY:
             return []  # the same conversation, started less than 24 h ago: not a new user
         tier, _ = job.memo("standing", "", lambda: job.tx.business_standing(business))
