@@ -8,8 +8,10 @@ per-user marketing cap, the business's send rate and the quality rating turning 
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +21,10 @@ from parley.v1 import admin_pb2_grpc
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import messaging_pb2 as mpb
 
+from server.domain.model import AccountKind, AccountRow
 from server.domain.sending import parse_tiers
+from server.storage.database import Database
+from server.storage.transaction import SqliteTransaction
 from tests.conftest import LiveServer, ServerFactory
 from tests.test_abuse_limits import retry_after
 from tests.test_consent import (
@@ -470,3 +475,39 @@ def test_parse_tiers() -> None:
     for bad in ("", "0", "10,5", "unlimited", "unlimited,5", "5,x"):
         with pytest.raises(ValueError, match="tier ladder"):
             parse_tiers(bad)
+
+
+def test_sending_rule_statements_use_indexes(tmp_path: Path) -> None:
+    """Every statement of the sending rules' storage is served by a primary key or an index,
+    never a table scan (EXPLAIN QUERY PLAN of what really ran, writes included)."""
+    path = tmp_path / "plans.db"
+    Database(path).close()  # migrated
+    conn = sqlite3.connect(path, isolation_level=None)
+    tx = SqliteTransaction(conn)
+    user, shop = str(uuid.uuid4()), str(uuid.uuid4())
+    tx.insert_account(AccountRow(user, ALICE, AccountKind.PERSON, 0.0))
+    tx.insert_account(AccountRow(shop, OTHER_SHOP, AccountKind.BUSINESS, 0.0))
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    tx.template_facts(str(uuid.uuid4()))
+    tx.window_opened_at(shop, user)
+    tx.conversation_started_at(shop, user)
+    tx.starts_by_hour(shop, 0)
+    tx.business_standing(shop)
+    tx.marketing_sent_since(shop, user, 0.0, 2)
+    tx.negative_signals_since(shop, 0.0)
+    tx.open_window(shop, user, 10.0)
+    assert tx.start_conversation(shop, user, 10.0, DAY)
+    assert not tx.start_conversation(shop, user, 20.0, DAY)  # counted once within the day
+    assert tx.promote_tier(shop, 0, 30.0) and not tx.promote_tier(shop, 0, 30.0)
+    assert tx.set_red(shop, 40.0) and not tx.set_red(shop, 50.0)
+    assert tx.business_standing(shop) == (1, 40.0)
+    assert tx.set_red(shop, None) and not tx.set_red(shop, None)
+    tx.record_marketing(shop, user, 1, 60.0)
+    conn.set_trace_callback(None)
+    plain = [s for s in statements if not s.startswith(("BEGIN", "COMMIT"))]
+    assert len(plain) >= 17, plain
+    for sql in plain:
+        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "SCAN" not in plan, (sql, plan)
+    conn.close()
