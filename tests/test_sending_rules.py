@@ -376,6 +376,16 @@ def test_marketing_cap_per_user(server: LiveServer) -> None:
     )
     assert retry_after(err) == DAY - 600
     assert sends(server, shop, bob, template_id=promo)  # another user has their own cap
+    # In one batch too: bob's second passes, his third is refused (one job, one count).
+    promo_meta = mpb.BusinessMetadata(template_id=promo)
+    batch = stub(server).SendMessages(
+        mpb.SendMessagesRequest(
+            requests=[send_request([bob], b"x", business=promo_meta) for _ in range(2)]
+        ),
+        metadata=shop.device.metadata,
+    )
+    assert [r.code for r in batch.results] == [0, EXHAUSTED.value[0]]
+    assert "marketing limit reached" in batch.results[1].message
     assert sends(server, shop, alice, template_id=utility)  # other categories are not capped
     server.clock.advance(DAY - 600)
     assert sends(server, shop, alice, template_id=promo)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -66,6 +66,7 @@ from server.domain.directory_model import (
     ReviewStatus,
 )
 from server.domain.errors import (
+    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -287,6 +288,20 @@ def _template_refusal(template_id: str, facts: TemplateFacts | None, business: s
     return None
 
 
+class _Verdict(NamedTuple):
+    category: MessageCategory
+    facts: TemplateFacts | None
+    window_open: bool
+
+
+def _try(compute: Callable[[], _Verdict]) -> _Verdict | DomainError:
+    """The verdict, or the refusal as a value (so a job memoises refusals too)."""
+    try:
+        return compute()
+    except DomainError as exc:
+        return exc
+
+
 class BusinessRule:
     """Admission rule 7: the sending rules above, for sends by a business; a person's send to
     a business opens the window. The last rule, so once it passes the draft is admitted."""
@@ -314,7 +329,9 @@ class BusinessRule:
             return (OpenWindow(r.recipient_account_id, sender, draft.message.server_ts),)
         return self._business_send(draft, job)
 
-    def _business_send(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
+    def _admissible(self, draft: Draft, job: SendJob) -> _Verdict:
+        """Rules 1-3 (template, window, consent) for a draft: the same for every draft of the
+        job with the same recipient and metadata, so `_business_send` asks once per job."""
         r = draft.request
         business, user = job.caller.account_id, r.recipient_account_id
         now = draft.message.server_ts
@@ -388,6 +405,17 @@ class BusinessRule:
                     f"the user opted out of {category.name} messages from you; only they can"
                     " opt in again"
                 )
+        return _Verdict(category, facts, window_open)
+
+    def _business_send(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
+        r = draft.request
+        business, user = job.caller.account_id, r.recipient_account_id
+        now = draft.message.server_ts
+        key = f"{user}/{r.template_id}/{r.category}/{r.template_name}/{r.online_only}"
+        verdict = job.memo("verdict", key, lambda: _try(lambda: self._admissible(draft, job)))
+        if isinstance(verdict, DomainError):
+            raise verdict
+        category, facts, window_open = verdict
         writes: list[DeferredWrite] = []
         if not r.online_only:
             if facts is not None and not window_open:
@@ -397,10 +425,14 @@ class BusinessRule:
         # 4. The business's send rate: last, so a refused send takes no token.
         self._rate.check(business)
         job.stamp(draft, int(category), facts.name if facts else "", r.template_id)
-        if any(isinstance(w, StartConversation) for w in writes):
-            # The start just admitted: later drafts of the job see it without reading again.
-            job.remember("started", user, now)
-            job.memo("usage", "", lambda: [0])[0] += 1
+        # The job's deferred writes are applied after every draft was checked, so what this
+        # draft counts is added to the job's memos: its later drafts see it without a read.
+        for write in writes:
+            if isinstance(write, StartConversation):
+                job.remember("started", user, now)
+                job.memo("usage", "", lambda: [0])[0] += 1
+            elif isinstance(write, RecordMarketing):
+                self._marketing_sent(job, business, user, now).append(now)
         return writes
 
     def _start(self, job: SendJob, business: str, user: str, now: float) -> list[DeferredWrite]:
@@ -426,7 +458,7 @@ class BusinessRule:
         self, job: SendJob, business: str, user: str, message_id: int, now: float
     ) -> DeferredWrite:
         cap = self.policy.marketing_per_user
-        sent = job.tx.marketing_sent_since(business, user, now - DAY, cap)
+        sent = self._marketing_sent(job, business, user, now)
         if len(sent) >= cap:
             wait = max(1.0, sent[0] + DAY - now)
             raise ResourceExhausted(
@@ -435,6 +467,14 @@ class BusinessRule:
                 retry_after=wait,
             )
         return RecordMarketing(business, user, message_id, now)
+
+    def _marketing_sent(self, job: SendJob, business: str, user: str, now: float) -> list[float]:
+        """Times of the marketing templates to the user in the last 24 h, oldest first: read
+        once per job (at most `cap` rows), then added to as the job admits more."""
+        cap = self.policy.marketing_per_user
+        return job.memo(
+            "marketing", user, lambda: job.tx.marketing_sent_since(business, user, now - DAY, cap)
+        )
 
 
 # -- the business's view: window and status ------------------------------------------------
