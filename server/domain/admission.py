@@ -6,9 +6,10 @@ either refuses it (raises a `DomainError`), answers it without storing anything 
 `Answered`: a retried request_id, an empty probe), or lets it pass, returning *deferred writes*
 (a window to open, a counter to bump, later a reservation). A draft's deferred writes are
 applied only after every rule passed it, in the same transaction that stores its envelopes,
-so a refused send leaves nothing behind; they are applied before the next draft is checked, so
-a later send of the same batch sees them. Rules read through a `ReadTransaction`: they cannot
-write except by returning deferred writes.
+so a refused send leaves nothing behind. They are applied once every draft of the job was
+checked, so a rule that counts keeps its own tally in the job (`SendJob.memo`/`remember`): a
+later send of the same batch must see what an earlier one counted. Rules read through a
+`ReadTransaction`: they cannot write except by returning deferred writes.
 
 Rules kept here, and what enforces each one with concurrent writers (several replicas):
 1. A revoked sender stores nothing (auth rule 2): `CredentialRule` checks the credential once
