@@ -1468,6 +1468,9 @@ class ParleyClient(ConsentCalls):
         if account_id not in self._business_names:
             try:
                 profile = await self.business.profile(account_id)
+            except NotFound:  # no profile: no name to show (asked again in the next run)
+                self._business_names[account_id] = ""
+                return ""
             except ParleyError:
                 return ""
             name = profile.fields.display_name if profile.name_verified else ""
