@@ -1295,17 +1295,33 @@ class ParleyClient(ConsentCalls):
             if account_id != self.account_id and await self.is_business()
             else None
         )
-        sent = await self._send_content(
-            account_id, cpb.Content(data=data), timestamp_ms, business=business
+        return await self._send_and_record(
+            account_id,
+            cpb.Content(data=data),
+            cpb.SyncMessage(destination_account_id=account_id, message=data),
+            timestamp_ms,
+            text,
+            business,
         )
+
+    async def _send_and_record(
+        self,
+        account_id: str,
+        content: cpb.Content,
+        sync_copy: cpb.SyncMessage,
+        timestamp_ms: int,
+        text: str,
+        business: mpb.BusinessMetadata | None,
+    ) -> SentMessage:
+        """Send a message a person reads, then its sync copy to our other devices, and keep
+        ``text`` (what it shows) in the history."""
+        sent = await self._send_content(account_id, content, timestamp_ms, business=business)
         if sent is None:
             raise self._nobody(account_id)
         synced: tuple[int, ...] = ()
         sync_error: str | None = None
         if account_id != self.account_id:
-            sync = cpb.Content(
-                sync=cpb.SyncMessage(destination_account_id=account_id, message=data)
-            )
+            sync = cpb.Content(sync=sync_copy)
             try:
                 sync_sent = await self._send_content(self.account_id, sync, timestamp_ms)
                 synced = sync_sent.device_ids if sync_sent else ()
@@ -1440,26 +1456,13 @@ class ParleyClient(ConsentCalls):
             template_name=record.name,
             template_id=record.template_id,
         )
-        sent = await self._send_content(
-            account_id, cpb.Content(template=message), timestamp_ms, business=business
-        )
-        if sent is None:
-            raise self._nobody(account_id)
-        self.store.add_message(
-            incoming=False,
-            peer_account_id=account_id,
-            sender_account_id=self.account_id,
-            sender_device_id=self.device_id,
-            timestamp_ms=timestamp_ms,
-            text=render(record, parameters).text,
-        )
-        return SentMessage(
-            request_id=sent.request_id,
-            message_id=sent.reply.message_id,
-            recipient_account_id=account_id,
-            timestamp_ms=timestamp_ms,
-            device_ids=sent.device_ids,
-            synced_device_ids=(),
+        return await self._send_and_record(
+            account_id,
+            cpb.Content(template=message),
+            cpb.SyncMessage(destination_account_id=account_id, template=message),
+            timestamp_ms,
+            render(record, parameters).text,
+            business,
         )
 
     async def _verified_name(self, account_id: str) -> str:
@@ -1746,13 +1749,18 @@ class ParleyClient(ConsentCalls):
             if sender != self.account_id:
                 raise ParleyClientError("a sync message from another account")
             sync = content.sync
+            if sync.HasField("template"):
+                timestamp_ms = sync.template.timestamp_ms
+                text = self._own_template_text(sync.template, refetched)
+            else:
+                timestamp_ms, text = sync.message.timestamp_ms, sync.message.text
             return SyncedMessage(
                 eid,
                 device,
                 sync.destination_account_id,
-                sync.message.timestamp_ms,
+                timestamp_ms,
                 server_time,
-                sync.message.text,
+                text,
                 self.phone_number_of(sync.destination_account_id),
             )
         if body == "receipt":
@@ -1774,6 +1782,16 @@ class ParleyClient(ConsentCalls):
                 phone,
             )
         return None
+
+    def _own_template_text(self, message: cpb.TemplateMessage, refetched: set[str]) -> str:
+        """What another device of ours sent from one of our templates, rendered (our own
+        template: no checks to make, it is fetched like any other when not kept)."""
+        record = self.cached_template(message.template_id) if message.template_id else None
+        if record is None and message.template_id and message.template_id not in refetched:
+            raise _TemplateNeeded(message.template_id)
+        if record is None:
+            return f"(template {message.template_id or '?'}, no longer known to the server)"
+        return render(record, message.parameters).text
 
     def _template_event(
         self,

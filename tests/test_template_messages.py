@@ -28,11 +28,12 @@ from client.api import (
     ParleyClientError,
     RejectedTemplateMessage,
     RenderedTemplateMessage,
+    SyncedMessage,
     TextMessage,
 )
 from client.errors import NotFound, ParleyError
 from client.templates import MAX_PARAMETER_LENGTH
-from tests.client_helpers import closing, drain, registered
+from tests.client_helpers import closing, drain, linked, registered
 from tests.conftest import LiveServer, ServerFactory
 from tests.test_client_cli import lines, ok, parley
 from tests.test_client_messaging import server_bytes
@@ -450,3 +451,24 @@ def test_listen_shows_a_refused_template_message(biz_server: LiveServer, tmp_pat
     assert "Buy now" not in shown
     # Acknowledged when refused: nothing comes again.
     assert ok(parley(biz_server, tmp_path / "user", "listen", "--once")) == ""
+
+
+def test_the_businesss_other_devices_get_the_rendered_sync_copy(
+    biz_server: LiveServer, tmp_path: Path
+) -> None:
+    async def synced(w: World) -> None:
+        laptop = await linked(biz_server, w.shop, tmp_path / "shop-laptop")
+        try:
+            sent = await w.shop.send_template(PERSON, w.shipped.template_id, ["Ada", "A-9"])
+            assert sent.synced_device_ids == (laptop.device_id,)
+            copy = only(await drain(laptop))
+            assert isinstance(copy, SyncedMessage)
+            assert copy.destination_account_id == w.user.account_id
+            assert copy.timestamp_ms == sent.timestamp_ms
+            assert copy.text.startswith("Shipping update\nHello Ada, your order A-9 has shipped.")
+            assert [m.text for m in laptop.store.messages(w.user.account_id)] == [copy.text]
+            assert isinstance(only(await drain(w.user)), RenderedTemplateMessage)
+        finally:
+            await laptop.close()
+
+    in_world(biz_server, tmp_path, synced)

@@ -212,21 +212,27 @@ class SyncMessage(_message.Message):
 
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     destination_account_id: _builtins.str
     """The account the message was sent to."""
     @_builtins.property
     def message(self) -> Global___DataMessage:
-        """The message as it was sent."""
+        """The message as it was sent (unset when it was made from a template)."""
+
+    @_builtins.property
+    def template(self) -> Global___TemplateMessage:
+        """The template message as it was sent (a business's send_template), instead of message."""
 
     def __init__(
         self,
         *,
         destination_account_id: _builtins.str = ...,
         message: Global___DataMessage | None = ...,
+        template: Global___TemplateMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_account_id", b"destination_account_id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_account_id", b"destination_account_id", "message", b"message", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
