@@ -27,6 +27,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -43,6 +44,7 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 from parley.v1 import account_pb2 as apb
 from parley.v1 import account_pb2_grpc, key_pb2_grpc, messaging_pb2_grpc
+from parley.v1 import business_pb2 as bpb
 from parley.v1 import content_pb2 as cpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
@@ -62,7 +64,14 @@ from client.crypto import (
     SessionRecord,
 )
 from client.crypto.keys import Rng
-from client.errors import MismatchedDevices, ParleyError, Unavailable, from_rpc_error
+from client.errors import (
+    InvalidArgument,
+    MismatchedDevices,
+    NotFound,
+    ParleyError,
+    Unavailable,
+    from_rpc_error,
+)
 from client.store import (
     ClientStore,
     Connection,
@@ -70,6 +79,16 @@ from client.store import (
     PendingVerification,
     StoreError,
     UntrustedIdentityError,
+)
+from client.templates import (
+    EnvelopeLabel,
+    TemplateRecord,
+    TemplateRefused,
+    category_name,
+    check_free_text,
+    check_parameters,
+    check_template_message,
+    render,
 )
 
 if TYPE_CHECKING:  # client.business_api imports this module
@@ -92,6 +111,8 @@ __all__ = [
     "PendingVerification",
     "QueueEmpty",
     "ReceiptEvent",
+    "RejectedTemplateMessage",
+    "RenderedTemplateMessage",
     "SafetyNumber",
     "SentMessage",
     "SyncedMessage",
@@ -135,6 +156,9 @@ matching safety number expensive."""
 FINGERPRINT_VERSION: Final = b"\x00\x00"
 SAFETY_NUMBER_GROUP: Final = 5
 """Digits per group of a displayed safety number (12 groups of 5, as Signal shows them)."""
+TEMPLATE_SEND_RECHECK: Final = 60.0
+"""A sender refetches its own template after this many seconds, to learn of a pause or a
+quality stop before the server refuses the send (the server checks every send anyway)."""
 
 T = TypeVar("T")
 
@@ -152,6 +176,15 @@ class SystemClock:
 
 class ParleyClientError(Exception):
     """Something the client cannot do as asked; the message says what to do instead."""
+
+
+class _TemplateNeeded(Exception):
+    """Raised inside the receive transaction (rolling it back) when a template message names a
+    template the store lacks or holds unapproved: fetch it, then decrypt the envelope again."""
+
+    def __init__(self, template_id: str) -> None:
+        super().__init__(template_id)
+        self.template_id = template_id
 
 
 class NoRecipientDevices(ParleyClientError):
@@ -208,8 +241,65 @@ class TextMessage:
     text: str
     sender_phone_number: str | None = None
     """The sender's number when it is a contact (looked up or written to before)."""
+    category: str = ""
+    """The envelope's cleartext business category (``service`` for a business's free-form
+    reply), empty for a person's message."""
 
     kind: str = field(default="message", init=False)
+
+
+@dataclass(frozen=True)
+class RenderedTemplateMessage:
+    """A business message made from an approved template, rendered from the approved text
+    and the parameters after every check of :func:`client.templates.check_template_message`."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    timestamp_ms: int
+    server_time: float
+    template_id: str
+    template_name: str
+    language: str
+    category: str
+    """``marketing``, ``utility`` or ``authentication``: the template's, which the envelope
+    (the category the server checked) was verified to carry."""
+    parameters: tuple[str, ...]
+    header: str
+    body: str
+    footer: str
+    buttons: tuple[str, ...]
+    text: str
+    """Header, body, footer and buttons as one text (what the history keeps)."""
+    sender_phone_number: str | None = None
+    business_name: str = ""
+    """The business's display name if the operator verified it, else empty."""
+
+    kind: str = field(default="template", init=False)
+
+
+@dataclass(frozen=True)
+class RejectedTemplateMessage:
+    """A business message the client refuses to show: a template message that fails a check
+    of :mod:`client.templates`, or free text sent under a template category. It is
+    acknowledged (so it does not block the queue) and not kept in the history."""
+
+    envelope_id: int
+    sender_account_id: str
+    sender_device_id: int
+    timestamp_ms: int
+    server_time: float
+    template_id: str
+    """The template the encrypted message named (empty for free text)."""
+    category: str
+    """The category the envelope claimed."""
+    reason: str
+    """A :class:`client.templates.Refusal` value, e.g. ``category_mismatch``."""
+    detail: str
+    """What was wrong, in words."""
+    sender_phone_number: str | None = None
+
+    kind: str = field(default="template_refused", init=False)
 
 
 @dataclass(frozen=True)
@@ -320,6 +410,8 @@ class QueueEmpty:
 
 Event = (
     TextMessage
+    | RenderedTemplateMessage
+    | RejectedTemplateMessage
     | SyncedMessage
     | ReceiptEvent
     | TypingEvent
@@ -522,6 +614,8 @@ class ParleyClient(ConsentCalls):
         # Until when we take "no other device of ours" for granted after the server said so
         # (an empty sync send): saves a round trip per message on single-device accounts.
         self._alone_until = 0.0
+        self._is_business: bool | None = None  # learnt from GetAccount on the first send
+        self._business_names: dict[str, str] = {}  # verified names, per business, per run
 
     @staticmethod
     def _resolve_connection(
@@ -1113,10 +1207,12 @@ class ParleyClient(ConsentCalls):
         timestamp_ms: int,
         *,
         online_only: bool = False,
+        business: mpb.BusinessMetadata | None = None,
     ) -> _Sent | None:
         """Encrypt ``content`` for every device of ``account_id`` and send it, fixing the
         device list as the server asks (rule 3). None when there is no device to send to
-        (a sync copy on a single-device account)."""
+        (a sync copy on a single-device account). ``business`` is the envelope's cleartext
+        business metadata (a business's sends)."""
         own = account_id == self.account_id
         plaintext = content.SerializeToString()
         devices = [
@@ -1141,6 +1237,7 @@ class ParleyClient(ConsentCalls):
                 messages=[messages[d] for d in sorted(messages)],
                 client_timestamp_ms=timestamp_ms,
                 online_only=online_only,
+                business=business,
             )
             try:
                 reply = await _rpc(self._messaging.SendMessage(request, metadata=self._metadata()))
@@ -1200,19 +1297,39 @@ class ParleyClient(ConsentCalls):
         account_id = await self.resolve(recipient)
         timestamp_ms = self._now_ms()
         data = cpb.DataMessage(text=text, timestamp_ms=timestamp_ms)
-        sent = await self._send_content(account_id, cpb.Content(data=data), timestamp_ms)
+        # A business's free text is a service reply: the one category without a template.
+        business = (
+            mpb.BusinessMetadata(category=mpb.MESSAGE_CATEGORY_SERVICE)
+            if account_id != self.account_id and await self.is_business()
+            else None
+        )
+        return await self._send_and_record(
+            account_id,
+            cpb.Content(data=data),
+            cpb.SyncMessage(destination_account_id=account_id, message=data),
+            timestamp_ms,
+            text,
+            business,
+        )
+
+    async def _send_and_record(
+        self,
+        account_id: str,
+        content: cpb.Content,
+        sync_copy: cpb.SyncMessage,
+        timestamp_ms: int,
+        text: str,
+        business: mpb.BusinessMetadata | None,
+    ) -> SentMessage:
+        """Send a message a person reads, then its sync copy to our other devices, and keep
+        ``text`` (what it shows) in the history."""
+        sent = await self._send_content(account_id, content, timestamp_ms, business=business)
         if sent is None:
-            if account_id == self.account_id:
-                raise NoRecipientDevices("you have no other device; nothing was sent")
-            raise NoRecipientDevices(
-                f"{self.display_name(account_id)} has no device to send to; nothing was sent"
-            )
+            raise self._nobody(account_id)
         synced: tuple[int, ...] = ()
         sync_error: str | None = None
         if account_id != self.account_id:
-            sync = cpb.Content(
-                sync=cpb.SyncMessage(destination_account_id=account_id, message=data)
-            )
+            sync = cpb.Content(sync=sync_copy)
             try:
                 sync_sent = await self._send_content(self.account_id, sync, timestamp_ms)
                 synced = sync_sent.device_ids if sync_sent else ()
@@ -1237,6 +1354,139 @@ class ParleyClient(ConsentCalls):
             synced_device_ids=synced,
             sync_error=sync_error,
         )
+
+    def _nobody(self, account_id: str) -> NoRecipientDevices:
+        if account_id == self.account_id:
+            return NoRecipientDevices("you have no other device; nothing was sent")
+        return NoRecipientDevices(
+            f"{self.display_name(account_id)} has no device to send to; nothing was sent"
+        )
+
+    async def is_business(self) -> bool:
+        """Whether this account is a BUSINESS account (asked once per client)."""
+        if self._is_business is None:
+            reply = await _rpc(
+                self._accounts.GetAccount(apb.GetAccountRequest(), metadata=self._metadata())
+            )
+            self._is_business = reply.account.kind == apb.ACCOUNT_KIND_BUSINESS
+        return self._is_business
+
+    # --- templates ---------------------------------------------------------------------------
+
+    def cached_template(self, template_id: str) -> TemplateRecord | None:
+        """The template as last fetched, from the store (no network)."""
+        found = self.store.template(template_id)
+        if found is None:
+            return None
+        return TemplateRecord.from_proto(bpb.Template.FromString(found[0]))
+
+    async def fetch_template(
+        self, template_id: str = "", *, name: str = "", language: str = ""
+    ) -> TemplateRecord:
+        """GetTemplate (by id, or by this account's template name and language), kept in the
+        store for rendering and sending.
+
+        Raises:
+            client.errors.NotFound: no such template, or not approved and not ours.
+        """
+        owner = self.account_id if name else ""
+        template = await self.business.template(
+            template_id, business_account_id=owner, name=name, language=language
+        )
+        self.store.save_template(template.template_id, template.SerializeToString())
+        return TemplateRecord.from_proto(template)
+
+    async def _sendable_template(self, template: str, language: str) -> TemplateRecord:
+        """Our own approved, unpaused template, by id or (with ``language``) by name; a kept
+        copy younger than TEMPLATE_SEND_RECHECK saves the round trip."""
+        if language:
+            record = await self.fetch_template(name=template, language=language)
+        else:
+            found = self.store.template(template)
+            fresh = found is not None and self.clock.now() - found[1] < TEMPLATE_SEND_RECHECK
+            cached = self.cached_template(template) if fresh else None
+            record = cached if cached and cached.approved else await self.fetch_template(template)
+        shown = f"{record.name!r} ({record.language})"
+        if record.business_account_id != self.account_id:
+            raise ParleyClientError(
+                f"template {shown} belongs to another business; send one of your own"
+                " (`parley business templates list`)"
+            )
+        if not record.approved:
+            raise ParleyClientError(
+                f"template {shown} is not approved; it can be sent once the operator approves it"
+            )
+        if record.paused:
+            raise ParleyClientError(
+                f"template {shown} is paused; unpause it (`parley business templates unpause"
+                f" {record.template_id}`) before sending it"
+            )
+        return record
+
+    async def send_template(
+        self,
+        recipient: str,
+        template: str,
+        parameters: Sequence[str] = (),
+        *,
+        language: str = "",
+    ) -> SentMessage:
+        """Send a message made from one of this business's approved templates: ``template``
+        is its id, or its name when ``language`` is given; ``parameters`` fill ``{{1}}``...
+
+        The plaintext carries only the template id, language and parameters (a
+        ``TemplateMessage``); the envelope's cleartext metadata names the template and its
+        category, so the server can apply its rules and the recipient's client can check the
+        category against the approved template before rendering it.
+
+        Raises:
+            ParleyClientError: the template is not ours, not approved, paused, or the
+                parameters do not fit it (count, length, one line).
+            client.errors.NotFound: no such template.
+            NoRecipientDevices, UntrustedIdentityError, client.errors.ParleyError: as
+                :meth:`send`.
+        """
+        account_id = await self.resolve(recipient)
+        record = await self._sendable_template(template, language)
+        try:
+            check_parameters(record, parameters)
+        except TemplateRefused as exc:
+            raise ParleyClientError(exc.message) from None
+        timestamp_ms = self._now_ms()
+        message = cpb.TemplateMessage(
+            template_id=record.template_id,
+            language=record.language,
+            parameters=list(parameters),
+            timestamp_ms=timestamp_ms,
+        )
+        business = mpb.BusinessMetadata(
+            category=record.category,  # type: ignore[arg-type]
+            template_name=record.name,
+            template_id=record.template_id,
+        )
+        return await self._send_and_record(
+            account_id,
+            cpb.Content(template=message),
+            cpb.SyncMessage(destination_account_id=account_id, template=message),
+            timestamp_ms,
+            render(record, parameters).text,
+            business,
+        )
+
+    async def _verified_name(self, account_id: str) -> str:
+        """A business's display name if the operator verified it; empty otherwise or when the
+        profile cannot be read now (a name is a nicety, never a reason to hold a message)."""
+        if account_id not in self._business_names:
+            try:
+                profile = await self.business.profile(account_id)
+            except NotFound:  # no profile: no name to show (asked again in the next run)
+                self._business_names[account_id] = ""
+                return ""
+            except ParleyError:
+                return ""
+            name = profile.fields.display_name if profile.name_verified else ""
+            self._business_names[account_id] = name
+        return self._business_names[account_id]
 
     async def send_receipt(
         self, recipient: str, timestamps_ms: Sequence[int], *, read: bool = True
@@ -1282,7 +1532,7 @@ class ParleyClient(ConsentCalls):
                     events: list[Event] = []
                     acks: list[int] = []
                     for envelope in response.envelopes.envelopes:
-                        event, ack = self._process(envelope, held)
+                        event, ack = await self._process(envelope, held)
                         if ack:
                             acks.append(envelope.envelope_id)
                         if event is not None:
@@ -1322,10 +1572,40 @@ class ParleyClient(ConsentCalls):
                 )
             )
 
-    def _process(
+    async def _process(
         self, envelope: mpb.Envelope, held: set[tuple[str, int]]
     ) -> tuple[Event | None, bool]:
-        """Decrypt and persist one envelope. Returns ``(event or None, acknowledge?)``."""
+        """Decrypt and persist one envelope. Returns ``(event or None, acknowledge?)``.
+
+        A template message naming a template the store lacks (or holds unapproved) rolls its
+        transaction back; the template is fetched (GetTemplate) and the envelope decrypted
+        again, from the unchanged session, with what the server said — at most once per
+        template, so an unknown one ends in a :class:`RejectedTemplateMessage`.
+        """
+        refetched: set[str] = set()
+        while True:
+            try:
+                event, ack = self._process_once(envelope, held, refetched)
+            except _TemplateNeeded as need:
+                refetched.add(need.template_id)
+                await self._refetch_template(need.template_id)
+                continue
+            if isinstance(event, RenderedTemplateMessage):
+                name = await self._verified_name(event.sender_account_id)
+                event = dataclasses.replace(event, business_name=name)
+            return event, ack
+
+    async def _refetch_template(self, template_id: str) -> None:
+        """Fetch a template a received message names; one the server does not show (unknown,
+        not approved) or cannot parse as an id stays as it was in the store."""
+        try:
+            await self.fetch_template(template_id)
+        except (NotFound, InvalidArgument):
+            log.info("a received template message names a template the server does not show")
+
+    def _process_once(
+        self, envelope: mpb.Envelope, held: set[tuple[str, int]], refetched: set[str]
+    ) -> tuple[Event | None, bool]:
         sender = (envelope.sender_account_id, envelope.sender_device_id)
         if envelope.sender_account_id == self.account_id:
             self._alone_until = 0.0  # another device of ours exists
@@ -1336,7 +1616,7 @@ class ParleyClient(ConsentCalls):
             return None, False
         try:
             with self.store.transaction():
-                return self._decrypt_and_save(envelope), True
+                return self._decrypt_and_save(envelope, refetched), True
         except UntrustedIdentityError as exc:
             held.add(sender)
             if exc.identity_key is not None:
@@ -1361,7 +1641,7 @@ class ParleyClient(ConsentCalls):
             phone = self.phone_number_of(sender[0])
             return DecryptionFailed(envelope.envelope_id, *sender, reason, phone), True
 
-    def _decrypt_and_save(self, envelope: mpb.Envelope) -> Event | None:
+    def _decrypt_and_save(self, envelope: mpb.Envelope, refetched: set[str]) -> Event | None:
         """Decrypt one envelope and save everything it changes; the caller holds the write
         transaction, so the session is read and written under one lock (see _encrypt)."""
         account_id, device_id = envelope.sender_account_id, envelope.sender_device_id
@@ -1391,7 +1671,7 @@ class ParleyClient(ConsentCalls):
         else:
             raise ParleyClientError(f"unsupported content type {envelope.content_type}")
         content = cpb.Content.FromString(plaintext)
-        event = self._event(envelope, content)
+        event = self._event(envelope, content, refetched)
         with self.store.transaction():
             if new_identity is not None:
                 self.store.check_identity(account_id, device_id, new_identity)
@@ -1401,7 +1681,7 @@ class ParleyClient(ConsentCalls):
             if used_kyber is not None:
                 self.store.remove_one_time_kyber_pre_key(used_kyber)
             self.store.mark_processed(envelope.envelope_id)
-            if isinstance(event, TextMessage):
+            if isinstance(event, TextMessage | RenderedTemplateMessage):
                 self.store.add_message(
                     incoming=True,
                     peer_account_id=account_id,
@@ -1410,6 +1690,11 @@ class ParleyClient(ConsentCalls):
                     timestamp_ms=event.timestamp_ms,
                     text=event.text,
                     envelope_id=envelope.envelope_id,
+                )
+            elif isinstance(event, RejectedTemplateMessage):
+                log.warning(
+                    "refused to show a business message",
+                    extra={"id": envelope.envelope_id, "reason": event.reason},
                 )
             elif isinstance(event, SyncedMessage):
                 self.store.add_message(
@@ -1423,7 +1708,9 @@ class ParleyClient(ConsentCalls):
                 )
         return event
 
-    def _event(self, envelope: mpb.Envelope, content: cpb.Content) -> Event | None:
+    def _event(
+        self, envelope: mpb.Envelope, content: cpb.Content, refetched: set[str]
+    ) -> Event | None:
         server_time = (
             envelope.server_timestamp.ToDatetime().timestamp()
             if envelope.HasField("server_timestamp")
@@ -1436,7 +1723,24 @@ class ParleyClient(ConsentCalls):
         )
         body = content.WhichOneof("body")
         phone = self.phone_number_of(sender)
+        label = EnvelopeLabel.from_proto(envelope)
+        claimed = category_name(label.category) if label.category else ""
         if body == "data":
+            try:
+                check_free_text(label)
+            except TemplateRefused as exc:
+                return RejectedTemplateMessage(
+                    eid,
+                    sender,
+                    device,
+                    content.data.timestamp_ms,
+                    server_time,
+                    "",
+                    claimed,
+                    exc.reason.value,
+                    exc.message,
+                    phone,
+                )
             return TextMessage(
                 eid,
                 sender,
@@ -1445,18 +1749,26 @@ class ParleyClient(ConsentCalls):
                 server_time,
                 content.data.text,
                 phone,
+                claimed,
             )
+        if body == "template":
+            return self._template_event(envelope, content.template, server_time, refetched)
         if body == "sync":
             if sender != self.account_id:
                 raise ParleyClientError("a sync message from another account")
             sync = content.sync
+            if sync.HasField("template"):
+                timestamp_ms = sync.template.timestamp_ms
+                text = self._own_template_text(sync.template, refetched)
+            else:
+                timestamp_ms, text = sync.message.timestamp_ms, sync.message.text
             return SyncedMessage(
                 eid,
                 device,
                 sync.destination_account_id,
-                sync.message.timestamp_ms,
+                timestamp_ms,
                 server_time,
-                sync.message.text,
+                text,
                 self.phone_number_of(sync.destination_account_id),
             )
         if body == "receipt":
@@ -1478,6 +1790,77 @@ class ParleyClient(ConsentCalls):
                 phone,
             )
         return None
+
+    def _own_template_text(self, message: cpb.TemplateMessage, refetched: set[str]) -> str:
+        """What another device of ours sent from one of our templates, rendered (our own
+        template: no checks to make, it is fetched like any other when not kept)."""
+        record = self.cached_template(message.template_id) if message.template_id else None
+        if record is None and message.template_id and message.template_id not in refetched:
+            raise _TemplateNeeded(message.template_id)
+        if record is None:
+            return f"(template {message.template_id or '?'}, no longer known to the server)"
+        return render(record, message.parameters).text
+
+    def _template_event(
+        self,
+        envelope: mpb.Envelope,
+        message: cpb.TemplateMessage,
+        server_time: float,
+        refetched: set[str],
+    ) -> RenderedTemplateMessage | RejectedTemplateMessage:
+        """Check a template message against the approved template (client.templates) and
+        render it, or say why it is refused. A template the store lacks or holds unapproved
+        is fetched first (via _TemplateNeeded), once."""
+        eid, sender, device = (
+            envelope.envelope_id,
+            envelope.sender_account_id,
+            envelope.sender_device_id,
+        )
+        record = self.cached_template(message.template_id) if message.template_id else None
+        if (
+            message.template_id
+            and (record is None or not record.approved)
+            and message.template_id not in refetched
+        ):
+            raise _TemplateNeeded(message.template_id)
+        label = EnvelopeLabel.from_proto(envelope)
+        phone = self.phone_number_of(sender)
+        try:
+            rendered = check_template_message(
+                record, message, sender_account_id=sender, label=label
+            )
+        except TemplateRefused as exc:
+            return RejectedTemplateMessage(
+                eid,
+                sender,
+                device,
+                message.timestamp_ms,
+                server_time,
+                message.template_id,
+                category_name(label.category) if label.category else "",
+                exc.reason.value,
+                exc.message,
+                phone,
+            )
+        assert record is not None  # check_template_message refuses an unknown template
+        return RenderedTemplateMessage(
+            envelope_id=eid,
+            sender_account_id=sender,
+            sender_device_id=device,
+            timestamp_ms=message.timestamp_ms,
+            server_time=server_time,
+            template_id=record.template_id,
+            template_name=record.name,
+            language=record.language,
+            category=category_name(record.category),
+            parameters=tuple(message.parameters),
+            header=rendered.header,
+            body=rendered.body,
+            footer=rendered.footer,
+            buttons=rendered.buttons,
+            text=rendered.text,
+            sender_phone_number=phone,
+        )
 
     # --- safety numbers ----------------------------------------------------------------------
 

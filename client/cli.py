@@ -47,6 +47,8 @@ from client.api import (
     ParleyClientError,
     QueueEmpty,
     ReceiptEvent,
+    RejectedTemplateMessage,
+    RenderedTemplateMessage,
     SyncedMessage,
     TextMessage,
     TypingEvent,
@@ -295,10 +297,13 @@ def _event_text(client: ParleyClient, args: argparse.Namespace, event: Event) ->
     name = client.display_name
     if isinstance(event, TextMessage):
         when = _time(event.server_time or event.timestamp_ms / 1000)
+        category = f" [{event.category}]" if event.category else ""
         return (
-            f"[{when}] {name(event.sender_account_id)} (device {event.sender_device_id}):"
-            f" {event.text}"
+            f"[{when}] {name(event.sender_account_id)} (device {event.sender_device_id})"
+            f"{category}: {event.text}"
         )
+    if isinstance(event, RenderedTemplateMessage | RejectedTemplateMessage):
+        return cli_business.template_event_text(client, event, _time)
     if isinstance(event, SyncedMessage):
         when = _time(event.server_time or event.timestamp_ms / 1000)
         return (

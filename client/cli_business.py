@@ -12,6 +12,7 @@ Output is for people by default, one JSON object per line with ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TextIO
@@ -21,7 +22,7 @@ from google.protobuf.message import Message
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import messaging_pb2 as mpb
 
-from client.api import ParleyClient
+from client.api import ParleyClient, RejectedTemplateMessage, RenderedTemplateMessage
 from client.business_api import CATEGORIES, VERTICALS, AdminCalls
 from client.errors import NotFound
 
@@ -84,6 +85,7 @@ def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> Any:
     for action in ("pause", "unpause"):
         p = actions.add_parser(action, parents=[json_flag], help=f"{action} an approved template")
         p.add_argument("template", help="template id")
+    _add_send_template(areas, json_flag)
 
     admin = sub.add_parser(
         "admin",
@@ -245,17 +247,82 @@ BUSINESS: Final[dict[tuple[str, str], Handler]] = {
 
 
 async def run_business(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
-    from client import cli_consent  # an area without actions: `parley business record-opt-in`
+    # Areas without actions, each added by the module that owns it: `record-opt-in`
+    # (cli_consent), `window` and `status` (cli_sending), `send-template` (below).
+    from client import cli_consent, cli_sending
 
-    if args.area in cli_consent.BUSINESS_COMMANDS:
-        await cli_consent.BUSINESS_COMMANDS[args.area](client, args, out)
-        return
-    from client import cli_sending  # `parley business window|status`
-
-    if args.area in cli_sending.BUSINESS_COMMANDS:
-        await cli_sending.BUSINESS_COMMANDS[args.area](client, args, out)
-        return
+    for commands in (cli_consent.BUSINESS_COMMANDS, cli_sending.BUSINESS_COMMANDS, SEND_COMMANDS):
+        if args.area in commands:
+            await commands[args.area](client, args, out)
+            return
     await BUSINESS[(args.area, args.action)](client, args, out)
+
+
+# --- send-template ----------------------------------------------------------------------------
+# `parley business send-template`: a message made from an approved template (client.templates
+# says what the recipient's client checks before it shows one).
+
+
+def _add_send_template(areas: Any, json_flag: argparse.ArgumentParser) -> None:
+    p = areas.add_parser(
+        "send-template",
+        parents=[json_flag],
+        help="send a message made from one of your approved templates",
+    )
+    p.add_argument("to", metavar="NUMBER", help="phone number (+...) or account id")
+    p.add_argument("template", metavar="TEMPLATE", help="template id, or its name with --language")
+    p.add_argument(
+        "--language", default="", help="with a template name: its language, e.g. en or pt_BR"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="the value of {{1}}, then {{2}}... (repeat, in order; one line, ≤ 256 characters)",
+    )
+
+
+async def _send_template(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    sent = await client.send_template(args.to, args.template, args.param, language=args.language)
+    devices = ", ".join(str(d) for d in sent.device_ids)
+    from client.cli import _emit as emit  # client.cli imports this module
+
+    emit(
+        args,
+        f"sent template {args.template} to {client.display_name(sent.recipient_account_id)}"
+        f" (devices {devices})",
+        dataclasses.asdict(sent),
+        out,
+    )
+
+
+SEND_COMMANDS: Final[dict[str, Handler]] = {"send-template": _send_template}
+
+
+def template_event_text(
+    client: ParleyClient,
+    event: RenderedTemplateMessage | RejectedTemplateMessage,
+    when: Callable[[float], str],
+) -> str:
+    """How ``parley listen`` shows a template message: who sent it (the verified business name
+    first, when there is one), the category and template, then the rendered text indented;
+    or, for a refused one, that it is not shown and why."""
+    at = when(event.server_time or event.timestamp_ms / 1000)
+    who = client.display_name(event.sender_account_id)
+    if isinstance(event, RejectedTemplateMessage):
+        claimed = f" claiming category {event.category}" if event.category else ""
+        return (
+            f"[{at}] REFUSED a business message from {who} (device {event.sender_device_id})"
+            f"{claimed}, not shown: {event.reason}: {event.detail}"
+        )
+    sender = f"{event.business_name} ✓ ({who})" if event.business_name else who
+    lines = [
+        f"[{at}] {sender} (device {event.sender_device_id}), {event.category} template"
+        f" {event.template_name} [{event.language}]:"
+    ]
+    lines.extend(f"  {line}" for line in event.text.splitlines())
+    return "\n".join(lines)
 
 
 # --- admin ------------------------------------------------------------------------------------

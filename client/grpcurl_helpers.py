@@ -299,7 +299,7 @@ async def _decrypt(
                 earlier = client.store.is_processed(envelope.envelope_id)
                 # `parley listen`'s own step: decrypt, then commit session and message. It
                 # says not to acknowledge a message it holds back (a changed identity key).
-                event, ack = client._process(envelope, held)
+                event, ack = await client._process(envelope, held)
                 if ack:
                     envelope_ids.append(envelope.envelope_id)
                 if earlier:

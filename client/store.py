@@ -286,6 +286,20 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "the templates of business messages, as GetTemplate returned them",
+        """
+        -- A received template message is rendered from the approved text kept here. An
+        -- approved template never changes (a new wording is a new template id), so an entry
+        -- is refetched only when it is not approved yet, or by a sender checking its pause.
+        CREATE TABLE templates (
+            template_id TEXT PRIMARY KEY,
+            template    BLOB NOT NULL,       -- a serialized parley.v1.Template
+            fetched_at  REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 LATEST_VERSION: Final = MIGRATIONS[-1].version
 
@@ -818,6 +832,24 @@ class ClientStore:
             (self._now() - older_than_seconds,),
         )
         return int(cur.rowcount)
+
+    # --- templates ------------------------------------------------------------------------
+
+    def save_template(self, template_id: str, template: bytes) -> None:
+        """Keep (or replace) a template as GetTemplate returned it (serialized)."""
+        self._conn.execute(
+            "INSERT INTO templates (template_id, template, fetched_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (template_id) DO UPDATE SET template = excluded.template,"
+            " fetched_at = excluded.fetched_at",
+            (template_id, template, self._now()),
+        )
+
+    def template(self, template_id: str) -> tuple[bytes, float] | None:
+        """A kept template (serialized) and when it was fetched."""
+        row = self._conn.execute(
+            "SELECT template, fetched_at FROM templates WHERE template_id = ?", (template_id,)
+        ).fetchone()
+        return (bytes(row[0]), float(row[1])) if row is not None else None
 
     # --- history ----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from client.crypto import (
 )
 from client.crypto.protobuf import WIRE_LEN, WIRE_VARINT, bytes_field, uint_field
 from client.crypto.wire import MAC_LENGTH
+from client.errors import Unavailable
 from client.store import ClientStore, LocalIdentity
 from tests.crypto.support import Party, established_pair, new_party
 
@@ -298,6 +299,7 @@ class Receiver:
 
     client: ParleyClient
     peer: Party
+    loop: asyncio.AbstractEventLoop
 
 
 @pytest.fixture
@@ -324,7 +326,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         peer.receive(first.type, first.serialized)  # the peer's side is established too
         store.store_session(PEER_ACCOUNT, 1, record.to_bytes())
         store.check_identity(PEER_ACCOUNT, 1, peer.identity.public_key.serialize())
-        return Receiver(ParleyClient(store, server="localhost:1"), peer)
+        return Receiver(ParleyClient(store, server="localhost:1"), peer, asyncio.get_running_loop())
 
     loop = asyncio.new_event_loop()
     try:
@@ -350,7 +352,13 @@ def deliver(receiver: Receiver, content_type: int, content: bytes, sender: str) 
         content_type=content_type,  # type: ignore[arg-type]
         content=content,
     )
-    event, ack = receiver.client._process(envelope, set())
+    try:
+        event, ack = receiver.loop.run_until_complete(receiver.client._process(envelope, set()))
+    except Unavailable:
+        # A mutated plaintext that decodes as a template message names a template, which the
+        # client fetches before judging it; this receiver has no server. Not a decoder's fault:
+        # the envelope stays unacknowledged and is judged once the server answers.
+        return None
     assert ack, "a bad envelope must be acknowledged, or it would block the queue forever"
     return event
 

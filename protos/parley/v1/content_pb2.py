@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/content.proto\x12\tparley.v1\"\xbb\x01\n\x07\x43ontent\x12&\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.parley.v1.DataMessageH\x00\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x19.parley.v1.ReceiptMessageH\x00\x12*\n\x06typing\x18\x03 \x01(\x0b\x32\x18.parley.v1.TypingMessageH\x00\x12&\n\x04sync\x18\x04 \x01(\x0b\x32\x16.parley.v1.SyncMessageH\x00\x42\x06\n\x04\x62ody\"1\n\x0b\x44\x61taMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"M\n\x0eReceiptMessage\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.parley.v1.ReceiptType\x12\x15\n\rtimestamps_ms\x18\x02 \x03(\x04\"N\n\rTypingMessage\x12\'\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x17.parley.v1.TypingAction\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"V\n\x0bSyncMessage\x12\x1e\n\x16\x64\x65stination_account_id\x18\x01 \x01(\t\x12\'\n\x07message\x18\x02 \x01(\x0b\x32\x16.parley.v1.DataMessage*]\n\x0bReceiptType\x12\x1c\n\x18RECEIPT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECEIPT_TYPE_DELIVERY\x10\x01\x12\x15\n\x11RECEIPT_TYPE_READ\x10\x02*c\n\x0cTypingAction\x12\x1d\n\x19TYPING_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15TYPING_ACTION_STARTED\x10\x01\x12\x19\n\x15TYPING_ACTION_STOPPED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/content.proto\x12\tparley.v1\"\xeb\x01\n\x07\x43ontent\x12&\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.parley.v1.DataMessageH\x00\x12,\n\x07receipt\x18\x02 \x01(\x0b\x32\x19.parley.v1.ReceiptMessageH\x00\x12*\n\x06typing\x18\x03 \x01(\x0b\x32\x18.parley.v1.TypingMessageH\x00\x12&\n\x04sync\x18\x04 \x01(\x0b\x32\x16.parley.v1.SyncMessageH\x00\x12.\n\x08template\x18\x05 \x01(\x0b\x32\x1a.parley.v1.TemplateMessageH\x00\x42\x06\n\x04\x62ody\"1\n\x0b\x44\x61taMessage\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"M\n\x0eReceiptMessage\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.parley.v1.ReceiptType\x12\x15\n\rtimestamps_ms\x18\x02 \x03(\x04\"N\n\rTypingMessage\x12\'\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x17.parley.v1.TypingAction\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x04\"\x84\x01\n\x0bSyncMessage\x12\x1e\n\x16\x64\x65stination_account_id\x18\x01 \x01(\t\x12\'\n\x07message\x18\x02 \x01(\x0b\x32\x16.parley.v1.DataMessage\x12,\n\x08template\x18\x03 \x01(\x0b\x32\x1a.parley.v1.TemplateMessage\"b\n\x0fTemplateMessage\x12\x13\n\x0btemplate_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x03(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x04*]\n\x0bReceiptType\x12\x1c\n\x18RECEIPT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15RECEIPT_TYPE_DELIVERY\x10\x01\x12\x15\n\x11RECEIPT_TYPE_READ\x10\x02*c\n\x0cTypingAction\x12\x1d\n\x19TYPING_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15TYPING_ACTION_STARTED\x10\x01\x12\x19\n\x15TYPING_ACTION_STOPPED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.content_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTTYPE']._serialized_start=526
-  _globals['_RECEIPTTYPE']._serialized_end=619
-  _globals['_TYPINGACTION']._serialized_start=621
-  _globals['_TYPINGACTION']._serialized_end=720
+  _globals['_RECEIPTTYPE']._serialized_start=721
+  _globals['_RECEIPTTYPE']._serialized_end=814
+  _globals['_TYPINGACTION']._serialized_start=816
+  _globals['_TYPINGACTION']._serialized_end=915
   _globals['_CONTENT']._serialized_start=39
-  _globals['_CONTENT']._serialized_end=226
-  _globals['_DATAMESSAGE']._serialized_start=228
-  _globals['_DATAMESSAGE']._serialized_end=277
-  _globals['_RECEIPTMESSAGE']._serialized_start=279
-  _globals['_RECEIPTMESSAGE']._serialized_end=356
-  _globals['_TYPINGMESSAGE']._serialized_start=358
-  _globals['_TYPINGMESSAGE']._serialized_end=436
-  _globals['_SYNCMESSAGE']._serialized_start=438
-  _globals['_SYNCMESSAGE']._serialized_end=524
+  _globals['_CONTENT']._serialized_end=274
+  _globals['_DATAMESSAGE']._serialized_start=276
+  _globals['_DATAMESSAGE']._serialized_end=325
+  _globals['_RECEIPTMESSAGE']._serialized_start=327
+  _globals['_RECEIPTMESSAGE']._serialized_end=404
+  _globals['_TYPINGMESSAGE']._serialized_start=406
+  _globals['_TYPINGMESSAGE']._serialized_end=484
+  _globals['_SYNCMESSAGE']._serialized_start=487
+  _globals['_SYNCMESSAGE']._serialized_end=619
+  _globals['_TEMPLATEMESSAGE']._serialized_start=621
+  _globals['_TEMPLATEMESSAGE']._serialized_end=719
 # @@protoc_insertion_point(module_scope)

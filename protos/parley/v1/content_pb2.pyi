@@ -82,6 +82,7 @@ class Content(_message.Message):
     RECEIPT_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
     SYNC_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def data(self) -> Global___DataMessage:
         """A message from a person or business."""
@@ -98,6 +99,10 @@ class Content(_message.Message):
     def sync(self) -> Global___SyncMessage:
         """A copy for the sender's own other devices of a message it sent."""
 
+    @_builtins.property
+    def template(self) -> Global___TemplateMessage:
+        """A message a business made from one of its approved templates."""
+
     def __init__(
         self,
         *,
@@ -105,12 +110,13 @@ class Content(_message.Message):
         receipt: Global___ReceiptMessage | None = ...,
         typing: Global___TypingMessage | None = ...,
         sync: Global___SyncMessage | None = ...,
+        template: Global___TemplateMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "receipt", b"receipt", "sync", b"sync", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "receipt", b"receipt", "sync", b"sync", "template", b"template", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "receipt", b"receipt", "sync", b"sync", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "data", b"data", "receipt", b"receipt", "sync", b"sync", "template", b"template", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["data", "receipt", "typing", "sync"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["data", "receipt", "typing", "sync", "template"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -206,22 +212,75 @@ class SyncMessage(_message.Message):
 
     DESTINATION_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
     destination_account_id: _builtins.str
     """The account the message was sent to."""
     @_builtins.property
     def message(self) -> Global___DataMessage:
-        """The message as it was sent."""
+        """The message as it was sent (unset when it was made from a template)."""
+
+    @_builtins.property
+    def template(self) -> Global___TemplateMessage:
+        """The template message as it was sent (a business's send_template), instead of message."""
 
     def __init__(
         self,
         *,
         destination_account_id: _builtins.str = ...,
         message: Global___DataMessage | None = ...,
+        template: Global___TemplateMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_account_id", b"destination_account_id", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_account_id", b"destination_account_id", "message", b"message", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncMessage: _TypeAlias = SyncMessage  # noqa: Y015
+
+@_typing.final
+class TemplateMessage(_message.Message):
+    """TemplateMessage is a business message made from an approved template
+    (BusinessService.GetTemplate): the template's id and language and the values of its {{n}}
+    parameters, never free text. The recipient's client renders it from the approved template
+    text and refuses to show it unless the template is approved, belongs to the sender, and its
+    category is the envelope's cleartext BusinessMetadata.category (whose template_id, when set,
+    must be this template_id). This is how a category is enforced end to end although the
+    server never sees the text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """The approved template's id (BusinessService.GetTemplate)."""
+    language: _builtins.str
+    """The template's language tag, such as en or pt_BR; must be the template's."""
+    timestamp_ms: _builtins.int
+    """The sender's timestamp (ms since the epoch): with the sender, it identifies the message for
+    receipts, as DataMessage.timestamp_ms does.
+    """
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values of {{1}}..{{n}}, in order: exactly the template's parameter_count of them, each
+        1 to 256 characters on one line (no newline or tab).
+        """
+
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        language: _builtins.str = ...,
+        parameters: _abc.Iterable[_builtins.str] | None = ...,
+        timestamp_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "parameters", b"parameters", "template_id", b"template_id", "timestamp_ms", b"timestamp_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateMessage: _TypeAlias = TemplateMessage  # noqa: Y015
