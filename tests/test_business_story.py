@@ -140,7 +140,6 @@ def test_the_business_story(story_server: LiveServer, tmp_path: Path) -> None:
     asyncio.run(body())
 
 
-@pytest.mark.xfail(strict=True, reason="needs the sending rules of branch rules")
 def test_the_business_story_under_the_sending_rules(
     story_server: LiveServer, tmp_path: Path
 ) -> None:

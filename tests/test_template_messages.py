@@ -321,7 +321,9 @@ def test_an_unknown_template_is_fetched_again_once_approved(
     async def later(w: World) -> None:
         late = await w.shop.business.create_template("late", "en", UTILITY, "Late {{1}}")
         content = forged(late.template_id, ["one"])
-        await w.shop._send_content(w.user.account_id, content, 1, business=label(late))
+        # The envelope names an approved template (the server's rules refuse a pending one);
+        # the encrypted content names the pending template, which the recipient cannot fetch.
+        await w.shop._send_content(w.user.account_id, content, 1, business=label(w.shipped))
         refused = only(await drain(w.user))
         assert isinstance(refused, RejectedTemplateMessage)
         assert refused.reason == "unknown_template"
