@@ -22,9 +22,16 @@ from parley.v1 import account_pb2 as apb
 from server.domain.accounts import register_number
 from server.domain.auth import Principal, hash_token
 from server.domain.clock import ManualClock
-from server.domain.errors import FailedPrecondition
+from server.domain.errors import AlreadyExists, FailedPrecondition
 from server.domain.keys import KeyDirectory, KeyPolicy, Upload
-from server.domain.model import AccountKind, AccountRow, DeviceKeys, DeviceRow, SignedKey
+from server.domain.model import (
+    AccountKind,
+    AccountRow,
+    DeviceKeys,
+    DeviceRow,
+    KeyCounts,
+    SignedKey,
+)
 from server.storage.database import Database
 from server.storage.transaction import SqliteTransaction
 from tests.conftest import LiveServer, ServerFactory, link, register
@@ -186,16 +193,19 @@ class UploadedMeanwhile(SqliteTransaction):
 
 
 class RacingStore:
-    """The real database, each write job running on an `UploadedMeanwhile` transaction."""
+    """The real database, each write job running on a transaction made by `racer` (one that
+    plays another replica's write at some point of the job)."""
 
-    def __init__(self, db: Database, theirs: DeviceKeys) -> None:
+    def __init__(
+        self, db: Database, racer: Callable[[sqlite3.Connection], SqliteTransaction]
+    ) -> None:
         self.db = db
-        self.theirs = theirs
-        self.last: UploadedMeanwhile | None = None
+        self.racer = racer
+        self.last: SqliteTransaction | None = None
 
-    async def write(self, fn: Callable[[UploadedMeanwhile], T]) -> T:
+    async def write(self, fn: Callable[[SqliteTransaction], T]) -> T:
         def run(tx: SqliteTransaction) -> T:
-            self.last = UploadedMeanwhile(tx.connection, self.theirs)
+            self.last = self.racer(tx.connection)
             return fn(self.last)
 
         return await self.db.write(run)
@@ -204,38 +214,97 @@ class RacingStore:
         return await self.db.read(fn)
 
 
-def test_upload_that_loses_a_race_to_another_identity_is_refused(tmp_path: Path) -> None:
-    """The snapshot said "no keys yet"; the conditional write finds the other identity and the
-    upload is refused with the usual message, leaving the other replica's keys in place."""
-    account = "0b1f8a52-6f0e-4c55-9d7e-1a2b3c4d5e6f"
-    token = hash_token("t")
-    theirs = _keys(account, b"their-identity", 9, 1)
+ACCOUNT = "0b1f8a52-6f0e-4c55-9d7e-1a2b3c4d5e6f"
+TOKEN = hash_token("t")
 
-    async def run(db: Database) -> DeviceKeys | None:
+
+def upload_racing(
+    tmp_path: Path,
+    racer: Callable[[sqlite3.Connection], SqliteTransaction],
+    first: Upload | None,
+    upload: Upload,
+) -> tuple[Exception | None, SqliteTransaction | None, DeviceKeys | None]:
+    """Upload `upload` (after `first`, uploaded without a race) for a fresh device, its job
+    running on `racer`; return what it raised, the racing transaction and the keys on file."""
+
+    async def run(
+        db: Database,
+    ) -> tuple[Exception | None, SqliteTransaction | None, DeviceKeys | None]:
         def setup(tx: SqliteTransaction) -> None:
-            tx.insert_account(AccountRow(account, ALICE, AccountKind.PERSON, 0.0))
-            tx.insert_device(DeviceRow(account, 1, "phone", 0.0, 0.0), token, 6)
+            tx.insert_account(AccountRow(ACCOUNT, ALICE, AccountKind.PERSON, 0.0))
+            tx.insert_device(DeviceRow(ACCOUNT, 1, "phone", 0.0, 0.0), TOKEN, 6)
 
         await db.write(setup)
-        store = RacingStore(db, theirs)
-        directory = KeyDirectory(store, ManualClock(), KeyPolicy())
-        with pytest.raises(FailedPrecondition) as err:
-            await directory.upload(Principal(account, 1, token), _upload(DeviceKeyMaker()))
-        assert store.last is not None and store.last.raced
-        assert str(err.value) == (
-            "this device already has a different identity key; register the number "
-            "(or link the device) again to publish a new identity"
-        )
-        return await db.read(lambda tx: tx.get_device_keys(account, 1))
+        caller = Principal(ACCOUNT, 1, TOKEN)
+        if first is not None:
+            await KeyDirectory(db, ManualClock(), KeyPolicy()).upload(caller, first)
+        store = RacingStore(db, racer)
+        raised: Exception | None = None
+        try:
+            await KeyDirectory(store, ManualClock(), KeyPolicy()).upload(caller, upload)
+        except Exception as exc:  # returned to the test to inspect
+            raised = exc
+        return raised, store.last, await db.read(lambda tx: tx.get_device_keys(ACCOUNT, 1))
 
     db = Database(tmp_path / "race.db")
     try:
-        on_file = asyncio.run(run(db))
+        return asyncio.run(run(db))
     finally:
         db.close()
+
+
+def test_upload_that_loses_a_race_to_another_identity_is_refused(tmp_path: Path) -> None:
+    """The snapshot said "no keys yet"; the conditional write finds the other identity and the
+    upload is refused with the usual message."""
+    theirs = _keys(ACCOUNT, b"their-identity", 9, 1)
+    raised, racer, on_file = upload_racing(
+        tmp_path,
+        lambda conn: UploadedMeanwhile(conn, theirs),
+        None,
+        _upload(DeviceKeyMaker()),
+    )
+    assert isinstance(racer, UploadedMeanwhile) and racer.raced
+    assert isinstance(raised, FailedPrecondition)
+    assert str(raised) == (
+        "this device already has a different identity key; register the number "
+        "(or link the device) again to publish a new identity"
+    )
     # The refused job rolled back whole (the other replica's write played inside it too), so
     # no identity at all is on file: the refused upload never half-succeeded.
     assert on_file is None
+
+
+class SameKeyIdMeanwhile(SqliteTransaction):
+    """Plays another upload of the same device: after this upload's checks, a one-time key
+    with another public key is stored under an id this upload uses."""
+
+    def __init__(self, connection: sqlite3.Connection, key_id: int) -> None:
+        super().__init__(connection)
+        self.key_id = key_id
+        self.raced = False
+
+    def count_keys(self, account_id: str, device_id: int) -> KeyCounts:
+        if not self.raced:
+            self.raced = True
+            self.add_pre_keys(account_id, device_id, [(self.key_id, b"\x05" + b"\x01" * 32)])
+        return super().count_keys(account_id, device_id)
+
+
+def test_one_time_key_id_taken_meanwhile_is_refused_not_dropped(tmp_path: Path) -> None:
+    """Rule 3 of keys: the comparison reads what is on file after the inserts, so a key id
+    taken by a concurrent upload is AlreadyExists instead of a silently skipped key."""
+    maker = DeviceKeyMaker()
+    more = maker.pre_keys(2)
+    upload = Upload(pre_keys=[(k.key_id, k.public_key) for k in more])
+    raised, racer, _ = upload_racing(
+        tmp_path,
+        lambda conn: SameKeyIdMeanwhile(conn, more[0].key_id),
+        _upload(maker),
+        upload,
+    )
+    assert isinstance(racer, SameKeyIdMeanwhile) and racer.raced
+    assert isinstance(raised, AlreadyExists)
+    assert f"key id {more[0].key_id} is already on file with another key" in str(raised)
 
 
 # -- 3. registering one new number twice at once ----------------------------------------------

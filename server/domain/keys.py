@@ -10,7 +10,9 @@ Rules kept here:
    that clients sign with (`client.crypto.xeddsa`, the one import the server makes from the
    client). A bad signature refuses the whole upload: uploads are all-or-nothing.
 3. A key id already on file with different key bytes is refused; the identical key is a no-op,
-   so a retried upload succeeds.
+   so a retried upload succeeds. The inserts skip ids on file (ON CONFLICT DO NOTHING) and the
+   comparison reads what is on file *after* them, in the same transaction, so a concurrent
+   upload under the same id is refused rather than silently dropped.
 4. A one-time key is handed out once, ever: taking it is one DELETE ... RETURNING (ports
    guarantee 5), so two callers, on one writer or several, never receive the same key.
 5. Fetching is limited per caller and per (caller, target) pair, so no one caller can take all
@@ -208,7 +210,6 @@ class KeyDirectory:
             else:
                 _check_same_identity(current, upload.identity_key, upload.registration_id)
             self._verify_signatures(upload, identity)
-            self._check_conflicts(tx, caller, upload)
             counts = tx.count_keys(caller.account_id, caller.device_id)
             if (
                 counts.pre_keys + len(upload.pre_keys) > policy.max_stored_keys
@@ -244,6 +245,9 @@ class KeyDirectory:
                 raise FailedPrecondition(_OTHER_IDENTITY)
             tx.add_pre_keys(caller.account_id, caller.device_id, upload.pre_keys)
             tx.add_kyber_pre_keys(caller.account_id, caller.device_id, upload.kyber_pre_keys)
+            # Checked after the inserts (which skip ids on file), so a key another writer
+            # stored under one of these ids since any earlier read is seen too (rule 3).
+            self._check_conflicts(tx, caller, upload)
             return self._status(tx, caller)
 
         return await self._db.write(as_caller(caller, apply))

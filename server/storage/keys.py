@@ -117,8 +117,8 @@ class SqliteKeys:
         self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
     ) -> None:
         self.connection.executemany(
-            "INSERT OR IGNORE INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(account_id, device_id, key_id, pub) for key_id, pub in keys],
         )
 
@@ -126,8 +126,8 @@ class SqliteKeys:
         self, account_id: str, device_id: int, keys: Iterable[SignedKey]
     ) -> None:
         self.connection.executemany(
-            "INSERT OR IGNORE INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
-            " signature) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
+            " signature) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(account_id, device_id, k.key_id, k.public_key, k.signature) for k in keys],
         )
 
