@@ -11,8 +11,8 @@ Rules kept here:
    client). A bad signature refuses the whole upload: uploads are all-or-nothing.
 3. A key id already on file with different key bytes is refused; the identical key is a no-op,
    so a retried upload succeeds. The inserts skip ids on file (ON CONFLICT DO NOTHING) and the
-   comparison reads what is on file *after* them, in the same transaction, so a concurrent
-   upload under the same id is refused rather than silently dropped.
+   comparison reads what is on file *after* them, in the same transaction (ports guarantee
+   14), so a concurrent upload under the same id is refused rather than silently dropped.
 4. A one-time key is handed out once, ever: taking it is one DELETE ... RETURNING (ports
    guarantee 5), so two callers, on one writer or several, never receive the same key.
 5. Fetching is limited per caller and per (caller, target) pair, so no one caller can take all

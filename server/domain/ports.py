@@ -43,6 +43,10 @@ Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) a
 13. `insert_account` is `INSERT ... ON CONFLICT (phone_number) DO NOTHING` and reports by its
     result whether it created the account: of two concurrent registrations of a new number,
     the loser learns the number is taken without an exception, and re-registers it.
+14. `add_pre_keys` and `add_kyber_pre_keys` skip key ids on file (`ON CONFLICT DO NOTHING`)
+    without an exception, and a later read in the same transaction sees the key that won, so
+    the domain compares what is on file after its inserts: an id taken concurrently with other
+    key bytes is refused, never silently dropped.
 """
 
 from __future__ import annotations
@@ -145,10 +149,16 @@ class KeyWrites(Protocol):
 
     def add_pre_keys(
         self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
-    ) -> None: ...
+    ) -> None:
+        """Store the one-time EC prekeys whose ids are free (guarantee 14)."""
+        ...
+
     def add_kyber_pre_keys(
         self, account_id: str, device_id: int, keys: Iterable[SignedKey]
-    ) -> None: ...
+    ) -> None:
+        """Store the one-time Kyber prekeys whose ids are free (guarantee 14)."""
+        ...
+
     def take_pre_key(self, account_id: str, device_id: int) -> tuple[int, bytes] | None:
         """Remove and return the device's lowest-id one-time EC prekey (guarantee 5)."""
         ...
