@@ -36,7 +36,6 @@ from server.storage.database import Database
 from server.storage.transaction import SqliteTransaction
 from tests.conftest import LiveServer, ServerFactory, link, register
 from tests.keys_helper import DeviceKeyMaker
-from tests.test_keys import failure, keys
 
 T = TypeVar("T")
 ALICE = "+14155550123"
@@ -139,22 +138,6 @@ def test_put_device_keys_never_replaces_another_identity(server: LiveServer) -> 
         assert tx.put_device_keys(_keys(account, b"identity-a", 7, 4))
         rotated = tx.get_device_keys(account, 1)
         assert rotated is not None and rotated.signed_pre_key.key_id == 4
-
-
-def test_upload_with_another_identity_keeps_status_and_message(server: LiveServer) -> None:
-    alice = register(server, ALICE)
-    maker = DeviceKeyMaker()
-    keys(server).UploadPreKeys(maker.first_upload(), metadata=alice.metadata)
-    other = DeviceKeyMaker()
-    err = failure(lambda: keys(server).UploadPreKeys(other.first_upload(), metadata=alice.metadata))
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert err.details() == (
-        "this device already has a different identity key; register the number "
-        "(or link the device) again to publish a new identity"
-    )
-    with transaction(server) as tx:
-        on_file = tx.get_device_keys(alice.account_id, 1)
-        assert on_file is not None and on_file.identity_key == maker.identity_key
 
 
 def _upload(maker: DeviceKeyMaker) -> Upload:
