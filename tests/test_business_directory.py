@@ -509,7 +509,7 @@ async def _quality_scenario(db: Database) -> None:
 
         def setup(tx: Any, account_id: str = account_id, token: bytes = token, i: int = i) -> None:
             tx.insert_account(AccountRow(account_id, f"+1555000900{i}", AccountKind.BUSINESS, 0))
-            tx.insert_device(DeviceRow(account_id, 1, "phone", 0, 0), token)
+            tx.insert_device(DeviceRow(account_id, 1, "phone", 0, 0), token, 1)
 
         await db.write(setup)
         owners.append(Principal(account_id, 1, token))

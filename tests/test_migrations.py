@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from parley.v1 import account_pb2 as apb
 
@@ -59,6 +60,43 @@ def test_v1_database_is_migrated_and_keeps_its_data(
     assert linked.device_id == 3
     server.stop()
     assert migrations.current_version(sqlite3.connect(path)) == migrations.LATEST_VERSION
+    # Migration 8 started the device count from the two devices on file; the link added one.
+    counts = sqlite3.connect(path).execute("SELECT account_id, device_count FROM accounts")
+    assert counts.fetchall() == [(V1_ACCOUNT, 3)]
+
+
+def test_migrated_device_count_enforces_the_limit(
+    tmp_path: Path, make_server: ServerFactory
+) -> None:
+    """The counter starts from the existing rows, not 0: with two devices on file and a limit
+    of three, one more link is allowed and the next refused."""
+    path = tmp_path / "old.db"
+    make_v1_database(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrations.migrate(conn, target=7) == list(range(2, 8))
+    conn.execute(
+        "INSERT INTO accounts (account_id, phone_number, kind, created_at)"
+        " VALUES ('no-devices', '+14155550999', 1, 0)"
+    )
+    assert migrations.migrate(conn) == [8]
+    counts = dict(conn.execute("SELECT account_id, device_count FROM accounts").fetchall())
+    assert counts == {V1_ACCOUNT: 2, "no-devices": 0}
+    conn.close()
+
+    server = make_server(database=path, max_devices=3)
+    stub = server.accounts()
+    auth = (("authorization", f"Bearer {V1_TOKEN}"),)
+
+    def link() -> apb.LinkDeviceResponse:
+        code = stub.CreateLinkingCode(apb.CreateLinkingCodeRequest(), metadata=auth)
+        return stub.LinkDevice(
+            apb.LinkDeviceRequest(linking_code=code.linking_code, device_name="t")
+        )
+
+    assert link().device_id == 3
+    with pytest.raises(grpc.RpcError) as err:
+        link()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_migrating_twice_is_a_no_op(tmp_path: Path) -> None:

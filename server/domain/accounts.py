@@ -8,10 +8,14 @@ lists the backend's guarantees):
    code is used only while `completed = 0`.
 2. Registering a number that has an account keeps the account id and replaces every device:
    old tokens stop working at once (the new primary device is device 1). One account per
-   number: UNIQUE (phone_number).
+   number: UNIQUE (phone_number), and the account is created with ON CONFLICT DO NOTHING (ports
+   guarantee 13), so a registration that lost a race for a new number re-registers the account
+   the winner created instead of failing.
 3. Only the primary device links new devices or deletes the account; a linked device may remove
    only itself; the primary device cannot be removed (delete the account or re-register).
-   A linking code works once: DELETE ... RETURNING (ports guarantee 5).
+   A linking code works once: DELETE ... RETURNING (ports guarantee 5). An account has at most
+   `max_devices` devices: each insert first takes a slot with one conditional UPDATE of the
+   account's device count (ports guarantee 11), so concurrent links cannot exceed it.
 4. Device ids are never reused within an account, so a stale session never meets a new device
    that happens to have the old id: the account's counter moves by one UPDATE ... RETURNING
    (ports guarantee 6), and (account_id, device_id) is the devices' primary key.
@@ -41,6 +45,7 @@ from server.domain.auth import (
 from server.domain.clock import Clock
 from server.domain.codes import AllowAll, ClientInfo, CodeSender, VerificationGate
 from server.domain.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -112,6 +117,55 @@ class AccountView:
 @dataclass(frozen=True)
 class _WrongCode:
     attempts_left: int
+
+
+def _insert_device(tx: Transaction, device: DeviceRow, token: str, max_devices: int) -> None:
+    """Insert a device within the account's limit: storage takes the slot and inserts in one
+    conditional step (ports guarantee 11), so the refusal holds against concurrent links."""
+    if not tx.insert_device(device, hash_token(token), max_devices):
+        raise ResourceExhausted(
+            f"the account already has {max_devices} devices, the most allowed; remove one first"
+        )
+
+
+def register_number(
+    tx: Transaction,
+    phone: str,
+    kind: AccountKind,
+    device_name: str,
+    token: str,
+    now: float,
+    max_devices: int,
+) -> Credentials:
+    """Register a verified number inside the caller's transaction: create its account, or
+    re-register the one it has (rule 2), and make `token` the credential of its device 1.
+
+    The lookup is only a hint: when the insert finds the number taken by a concurrent writer,
+    the registration continues as a re-registration, never as an INTERNAL error."""
+    existing = tx.get_account_by_phone(phone)
+    if existing is None:
+        account_id = str(uuid.uuid4())
+        if not tx.insert_account(AccountRow(account_id, phone, kind, now)):
+            # Another writer registered the number since the read above (guarantee 13):
+            # the number has an account now, so this becomes its re-registration.
+            existing = tx.get_account_by_phone(phone)
+            if existing is None:
+                raise Aborted(
+                    "the number's account was deleted while this registration ran; "
+                    "call CompleteVerification again"
+                )
+    if existing is not None:
+        if existing.kind != kind:
+            raise FailedPrecondition(
+                f"{phone[:3]}… is registered as a {existing.kind.name.lower()} "
+                f"account; register with that kind, or delete the account first"
+            )
+        account_id = existing.account_id
+        tx.delete_all_devices(account_id)
+    device = DeviceRow(account_id, PRIMARY_DEVICE_ID, device_name, now, now)
+    # The count was just reset (or starts at 0), so the primary device always has a slot.
+    _insert_device(tx, device, token, max_devices)
+    return Credentials(account_id, PRIMARY_DEVICE_ID, token, reregistered=existing is not None)
 
 
 def _code_hash(verification_id: str, code: str) -> bytes:
@@ -245,7 +299,7 @@ class AccountRegistry:
                 raise FailedPrecondition(
                     "this verification was already used; call StartVerification for a new code"
                 )
-            return self._register(tx, v.phone_number, kind, name, token, now)
+            return register_number(tx, v.phone_number, kind, name, token, now, policy.max_devices)
 
         outcome = await self._db.write(complete)
         if isinstance(outcome, _WrongCode):
@@ -261,31 +315,6 @@ class AccountRegistry:
         if outcome.reregistered:
             self._auth.forget_account(outcome.account_id)
         return outcome
-
-    @staticmethod
-    def _register(
-        tx: Transaction,
-        phone: str,
-        kind: AccountKind,
-        device_name: str,
-        token: str,
-        now: float,
-    ) -> Credentials:
-        existing = tx.get_account_by_phone(phone)
-        if existing is None:
-            account_id = str(uuid.uuid4())
-            tx.insert_account(AccountRow(account_id, phone, kind, now))
-        else:
-            if existing.kind != kind:
-                raise FailedPrecondition(
-                    f"{phone[:3]}… is registered as a {existing.kind.name.lower()} "
-                    f"account; register with that kind, or delete the account first"
-                )
-            account_id = existing.account_id
-            tx.delete_all_devices(account_id)
-        device = DeviceRow(account_id, PRIMARY_DEVICE_ID, device_name, now, now)
-        tx.insert_device(device, hash_token(token))
-        return Credentials(account_id, PRIMARY_DEVICE_ID, token, reregistered=existing is not None)
 
     # -- account and devices ---------------------------------------------------------------
 
@@ -348,13 +377,9 @@ class AccountRegistry:
                 raise FailedPrecondition(
                     "the linking code expired; create a new one on the primary device"
                 )
-            if tx.count_devices(account_id) >= max_devices:
-                raise ResourceExhausted(
-                    f"the account already has {max_devices} devices, the most allowed; "
-                    "remove one first"
-                )
             device_id = tx.allocate_device_id(account_id)
-            tx.insert_device(DeviceRow(account_id, device_id, name, now, now), hash_token(token))
+            # A refusal rolls back the whole job, the id allocation and taken code included.
+            _insert_device(tx, DeviceRow(account_id, device_id, name, now, now), token, max_devices)
             return Credentials(account_id, device_id, token)
 
         return await self._db.write(link)

@@ -2,12 +2,17 @@
 
 Rules kept here:
 1. A device's identity key and registration id are fixed by its first upload. A different
-   identity key is refused until the device registers again (which deletes its keys).
+   identity key is refused until the device registers again (which deletes its keys). The
+   check below reads a snapshot for its message; the write itself is conditional on the
+   identity on file (ports guarantee 12), so a concurrent upload with another identity never
+   replaces it.
 2. Every signed key is verified against the device's identity key with the same XEdDSA code
    that clients sign with (`client.crypto.xeddsa`, the one import the server makes from the
    client). A bad signature refuses the whole upload: uploads are all-or-nothing.
 3. A key id already on file with different key bytes is refused; the identical key is a no-op,
-   so a retried upload succeeds.
+   so a retried upload succeeds. The inserts skip ids on file (ON CONFLICT DO NOTHING) and the
+   comparison reads what is on file *after* them, in the same transaction (ports guarantee
+   14), so a concurrent upload under the same id is refused rather than silently dropped.
 4. A one-time key is handed out once, ever: taking it is one DELETE ... RETURNING (ports
    guarantee 5), so two callers, on one writer or several, never receive the same key.
 5. Fetching is limited per caller and per (caller, target) pair, so no one caller can take all
@@ -121,6 +126,24 @@ def _check_signed(
         )
 
 
+_OTHER_IDENTITY = (
+    "this device already has a different identity key; register the number "
+    "(or link the device) again to publish a new identity"
+)
+
+
+def _check_same_identity(current: DeviceKeys, identity_key: bytes, registration_id: int) -> None:
+    """Refuse an identity key or registration id other than the one on file (empty or 0: the
+    upload keeps the one on file)."""
+    if identity_key and identity_key != current.identity_key:
+        raise FailedPrecondition(_OTHER_IDENTITY)
+    if registration_id and registration_id != current.registration_id:
+        raise FailedPrecondition(
+            f"this device's registration id is {current.registration_id}; it changes "
+            "only when the device registers again"
+        )
+
+
 def _no_duplicates(ids: list[int], *, field: str) -> None:
     seen: set[int] = set()
     for key_id in ids:
@@ -185,18 +208,8 @@ class KeyDirectory:
                         + ", ".join(missing)
                     )
             else:
-                if upload.identity_key and upload.identity_key != current.identity_key:
-                    raise FailedPrecondition(
-                        "this device already has a different identity key; register the number "
-                        "(or link the device) again to publish a new identity"
-                    )
-                if upload.registration_id and upload.registration_id != current.registration_id:
-                    raise FailedPrecondition(
-                        f"this device's registration id is {current.registration_id}; it changes "
-                        "only when the device registers again"
-                    )
+                _check_same_identity(current, upload.identity_key, upload.registration_id)
             self._verify_signatures(upload, identity)
-            self._check_conflicts(tx, caller, upload)
             counts = tx.count_keys(caller.account_id, caller.device_id)
             if (
                 counts.pre_keys + len(upload.pre_keys) > policy.max_stored_keys
@@ -212,21 +225,29 @@ class KeyDirectory:
                 current.last_resort_kyber if current else None
             )
             assert signed is not None and last_resort is not None  # checked above
-            tx.put_device_keys(
-                DeviceKeys(
-                    caller.account_id,
-                    caller.device_id,
-                    identity,
-                    upload.registration_id or (current.registration_id if current else 0),
-                    signed,
-                    now
-                    if upload.signed_pre_key is not None or current is None
-                    else current.signed_pre_key_at,
-                    last_resort,
-                ),
+            keys = DeviceKeys(
+                caller.account_id,
+                caller.device_id,
+                identity,
+                upload.registration_id or (current.registration_id if current else 0),
+                signed,
+                now
+                if upload.signed_pre_key is not None or current is None
+                else current.signed_pre_key_at,
+                last_resort,
             )
+            if not tx.put_device_keys(keys):
+                # Another upload fixed a different identity since the read above: refuse as
+                # if it had been on file all along (the job rolls back).
+                on_file = tx.get_device_keys(caller.account_id, caller.device_id)
+                assert on_file is not None  # only a row on file refuses the upsert
+                _check_same_identity(on_file, keys.identity_key, keys.registration_id)
+                raise FailedPrecondition(_OTHER_IDENTITY)
             tx.add_pre_keys(caller.account_id, caller.device_id, upload.pre_keys)
             tx.add_kyber_pre_keys(caller.account_id, caller.device_id, upload.kyber_pre_keys)
+            # Checked after the inserts (which skip ids on file), so a key another writer
+            # stored under one of these ids since any earlier read is seen too (rule 3).
+            self._check_conflicts(tx, caller, upload)
             return self._status(tx, caller)
 
         return await self._db.write(as_caller(caller, apply))

@@ -29,7 +29,24 @@ keep each invariant cite these by name):
 
 Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
 `server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
-`server.domain.sending_model`.
+`server.domain.sending_model`. Accounts and keys continue here:
+
+11. `insert_device` takes one of the account's device slots with one conditional UPDATE of the
+    account's device count (`device_count < max`) before it inserts, in the same transaction,
+    and reports a refusal by its result; `delete_device` gives the slot back only when it
+    deleted the row, `delete_all_devices` resets the count. The count is never read first, so
+    no interleaving of writers, nor two inserts in one transaction, exceeds the limit.
+12. `put_device_keys` is one upsert whose update is conditional on the row's identity key and
+    registration id (`ON CONFLICT ... DO UPDATE ... WHERE` the stored ones equal the new ones);
+    a row on file with another identity is left unchanged and reported by the result, so a
+    concurrent upload with another identity can never replace the one on file.
+13. `insert_account` is `INSERT ... ON CONFLICT (phone_number) DO NOTHING` and reports by its
+    result whether it created the account: of two concurrent registrations of a new number,
+    the loser learns the number is taken without an exception, and re-registers it.
+14. `add_pre_keys` and `add_kyber_pre_keys` skip key ids on file (`ON CONFLICT DO NOTHING`)
+    without an exception, and a later read in the same transaction sees the key that won, so
+    the domain compares what is on file after its inserts: an id taken concurrently with other
+    key bytes is refused, never silently dropped.
 """
 
 from __future__ import annotations
@@ -59,7 +76,6 @@ class AccountReads(Protocol):
     def get_account(self, account_id: str) -> AccountRow | None: ...
     def get_account_by_phone(self, phone_number: str) -> AccountRow | None: ...
     def list_devices(self, account_id: str) -> list[DeviceRow]: ...
-    def count_devices(self, account_id: str) -> int: ...
     def device_for_token(self, token_hash: bytes) -> DeviceRow | None: ...
     def holds_credential(self, account_id: str, device_id: int, token_hash: bytes) -> bool:
         """Whether `token_hash` is still the credential of that device (one key probe)."""
@@ -78,7 +94,10 @@ class AccountWrites(Protocol):
         ...
 
     def delete_verifications_expired_before(self, before: float) -> int: ...
-    def insert_account(self, row: AccountRow) -> None: ...
+    def insert_account(self, row: AccountRow) -> bool:
+        """Create the account unless its number has one; whether it did (guarantee 13)."""
+        ...
+
     def delete_account(self, account_id: str) -> bool:
         """Delete the account and everything that references it."""
         ...
@@ -87,9 +106,19 @@ class AccountWrites(Protocol):
         """The account's next unused device id (guarantee 6)."""
         ...
 
-    def insert_device(self, row: DeviceRow, token_hash: bytes) -> None: ...
-    def delete_device(self, account_id: str, device_id: int) -> bool: ...
-    def delete_all_devices(self, account_id: str) -> int: ...
+    def insert_device(self, row: DeviceRow, token_hash: bytes, max_devices: int) -> bool:
+        """Insert the device unless the account has `max_devices` already; whether it did
+        (guarantee 11)."""
+        ...
+
+    def delete_device(self, account_id: str, device_id: int) -> bool:
+        """Delete the device and free its slot; whether it existed (guarantee 11)."""
+        ...
+
+    def delete_all_devices(self, account_id: str) -> int:
+        """Delete every device and reset the account's device count (guarantee 11)."""
+        ...
+
     def touch_device(self, account_id: str, device_id: int, at: float) -> None: ...
     def insert_linking_code(self, code_hash: bytes, account_id: str, expires_at: float) -> None: ...
 
@@ -113,13 +142,23 @@ class KeyReads(Protocol):
 
 
 class KeyWrites(Protocol):
-    def put_device_keys(self, keys: DeviceKeys) -> None: ...
+    def put_device_keys(self, keys: DeviceKeys) -> bool:
+        """Store the keys unless the row on file has another identity key or registration
+        id; whether they were stored (guarantee 12)."""
+        ...
+
     def add_pre_keys(
         self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
-    ) -> None: ...
+    ) -> None:
+        """Store the one-time EC prekeys whose ids are free (guarantee 14)."""
+        ...
+
     def add_kyber_pre_keys(
         self, account_id: str, device_id: int, keys: Iterable[SignedKey]
-    ) -> None: ...
+    ) -> None:
+        """Store the one-time Kyber prekeys whose ids are free (guarantee 14)."""
+        ...
+
     def take_pre_key(self, account_id: str, device_id: int) -> tuple[int, bytes] | None:
         """Remove and return the device's lowest-id one-time EC prekey (guarantee 5)."""
         ...

@@ -3,7 +3,10 @@
 Methods over the transaction's connection: the caller (a domain service, through
 `Database.write` or `Database.read`) owns the transaction, so several compose into one atomic
 step. Device ids come from one UPDATE ... RETURNING of the account's counter and linking codes
-are taken with DELETE ... RETURNING (ports guarantees 5 and 6).
+are taken with DELETE ... RETURNING (ports guarantees 5 and 6). The account row also counts its
+devices: a device is inserted only after a conditional UPDATE took one of the account's slots
+(guarantee 11), and an account is created with ON CONFLICT (phone_number) DO NOTHING
+(guarantee 13).
 """
 
 from __future__ import annotations
@@ -75,10 +78,18 @@ class SqliteAccounts:
             "DELETE FROM verifications WHERE expires_at < ?", (before,)
         ).rowcount
 
-    def insert_account(self, row: AccountRow) -> None:
-        self.connection.execute(
-            f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?)",
-            (row.account_id, row.phone_number, int(row.kind), row.created_at),
+    def insert_account(self, row: AccountRow) -> bool:
+        """Create the account unless its number has one already; whether it was created.
+
+        A number taken by a concurrent registration is reported, not raised, so the loser can
+        re-read and re-register instead of failing on the UNIQUE constraint."""
+        return (
+            self.connection.execute(
+                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (phone_number) DO NOTHING",
+                (row.account_id, row.phone_number, int(row.kind), row.created_at),
+            ).rowcount
+            > 0
         )
 
     def get_account(self, account_id: str) -> AccountRow | None:
@@ -113,11 +124,26 @@ class SqliteAccounts:
             raise LookupError(account_id)
         return int(row[0])
 
-    def insert_device(self, row: DeviceRow, token_hash: bytes) -> None:
+    def insert_device(self, row: DeviceRow, token_hash: bytes, max_devices: int) -> bool:
+        """Insert the device if the account has fewer than `max_devices`; whether it did.
+
+        The slot is taken by one conditional UPDATE of the account's `device_count` before the
+        insert, in the same transaction: the count is never read first, so no interleaving of
+        writers (nor two inserts in one transaction) passes the limit."""
+        if (
+            self.connection.execute(
+                "UPDATE accounts SET device_count = device_count + 1"
+                " WHERE account_id = ? AND device_count < ?",
+                (row.account_id, max_devices),
+            ).rowcount
+            == 0
+        ):
+            return False
         self.connection.execute(
             f"INSERT INTO devices ({_DEVICE_COLUMNS}, token_hash) VALUES (?, ?, ?, ?, ?, ?)",
             (row.account_id, row.device_id, row.name, row.created_at, row.last_seen_at, token_hash),
         )
+        return True
 
     def list_devices(self, account_id: str) -> list[DeviceRow]:
         rows = self.connection.execute(
@@ -126,26 +152,31 @@ class SqliteAccounts:
         ).fetchall()
         return [DeviceRow(*r) for r in rows]
 
-    def count_devices(self, account_id: str) -> int:
-        return int(
-            self.connection.execute(
-                "SELECT count(*) FROM devices WHERE account_id = ?", (account_id,)
-            ).fetchone()[0]
-        )
-
     def delete_device(self, account_id: str, device_id: int) -> bool:
-        return (
+        """Delete the device and give its slot back (only if this call deleted it)."""
+        if (
             self.connection.execute(
                 "DELETE FROM devices WHERE account_id = ? AND device_id = ?",
                 (account_id, device_id),
             ).rowcount
-            > 0
+            == 0
+        ):
+            return False
+        self.connection.execute(
+            "UPDATE accounts SET device_count = device_count - 1 WHERE account_id = ?",
+            (account_id,),
         )
+        return True
 
     def delete_all_devices(self, account_id: str) -> int:
-        return self.connection.execute(
+        """Delete every device of the account and reset its count (re-registration)."""
+        deleted = self.connection.execute(
             "DELETE FROM devices WHERE account_id = ?", (account_id,)
         ).rowcount
+        self.connection.execute(
+            "UPDATE accounts SET device_count = 0 WHERE account_id = ?", (account_id,)
+        )
+        return deleted
 
     def device_for_token(self, token_hash: bytes) -> DeviceRow | None:
         r = self.connection.execute(

@@ -2,7 +2,8 @@
 
 Handing out a one-time key is a DELETE ... RETURNING: the row is gone in the same statement that
 reads it, so two callers, on one writer or several, can never receive the same key (ports
-guarantee 5).
+guarantee 5). A device's identity is written by an upsert conditional on the identity on file
+(guarantee 12).
 """
 
 from __future__ import annotations
@@ -62,23 +63,42 @@ class SqliteKeys:
         ).fetchall()
         return [_device_keys(r) for r in rows]
 
-    def put_device_keys(self, k: DeviceKeys) -> None:
-        self.connection.execute(
-            f"INSERT OR REPLACE INTO device_keys ({_DEVICE_KEY_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                k.account_id,
-                k.device_id,
-                k.identity_key,
-                k.registration_id,
-                k.signed_pre_key.key_id,
-                k.signed_pre_key.public_key,
-                k.signed_pre_key.signature,
-                k.signed_pre_key_at,
-                k.last_resort_kyber.key_id,
-                k.last_resort_kyber.public_key,
-                k.last_resort_kyber.signature,
-            ),
+    def put_device_keys(self, k: DeviceKeys) -> bool:
+        """Store the device's keys, unless a row on file has another identity key or
+        registration id; whether they were stored.
+
+        One upsert whose update is conditional on the row's own identity (ports guarantee 12):
+        a concurrent upload with another identity can never replace the one on file, whatever
+        the uploader read before."""
+        return (
+            self.connection.execute(
+                f"INSERT INTO device_keys ({_DEVICE_KEY_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (account_id, device_id) DO UPDATE SET"
+                " signed_pre_key_id = excluded.signed_pre_key_id,"
+                " signed_pre_key = excluded.signed_pre_key,"
+                " signed_pre_key_signature = excluded.signed_pre_key_signature,"
+                " signed_pre_key_at = excluded.signed_pre_key_at,"
+                " last_resort_kyber_id = excluded.last_resort_kyber_id,"
+                " last_resort_kyber_key = excluded.last_resort_kyber_key,"
+                " last_resort_kyber_signature = excluded.last_resort_kyber_signature"
+                " WHERE device_keys.identity_key = excluded.identity_key"
+                " AND device_keys.registration_id = excluded.registration_id",
+                (
+                    k.account_id,
+                    k.device_id,
+                    k.identity_key,
+                    k.registration_id,
+                    k.signed_pre_key.key_id,
+                    k.signed_pre_key.public_key,
+                    k.signed_pre_key.signature,
+                    k.signed_pre_key_at,
+                    k.last_resort_kyber.key_id,
+                    k.last_resort_kyber.public_key,
+                    k.last_resort_kyber.signature,
+                ),
+            ).rowcount
+            > 0
         )
 
     def existing_pre_keys(
@@ -97,8 +117,8 @@ class SqliteKeys:
         self, account_id: str, device_id: int, keys: Iterable[tuple[int, bytes]]
     ) -> None:
         self.connection.executemany(
-            "INSERT OR IGNORE INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO one_time_pre_keys (account_id, device_id, key_id, public_key)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(account_id, device_id, key_id, pub) for key_id, pub in keys],
         )
 
@@ -106,8 +126,8 @@ class SqliteKeys:
         self, account_id: str, device_id: int, keys: Iterable[SignedKey]
     ) -> None:
         self.connection.executemany(
-            "INSERT OR IGNORE INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
-            " signature) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO kyber_pre_keys (account_id, device_id, key_id, public_key,"
+            " signature) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(account_id, device_id, k.key_id, k.public_key, k.signature) for k in keys],
         )
 

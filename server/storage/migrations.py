@@ -330,6 +330,20 @@ def _v7_sending_rules(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v8_device_count(conn: sqlite3.Connection) -> None:
+    """Each account counts its devices, so the device limit is one conditional UPDATE (ports
+    guarantee 11) instead of a count read before the insert. Existing accounts start from the
+    devices they have."""
+    _run_script(
+        conn,
+        """
+        ALTER TABLE accounts ADD COLUMN device_count INTEGER NOT NULL DEFAULT 0;
+        UPDATE accounts SET device_count =
+            (SELECT count(*) FROM devices WHERE devices.account_id = accounts.account_id)
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -341,6 +355,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "consent: opt-ins, opt-outs and blocks", _v6_consent),
     Migration(
         7, "sending rules: windows, conversation starts, tiers, marketing caps", _v7_sending_rules
+    ),
+    Migration(
+        8,
+        "accounts count their devices (the device limit as one conditional write)",
+        _v8_device_count,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
