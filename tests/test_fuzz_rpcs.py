@@ -165,7 +165,7 @@ def world(fuzz_server: LiveServer) -> Fuzzed:
 # -- strategies built from descriptors ----------------------------------------------------------
 
 
-def _strings(world: Fuzzed) -> st.SearchStrategy[str]:
+def _strings(world: Fuzzed, small: bool) -> st.SearchStrategy[str]:
     real = [
         world.owner.account_id,
         world.stranger.account_id,
@@ -176,14 +176,11 @@ def _strings(world: Fuzzed) -> st.SearchStrategy[str]:
         "+15550001111",
         "123456",
     ]
-    return st.one_of(
-        st.text(max_size=40),
-        st.sampled_from(real),
-        st.sampled_from(["", "\x00", "\u202e", "x" * 100_000, "😀" * 5_000]),
-    )
+    edges = ["", "\x00", "\u202e"] if small else ["", "\x00", "\u202e", "x" * 100_000, "😀" * 5_000]
+    return st.one_of(st.text(max_size=40), st.sampled_from(real), st.sampled_from(edges))
 
 
-def _scalar(f: FieldDescriptor, world: Fuzzed) -> st.SearchStrategy[Any]:
+def _scalar(f: FieldDescriptor, world: Fuzzed, small: bool) -> st.SearchStrategy[Any]:
     if f.type in INT_BOUNDS:
         low, high = INT_BOUNDS[f.type]
         edges = sorted({low, high, 0, 1, 2, max(low, -1), min(high, 2**31), min(high, 2**63)})
@@ -193,11 +190,11 @@ def _scalar(f: FieldDescriptor, world: Fuzzed) -> st.SearchStrategy[Any]:
     if f.type in (FIELD_TYPE.TYPE_FLOAT, FIELD_TYPE.TYPE_DOUBLE):
         return st.floats(width=32 if f.type == FIELD_TYPE.TYPE_FLOAT else 64)
     if f.type == FIELD_TYPE.TYPE_STRING:
-        return _strings(world)
+        return _strings(world, small)
     if f.type == FIELD_TYPE.TYPE_BYTES:
+        keys = [b"", b"\x05" + bytes(32), b"\x08" + bytes(1568)]
         return st.one_of(
-            st.binary(max_size=64),
-            st.sampled_from([b"", b"\x05" + bytes(32), b"\x08" + bytes(1568), b"x" * 300_000]),
+            st.binary(max_size=64), st.sampled_from(keys if small else [*keys, b"x" * 300_000])
         )
     if f.type == FIELD_TYPE.TYPE_ENUM:
         assert f.enum_type is not None
@@ -206,31 +203,38 @@ def _scalar(f: FieldDescriptor, world: Fuzzed) -> st.SearchStrategy[Any]:
     raise AssertionError(f"no strategy for field type {f.type} of {f.full_name}")
 
 
-def _field(f: FieldDescriptor, world: Fuzzed, depth: int) -> st.SearchStrategy[Any]:
+def _field(
+    f: FieldDescriptor, world: Fuzzed, depth: int, small: bool = False
+) -> st.SearchStrategy[Any]:
+    """Values for field `f`. `small` (inside a list repeated past the batch limits) leaves out
+    the huge strings, bytes and lists, so a request stays a few MiB at most: huge *and*
+    repeated 1,500 times would only exhaust the test's own memory, not test the server."""
     if f.type == FIELD_TYPE.TYPE_MESSAGE:
         assert f.message_type is not None
         if f.message_type.GetOptions().map_entry:
             key, value = (f.message_type.fields_by_name[n] for n in ("key", "value"))
-            keys, values = _field(key, world, depth), _field(value, world, depth)
+            keys, values = _field(key, world, depth, small), _field(value, world, depth, small)
             return st.dictionaries(keys, values, max_size=3)
         one: st.SearchStrategy[Any] = (
-            _message(f.message_type, world, depth + 1) if depth < 3 else st.just({})
+            _message(f.message_type, world, depth + 1, small) if depth < 3 else st.just({})
+        )
+        small_one: st.SearchStrategy[Any] = (
+            _message(f.message_type, world, depth + 1, True) if depth < 3 else st.just({})
         )
     else:
-        one = _scalar(f, world)
+        one, small_one = _scalar(f, world, small), _scalar(f, world, True)
     if not f.is_repeated:
         return one
-    return st.one_of(
-        st.lists(one, max_size=4),
-        # Past every batch limit; small items, so the request stays under the size limit.
-        one.filter(lambda v: not isinstance(v, (str, bytes)) or len(v) < 100).map(
-            lambda v: [v] * 1_500
-        ),
-    )
+    if small:
+        return st.lists(one, max_size=4)
+    # Past every batch limit, with small items, so the request stays under the size limit.
+    return st.one_of(st.lists(one, max_size=4), small_one.map(lambda v: [v] * 1_500))
 
 
-def _message(desc: Descriptor, world: Fuzzed, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
-    fields = {f.name: _field(f, world, depth) for f in desc.fields}
+def _message(
+    desc: Descriptor, world: Fuzzed, depth: int = 0, small: bool = False
+) -> st.SearchStrategy[dict[str, Any]]:
+    fields = {f.name: _field(f, world, depth, small) for f in desc.fields}
     return st.fixed_dictionaries({}, optional=fields)
 
 
