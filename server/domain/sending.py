@@ -41,7 +41,12 @@ Counting with concurrent writers (`sending_model` S1-S3): a start is one conditi
 on (business, user), and only the writer whose upsert changed the row bumps the hour bucket,
 so a user is counted once. The limit itself is checked before the write, so concurrent
 writers on several replicas may overshoot it by at most one start each; the usage is summed
-from hour buckets, so a start counts for 24 h to 25 h (never less).
+from hour buckets, so a start counts for 24 h to 25 h (never less). The marketing cap per user
+is counted the same way (the times of the last 24 h, read in the send's transaction, then one
+row recorded per send): two replicas sending to the same user at the same moment may each see
+room for one more, so it too may be overshot by at most one send per concurrent writer. A
+strict cap with several writers needs a per-(business, user) slot row taken by a conditional
+write; the PostgreSQL backend is where that becomes worth its cost.
 """
 
 from __future__ import annotations
