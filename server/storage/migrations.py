@@ -344,6 +344,72 @@ def _v8_device_count(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v9_billing(conn: sqlite3.Connection) -> None:
+    """Billing (server.domain.billing_model): price table versions, balances that cannot go
+    below zero, the append-only ledger with its exactly-once keys, one charge per business
+    message, and the month's usage for allowances and volume tiers."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE price_tables (
+            version      INTEGER PRIMARY KEY,
+            effective_at REAL NOT NULL UNIQUE,    -- a message is priced by the one in force
+            body         TEXT NOT NULL,           -- canonical JSON of the table
+            created_at   REAL NOT NULL,
+            source       TEXT NOT NULL DEFAULT '' -- the file it came from, or "rpc"
+        );
+        CREATE TABLE balances (
+            business_account_id TEXT PRIMARY KEY,
+            available INTEGER NOT NULL DEFAULT 0 CHECK (available >= 0), -- micro-units
+            reserved  INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0)
+        ) WITHOUT ROWID;
+        CREATE TABLE ledger (
+            entry_id            INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused
+            business_account_id TEXT NOT NULL,
+            kind                INTEGER NOT NULL,  -- EntryKind
+            amount              INTEGER NOT NULL,
+            available_after     INTEGER NOT NULL,
+            reserved_after      INTEGER NOT NULL,
+            message_id          INTEGER,           -- reserve, capture, release
+            reference           TEXT,              -- top-up, adjustment
+            at                  REAL NOT NULL,
+            note                TEXT NOT NULL DEFAULT ''
+        );
+        -- Exactly once: one reservation, one capture or release per message (B2), one top-up
+        -- per reference (B3).
+        CREATE UNIQUE INDEX ledger_once_per_message ON ledger(message_id, kind)
+            WHERE message_id IS NOT NULL;
+        CREATE UNIQUE INDEX ledger_once_per_reference ON ledger(business_account_id, reference)
+            WHERE reference IS NOT NULL;
+        CREATE INDEX ledger_by_business ON ledger(business_account_id, entry_id);
+        CREATE TABLE charges (
+            message_id           INTEGER PRIMARY KEY,
+            business_account_id  TEXT NOT NULL,
+            recipient_account_id TEXT NOT NULL,
+            category             INTEGER NOT NULL,
+            country              TEXT NOT NULL,
+            amount               INTEGER NOT NULL CHECK (amount >= 0),
+            reason               INTEGER NOT NULL,  -- FreeReason, 0 = billable
+            table_version        INTEGER NOT NULL,
+            state                INTEGER NOT NULL,  -- ChargeState
+            sent_at              REAL NOT NULL,
+            settled_at           REAL,
+            reserve_entry        INTEGER,
+            settle_entry         INTEGER
+        );
+        CREATE INDEX charges_by_business ON charges(business_account_id, sent_at);
+        CREATE TABLE usage_months (
+            business_account_id TEXT NOT NULL,
+            month               TEXT NOT NULL,      -- "2026-11", UTC
+            category            INTEGER NOT NULL,
+            country             TEXT NOT NULL,
+            count               INTEGER NOT NULL,
+            PRIMARY KEY (business_account_id, month, category, country)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -360,6 +426,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         8,
         "accounts count their devices (the device limit as one conditional write)",
         _v8_device_count,
+    ),
+    Migration(
+        9, "billing: price tables, balances, the ledger, charges, monthly usage", _v9_billing
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

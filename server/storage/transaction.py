@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from server.storage.accounts import SqliteAccounts
+from server.storage.billing import SqliteBilling
 from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
@@ -20,7 +21,13 @@ from server.storage.sending import SqliteSending
 
 
 class SqliteTransaction(
-    SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent, SqliteSending
+    SqliteAccounts,
+    SqliteKeys,
+    SqliteMessages,
+    SqliteDirectory,
+    SqliteConsent,
+    SqliteSending,
+    SqliteBilling,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

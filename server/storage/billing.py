@@ -1,0 +1,250 @@
+"""SQL for billing: balances, the append-only ledger, charges, price tables, monthly usage.
+
+Each money movement is one conditional statement plus one insert on a unique key
+(guarantees B1-B3 of `server.domain.billing_model`), so concurrent writers can neither
+overdraw a balance nor charge a message twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from server.domain.billing_model import (
+    Balance,
+    Charge,
+    ChargeState,
+    EntryKind,
+    LedgerEntry,
+    PriceTableRow,
+    Reservation,
+    Settled,
+)
+
+_ENTRY_COLUMNS = (
+    "entry_id, business_account_id, kind, amount, available_after, reserved_after, message_id,"
+    " reference, at, note"
+)
+_CHARGE_COLUMNS = (
+    "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
+    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry"
+)
+_RESERVED = int(ChargeState.RESERVED)
+
+
+class SqliteBilling:
+    """Balances, ledger, charges, price tables (billing_model.BillingReads/BillingWrites)."""
+
+    connection: sqlite3.Connection
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get_balance(self, business_account_id: str) -> Balance:
+        r = self.connection.execute(
+            "SELECT available, reserved FROM balances WHERE business_account_id = ?",
+            (business_account_id,),
+        ).fetchone()
+        return Balance(0, 0) if r is None else Balance(int(r[0]), int(r[1]))
+
+    def get_charge(self, message_id: int) -> Charge | None:
+        r = self.connection.execute(
+            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if r is None else Charge(*r)
+
+    def ledger_page(
+        self, business_account_id: str, after_entry_id: int, limit: int
+    ) -> list[LedgerEntry]:
+        rows = self.connection.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger WHERE business_account_id = ? AND entry_id > ?"
+            " ORDER BY entry_id LIMIT ?",
+            (business_account_id, after_entry_id, limit),
+        ).fetchall()
+        return [LedgerEntry(*r) for r in rows]
+
+    def entry_for_reference(self, business_account_id: str, reference: str) -> LedgerEntry | None:
+        r = self.connection.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger WHERE business_account_id = ? AND reference = ?",
+            (business_account_id, reference),
+        ).fetchone()
+        return None if r is None else LedgerEntry(*r)
+
+    def price_tables(self) -> list[PriceTableRow]:
+        rows = self.connection.execute(
+            "SELECT version, effective_at, body, created_at, source FROM price_tables"
+            " ORDER BY effective_at"
+        ).fetchall()
+        return [PriceTableRow(*r) for r in rows]
+
+    def month_usage(
+        self, business_account_id: str, month: str, category: int, country: str
+    ) -> tuple[int, int]:
+        rows = self.connection.execute(
+            "SELECT country, count FROM usage_months"
+            " WHERE business_account_id = ? AND month = ? AND category = ?",
+            (business_account_id, month, category),
+        ).fetchall()
+        total = sum(int(n) for _, n in rows)
+        here = next((int(n) for c, n in rows if c == country), 0)
+        return total, here
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add_price_table(self, effective_at: float, body: str, at: float, source: str) -> int:
+        cur = self.connection.execute(
+            "INSERT INTO price_tables (effective_at, body, created_at, source) VALUES (?, ?, ?, ?)",
+            (effective_at, body, at, source),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _entry(
+        self,
+        business_account_id: str,
+        kind: EntryKind,
+        amount: int,
+        balance: Balance,
+        at: float,
+        *,
+        message_id: int | None = None,
+        reference: str | None = None,
+        note: str = "",
+    ) -> int | None:
+        """Append a ledger entry; None when its unique key (message and kind, or business and
+        reference) is taken (B2, B3)."""
+        r = self.connection.execute(
+            "INSERT INTO ledger (business_account_id, kind, amount, available_after,"
+            " reserved_after, message_id, reference, at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING entry_id",
+            (business_account_id, int(kind), amount, *balance, message_id, reference, at, note),
+        ).fetchone()
+        return None if r is None else int(r[0])
+
+    def _book(
+        self,
+        business_account_id: str,
+        kind: EntryKind,
+        amount: int,
+        move: Balance,
+        at: float,
+        *,
+        message_id: int | None = None,
+        reference: str | None = None,
+        note: str = "",
+    ) -> tuple[int, Balance] | None:
+        """Claim the entry's unique key first, then move the balance by `move` and write the
+        balance after into the entry: a key taken already (a second capture, a repeated
+        reference) moves no money (B2, B3). None in that case."""
+        entry_id = self._entry(
+            business_account_id, kind, amount, Balance(0, 0), at,
+            message_id=message_id, reference=reference, note=note,
+        )  # fmt: skip
+        if entry_id is None:
+            return None
+        r = self.connection.execute(
+            "UPDATE balances SET available = available + ?, reserved = reserved + ?"
+            " WHERE business_account_id = ? RETURNING available, reserved",
+            (*move, business_account_id),
+        ).fetchone()
+        after = Balance(int(r[0]), int(r[1]))
+        self.connection.execute(
+            "UPDATE ledger SET available_after = ?, reserved_after = ? WHERE entry_id = ?",
+            (*after, entry_id),
+        )
+        return entry_id, after
+
+    def top_up(
+        self, business_account_id: str, amount: int, reference: str, at: float, note: str
+    ) -> tuple[LedgerEntry, bool]:
+        self.connection.execute(
+            "INSERT INTO balances (business_account_id, available, reserved) VALUES (?, 0, 0)"
+            " ON CONFLICT DO NOTHING",
+            (business_account_id,),
+        )
+        booked = self._book(
+            business_account_id, EntryKind.TOP_UP, amount, Balance(amount, 0), at,
+            reference=reference, note=note,
+        )  # fmt: skip
+        if booked is None:
+            first = self.entry_for_reference(business_account_id, reference)
+            assert first is not None  # the conflict was on this very key
+            return first, False
+        entry_id, after = booked
+        return LedgerEntry(
+            entry_id, business_account_id, int(EntryKind.TOP_UP), amount, *after, None,
+            reference, at, note,
+        ), True  # fmt: skip
+
+    def reserve(self, charge: Charge, at: float) -> Reservation:
+        conn = self.connection
+        business, amount = charge.business_account_id, charge.amount
+        entry_id: int | None = None
+        if amount:
+            r = conn.execute(
+                "UPDATE balances SET available = available - ?, reserved = reserved + ?"
+                " WHERE business_account_id = ? AND available >= ? RETURNING available, reserved",
+                (amount, amount, business, amount),
+            ).fetchone()
+            if r is None:
+                return Reservation(False, self.get_balance(business), None)
+            balance = Balance(int(r[0]), int(r[1]))
+            entry_id = self._entry(
+                business, EntryKind.RESERVE, -amount, balance, at, message_id=charge.message_id
+            )
+            if entry_id is None:  # a new message's id cannot have a reservation: a bug
+                raise AssertionError(f"message {charge.message_id} reserved twice")
+        else:
+            balance = self.get_balance(business)
+        marks = ",".join("?" * len(Charge._fields))
+        conn.execute(
+            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES ({marks})",
+            charge._replace(state=_RESERVED, reserve_entry=entry_id, settle_entry=None),
+        )
+        return Reservation(True, balance, entry_id)
+
+    def settle_charges(
+        self, message_ids: list[int], state: ChargeState, at: float
+    ) -> list[Settled]:
+        if not message_ids:
+            return []
+        conn = self.connection
+        # The callers' batches are bounded (a batch of acks, an expiry batch), well within
+        # SQLite's limit on bound parameters.
+        marks = ",".join("?" * len(message_ids))
+        rows = conn.execute(
+            f"UPDATE charges SET state = ?, settled_at = ? WHERE state = ? AND message_id IN"
+            f" ({marks}) RETURNING {_CHARGE_COLUMNS}",
+            (int(state), at, _RESERVED, *message_ids),
+        ).fetchall()
+        moved = [Charge(*r) for r in rows]
+        out: list[Settled] = []
+        capture = state is ChargeState.CAPTURED
+        kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
+        for charge in sorted(moved, key=lambda c: c.message_id):
+            if not charge.amount:
+                out.append(Settled(charge, None))
+                continue
+            booked = self._book(
+                charge.business_account_id,
+                kind,
+                charge.amount,
+                Balance(0 if capture else charge.amount, -charge.amount),
+                at,
+                message_id=charge.message_id,
+            )
+            if booked is None:  # B2: the unique key says it was settled already
+                raise AssertionError(f"charge of message {charge.message_id} settled twice")
+            conn.execute(
+                "UPDATE charges SET settle_entry = ? WHERE message_id = ?",
+                (booked[0], charge.message_id),
+            )
+            out.append(Settled(charge._replace(settle_entry=booked[0]), booked[0]))
+        return out
+
+    def count_usage(
+        self, business_account_id: str, month: str, category: int, country: str
+    ) -> None:
+        self.connection.execute(
+            "INSERT INTO usage_months (business_account_id, month, category, country, count)"
+            " VALUES (?, ?, ?, ?, 1) ON CONFLICT (business_account_id, month, category, country)"
+            " DO UPDATE SET count = count + 1",
+            (business_account_id, month, category, country),
+        )
