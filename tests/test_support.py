@@ -20,6 +20,7 @@ from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 from parley.v1 import support_pb2 as spb
 
+from server.domain.support import QUEUE_PAGE
 from tests.conftest import Device, LiveServer, ServerFactory, link, register
 from tests.keys_helper import DeviceKeyMaker
 
@@ -442,3 +443,46 @@ def test_who_may_watch_and_when_the_stream_ends(shop: Shop) -> None:
         apb.RemoveDeviceRequest(device_id=shop.a.device_id), metadata=shop.primary.metadata
     )
     assert code_of(watch.next)[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_backlog_longer_than_a_page_streams_whole_and_in_order(shop: Shop) -> None:
+    """The stream reads the database a page (QUEUE_PAGE events) at a time: a longer backlog
+    comes whole, in order, before caught_up, and a cursor inside it resumes exactly there."""
+    rounds = QUEUE_PAGE // 2 + 5
+    for _ in range(rounds):
+        shop.close(shop.user, shop.open().conversation_id)
+    total = 2 * rounds
+    watch = Watch(shop, shop.primary)
+    assert [e.sequence for e in watch.events_until_caught_up()] == list(range(1, total + 1))
+    watch.close()
+    resumed = Watch(shop, shop.a, QUEUE_PAGE - 1)
+    got = [e.sequence for e in resumed.events_until_caught_up()]
+    assert got == list(range(QUEUE_PAGE, total + 1))
+    resumed.close()
+
+
+def test_two_concurrent_opens_make_one_conversation(shop: Shop) -> None:
+    barrier = threading.Barrier(2)
+    replies: list[spb.OpenSupportConversationResponse] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        replies.append(
+            shop.stub().OpenSupportConversation(
+                spb.OpenSupportConversationRequest(business_account_id=shop.primary.account_id),
+                metadata=shop.user.metadata,
+            )
+        )
+
+    threads = [threading.Thread(target=open_one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(r.created for r in replies) == [False, True]
+    assert len({r.conversation.conversation_id for r in replies}) == 1
+    watch = Watch(shop, shop.primary)
+    assert [spb.SupportEventKind.Name(e.kind) for e in watch.events_until_caught_up()] == [
+        "SUPPORT_EVENT_KIND_OPENED"
+    ]
+    watch.close()
