@@ -41,6 +41,7 @@ from server.domain.mailbox import Mailbox
 from server.domain.operator import OperatorGate
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import BusinessRule, SendingDesk
+from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
@@ -145,6 +146,7 @@ class ParleyServer:
     health: Any  # AsyncHealthServicer
     settings: Settings
     mailbox: Mailbox
+    support: SupportDesk
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -200,6 +202,7 @@ class ParleyServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.mailbox.close_streams()
+        self.support.close_streams()
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         await _finish_cancelled_calls()
         self.db.close()
@@ -272,8 +275,15 @@ async def _assemble(
     consent = ConsentBook(
         db, clock, settings.account_policy().test_numbers, after_signal=sending.review
     )
+    support = SupportDesk(db, clock, settings.messaging_policy().keepalive_interval)
     business_pb2_grpc.add_BusinessServiceServicer_to_server(
-        BusinessServicer(profiles=profiles, templates=templates, consent=consent, sending=sending),
+        BusinessServicer(
+            profiles=profiles,
+            templates=templates,
+            consent=consent,
+            sending=sending,
+            support=support,
+        ),
         server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
@@ -301,7 +311,7 @@ async def _assemble(
             f"cannot listen on {address}; check --host and --port (GRPC_VERBOSITY=debug shows "
             "gRPC's reason)"
         ) from None
-    return ParleyServer(server, port, db, health_servicer, settings, mailbox)
+    return ParleyServer(server, port, db, health_servicer, settings, mailbox, support)
 
 
 async def serve(settings: Settings) -> None:

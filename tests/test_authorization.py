@@ -38,6 +38,7 @@ from parley.v1 import admin_pb2 as adm
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
+from parley.v1 import support_pb2 as spb
 
 from server.config import Settings
 from server.domain.clock import ManualClock
@@ -82,6 +83,7 @@ class World:
     business: Device | None = None  # a business whose display name waits for review
     template_id: str = ""  # the business's APPROVED template
     pending_template_id: str = ""  # and one waiting for review
+    conversation_id: str = ""  # the owner's live-support conversation, once a request opened it
 
     def device(self, caller: str) -> Device | None:
         return {
@@ -400,6 +402,47 @@ def _no_businesses(outcome: Outcome) -> None:
     assert list(outcome[1].businesses) == []
 
 
+def _owner_support(w: World) -> str:
+    """A live-support conversation the owner opened with the business (its id)."""
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    return stub.OpenSupportConversation(
+        spb.OpenSupportConversationRequest(business_account_id=_business(w).account_id),
+        metadata=w.owner.metadata,
+    ).conversation.conversation_id
+
+
+def _support_state(w: World, cid: str) -> int:
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    return stub.GetSupportConversation(
+        spb.GetSupportConversationRequest(conversation_id=cid), metadata=w.owner.metadata
+    ).conversation.state
+
+
+def _no_agents(w: World, caller: str, outcome: Outcome) -> None:
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    listed = stub.ListAgents(spb.ListAgentsRequest(), metadata=_business(w).metadata)
+    assert not listed.agents
+
+
+def _own_support(w: World, caller: str, outcome: Outcome) -> None:
+    """The caller opened its own conversation, as its own account."""
+    user = w.device(caller)
+    assert user is not None and outcome[1].conversation.user_account_id == user.account_id
+
+
+def _support_still_open(w: World, caller: str, outcome: Outcome) -> None:
+    cid = w.conversation_id
+    closed = spb.SUPPORT_STATE_CLOSED
+    assert (_support_state(w, cid) == closed) == (caller != "stranger")
+
+
+def _support_request(w: World, make: Callable[[str], Message]) -> Message:
+    w.conversation_id = _owner_support(w)
+    return make(w.conversation_id)
+
+
+NOT_FOUND_TO_STRANGER = {"owner": OK, "linked": OK, "stranger": grpc.StatusCode.NOT_FOUND}
+
 SPECS: dict[str, Spec] = {
     "AccountService.StartVerification": Spec(
         lambda w, c: apb.StartVerificationRequest(phone_number=w.owner.phone_number),
@@ -559,6 +602,48 @@ SPECS: dict[str, Spec] = {
     "BusinessService.ListMyBusinesses": Spec(
         lambda w, c: bpb.ListMyBusinessesRequest(),
         expect(ALL_OK, lambda w, c, o: _no_businesses(o)),
+    ),
+    # Live support: agents and the queue are the business's (people are refused); a user opens,
+    # reads and closes their own conversation, and another person cannot even see it.
+    "BusinessService.SetAgent": Spec(
+        lambda w, c: spb.SetAgentRequest(device_id=1, on=True, display_name="Ann"),
+        expect(NOT_BUSINESS, _no_agents),
+    ),
+    "BusinessService.ListAgents": Spec(
+        lambda w, c: spb.ListAgentsRequest(), expect(NOT_BUSINESS, _no_agents)
+    ),
+    "BusinessService.OpenSupportConversation": Spec(
+        lambda w, c: spb.OpenSupportConversationRequest(
+            business_account_id=_business(w).account_id, topic="refund"
+        ),
+        expect(ALL_OK, _own_support),
+    ),
+    "BusinessService.GetSupportConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.GetSupportConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_FOUND_TO_STRANGER),
+    ),
+    "BusinessService.WatchSupportQueue": Spec(
+        lambda w, c: spb.WatchSupportQueueRequest(), expect(NOT_BUSINESS)
+    ),
+    "BusinessService.ClaimConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.ClaimConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_BUSINESS),
+    ),
+    "BusinessService.TransferConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.TransferConversationRequest(conversation_id=cid, to_device_id=1)
+        ),
+        expect(NOT_BUSINESS),
+    ),
+    "BusinessService.CloseConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.CloseConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_FOUND_TO_STRANGER, _support_still_open),
     ),
 }
 

@@ -16,6 +16,7 @@ from parley.v1 import business_pb2_grpc
 from server.domain.consent import ConsentBook
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import SendingDesk
+from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
 from server.rpc.consent_rpcs import ConsentRpcs
 from server.rpc.directory_convert import (
@@ -26,6 +27,7 @@ from server.rpc.directory_convert import (
 )
 from server.rpc.interceptors import caller
 from server.rpc.sending_rpcs import SendingRpcs
+from server.rpc.support_rpcs import SupportRpcs
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -90,7 +92,12 @@ class TemplateRpcs:
 
 
 class BusinessServicer(
-    ProfileRpcs, TemplateRpcs, ConsentRpcs, SendingRpcs, business_pb2_grpc.BusinessServiceServicer
+    ProfileRpcs,
+    TemplateRpcs,
+    ConsentRpcs,
+    SendingRpcs,
+    SupportRpcs,
+    business_pb2_grpc.BusinessServiceServicer,
 ):
     def __init__(
         self,
@@ -99,8 +106,10 @@ class BusinessServicer(
         templates: TemplateCatalog,
         consent: ConsentBook,
         sending: SendingDesk,
+        support: SupportDesk,
     ) -> None:
         self._profiles = profiles
         self._templates = templates
         self._consent = consent
         self._sending = sending
+        self._support = support

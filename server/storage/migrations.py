@@ -344,6 +344,60 @@ def _v8_device_count(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v9_live_support(conn: sqlite3.Connection) -> None:
+    """Live support (server.domain.support): agents, conversations and each business's queue
+    of events. At most one open conversation per (business, user) is a partial unique index;
+    state changes are conditional UPDATEs; event sequence numbers come from one counter row
+    per business, taken by an upsert, so writers on a business's queue commit in sequence
+    order (support_model U1-U4)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE support_agents (
+            account_id   TEXT NOT NULL,
+            device_id    INTEGER NOT NULL,
+            display_name TEXT NOT NULL,
+            since        REAL NOT NULL,
+            PRIMARY KEY (account_id, device_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE TABLE support_conversations (
+            conversation_id     TEXT PRIMARY KEY,
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            topic               TEXT NOT NULL,
+            state               INTEGER NOT NULL,  -- SupportState: 1 waiting, 2 assigned, 3 closed
+            agent_device_id     INTEGER NOT NULL DEFAULT 0,  -- 0: none
+            opened_at           REAL NOT NULL,
+            updated_at          REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX support_open_per_pair
+            ON support_conversations(business_account_id, user_account_id) WHERE state != 3;
+        CREATE INDEX support_latest_per_pair
+            ON support_conversations(business_account_id, user_account_id, opened_at);
+        CREATE TABLE support_queues (
+            business_account_id TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+            last_sequence       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE support_events (
+            business_account_id  TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            sequence             INTEGER NOT NULL,
+            kind                 INTEGER NOT NULL,  -- SupportEventKind
+            conversation_id      TEXT NOT NULL,
+            user_account_id      TEXT NOT NULL,
+            topic                TEXT NOT NULL,
+            agent_device_id      INTEGER NOT NULL,
+            agent_display_name   TEXT NOT NULL,
+            from_agent_device_id INTEGER NOT NULL,
+            closed_by            TEXT NOT NULL,
+            at                   REAL NOT NULL,
+            PRIMARY KEY (business_account_id, sequence)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -361,6 +415,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "accounts count their devices (the device limit as one conditional write)",
         _v8_device_count,
     ),
+    Migration(9, "live support: agents, support conversations and queue events", _v9_live_support),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -17,10 +17,17 @@ from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
+from server.storage.support import SqliteSupport
 
 
 class SqliteTransaction(
-    SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent, SqliteSending
+    SqliteAccounts,
+    SqliteKeys,
+    SqliteMessages,
+    SqliteDirectory,
+    SqliteConsent,
+    SqliteSending,
+    SqliteSupport,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

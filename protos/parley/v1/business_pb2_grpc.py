@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from parley.v1 import business_pb2 as parley_dot_v1_dot_business__pb2
+from parley.v1 import support_pb2 as parley_dot_v1_dot_support__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -112,6 +113,46 @@ class BusinessServiceStub:
                 '/parley.v1.BusinessService/GetBusinessStatus',
                 request_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+                _registered_method=True)
+        self.SetAgent = channel.unary_unary(
+                '/parley.v1.BusinessService/SetAgent',
+                request_serializer=parley_dot_v1_dot_support__pb2.SetAgentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.SetAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/parley.v1.BusinessService/ListAgents',
+                request_serializer=parley_dot_v1_dot_support__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.OpenSupportConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/OpenSupportConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.FromString,
+                _registered_method=True)
+        self.GetSupportConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/GetSupportConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.FromString,
+                _registered_method=True)
+        self.WatchSupportQueue = channel.unary_stream(
+                '/parley.v1.BusinessService/WatchSupportQueue',
+                request_serializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.FromString,
+                _registered_method=True)
+        self.ClaimConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/ClaimConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.ClaimConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.ClaimConversationResponse.FromString,
+                _registered_method=True)
+        self.TransferConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/TransferConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.TransferConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.TransferConversationResponse.FromString,
+                _registered_method=True)
+        self.CloseConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/CloseConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.CloseConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.CloseConversationResponse.FromString,
                 _registered_method=True)
 
 
@@ -258,6 +299,94 @@ class BusinessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAgent(self, request, context):
+        """==== links: click-to-chat RPCs go here ====
+        ==== end links ====
+
+        ==== support: live-support RPCs go here ====
+        SetAgent makes one of the business's devices an agent (on, with the display name users
+        see), renames it, or stops it (off). Only the business's primary device (device 1) may
+        call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+        when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgents(self, request, context):
+        """ListAgents lists the calling business's agents; any device of the business may call it
+        (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSupportConversation(self, request, context):
+        """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+        open conversation per (business, user): opening again returns the open one. It counts as
+        the user contacting the business (the 24-hour service window opens), and while it is open
+        the user's messages to the business go to its primary device and the assigned agent only.
+        NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+        caller's own; PERMISSION_DENIED: the business blocked the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSupportConversation(self, request, context):
+        """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+        theirs (by id or by business), the business's agents and primary device read the
+        business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+        business device that is neither an agent nor the primary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSupportQueue(self, request, context):
+        """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+        closed), each with a sequence number strictly increasing without gaps: every event after
+        `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+        sequence seen misses nothing and repeats nothing. For agent devices and the primary
+        device: PERMISSION_DENIED for another device of the business (also when the device stops
+        being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+        ends UNAUTHENTICATED when the device is removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimConversation(self, request, context):
+        """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+        agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+        agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+        business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferConversation(self, request, context):
+        """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+        the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+        user's new messages go to the new agent; earlier ones stay with the earlier agent.
+        NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+        agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseConversation(self, request, context):
+        """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+        is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+        it is closed already; NOT_FOUND for a conversation the caller cannot see.
+        ==== end support ====
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BusinessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +464,46 @@ def add_BusinessServiceServicer_to_server(servicer, server):
                     servicer.GetBusinessStatus,
                     request_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.FromString,
                     response_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.SerializeToString,
+            ),
+            'SetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgent,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.SetAgentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.SetAgentResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.ListAgentsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'OpenSupportConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSupportConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.SerializeToString,
+            ),
+            'GetSupportConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSupportConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.SerializeToString,
+            ),
+            'WatchSupportQueue': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSupportQueue,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.SerializeToString,
+            ),
+            'ClaimConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.ClaimConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.ClaimConversationResponse.SerializeToString,
+            ),
+            'TransferConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.TransferConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.TransferConversationResponse.SerializeToString,
+            ),
+            'CloseConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.CloseConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.CloseConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +915,222 @@ class BusinessService:
             '/parley.v1.BusinessService/GetBusinessStatus',
             parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
             parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/SetAgent',
+            parley_dot_v1_dot_support__pb2.SetAgentRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.SetAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ListAgents',
+            parley_dot_v1_dot_support__pb2.ListAgentsRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSupportConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/OpenSupportConversation',
+            parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSupportConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetSupportConversation',
+            parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSupportQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.BusinessService/WatchSupportQueue',
+            parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ClaimConversation',
+            parley_dot_v1_dot_support__pb2.ClaimConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.ClaimConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/TransferConversation',
+            parley_dot_v1_dot_support__pb2.TransferConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.TransferConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/CloseConversation',
+            parley_dot_v1_dot_support__pb2.CloseConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.CloseConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from parley.v1 import business_pb2 as _business_pb2
+from parley.v1 import support_pb2 as _support_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -110,6 +111,62 @@ class BusinessServiceStub:
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
     """
+    SetAgent: _grpc.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]
+    """==== links: click-to-chat RPCs go here ====
+    ==== end links ====
+
+    ==== support: live-support RPCs go here ====
+    SetAgent makes one of the business's devices an agent (on, with the display name users
+    see), renames it, or stops it (off). Only the business's primary device (device 1) may
+    call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+    when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+    """
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_support_pb2.ListAgentsRequest, _support_pb2.ListAgentsResponse]
+    """ListAgents lists the calling business's agents; any device of the business may call it
+    (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+    """
+    OpenSupportConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.OpenSupportConversationRequest, _support_pb2.OpenSupportConversationResponse]
+    """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+    open conversation per (business, user): opening again returns the open one. It counts as
+    the user contacting the business (the 24-hour service window opens), and while it is open
+    the user's messages to the business go to its primary device and the assigned agent only.
+    NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+    caller's own; PERMISSION_DENIED: the business blocked the caller.
+    """
+    GetSupportConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.GetSupportConversationRequest, _support_pb2.GetSupportConversationResponse]
+    """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+    theirs (by id or by business), the business's agents and primary device read the
+    business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+    business device that is neither an agent nor the primary).
+    """
+    WatchSupportQueue: _grpc.UnaryStreamMultiCallable[_support_pb2.WatchSupportQueueRequest, _support_pb2.WatchSupportQueueResponse]
+    """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+    closed), each with a sequence number strictly increasing without gaps: every event after
+    `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+    sequence seen misses nothing and repeats nothing. For agent devices and the primary
+    device: PERMISSION_DENIED for another device of the business (also when the device stops
+    being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+    ends UNAUTHENTICATED when the device is removed.
+    """
+    ClaimConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.ClaimConversationRequest, _support_pb2.ClaimConversationResponse]
+    """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+    agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+    agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+    business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+    """
+    TransferConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.TransferConversationRequest, _support_pb2.TransferConversationResponse]
+    """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+    the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+    user's new messages go to the new agent; earlier ones stay with the earlier agent.
+    NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+    agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+    """
+    CloseConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.CloseConversationRequest, _support_pb2.CloseConversationResponse]
+    """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+    is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+    it is closed already; NOT_FOUND for a conversation the caller cannot see.
+    ==== end support ====
+    """
 
 @_typing.type_check_only
 class BusinessServiceAsyncStub(BusinessServiceStub):
@@ -192,6 +249,62 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+    """
+    SetAgent: _aio.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]  # type: ignore[assignment]
+    """==== links: click-to-chat RPCs go here ====
+    ==== end links ====
+
+    ==== support: live-support RPCs go here ====
+    SetAgent makes one of the business's devices an agent (on, with the display name users
+    see), renames it, or stops it (off). Only the business's primary device (device 1) may
+    call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+    when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+    """
+    ListAgents: _aio.UnaryUnaryMultiCallable[_support_pb2.ListAgentsRequest, _support_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """ListAgents lists the calling business's agents; any device of the business may call it
+    (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+    """
+    OpenSupportConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.OpenSupportConversationRequest, _support_pb2.OpenSupportConversationResponse]  # type: ignore[assignment]
+    """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+    open conversation per (business, user): opening again returns the open one. It counts as
+    the user contacting the business (the 24-hour service window opens), and while it is open
+    the user's messages to the business go to its primary device and the assigned agent only.
+    NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+    caller's own; PERMISSION_DENIED: the business blocked the caller.
+    """
+    GetSupportConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.GetSupportConversationRequest, _support_pb2.GetSupportConversationResponse]  # type: ignore[assignment]
+    """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+    theirs (by id or by business), the business's agents and primary device read the
+    business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+    business device that is neither an agent nor the primary).
+    """
+    WatchSupportQueue: _aio.UnaryStreamMultiCallable[_support_pb2.WatchSupportQueueRequest, _support_pb2.WatchSupportQueueResponse]  # type: ignore[assignment]
+    """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+    closed), each with a sequence number strictly increasing without gaps: every event after
+    `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+    sequence seen misses nothing and repeats nothing. For agent devices and the primary
+    device: PERMISSION_DENIED for another device of the business (also when the device stops
+    being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+    ends UNAUTHENTICATED when the device is removed.
+    """
+    ClaimConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.ClaimConversationRequest, _support_pb2.ClaimConversationResponse]  # type: ignore[assignment]
+    """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+    agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+    agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+    business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+    """
+    TransferConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.TransferConversationRequest, _support_pb2.TransferConversationResponse]  # type: ignore[assignment]
+    """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+    the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+    user's new messages go to the new agent; earlier ones stay with the earlier agent.
+    NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+    agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+    """
+    CloseConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.CloseConversationRequest, _support_pb2.CloseConversationResponse]  # type: ignore[assignment]
+    """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+    is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+    it is closed already; NOT_FOUND for a conversation the caller cannot see.
+    ==== end support ====
     """
 
 class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -362,6 +475,110 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
         rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
         quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAgent(
+        self,
+        request: _support_pb2.SetAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.SetAgentResponse, _abc.Awaitable[_support_pb2.SetAgentResponse]]:
+        """==== links: click-to-chat RPCs go here ====
+        ==== end links ====
+
+        ==== support: live-support RPCs go here ====
+        SetAgent makes one of the business's devices an agent (on, with the display name users
+        see), renames it, or stops it (off). Only the business's primary device (device 1) may
+        call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+        when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _support_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.ListAgentsResponse, _abc.Awaitable[_support_pb2.ListAgentsResponse]]:
+        """ListAgents lists the calling business's agents; any device of the business may call it
+        (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenSupportConversation(
+        self,
+        request: _support_pb2.OpenSupportConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.OpenSupportConversationResponse, _abc.Awaitable[_support_pb2.OpenSupportConversationResponse]]:
+        """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+        open conversation per (business, user): opening again returns the open one. It counts as
+        the user contacting the business (the 24-hour service window opens), and while it is open
+        the user's messages to the business go to its primary device and the assigned agent only.
+        NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+        caller's own; PERMISSION_DENIED: the business blocked the caller.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSupportConversation(
+        self,
+        request: _support_pb2.GetSupportConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.GetSupportConversationResponse, _abc.Awaitable[_support_pb2.GetSupportConversationResponse]]:
+        """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+        theirs (by id or by business), the business's agents and primary device read the
+        business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+        business device that is neither an agent nor the primary).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSupportQueue(
+        self,
+        request: _support_pb2.WatchSupportQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_support_pb2.WatchSupportQueueResponse], _abc.AsyncIterator[_support_pb2.WatchSupportQueueResponse]]:
+        """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+        closed), each with a sequence number strictly increasing without gaps: every event after
+        `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+        sequence seen misses nothing and repeats nothing. For agent devices and the primary
+        device: PERMISSION_DENIED for another device of the business (also when the device stops
+        being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+        ends UNAUTHENTICATED when the device is removed.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimConversation(
+        self,
+        request: _support_pb2.ClaimConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.ClaimConversationResponse, _abc.Awaitable[_support_pb2.ClaimConversationResponse]]:
+        """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+        agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+        agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+        business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferConversation(
+        self,
+        request: _support_pb2.TransferConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.TransferConversationResponse, _abc.Awaitable[_support_pb2.TransferConversationResponse]]:
+        """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+        the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+        user's new messages go to the new agent; earlier ones stay with the earlier agent.
+        NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+        agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+        """
+
+    @_abc_1.abstractmethod
+    def CloseConversation(
+        self,
+        request: _support_pb2.CloseConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.CloseConversationResponse, _abc.Awaitable[_support_pb2.CloseConversationResponse]]:
+        """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+        is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+        it is closed already; NOT_FOUND for a conversation the caller cannot see.
+        ==== end support ====
         """
 
 def add_BusinessServiceServicer_to_server(servicer: BusinessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

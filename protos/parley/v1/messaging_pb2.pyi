@@ -270,6 +270,7 @@ class MismatchedDevices(_message.Message):
     MISSING_DEVICES_FIELD_NUMBER: _builtins.int
     EXTRA_DEVICES_FIELD_NUMBER: _builtins.int
     STALE_DEVICES_FIELD_NUMBER: _builtins.int
+    SUPPORT_DEVICES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The recipient account."""
     @_builtins.property
@@ -286,6 +287,14 @@ class MismatchedDevices(_message.Message):
     def stale_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Devices whose registration id changed (re-installed): fetch new bundles, new sessions."""
 
+    @_builtins.property
+    def support_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Set when a live-support conversation limits which devices of this business the sender's
+        messages may reach: the expected set (the primary device and the assigned agent's). The
+        business's other devices are then in extra_devices although they exist: leave them out of
+        sends while the conversation is open, but keep their sessions and identities.
+        """
+
     def __init__(
         self,
         *,
@@ -293,10 +302,11 @@ class MismatchedDevices(_message.Message):
         missing_devices: _abc.Iterable[_builtins.int] | None = ...,
         extra_devices: _abc.Iterable[_builtins.int] | None = ...,
         stale_devices: _abc.Iterable[_builtins.int] | None = ...,
+        support_devices: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "extra_devices", b"extra_devices", "missing_devices", b"missing_devices", "stale_devices", b"stale_devices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "extra_devices", b"extra_devices", "missing_devices", b"missing_devices", "stale_devices", b"stale_devices", "support_devices", b"support_devices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
