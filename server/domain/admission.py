@@ -110,6 +110,8 @@ class SendRequest:
     category: int = MessageCategory.UNSPECIFIED
     template_name: str = ""
     template_id: str = ""
+    # The chat link the chat was started from (server.domain.links): checked, never stored.
+    chat_link_code: str = ""
 
     def fingerprint(self) -> bytes:
         """Digest of the body, to tell a retry from a reused request_id."""
@@ -120,6 +122,8 @@ class SendRequest:
         ]
         if self.template_id:  # only then: digests of sends stored before it existed still match
             parts.append(self.template_id.encode())
+        if self.chat_link_code:  # the same
+            parts.append(b"link:" + self.chat_link_code.encode())
         for c in self.copies:
             parts.append(
                 struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))

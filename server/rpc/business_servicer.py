@@ -14,9 +14,11 @@ from parley.v1 import business_pb2 as bpb
 from parley.v1 import business_pb2_grpc
 
 from server.domain.consent import ConsentBook
+from server.domain.links import ChatLinks
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import SendingDesk
 from server.domain.templates import TemplateCatalog
+from server.rpc.chat_link_rpcs import ChatLinkRpcs
 from server.rpc.consent_rpcs import ConsentRpcs
 from server.rpc.directory_convert import (
     content_from_proto,
@@ -90,7 +92,12 @@ class TemplateRpcs:
 
 
 class BusinessServicer(
-    ProfileRpcs, TemplateRpcs, ConsentRpcs, SendingRpcs, business_pb2_grpc.BusinessServiceServicer
+    ProfileRpcs,
+    TemplateRpcs,
+    ConsentRpcs,
+    SendingRpcs,
+    ChatLinkRpcs,
+    business_pb2_grpc.BusinessServiceServicer,
 ):
     def __init__(
         self,
@@ -99,8 +106,10 @@ class BusinessServicer(
         templates: TemplateCatalog,
         consent: ConsentBook,
         sending: SendingDesk,
+        links: ChatLinks,
     ) -> None:
         self._profiles = profiles
         self._templates = templates
         self._consent = consent
         self._sending = sending
+        self._links = links

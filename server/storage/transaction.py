@@ -15,12 +15,19 @@ from server.storage.accounts import SqliteAccounts
 from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
+from server.storage.links import SqliteLinks
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
 
 
 class SqliteTransaction(
-    SqliteAccounts, SqliteKeys, SqliteMessages, SqliteDirectory, SqliteConsent, SqliteSending
+    SqliteAccounts,
+    SqliteKeys,
+    SqliteMessages,
+    SqliteDirectory,
+    SqliteConsent,
+    SqliteSending,
+    SqliteLinks,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
