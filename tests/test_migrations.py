@@ -78,7 +78,7 @@ def test_migrated_device_count_enforces_the_limit(
         "INSERT INTO accounts (account_id, phone_number, kind, created_at)"
         " VALUES ('no-devices', '+14155550999', 1, 0)"
     )
-    assert migrations.migrate(conn) == [8]
+    assert migrations.migrate(conn, target=8) == [8]
     counts = dict(conn.execute("SELECT account_id, device_count FROM accounts").fetchall())
     assert counts == {V1_ACCOUNT: 2, "no-devices": 0}
     conn.close()
