@@ -311,7 +311,7 @@ def _try(compute: Callable[[], _Verdict]) -> _Verdict | DomainError:
 
 
 class BusinessRule:
-    """Admission rule 7: the sending rules above, for sends by a business; a person's send to
+    """Admission rule 8: the sending rules above, for sends by a business; a person's send to
     a business opens the window. The last rule, so once it passes the draft is admitted."""
 
     def __init__(self, policy: SendingPolicy, clock: Clock) -> None:
