@@ -9,23 +9,19 @@ module as the consent calls are. A link is named by its URL (``https://.../c/COD
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
 from grpc import aio
 from parley.v1 import business_pb2_grpc
 from parley.v1 import chat_links_pb2 as lpb
 
-from client.errors import from_rpc_error
+from client.consent_api import _unary
 
 if TYPE_CHECKING:
     from client.api import ParleyClient, SentMessage
-
-T = TypeVar("T")
 
 
 class ChatLinkUsageError(ValueError):
@@ -124,14 +120,6 @@ def _link(m: lpb.ChatLink) -> ChatLink:
 
 def _settings(m: lpb.ChatLinkSettings) -> LinkSettings:
     return LinkSettings(m.number_links, m.number_link_url, m.number_link_opens)
-
-
-async def _unary(call: Awaitable[T]) -> T:
-    """As ``client.api._rpc`` (which this module cannot import: client.api imports it)."""
-    try:
-        return await call
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from exc
 
 
 class ChatLinkCalls:

@@ -43,7 +43,7 @@ from server.domain.operator import OperatorGate
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import BusinessRule, SendingDesk
 from server.domain.templates import TemplateCatalog
-from server.http import LandingPages
+from server.http import HttpBindError, LandingPages
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
 from server.rpc.admin_servicer import AdminServicer
@@ -187,7 +187,12 @@ class ParleyServer:
     async def start(self) -> None:
         await self.grpc_server.start()
         if self.landing is not None:
-            self.http_port = await self.landing.start()
+            try:
+                self.http_port = await self.landing.start()
+            except HttpBindError as exc:
+                await self.grpc_server.stop(None)
+                self.db.close()
+                raise StartupError(str(exc)) from None
             if not self.settings.public_url:
                 self.links.public_url = f"http://{self.settings.host}:{self.http_port}"
             log.info(

@@ -305,6 +305,8 @@ def _check(s: Settings) -> None:
         raise SystemExit("parley-server: --sqlite-synchronous must be FULL, NORMAL or EXTRA")
     if not 0 <= s.port <= 65535:
         raise SystemExit("parley-server: --port must be between 0 and 65535")
+    if s.http_port and s.http_port == s.port:
+        raise SystemExit("parley-server: --http-port must differ from --port (gRPC)")
     if s.max_database_mb < 0:
         raise SystemExit("parley-server: --max-database-mb must be 0 (no limit) or more")
     if s.marketing_per_user < 1:

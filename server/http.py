@@ -66,6 +66,10 @@ QR_CACHE = "public, max-age=3600"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class HttpBindError(Exception):
+    """The HTTP port cannot be bound; the message says what to change."""
+
+
 def _page(title: str, body: str, status: int = 200) -> web.Response:
     text = (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -158,10 +162,15 @@ class LandingPages:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound sockets only here
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise HttpBindError(
+                f"cannot serve the landing pages on {self._host}:{self._port}"
+                f" ({exc.strerror or exc}); choose another --http-port, or off"
+            ) from None
+        self.port = int(self._runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:
@@ -220,24 +229,20 @@ class LandingPages:
             f"Chat with {_who(r, number)[0]} on Parley", landing_page(r, deep, None, number)
         )
 
-    async def _qr_url(self, request: web.Request) -> str | None:
-        try:
-            return await self._links.link_for_qr(request.match_info["code"])
-        except DomainError:
-            return None
-
     async def _png(self, request: web.Request) -> web.Response:
-        url = await self._qr_url(request)
-        if url is None:
-            return not_found_page()
-        return web.Response(
-            body=qr_png(url), content_type="image/png", headers={"Cache-Control": QR_CACHE}
-        )
+        return await self._qr(request, qr_png, "image/png")
 
     async def _svg(self, request: web.Request) -> web.Response:
-        url = await self._qr_url(request)
-        if url is None:
+        return await self._qr(request, qr_svg, "image/svg+xml")
+
+    async def _qr(
+        self, request: web.Request, render: Callable[[str], bytes], content_type: str
+    ) -> web.Response:
+        """The QR code of a live link (no open counted: the page shows it on every open)."""
+        try:
+            url = await self._links.link_for_qr(request.match_info["code"])
+        except DomainError:
             return not_found_page()
         return web.Response(
-            body=qr_svg(url), content_type="image/svg+xml", headers={"Cache-Control": QR_CACHE}
+            body=render(url), content_type=content_type, headers={"Cache-Control": QR_CACHE}
         )

@@ -10,9 +10,11 @@ tests/test_landing_browser.py.
 from __future__ import annotations
 
 import io
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import zxingcpp
@@ -25,6 +27,7 @@ from PIL import Image
 
 from server.http import CSP
 from tests.conftest import Device, LiveServer, ServerFactory, register
+from tests.test_startup import start_fails
 
 SHOP = "+15550003333"
 PERSON = "+15550001111"
@@ -182,3 +185,16 @@ def test_http_is_off_unless_asked_for(make_server: ServerFactory) -> None:
     server = make_server()
     with pytest.raises(AssertionError, match="no HTTP"):
         _ = server.http_port
+
+
+def test_a_taken_http_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = start_fails(
+            "--host", "127.0.0.1", "--port", "0", "--http-port", str(port),
+            "--database", str(tmp_path / "p.db"),
+        )  # fmt: skip
+    assert f"cannot serve the landing pages on 127.0.0.1:{port}" in line
+    assert "choose another --http-port" in line
