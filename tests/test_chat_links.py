@@ -28,9 +28,11 @@ from client.api import ParleyClient, TextMessage
 from client.chat_link_api import ChatLinkUsageError, parse_link
 from client.errors import FailedPrecondition, NotFound
 from server.domain.links import ENTRY_WINDOW
+from server.domain.links_model import LinkRow
 from tests.client_helpers import closing, drain, registered
 from tests.conftest import LiveServer, ServerFactory, register
 from tests.keys_helper import DeviceKeyMaker
+from tests.test_invariants import transaction
 
 SHOP = "+15550003333"
 USER = "+15550001111"
@@ -276,3 +278,31 @@ def test_parse_link_takes_urls_deep_links_and_codes() -> None:
     for bad in ("", "https://x.example/about", "mailto://x", "a/b"):
         with pytest.raises(ChatLinkUsageError):
             parse_link(bad)
+
+
+# -- the storage guarantees (links_model L2, L3), on the server's database beside its writer ----
+
+
+def test_entry_window_opens_once_while_open_and_again_after(links_server: LiveServer) -> None:
+    """L2: of two writers opening the window of one pair, the second finds it open and does not
+    count; once it closed, the next opens it again."""
+    shop = register(links_server, SHOP, apb.ACCOUNT_KIND_BUSINESS)
+    user = register(links_server, USER)
+    pair = (shop.account_id, user.account_id)
+    with transaction(links_server, commit=True) as tx:
+        assert tx.open_entry_window(*pair, 1000.0, 1000.0 + ENTRY_WINDOW)
+    with transaction(links_server, commit=True) as tx:
+        assert not tx.open_entry_window(*pair, 2000.0, 2000.0 + ENTRY_WINDOW)
+        assert tx.entry_window(*pair) == (*pair, 1000.0, 1000.0 + ENTRY_WINDOW)
+        assert tx.open_entry_window(*pair, 1000.0 + ENTRY_WINDOW, 1000.0 + 2 * ENTRY_WINDOW)
+
+
+def test_link_cap_is_one_conditional_insert(links_server: LiveServer) -> None:
+    """L3: the insert counts the owner's links itself; at the cap it inserts nothing."""
+    user = register(links_server, USER)
+    with transaction(links_server) as tx:
+        for i in range(3):
+            row = LinkRow(f"{i:016d}", user.account_id, "", "", float(i), 0, 0)
+            assert tx.insert_link(row, 3)
+        assert not tx.insert_link(LinkRow("x" * 16, user.account_id, "", "", 9.0, 0, 0), 3)
+        assert [r.code for r in tx.links_of(user.account_id)] == [f"{i:016d}" for i in range(3)]
