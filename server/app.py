@@ -195,6 +195,12 @@ class ParleyServer:
                 raise StartupError(str(exc)) from None
             if not self.settings.public_url:
                 self.links.public_url = f"http://{self.settings.host}:{self.http_port}"
+                if self.settings.host in ("0.0.0.0", "::", ""):
+                    log.warning(
+                        "chat links name %s, which no user can open: set --public-url to"
+                        " the address users reach the landing pages at",
+                        self.links.public_url,
+                    )
             log.info(
                 "landing pages on %s", self.links.public_url, extra={"http_port": self.http_port}
             )

@@ -25,6 +25,7 @@ from parley.v1 import business_pb2 as bpb
 from parley.v1 import chat_links_pb2 as lpb
 from PIL import Image
 
+from server import config
 from server.http import CSP
 from tests.conftest import Device, LiveServer, ServerFactory, register
 from tests.test_startup import start_fails
@@ -198,3 +199,18 @@ def test_a_taken_http_port_is_a_one_line_startup_error(tmp_path: Path) -> None:
         )  # fmt: skip
     assert f"cannot serve the landing pages on 127.0.0.1:{port}" in line
     assert "choose another --http-port" in line
+
+
+def test_http_settings_parse_and_refuse_clearly() -> None:
+    assert config.load([], environ={}).http_port is None
+    assert config.load(["--http-port", "off"], environ={}).http_port is None
+    assert config.load([], environ={"PARLEY_HTTP_PORT": "0"}).http_port == 0
+    url = config.load(["--public-url", "https://chat.example.com/"], environ={}).public_url
+    assert url == "https://chat.example.com"
+    for argv, words in (
+        (["--http-port", "70000"], "not a port"),
+        (["--public-url", "chat.example.com"], "not a base URL"),
+        (["--port", "8080", "--http-port", "8080"], "must differ from --port"),
+    ):
+        with pytest.raises(SystemExit, match=words):
+            config.load(argv, environ={})
