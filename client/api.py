@@ -49,6 +49,7 @@ from parley.v1 import content_pb2 as cpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 
+from client.chat_link_api import ChatLinkCalls
 from client.consent_api import ConsentCalls
 from client.crypto import (
     CryptoError,
@@ -564,7 +565,7 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 # --- the client ------------------------------------------------------------------------------
 
 
-class ParleyClient(ConsentCalls):
+class ParleyClient(ConsentCalls, ChatLinkCalls):
     """One device of one account: registration, keys, sending and receiving.
 
     Use as ``async with ParleyClient.open(profile_dir) as client: ...``. The clock and the
@@ -1220,6 +1221,7 @@ class ParleyClient(ConsentCalls):
         *,
         online_only: bool = False,
         business: mpb.BusinessMetadata | None = None,
+        chat_link_code: str = "",
     ) -> _Sent | None:
         """Encrypt ``content`` for every device of ``account_id`` and send it, fixing the
         device list as the server asks (rule 3). None when there is no device to send to
@@ -1253,6 +1255,7 @@ class ParleyClient(ConsentCalls):
                 client_timestamp_ms=timestamp_ms,
                 online_only=online_only,
                 business=business,
+                chat_link_code=chat_link_code,
             )
             try:
                 reply = await _rpc(self._messaging.SendMessage(request, metadata=self._metadata()))
@@ -1321,7 +1324,7 @@ class ParleyClient(ConsentCalls):
             fresh.extend(await self._fetch_sessions(account_id, device_id))
         messages.update(self._encrypt(account_id, [*reuse, *fresh], plaintext))
 
-    async def send(self, recipient: str, text: str) -> SentMessage:
+    async def send(self, recipient: str, text: str, *, chat_link_code: str = "") -> SentMessage:
         """Send a text message to every device of ``recipient`` (account id or +phone), and a
         sync copy to this account's other devices.
 
@@ -1346,6 +1349,7 @@ class ParleyClient(ConsentCalls):
             timestamp_ms,
             text,
             business,
+            chat_link_code=chat_link_code,
         )
 
     async def _send_and_record(
@@ -1356,10 +1360,15 @@ class ParleyClient(ConsentCalls):
         timestamp_ms: int,
         text: str,
         business: mpb.BusinessMetadata | None,
+        *,
+        chat_link_code: str = "",
     ) -> SentMessage:
         """Send a message a person reads, then its sync copy to our other devices, and keep
-        ``text`` (what it shows) in the history."""
-        sent = await self._send_content(account_id, content, timestamp_ms, business=business)
+        ``text`` (what it shows) in the history. ``chat_link_code`` goes on the message to the
+        recipient only (the chat link it was started from), never on the sync copy."""
+        sent = await self._send_content(
+            account_id, content, timestamp_ms, business=business, chat_link_code=chat_link_code
+        )
         if sent is None:
             raise self._nobody(account_id)
         synced: tuple[int, ...] = ()

@@ -45,7 +45,10 @@ Rules kept here, and what enforces each one with concurrent writers (several rep
 6. An empty send to one's own account is a probe ("I know of no other device"): once the device
    rule agreed, it is answered, not stored, and later rules (limits, billing) never see it
    (`ProbeRule`).
-7. A business's send follows the sending rules (template, window, consent, limits, quality)
+7. A send carrying `chat_link_code` names a live chat link of its recipient; to a business
+   it opens the 72-hour entry window and counts the chat started
+   (`server.domain.links.ChatLinkRule`, added by the app before the business rule).
+8. A business's send follows the sending rules (template, window, consent, limits, quality)
    and a person's message to a business opens the customer-service window
    (`server.domain.sending.BusinessRule`, added by the app with its settings). It is the last
    rule, so its counters move only for a send that is admitted, and it may *stamp* the draft:
@@ -117,6 +120,8 @@ class SendRequest:
     category: int = MessageCategory.UNSPECIFIED
     template_name: str = ""
     template_id: str = ""
+    # The chat link the chat was started from (server.domain.links): checked, never stored.
+    chat_link_code: str = ""
 
     def fingerprint(self) -> bytes:
         """Digest of the body, to tell a retry from a reused request_id."""
@@ -127,6 +132,8 @@ class SendRequest:
         ]
         if self.template_id:  # only then: digests of sends stored before it existed still match
             parts.append(self.template_id.encode())
+        if self.chat_link_code:  # the same
+            parts.append(b"link:" + self.chat_link_code.encode())
         for c in self.copies:
             parts.append(
                 struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))

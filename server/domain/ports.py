@@ -29,8 +29,8 @@ keep each invariant cite these by name):
 
 Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
 `server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
-`server.domain.sending_model`; U1-U4 (live support) in `server.domain.support_model`.
-Accounts and keys continue here:
+`server.domain.sending_model`; U1-U4 (live support) in `server.domain.support_model`; L1-L4
+(click-to-chat) in `server.domain.links_model`. Accounts and keys continue here:
 
 11. `insert_device` takes one of the account's device slots with one conditional UPDATE of the
     account's device count (`device_count < max`) before it inserts, in the same transaction,
@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from server.domain.consent_model import ConsentReads, ConsentWrites
+from server.domain.links_model import LinkReads, LinkWrites
 from server.domain.model import (
     AccountRow,
     DeviceKeys,
@@ -236,7 +237,14 @@ class MessageWrites(Protocol):
 
 
 class ReadTransaction(
-    AccountReads, KeyReads, MessageReads, ConsentReads, SendingReads, SupportReads, Protocol
+    AccountReads,
+    KeyReads,
+    MessageReads,
+    ConsentReads,
+    SendingReads,
+    SupportReads,
+    LinkReads,
+    Protocol,
 ):
     """What a read transaction offers: a consistent view, no writes."""
 
@@ -249,6 +257,7 @@ class Transaction(
     ConsentWrites,
     SendingWrites,
     SupportWrites,
+    LinkWrites,
     Protocol,
 ):
     """What a write transaction offers: every read, and the writes."""

@@ -398,6 +398,40 @@ def _v9_live_support(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v10_chat_links(conn: sqlite3.Connection) -> None:
+    """Click-to-chat (server.domain.links): the links with their counters, each account's
+    number-link setting, and the 72-hour entry windows. No table names who opened a link: a
+    link holds counters only, and an entry window names the business and the user but not the
+    link (links_model L1-L4)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE chat_links (
+            code           TEXT PRIMARY KEY,   -- 16 URL-safe characters, 96 random bits
+            account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            prefilled_text TEXT NOT NULL,
+            label          TEXT NOT NULL,
+            created_at     REAL NOT NULL,
+            opens          INTEGER NOT NULL DEFAULT 0,
+            chats_started  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE INDEX chat_links_by_account ON chat_links(account_id, created_at);
+        CREATE TABLE chat_link_settings (
+            account_id        TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+            number_links      INTEGER,            -- 0 or 1, NULL: the default of its kind
+            number_link_opens INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE entry_windows (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            opened_at           REAL NOT NULL,
+            closes_at           REAL NOT NULL,
+            PRIMARY KEY (business_account_id, user_account_id)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -416,6 +450,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         _v8_device_count,
     ),
     Migration(9, "live support: agents, support conversations and queue events", _v9_live_support),
+    Migration(
+        10, "click-to-chat links, number-link settings, 72-hour entry windows", _v10_chat_links
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

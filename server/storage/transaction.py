@@ -15,6 +15,7 @@ from server.storage.accounts import SqliteAccounts
 from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
+from server.storage.links import SqliteLinks
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
 from server.storage.support import SqliteSupport
@@ -28,6 +29,7 @@ class SqliteTransaction(
     SqliteConsent,
     SqliteSending,
     SqliteSupport,
+    SqliteLinks,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

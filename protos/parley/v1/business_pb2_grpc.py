@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from parley.v1 import business_pb2 as parley_dot_v1_dot_business__pb2
+from parley.v1 import chat_links_pb2 as parley_dot_v1_dot_chat__links__pb2
 from parley.v1 import support_pb2 as parley_dot_v1_dot_support__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -113,6 +114,36 @@ class BusinessServiceStub:
                 '/parley.v1.BusinessService/GetBusinessStatus',
                 request_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+                _registered_method=True)
+        self.CreateChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/CreateChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.FromString,
+                _registered_method=True)
+        self.ListChatLinks = channel.unary_unary(
+                '/parley.v1.BusinessService/ListChatLinks',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.FromString,
+                _registered_method=True)
+        self.DeleteChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/DeleteChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.FromString,
+                _registered_method=True)
+        self.ResolveChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/ResolveChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.FromString,
+                _registered_method=True)
+        self.GetChatLinkSettings = channel.unary_unary(
+                '/parley.v1.BusinessService/GetChatLinkSettings',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.FromString,
+                _registered_method=True)
+        self.SetChatLinkSettings = channel.unary_unary(
+                '/parley.v1.BusinessService/SetChatLinkSettings',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.FromString,
                 _registered_method=True)
         self.SetAgent = channel.unary_unary(
                 '/parley.v1.BusinessService/SetAgent',
@@ -285,6 +316,8 @@ class BusinessServiceServicer:
         GetConversationWindow tells the calling business when its 24-hour customer-service
         window with a user closes: the user's latest message to it plus 24 h. Inside it the
         business may send free-form (SERVICE) messages; outside it, only approved templates.
+        A chat the user started from one of its chat links also opens a 72-hour entry window
+        (`entry`), which allows the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -299,11 +332,59 @@ class BusinessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetAgent(self, request, context):
-        """==== links: click-to-chat RPCs go here ====
-        ==== end links ====
+    def CreateChatLink(self, request, context):
+        """-- Click-to-chat (messages in chat_links.proto) --
 
-        ==== support: live-support RPCs go here ====
+        CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+        an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+        over 140 characters or label over 64.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChatLinks(self, request, context):
+        """ListChatLinks lists the caller's links with their open and chat-started counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteChatLink(self, request, context):
+        """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+        such link of the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveChatLink(self, request, context):
+        """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+        who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+        allows number links at that number (the same answer whether or not the number is on
+        Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChatLinkSettings(self, request, context):
+        """GetChatLinkSettings reads whether the caller's number link resolves, and its counter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChatLinkSettings(self, request, context):
+        """SetChatLinkSettings turns the caller's number link on or off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAgent(self, request, context):
+        """-- Live support (messages in support.proto) --
+
         SetAgent makes one of the business's devices an agent (on, with the display name users
         see), renames it, or stops it (off). Only the business's primary device (device 1) may
         call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
@@ -381,7 +462,6 @@ class BusinessServiceServicer:
         """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
         is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
         it is closed already; NOT_FOUND for a conversation the caller cannot see.
-        ==== end support ====
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -464,6 +544,36 @@ def add_BusinessServiceServicer_to_server(servicer, server):
                     servicer.GetBusinessStatus,
                     request_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.FromString,
                     response_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.SerializeToString,
+            ),
+            'CreateChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.SerializeToString,
+            ),
+            'ListChatLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChatLinks,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.SerializeToString,
+            ),
+            'DeleteChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.SerializeToString,
+            ),
+            'ResolveChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.SerializeToString,
+            ),
+            'GetChatLinkSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChatLinkSettings,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.SerializeToString,
+            ),
+            'SetChatLinkSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChatLinkSettings,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.SerializeToString,
             ),
             'SetAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.SetAgent,
@@ -915,6 +1025,168 @@ class BusinessService:
             '/parley.v1.BusinessService/GetBusinessStatus',
             parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
             parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/CreateChatLink',
+            parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChatLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ListChatLinks',
+            parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/DeleteChatLink',
+            parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ResolveChatLink',
+            parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChatLinkSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetChatLinkSettings',
+            parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChatLinkSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/SetChatLinkSettings',
+            parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from parley.v1 import business_pb2 as _business_pb2
+from parley.v1 import chat_links_pb2 as _chat_links_pb2
 from parley.v1 import support_pb2 as _support_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -105,17 +106,40 @@ class BusinessServiceStub:
     GetConversationWindow tells the calling business when its 24-hour customer-service
     window with a user closes: the user's latest message to it plus 24 h. Inside it the
     business may send free-form (SERVICE) messages; outside it, only approved templates.
+    A chat the user started from one of its chat links also opens a 72-hour entry window
+    (`entry`), which allows the same.
     """
     GetBusinessStatus: _grpc.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]
     """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
     """
-    SetAgent: _grpc.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]
-    """==== links: click-to-chat RPCs go here ====
-    ==== end links ====
+    CreateChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.CreateChatLinkRequest, _chat_links_pb2.CreateChatLinkResponse]
+    """-- Click-to-chat (messages in chat_links.proto) --
 
-    ==== support: live-support RPCs go here ====
+    CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+    an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+    over 140 characters or label over 64.
+    """
+    ListChatLinks: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.ListChatLinksRequest, _chat_links_pb2.ListChatLinksResponse]
+    """ListChatLinks lists the caller's links with their open and chat-started counters."""
+    DeleteChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.DeleteChatLinkRequest, _chat_links_pb2.DeleteChatLinkResponse]
+    """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+    such link of the caller's.
+    """
+    ResolveChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.ResolveChatLinkRequest, _chat_links_pb2.ResolveChatLinkResponse]
+    """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+    who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+    allows number links at that number (the same answer whether or not the number is on
+    Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+    """
+    GetChatLinkSettings: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.GetChatLinkSettingsRequest, _chat_links_pb2.GetChatLinkSettingsResponse]
+    """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+    SetChatLinkSettings: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.SetChatLinkSettingsRequest, _chat_links_pb2.SetChatLinkSettingsResponse]
+    """SetChatLinkSettings turns the caller's number link on or off."""
+    SetAgent: _grpc.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]
+    """-- Live support (messages in support.proto) --
+
     SetAgent makes one of the business's devices an agent (on, with the display name users
     see), renames it, or stops it (off). Only the business's primary device (device 1) may
     call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
@@ -165,7 +189,6 @@ class BusinessServiceStub:
     """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
     is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
     it is closed already; NOT_FOUND for a conversation the caller cannot see.
-    ==== end support ====
     """
 
 @_typing.type_check_only
@@ -244,17 +267,40 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     GetConversationWindow tells the calling business when its 24-hour customer-service
     window with a user closes: the user's latest message to it plus 24 h. Inside it the
     business may send free-form (SERVICE) messages; outside it, only approved templates.
+    A chat the user started from one of its chat links also opens a 72-hour entry window
+    (`entry`), which allows the same.
     """
     GetBusinessStatus: _aio.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]  # type: ignore[assignment]
     """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
     """
-    SetAgent: _aio.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]  # type: ignore[assignment]
-    """==== links: click-to-chat RPCs go here ====
-    ==== end links ====
+    CreateChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.CreateChatLinkRequest, _chat_links_pb2.CreateChatLinkResponse]  # type: ignore[assignment]
+    """-- Click-to-chat (messages in chat_links.proto) --
 
-    ==== support: live-support RPCs go here ====
+    CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+    an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+    over 140 characters or label over 64.
+    """
+    ListChatLinks: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.ListChatLinksRequest, _chat_links_pb2.ListChatLinksResponse]  # type: ignore[assignment]
+    """ListChatLinks lists the caller's links with their open and chat-started counters."""
+    DeleteChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.DeleteChatLinkRequest, _chat_links_pb2.DeleteChatLinkResponse]  # type: ignore[assignment]
+    """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+    such link of the caller's.
+    """
+    ResolveChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.ResolveChatLinkRequest, _chat_links_pb2.ResolveChatLinkResponse]  # type: ignore[assignment]
+    """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+    who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+    allows number links at that number (the same answer whether or not the number is on
+    Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+    """
+    GetChatLinkSettings: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.GetChatLinkSettingsRequest, _chat_links_pb2.GetChatLinkSettingsResponse]  # type: ignore[assignment]
+    """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+    SetChatLinkSettings: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.SetChatLinkSettingsRequest, _chat_links_pb2.SetChatLinkSettingsResponse]  # type: ignore[assignment]
+    """SetChatLinkSettings turns the caller's number link on or off."""
+    SetAgent: _aio.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]  # type: ignore[assignment]
+    """-- Live support (messages in support.proto) --
+
     SetAgent makes one of the business's devices an agent (on, with the display name users
     see), renames it, or stops it (off). Only the business's primary device (device 1) may
     call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
@@ -304,7 +350,6 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
     is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
     it is closed already; NOT_FOUND for a conversation the caller cannot see.
-    ==== end support ====
     """
 
 class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -464,6 +509,8 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         GetConversationWindow tells the calling business when its 24-hour customer-service
         window with a user closes: the user's latest message to it plus 24 h. Inside it the
         business may send free-form (SERVICE) messages; outside it, only approved templates.
+        A chat the user started from one of its chat links also opens a 72-hour entry window
+        (`entry`), which allows the same.
         """
 
     @_abc_1.abstractmethod
@@ -478,15 +525,72 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def CreateChatLink(
+        self,
+        request: _chat_links_pb2.CreateChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.CreateChatLinkResponse, _abc.Awaitable[_chat_links_pb2.CreateChatLinkResponse]]:
+        """-- Click-to-chat (messages in chat_links.proto) --
+
+        CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+        an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+        over 140 characters or label over 64.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChatLinks(
+        self,
+        request: _chat_links_pb2.ListChatLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.ListChatLinksResponse, _abc.Awaitable[_chat_links_pb2.ListChatLinksResponse]]:
+        """ListChatLinks lists the caller's links with their open and chat-started counters."""
+
+    @_abc_1.abstractmethod
+    def DeleteChatLink(
+        self,
+        request: _chat_links_pb2.DeleteChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.DeleteChatLinkResponse, _abc.Awaitable[_chat_links_pb2.DeleteChatLinkResponse]]:
+        """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+        such link of the caller's.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveChatLink(
+        self,
+        request: _chat_links_pb2.ResolveChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.ResolveChatLinkResponse, _abc.Awaitable[_chat_links_pb2.ResolveChatLinkResponse]]:
+        """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+        who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+        allows number links at that number (the same answer whether or not the number is on
+        Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+        """
+
+    @_abc_1.abstractmethod
+    def GetChatLinkSettings(
+        self,
+        request: _chat_links_pb2.GetChatLinkSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.GetChatLinkSettingsResponse, _abc.Awaitable[_chat_links_pb2.GetChatLinkSettingsResponse]]:
+        """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+
+    @_abc_1.abstractmethod
+    def SetChatLinkSettings(
+        self,
+        request: _chat_links_pb2.SetChatLinkSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.SetChatLinkSettingsResponse, _abc.Awaitable[_chat_links_pb2.SetChatLinkSettingsResponse]]:
+        """SetChatLinkSettings turns the caller's number link on or off."""
+
+    @_abc_1.abstractmethod
     def SetAgent(
         self,
         request: _support_pb2.SetAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_support_pb2.SetAgentResponse, _abc.Awaitable[_support_pb2.SetAgentResponse]]:
-        """==== links: click-to-chat RPCs go here ====
-        ==== end links ====
+        """-- Live support (messages in support.proto) --
 
-        ==== support: live-support RPCs go here ====
         SetAgent makes one of the business's devices an agent (on, with the display name users
         see), renames it, or stops it (off). Only the business's primary device (device 1) may
         call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
@@ -578,7 +682,6 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
         is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
         it is closed already; NOT_FOUND for a conversation the caller cannot see.
-        ==== end support ====
         """
 
 def add_BusinessServiceServicer_to_server(servicer: BusinessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -192,6 +192,7 @@ class SendMessageRequest(_message.Message):
     CLIENT_TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     ONLINE_ONLY_FIELD_NUMBER: _builtins.int
     BUSINESS_FIELD_NUMBER: _builtins.int
+    CHAT_LINK_CODE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen UUID; a retry with the same id returns the first response (AIP-155)."""
     recipient_account_id: _builtins.str
@@ -200,6 +201,12 @@ class SendMessageRequest(_message.Message):
     """The sender's clock, in milliseconds since the epoch, carried to the recipient."""
     online_only: _builtins.bool
     """Deliver only to devices connected right now and never store (typing indicators)."""
+    chat_link_code: _builtins.str
+    """The code of the chat link this chat was started from (ResolveChatLink), in cleartext, on
+    the first message to the link's account. To a business, it opens the 72-hour free entry
+    window and counts one chat started; it is checked and counted, then dropped: never stored
+    nor delivered. FAILED_PRECONDITION when it is not a live link of the recipient.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutgoingMessage]:
         """One ciphertext per recipient device (may be empty only for a send to one's own account)."""
@@ -217,10 +224,11 @@ class SendMessageRequest(_message.Message):
         client_timestamp_ms: _builtins.int = ...,
         online_only: _builtins.bool = ...,
         business: Global___BusinessMetadata | None = ...,
+        chat_link_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "client_timestamp_ms", b"client_timestamp_ms", "messages", b"messages", "online_only", b"online_only", "recipient_account_id", b"recipient_account_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "chat_link_code", b"chat_link_code", "client_timestamp_ms", b"client_timestamp_ms", "messages", b"messages", "online_only", b"online_only", "recipient_account_id", b"recipient_account_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
