@@ -73,11 +73,19 @@ def qr_text(url: str) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def _chats(n: int) -> str:
+    return "1 chat" if n == 1 else f"{n} chats"
+
+
 def _link_text(link: ChatLink) -> str:
     label = f" [{link.label}]" if link.label else ""
     text = f'\n  first message: "{link.prefilled_text}"' if link.prefilled_text else ""
     return (
-        f"{link.url}{label}\n  opened {link.opens} times, {link.chats_started} chats started"
+        f"{link.url}{label}\n  opened {_times(link.opens)}, {_chats(link.chats_started)} started"
         f" (created {cli._time(link.created_at)}){text}"
     )
 
@@ -101,7 +109,7 @@ def _settings_text(s: LinkSettings) -> str:
     return (
         f"number links {state}: {s.number_link_url} "
         + ("opens a chat with you" if s.number_links else "does not open anything")
-        + f" (opened {s.number_link_opens} times)"
+        + f" (opened {_times(s.number_link_opens)})"
     )
 
 

@@ -59,6 +59,8 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
+    # aiohttp would announce itself and its version, which tells a scanner what to try.
+    "Server": "Parley",
 }
 # A QR image of a live link never changes; an hour of caching spares repeated renders.
 QR_CACHE = "public, max-age=3600"

@@ -110,6 +110,7 @@ def assert_secure(answer: Answer) -> None:
     assert h["X-Content-Type-Options"] == "nosniff"
     assert h["X-Frame-Options"] == "DENY"
     assert h["Referrer-Policy"] == "no-referrer"
+    assert h["Server"] == "Parley", "no software name and version for scanners"
 
 
 def test_landing_page_shows_the_business_and_counts_the_open(web_server: LiveServer) -> None:
