@@ -15,30 +15,17 @@ client follows that set by itself (see ``ParleyClient._fix_devices``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
-from grpc import aio
-from parley.v1 import business_pb2_grpc
 from parley.v1 import support_pb2 as spb
 
 from client.api import _rpc
 from client.errors import from_rpc_error
+from client.sending_api import BusinessServiceCalls
 
-Metadata = tuple[tuple[str, str], ...]
 
-
-class SupportCalls:
-    def __init__(
-        self,
-        channel: aio.Channel,
-        metadata: Callable[[], Metadata],
-        resolve: Callable[[str], Awaitable[str]],
-    ) -> None:
-        self._stub = business_pb2_grpc.BusinessServiceStub(channel)
-        self._metadata = metadata
-        self._resolve = resolve
-
+class SupportCalls(BusinessServiceCalls):
     # -- users ----------------------------------------------------------------------------
 
     async def open(self, business: str, topic: str = "") -> spb.OpenSupportConversationResponse:
