@@ -49,6 +49,7 @@ from parley.v1 import content_pb2 as cpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 
+from client.chat_link_api import ChatLinkCalls
 from client.consent_api import ConsentCalls
 from client.crypto import (
     CryptoError,
@@ -94,6 +95,7 @@ from client.templates import (
 if TYPE_CHECKING:  # client.business_api imports this module
     from client.business_api import AdminCalls, BusinessCalls
     from client.sending_api import SendingCalls
+    from client.support_api import SupportCalls
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -563,7 +565,7 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 # --- the client ------------------------------------------------------------------------------
 
 
-class ParleyClient(ConsentCalls):
+class ParleyClient(ConsentCalls, ChatLinkCalls):
     """One device of one account: registration, keys, sending and receiving.
 
     Use as ``async with ParleyClient.open(profile_dir) as client: ...``. The clock and the
@@ -616,6 +618,10 @@ class ParleyClient(ConsentCalls):
         self._alone_until = 0.0
         self._is_business: bool | None = None  # learnt from GetAccount on the first send
         self._business_names: dict[str, str] = {}  # verified names, per business, per run
+        # Devices of a business our messages must leave out while our live-support
+        # conversation with it is open (learnt from the MismatchedDevices detail's
+        # support_devices); their sessions and identities are kept for when it closes.
+        self._outside_support: dict[str, set[int]] = {}
 
     @staticmethod
     def _resolve_connection(
@@ -712,6 +718,13 @@ class ParleyClient(ConsentCalls):
         from client.business_api import BusinessCalls
 
         return BusinessCalls(self._channel, self._metadata)
+
+    @functools.cached_property
+    def support(self) -> SupportCalls:
+        """Live support: agents, conversations, the queue (``client.support_api``)."""
+        from client.support_api import SupportCalls
+
+        return SupportCalls(self._channel, self._metadata, self.resolve)
 
     @functools.cached_property
     def sending(self) -> SendingCalls:
@@ -1208,6 +1221,7 @@ class ParleyClient(ConsentCalls):
         *,
         online_only: bool = False,
         business: mpb.BusinessMetadata | None = None,
+        chat_link_code: str = "",
     ) -> _Sent | None:
         """Encrypt ``content`` for every device of ``account_id`` and send it, fixing the
         device list as the server asks (rule 3). None when there is no device to send to
@@ -1215,10 +1229,13 @@ class ParleyClient(ConsentCalls):
         business metadata (a business's sends)."""
         own = account_id == self.account_id
         plaintext = content.SerializeToString()
+        left_out = self._outside_support.get(account_id, set())
         devices = [
             d
             for d in self.store.session_devices(account_id)
-            if not (own and d == self.device_id) and self._usable_record(account_id, d)
+            if not (own and d == self.device_id)
+            and d not in left_out
+            and self._usable_record(account_id, d)
         ]
         if not devices and not own:
             if not await self._account_devices(account_id):
@@ -1238,6 +1255,7 @@ class ParleyClient(ConsentCalls):
                 client_timestamp_ms=timestamp_ms,
                 online_only=online_only,
                 business=business,
+                chat_link_code=chat_link_code,
             )
             try:
                 reply = await _rpc(self._messaging.SendMessage(request, metadata=self._metadata()))
@@ -1265,27 +1283,48 @@ class ParleyClient(ConsentCalls):
         messages: dict[int, mpb.OutgoingMessage],
         plaintext: bytes,
     ) -> None:
-        """Drop extra devices, start new sessions with missing and stale ones."""
+        """Drop extra devices, start new sessions with missing and stale ones.
+
+        While a live-support conversation limits the business's devices (the detail's
+        ``support_devices``), the extra devices outside that set still exist: they are left
+        out of this and later sends, but their sessions and identities are kept, and a missing
+        device we still have a session with (the earlier agent, once the conversation closes)
+        reuses it instead of spending one of its one-time prekeys."""
         log.debug(
             "device list mismatch",
             extra={
                 "missing": list(mismatch.missing_devices),
                 "extra": list(mismatch.extra_devices),
                 "stale": list(mismatch.stale_devices),
+                "support": list(mismatch.support_devices),
             },
         )
+        support = set(mismatch.support_devices)
+        if support:
+            kept = self._outside_support.get(account_id, set()) | set(mismatch.extra_devices)
+            self._outside_support[account_id] = kept - support
+        else:
+            self._outside_support.pop(account_id, None)
+        gone = [d for d in mismatch.extra_devices if not support]
         with self.store.transaction():
             for device_id in (*mismatch.extra_devices, *mismatch.stale_devices):
                 messages.pop(device_id, None)
+            for device_id in (*gone, *mismatch.stale_devices):
                 self.store.delete_session(account_id, device_id)
-            for device_id in mismatch.extra_devices:
+            for device_id in gone:
                 self.store.forget_identity(account_id, device_id)
+        stale = set(mismatch.stale_devices)
+        reuse = [
+            d
+            for d in mismatch.missing_devices
+            if d not in stale and self._usable_record(account_id, d) is not None
+        ]
         fresh: list[int] = []
-        for device_id in sorted({*mismatch.missing_devices, *mismatch.stale_devices}):
+        for device_id in sorted({*mismatch.missing_devices, *stale} - set(reuse)):
             fresh.extend(await self._fetch_sessions(account_id, device_id))
-        messages.update(self._encrypt(account_id, fresh, plaintext))
+        messages.update(self._encrypt(account_id, [*reuse, *fresh], plaintext))
 
-    async def send(self, recipient: str, text: str) -> SentMessage:
+    async def send(self, recipient: str, text: str, *, chat_link_code: str = "") -> SentMessage:
         """Send a text message to every device of ``recipient`` (account id or +phone), and a
         sync copy to this account's other devices.
 
@@ -1310,6 +1349,7 @@ class ParleyClient(ConsentCalls):
             timestamp_ms,
             text,
             business,
+            chat_link_code=chat_link_code,
         )
 
     async def _send_and_record(
@@ -1320,10 +1360,15 @@ class ParleyClient(ConsentCalls):
         timestamp_ms: int,
         text: str,
         business: mpb.BusinessMetadata | None,
+        *,
+        chat_link_code: str = "",
     ) -> SentMessage:
         """Send a message a person reads, then its sync copy to our other devices, and keep
-        ``text`` (what it shows) in the history."""
-        sent = await self._send_content(account_id, content, timestamp_ms, business=business)
+        ``text`` (what it shows) in the history. ``chat_link_code`` goes on the message to the
+        recipient only (the chat link it was started from), never on the sync copy."""
+        sent = await self._send_content(
+            account_id, content, timestamp_ms, business=business, chat_link_code=chat_link_code
+        )
         if sent is None:
             raise self._nobody(account_id)
         synced: tuple[int, ...] = ()

@@ -37,7 +37,14 @@ from typing import Any, Final, NoReturn, TextIO
 # one-line errors; it reads this variable once, when grpc is first imported (by client.api).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from client import cli_business, cli_consent, cli_sending, grpcurl_helpers
+from client import (
+    cli_business,
+    cli_consent,
+    cli_links,
+    cli_sending,
+    cli_support,
+    grpcurl_helpers,
+)
 from client.api import (
     DecryptionFailed,
     DeliveryUpdate,
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     business_areas = cli_business.add_parsers(sub, json_flag)
     cli_consent.add_parsers(sub, json_flag, business=business_areas)
     cli_sending.add_parsers(business_areas, json_flag)
+    cli_support.add_parsers(sub, json_flag, business=business_areas)
+    cli_links.add_parsers(sub, json_flag)
     return parser
 
 
@@ -587,6 +596,8 @@ COMMANDS: Final = {
     "grpcurl": _grpcurl,
     **cli_business.COMMANDS,
     **cli_consent.COMMANDS,
+    **cli_support.COMMANDS,
+    **cli_links.COMMANDS,
 }
 
 

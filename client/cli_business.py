@@ -248,10 +248,16 @@ BUSINESS: Final[dict[tuple[str, str], Handler]] = {
 
 async def run_business(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
     # Areas without actions, each added by the module that owns it: `record-opt-in`
-    # (cli_consent), `window` and `status` (cli_sending), `send-template` (below).
-    from client import cli_consent, cli_sending
+    # (cli_consent), `window` and `status` (cli_sending), `agents`, `queue`, `claim`,
+    # `transfer` and `close` (cli_support), `send-template` (below).
+    from client import cli_consent, cli_sending, cli_support
 
-    for commands in (cli_consent.BUSINESS_COMMANDS, cli_sending.BUSINESS_COMMANDS, SEND_COMMANDS):
+    for commands in (
+        cli_consent.BUSINESS_COMMANDS,
+        cli_sending.BUSINESS_COMMANDS,
+        cli_support.BUSINESS_COMMANDS,
+        SEND_COMMANDS,
+    ):
         if args.area in commands:
             await commands[args.area](client, args, out)
             return

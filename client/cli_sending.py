@@ -15,6 +15,7 @@ from typing import Any, Final, TextIO
 
 from google.protobuf.json_format import MessageToDict
 from parley.v1 import business_pb2 as bpb
+from parley.v1 import chat_links_pb2 as lpb
 
 from client.api import ParleyClient
 
@@ -51,15 +52,31 @@ async def _window(client: ParleyClient, args: argparse.Namespace, out: TextIO) -
     from client import cli
 
     w = await client.sending.window(args.user)
-    if not w.HasField("closes_at"):
-        text = f"{args.user}: no window — they never wrote to you; send an approved template"
-    elif w.open:
+    cli._emit(
+        args, _window_text(args.user, w), MessageToDict(w, preserving_proto_field_name=True), out
+    )
+
+
+def _window_text(user: str, w: bpb.GetConversationWindowResponse) -> str:
+    """Which window lets the business write free-form now, and until when; the 72-hour entry
+    window of a chat link outlives the 24-hour one, so "closed" needs both closed."""
+    entry = w.entry if w.HasField("entry") else None
+    if w.open_window == lpb.WINDOW_KIND_ENTRY and entry is not None:
+        closes = _when(entry.closes_at.ToMicroseconds() / 1e6)
+        return (
+            f"{user}: open until {closes} (the 72-hour entry window of a chat link they started)"
+            " — free-form replies and templates allowed"
+        )
+    if w.open:
         closes = _when(w.closes_at.ToMicroseconds() / 1e6)
-        text = f"{args.user}: open until {closes} — free-form replies and templates allowed"
-    else:
-        closed = _when(w.closes_at.ToMicroseconds() / 1e6)
-        text = f"{args.user}: closed at {closed} — only approved templates until they write again"
-    cli._emit(args, text, MessageToDict(w, preserving_proto_field_name=True), out)
+        return f"{user}: open until {closes} — free-form replies and templates allowed"
+    if not w.HasField("closes_at"):
+        return f"{user}: no window — they never wrote to you; send an approved template"
+    last = w.closes_at.ToMicroseconds()
+    if entry is not None:
+        last = max(last, entry.closes_at.ToMicroseconds())
+    closed = _when(last / 1e6)
+    return f"{user}: closed at {closed} — only approved templates until they write again"
 
 
 def _status_text(s: bpb.GetBusinessStatusResponse) -> str:

@@ -20,7 +20,11 @@ from client.api import _rpc
 Metadata = tuple[tuple[str, str], ...]
 
 
-class SendingCalls:
+class BusinessServiceCalls:
+    """What a group of BusinessService calls needs from the client: the stub, the device's
+    call metadata and the resolver of phone numbers (shared by `SendingCalls` and
+    `client.support_api.SupportCalls`)."""
+
     def __init__(
         self,
         channel: aio.Channel,
@@ -31,6 +35,8 @@ class SendingCalls:
         self._metadata = metadata
         self._resolve = resolve
 
+
+class SendingCalls(BusinessServiceCalls):
     async def window(self, user: str) -> bpb.GetConversationWindowResponse:
         """The customer-service window with `user` (a phone number or an account id)."""
         request = bpb.GetConversationWindowRequest(user_account_id=await self._resolve(user))

@@ -37,11 +37,14 @@ from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
 from server.domain.consent import ConsentBook
 from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
+from server.domain.links import ChatLinkRule, ChatLinks
 from server.domain.mailbox import Mailbox
 from server.domain.operator import OperatorGate
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import BusinessRule, SendingDesk
+from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
+from server.http import HttpBindError, LandingPages
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
 from server.rpc.admin_servicer import AdminServicer
@@ -145,6 +148,11 @@ class ParleyServer:
     health: Any  # AsyncHealthServicer
     settings: Settings
     mailbox: Mailbox
+    support: SupportDesk
+    links: ChatLinks
+    landing: LandingPages | None = None
+    # The HTTP listener's bound port, once started (None: no HTTP).
+    http_port: int | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -180,6 +188,24 @@ class ParleyServer:
 
     async def start(self) -> None:
         await self.grpc_server.start()
+        if self.landing is not None:
+            try:
+                self.http_port = await self.landing.start()
+            except HttpBindError as exc:
+                await self.grpc_server.stop(None)
+                self.db.close()
+                raise StartupError(str(exc)) from None
+            if not self.settings.public_url:
+                self.links.public_url = f"http://{self.settings.host}:{self.http_port}"
+                if self.settings.host in ("0.0.0.0", "::", ""):
+                    log.warning(
+                        "chat links name %s, which no user can open: set --public-url to"
+                        " the address users reach the landing pages at",
+                        self.links.public_url,
+                    )
+            log.info(
+                "landing pages on %s", self.links.public_url, extra={"http_port": self.http_port}
+            )
         self.db.on_write_health(self.write_health_changed)
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
@@ -200,6 +226,9 @@ class ParleyServer:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.mailbox.close_streams()
+        self.support.close_streams()
+        if self.landing is not None:
+            await self.landing.stop()
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         await _finish_cancelled_calls()
         self.db.close()
@@ -263,7 +292,11 @@ async def _assemble(
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     sending_policy = settings.sending_policy()
     mailbox = Mailbox(
-        db, clock, settings.messaging_policy(), ids, (*RULES, BusinessRule(sending_policy, clock))
+        db,
+        clock,
+        settings.messaging_policy(),
+        ids,
+        (*RULES, ChatLinkRule(), BusinessRule(sending_policy, clock)),
     )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
@@ -272,9 +305,24 @@ async def _assemble(
     consent = ConsentBook(
         db, clock, settings.account_policy().test_numbers, after_signal=sending.review
     )
+    support = SupportDesk(db, clock, settings.messaging_policy().keepalive_interval)
+    public_url = settings.public_url or f"http://{settings.host}:{settings.http_port or 0}"
+    links = ChatLinks(db, clock, public_url, settings.account_policy().test_numbers)
     business_pb2_grpc.add_BusinessServiceServicer_to_server(
-        BusinessServicer(profiles=profiles, templates=templates, consent=consent, sending=sending),
+        BusinessServicer(
+            profiles=profiles,
+            templates=templates,
+            consent=consent,
+            sending=sending,
+            support=support,
+            links=links,
+        ),
         server,
+    )
+    landing = (
+        None
+        if settings.http_port is None
+        else LandingPages(links, settings.host, settings.http_port, lambda: db.writable)
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(profiles=profiles, templates=templates), server
@@ -301,7 +349,9 @@ async def _assemble(
             f"cannot listen on {address}; check --host and --port (GRPC_VERBOSITY=debug shows "
             "gRPC's reason)"
         ) from None
-    return ParleyServer(server, port, db, health_servicer, settings, mailbox)
+    return ParleyServer(
+        server, port, db, health_servicer, settings, mailbox, support, links, landing
+    )
 
 
 async def serve(settings: Settings) -> None:

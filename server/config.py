@@ -31,6 +31,23 @@ def _test_numbers(text: str) -> dict[str, str]:
     return out
 
 
+def _public_url(text: str) -> str:
+    url = text.strip().rstrip("/")
+    if not (url.startswith("https://") or url.startswith("http://")) or " " in url:
+        raise ValueError(f"{text!r} is not a base URL like https://chat.example.com")
+    return url
+
+
+def _http_port(text: str) -> int | None:
+    """ "off" -> None (no HTTP listener), else a port (0 picks a free one)."""
+    if text.strip().lower() == "off":
+        return None
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r} is not a port: use 0-65535, or off")
+    return port
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -84,6 +101,12 @@ class Settings:
     business_tiers: tuple[int | None, ...] = SendingPolicy.tiers
     marketing_per_user: int = SendingPolicy.marketing_per_user
     business_send_rate: Rate = SendingPolicy.business_send_rate
+    # Click-to-chat's landing pages (server.http): off unless asked for, since a gRPC-only
+    # deployment should not open a second port it does not know about.
+    http_port: int | None = None
+    # The base of every chat link; "" means http://<host>:<bound HTTP port>, right for a test
+    # and wrong behind a proxy, where the operator sets the public https:// address.
+    public_url: str = ""
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -218,6 +241,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("marketing_per_user", int, "marketing templates one business may send a user per 24 h"),
     Option("business_send_rate", Rate.parse, "messages one business may send, e.g. 80/s"),
+    Option(
+        "http_port",
+        _http_port,
+        "port of the click-to-chat landing pages (/c/CODE, /p/NUMBER, /healthz); 0 picks a "
+        "free one; off (the default) serves no HTTP",
+    ),
+    Option(
+        "public_url",
+        _public_url,
+        "base URL of chat links, e.g. https://chat.example.com; unset: http://HOST:HTTP-PORT",
+    ),
 )
 
 
@@ -271,6 +305,8 @@ def _check(s: Settings) -> None:
         raise SystemExit("parley-server: --sqlite-synchronous must be FULL, NORMAL or EXTRA")
     if not 0 <= s.port <= 65535:
         raise SystemExit("parley-server: --port must be between 0 and 65535")
+    if s.http_port and s.http_port == s.port:
+        raise SystemExit("parley-server: --http-port must differ from --port (gRPC)")
     if s.max_database_mb < 0:
         raise SystemExit("parley-server: --max-database-mb must be 0 (no limit) or more")
     if s.marketing_per_user < 1:

@@ -79,6 +79,12 @@ class LiveServer:
     def target(self) -> str:
         return f"localhost:{self.port}"
 
+    @property
+    def http_port(self) -> int:
+        """The landing pages' port (a server made with `http_port=0`)."""
+        assert self._server is not None and self._server.http_port is not None, "no HTTP"
+        return self._server.http_port
+
     def start(self) -> None:
         ready = threading.Event()
         failure: list[BaseException] = []

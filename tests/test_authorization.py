@@ -36,8 +36,10 @@ from parley.v1 import (
 )
 from parley.v1 import admin_pb2 as adm
 from parley.v1 import business_pb2 as bpb
+from parley.v1 import chat_links_pb2 as lpb
 from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
+from parley.v1 import support_pb2 as spb
 
 from server.config import Settings
 from server.domain.clock import ManualClock
@@ -82,6 +84,8 @@ class World:
     business: Device | None = None  # a business whose display name waits for review
     template_id: str = ""  # the business's APPROVED template
     pending_template_id: str = ""  # and one waiting for review
+    conversation_id: str = ""  # the owner's live-support conversation, once a request opened it
+    chat_link: str = ""  # a chat link of the owner's, made on first use (_owner_link)
 
     def device(self, caller: str) -> Device | None:
         return {
@@ -400,6 +404,104 @@ def _no_businesses(outcome: Outcome) -> None:
     assert list(outcome[1].businesses) == []
 
 
+def _owner_support(w: World) -> str:
+    """A live-support conversation the owner opened with the business (its id)."""
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    return stub.OpenSupportConversation(
+        spb.OpenSupportConversationRequest(business_account_id=_business(w).account_id),
+        metadata=w.owner.metadata,
+    ).conversation.conversation_id
+
+
+def _support_state(w: World, cid: str) -> int:
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    return stub.GetSupportConversation(
+        spb.GetSupportConversationRequest(conversation_id=cid), metadata=w.owner.metadata
+    ).conversation.state
+
+
+def _no_agents(w: World, caller: str, outcome: Outcome) -> None:
+    stub = business_pb2_grpc.BusinessServiceStub(w.server.channel())
+    listed = stub.ListAgents(spb.ListAgentsRequest(), metadata=_business(w).metadata)
+    assert not listed.agents
+
+
+def _own_support(w: World, caller: str, outcome: Outcome) -> None:
+    """The caller opened its own conversation, as its own account."""
+    user = w.device(caller)
+    assert user is not None and outcome[1].conversation.user_account_id == user.account_id
+
+
+def _support_still_open(w: World, caller: str, outcome: Outcome) -> None:
+    cid = w.conversation_id
+    closed = spb.SUPPORT_STATE_CLOSED
+    assert (_support_state(w, cid) == closed) == (caller != "stranger")
+
+
+def _support_request(w: World, make: Callable[[str], Message]) -> Message:
+    w.conversation_id = _owner_support(w)
+    return make(w.conversation_id)
+
+
+NOT_FOUND_TO_STRANGER = {"owner": OK, "linked": OK, "stranger": grpc.StatusCode.NOT_FOUND}
+
+
+# -- click-to-chat: the owner's link is the owner's account's, whichever of its devices asks --
+
+
+def _links_stub(w: World) -> business_pb2_grpc.BusinessServiceStub:
+    return business_pb2_grpc.BusinessServiceStub(w.server.channel())
+
+
+def _owner_link(w: World) -> str:
+    if not w.chat_link:
+        w.chat_link = (
+            _links_stub(w)
+            .CreateChatLink(
+                lpb.CreateChatLinkRequest(prefilled_text="hi"), metadata=w.owner.metadata
+            )
+            .link.code
+        )
+    return w.chat_link
+
+
+def _owner_links(w: World) -> list[str]:
+    reply = _links_stub(w).ListChatLinks(lpb.ListChatLinksRequest(), metadata=w.owner.metadata)
+    return [link.code for link in reply.links]
+
+
+def _links_seen(w: World, caller: str, outcome: Outcome) -> None:
+    """The owner's devices list the owner's link; the stranger lists only its own (none)."""
+    seen = [link.code for link in outcome[1].links]
+    assert seen == ([] if caller == "stranger" else [w.chat_link]), (caller, seen)
+
+
+def _link_created(w: World, caller: str, outcome: Outcome) -> None:
+    """The link is the caller's account's: a stranger's link is not the owner's."""
+    code = outcome[1].link.code
+    assert (code in _owner_links(w)) == (caller != "stranger")
+
+
+def _link_deleted(w: World, caller: str, outcome: Outcome) -> None:
+    assert (w.chat_link in _owner_links(w)) == (caller == "stranger")
+
+
+def _resolved_to_owner(w: World, outcome: Outcome) -> None:
+    assert (outcome[1].account_id, outcome[1].prefilled_text) == (w.owner.account_id, "hi")
+
+
+def _settings_off(outcome: Outcome) -> None:
+    assert not outcome[1].settings.number_links
+
+
+def _owner_number_links_off(w: World, caller: str, outcome: Outcome) -> None:
+    """Number links are off for a person until the person turns them on."""
+    reply = _links_stub(w).GetChatLinkSettings(
+        lpb.GetChatLinkSettingsRequest(), metadata=w.owner.metadata
+    )
+    assert reply.settings.number_links == (caller != "stranger")
+
+
 SPECS: dict[str, Spec] = {
     "AccountService.StartVerification": Spec(
         lambda w, c: apb.StartVerificationRequest(phone_number=w.owner.phone_number),
@@ -539,6 +641,31 @@ SPECS: dict[str, Spec] = {
     "BusinessService.GetBusinessStatus": Spec(
         lambda w, c: bpb.GetBusinessStatusRequest(), expect(NOT_BUSINESS, _business_untouched)
     ),
+    # Click-to-chat: any account's own links and settings; anyone resolves a live link.
+    "BusinessService.CreateChatLink": Spec(
+        lambda w, c: lpb.CreateChatLinkRequest(prefilled_text="Hello"),
+        expect(ALL_OK, _link_created),
+    ),
+    "BusinessService.ListChatLinks": Spec(
+        lambda w, c: (_owner_link(w), lpb.ListChatLinksRequest())[1],
+        expect(ALL_OK, _links_seen),
+    ),
+    "BusinessService.DeleteChatLink": Spec(
+        lambda w, c: lpb.DeleteChatLinkRequest(code=_owner_link(w)),
+        expect({"owner": OK, "linked": OK, "stranger": grpc.StatusCode.NOT_FOUND}, _link_deleted),
+    ),
+    "BusinessService.ResolveChatLink": Spec(
+        lambda w, c: lpb.ResolveChatLinkRequest(code=_owner_link(w)),
+        expect(ALL_OK, lambda w, c, o: _resolved_to_owner(w, o)),
+    ),
+    "BusinessService.GetChatLinkSettings": Spec(
+        lambda w, c: lpb.GetChatLinkSettingsRequest(),
+        expect(ALL_OK, lambda w, c, o: _settings_off(o)),
+    ),
+    "BusinessService.SetChatLinkSettings": Spec(
+        lambda w, c: lpb.SetChatLinkSettingsRequest(number_links=True),
+        expect(ALL_OK, _owner_number_links_off),
+    ),
     "BusinessService.RecordOptIn": Spec(
         lambda w, c: bpb.RecordOptInRequest(
             phone_number=w.owner.phone_number,
@@ -559,6 +686,48 @@ SPECS: dict[str, Spec] = {
     "BusinessService.ListMyBusinesses": Spec(
         lambda w, c: bpb.ListMyBusinessesRequest(),
         expect(ALL_OK, lambda w, c, o: _no_businesses(o)),
+    ),
+    # Live support: agents and the queue are the business's (people are refused); a user opens,
+    # reads and closes their own conversation, and another person cannot even see it.
+    "BusinessService.SetAgent": Spec(
+        lambda w, c: spb.SetAgentRequest(device_id=1, on=True, display_name="Ann"),
+        expect(NOT_BUSINESS, _no_agents),
+    ),
+    "BusinessService.ListAgents": Spec(
+        lambda w, c: spb.ListAgentsRequest(), expect(NOT_BUSINESS, _no_agents)
+    ),
+    "BusinessService.OpenSupportConversation": Spec(
+        lambda w, c: spb.OpenSupportConversationRequest(
+            business_account_id=_business(w).account_id, topic="refund"
+        ),
+        expect(ALL_OK, _own_support),
+    ),
+    "BusinessService.GetSupportConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.GetSupportConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_FOUND_TO_STRANGER),
+    ),
+    "BusinessService.WatchSupportQueue": Spec(
+        lambda w, c: spb.WatchSupportQueueRequest(), expect(NOT_BUSINESS)
+    ),
+    "BusinessService.ClaimConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.ClaimConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_BUSINESS),
+    ),
+    "BusinessService.TransferConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.TransferConversationRequest(conversation_id=cid, to_device_id=1)
+        ),
+        expect(NOT_BUSINESS),
+    ),
+    "BusinessService.CloseConversation": Spec(
+        lambda w, c: _support_request(
+            w, lambda cid: spb.CloseConversationRequest(conversation_id=cid)
+        ),
+        expect(NOT_FOUND_TO_STRANGER, _support_still_open),
     ),
 }
 

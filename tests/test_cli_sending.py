@@ -40,3 +40,34 @@ def test_window_and_status_with_the_cli(make_server: ServerFactory, tmp_path: Pa
 
     refusal = failed(parley(server, person, "business", "status"))
     assert "only business accounts can have a sending status" in refusal
+
+
+def test_window_text_names_the_entry_window_that_outlives_the_service_window() -> None:
+    """Opened from a chat link: after 24 h the service window is closed but the 72-hour entry
+    window still allows free-form replies; "closed" is said only once both are."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from parley.v1 import business_pb2 as bpb
+    from parley.v1 import chat_links_pb2 as lpb
+
+    from client.cli_sending import _window_text
+
+    def ts(seconds: int) -> Timestamp:
+        return Timestamp(seconds=seconds)
+
+    start = 1_800_000_000
+    service_closes, entry_closes = ts(start + 86_400), ts(start + 3 * 86_400)
+    entry_open = lpb.EntryWindow(open=True, opened_at=ts(start), closes_at=entry_closes)
+    only_entry = bpb.GetConversationWindowResponse(
+        open=True, opened_at=ts(start), closes_at=service_closes, entry=entry_open,
+        open_window=lpb.WINDOW_KIND_ENTRY,
+    )  # fmt: skip
+    text = _window_text("+1", only_entry)
+    assert "the 72-hour entry window of a chat link" in text and "allowed" in text
+    closed = bpb.GetConversationWindowResponse(
+        open=False, opened_at=ts(start), closes_at=service_closes,
+        entry=lpb.EntryWindow(open=False, opened_at=ts(start), closes_at=entry_closes),
+    )  # fmt: skip
+    assert _window_text("+1", closed).startswith("+1: closed at ")
+    assert _window_text("+1", closed) != _window_text(
+        "+1", bpb.GetConversationWindowResponse(open=False, closes_at=service_closes)
+    ), "the later (entry) closing time is the one shown"

@@ -7,6 +7,7 @@ one bash shell, as a newcomer would type them into a second terminal.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -25,6 +26,9 @@ SERVER_COMMAND = re.compile(r"^make run\b")
 # `make test` runs this test: running it from here would recurse.
 TEST_COMMAND = re.compile(r"^make test\b")
 README_ADDRESS = "localhost:50051"
+# The landing pages' port in the README's server command, mapped to a free one like gRPC's.
+README_HTTP_PORT = "8080"
+README_HTTP_ADDRESS = f"localhost:{README_HTTP_PORT}"
 # Spelled in two pieces so that this file does not match its own check.
 OUTSIDE_REFERENCES = ("../" + "shared", "DESIGN" + ".md", "STYLE" + ".md")
 
@@ -148,7 +152,7 @@ def _newcomer_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _script(readme: str, port: int) -> tuple[str, str]:
+def _script(readme: str, port: int, http_port: int = 0) -> tuple[str, str]:
     """The server command, and a bash script of every other ```sh block, in README order."""
     servers: list[str] = []
     parts = ["set -x"]
@@ -158,10 +162,22 @@ def _script(readme: str, port: int) -> tuple[str, str]:
             if SERVER_COMMAND.match(line):
                 servers.append(line)
             elif not TEST_COMMAND.match(line):
-                kept.append(line.replace(README_ADDRESS, f"localhost:{port}"))
+                line = line.replace(README_ADDRESS, f"localhost:{port}")
+                kept.append(line.replace(README_HTTP_ADDRESS, f"localhost:{http_port}"))
         parts.append(f"# README.md line {line_number}\n" + "\n".join(kept))
     assert len(servers) == 1, f"the README must have exactly one server command: {servers}"
     return servers[0], "\n".join(parts) + "\n"
+
+
+def _http_port(log: Path) -> int:
+    """The landing pages' bound port, from the server's "landing pages on" log line (written
+    before "listening on", which the caller waited for)."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if str(record.get("msg", "")).startswith("landing pages on"):
+                return int(record["http_port"])
+    raise AssertionError(f"the server logged no landing pages port:\n{log.read_text()}")
 
 
 @pytest.mark.timeout(900)
@@ -182,6 +198,9 @@ def test_readme_runs_as_written_on_a_clean_clone(tmp_path: Path) -> None:
 
     server_line, _ = _script(readme, 0)
     assert "--test-number" in server_line, "the README's server needs test numbers"
+    http_flag = f"--http-port {README_HTTP_PORT}"
+    assert http_flag in server_line, "the README's server serves the landing pages"
+    server_line = server_line.replace(http_flag, "--http-port 0")
     log = tmp_path / "server.log"
     with open(log, "wb") as sink:
         server = subprocess.Popen(
@@ -194,7 +213,7 @@ def test_readme_runs_as_written_on_a_clean_clone(tmp_path: Path) -> None:
         )
     try:
         port = _wait_for_port(server, log, timeout=600)  # includes the first install
-        _, script = _script(readme, port)
+        _, script = _script(readme, port, _http_port(log))
         (tmp_path / "readme.sh").write_text(script)
         run = subprocess.run(
             ["bash", "-euo", "pipefail", str(tmp_path / "readme.sh")],

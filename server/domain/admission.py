@@ -27,7 +27,12 @@ Rules kept here, and what enforces each one with concurrent writers (several rep
    Otherwise MismatchedDevicesError says which devices are missing, extra, stale or without
    keys. A device added concurrently is caught by the recipient on its next send (the list is
    read in the same transaction as the write; its foreign key drops envelopes of a device
-   removed concurrently).
+   removed concurrently). While the sender has a live-support conversation with a business
+   open, the expected list shrinks to that conversation's device set (the primary device and
+   the assigned agent's, `server.domain.support`): a send to the business's other devices is
+   refused with the set in the MismatchedDevices detail (`support_devices`); one more probe
+   of an index per business recipient and job, read in the same transaction as the write, so
+   a claim or transfer committed concurrently is seen by the next send.
 5. A send to an account that blocked the sender is refused PERMISSION_DENIED, saying only
    that "the recipient does not accept messages from you" (`BlockRule`, one primary-key probe
    per recipient and job). PERMISSION_DENIED, not FAILED_PRECONDITION: nothing the sender can
@@ -40,7 +45,10 @@ Rules kept here, and what enforces each one with concurrent writers (several rep
 6. An empty send to one's own account is a probe ("I know of no other device"): once the device
    rule agreed, it is answered, not stored, and later rules (limits, billing) never see it
    (`ProbeRule`).
-7. A business's send follows the sending rules (template, window, consent, limits, quality)
+7. A send carrying `chat_link_code` names a live chat link of its recipient; to a business
+   it opens the 72-hour entry window and counts the chat started
+   (`server.domain.links.ChatLinkRule`, added by the app before the business rule).
+8. A business's send follows the sending rules (template, window, consent, limits, quality)
    and a person's message to a business opens the customer-service window
    (`server.domain.sending.BusinessRule`, added by the app with its settings). It is the last
    rule, so its counters move only for a send that is admitted, and it may *stamp* the draft:
@@ -69,6 +77,7 @@ from server.domain.errors import (
 from server.domain.ids import IdGenerator
 from server.domain.messaging_policy import MessagingPolicy
 from server.domain.model import (
+    AccountKind,
     ContentType,
     EnvelopeRow,
     MessageCategory,
@@ -76,6 +85,7 @@ from server.domain.model import (
     MessageState,
 )
 from server.domain.ports import ReadTransaction, Transaction
+from server.domain.support_model import support_device_set
 
 CONTENT_TYPES = frozenset(ContentType)
 CATEGORIES = frozenset(MessageCategory)
@@ -110,6 +120,8 @@ class SendRequest:
     category: int = MessageCategory.UNSPECIFIED
     template_name: str = ""
     template_id: str = ""
+    # The chat link the chat was started from (server.domain.links): checked, never stored.
+    chat_link_code: str = ""
 
     def fingerprint(self) -> bytes:
         """Digest of the body, to tell a retry from a reused request_id."""
@@ -120,6 +132,8 @@ class SendRequest:
         ]
         if self.template_id:  # only then: digests of sends stored before it existed still match
             parts.append(self.template_id.encode())
+        if self.chat_link_code:  # the same
+            parts.append(b"link:" + self.chat_link_code.encode())
         for c in self.copies:
             parts.append(
                 struct.pack(">IIII", c.device_id, c.registration_id, c.content_type, len(c.content))
@@ -154,9 +168,12 @@ class MismatchedDevicesError(FailedPrecondition):
         *,
         without_keys: list[int] | None = None,
         own_account: bool = False,
+        support_devices: list[int] | None = None,
+        outside_support: list[int] | None = None,
     ):
         without_keys = without_keys or []
-        gone = [d for d in extra if d not in without_keys]
+        outside_support = outside_support or []
+        gone = [d for d in extra if d not in without_keys and d not in outside_support]
         parts = []
         if missing:
             parts.append(f"missing devices {missing} (fetch their prekey bundles and add them)")
@@ -166,7 +183,9 @@ class MismatchedDevicesError(FailedPrecondition):
             parts.append(f"stale devices {stale} (re-registered: fetch new bundles)")
         if without_keys:
             parts.append(_without_keys_message(without_keys, own_account))
-        if without_keys and len(parts) == 1:
+        if outside_support:
+            parts.append(_support_set_message(outside_support, support_devices or []))
+        if len(parts) == 1 and (without_keys or outside_support):
             message = parts[0]
         else:
             message = "the device list does not match the recipient's devices: " + "; ".join(parts)
@@ -176,6 +195,10 @@ class MismatchedDevicesError(FailedPrecondition):
         self.extra = extra
         self.stale = stale
         self.without_keys = without_keys
+        # The expected set when a live-support conversation limits it (else empty), and the
+        # devices the send named that exist but are outside it.
+        self.support_devices = support_devices or []
+        self.outside_support = outside_support
 
 
 def _without_keys_message(devices: list[int], own_account: bool) -> str:
@@ -188,6 +211,14 @@ def _without_keys_message(devices: list[int], own_account: bool) -> str:
     return (
         f"devices {devices} of {whose} have not uploaded their keys yet"
         " (KeyService/UploadPreKeys), so they cannot receive messages"
+    )
+
+
+def _support_set_message(outside: list[int], expected: list[int]) -> str:
+    return (
+        f"devices {outside} are outside the support device set {expected}: while your live-support"
+        " conversation with this business is open, your messages go to its primary device and"
+        " the assigned agent's device only; leave the others out (keep their sessions)"
     )
 
 
@@ -263,6 +294,18 @@ class SendJob:
             return self.tx.device_registrations(account_id) if exists else None
 
         return self.memo("devices", account_id, load)
+
+    def support_devices(self, account_id: str) -> tuple[int, ...] | None:
+        """The devices of business `account_id` the sender's messages may reach while the
+        sender has a live-support conversation with it open; None when none is open (every
+        device). One probe of an index per business recipient and job; none for persons."""
+
+        def load() -> tuple[int, ...] | None:
+            if self.account_kind(account_id) != AccountKind.BUSINESS:
+                return None
+            return support_device_set(self.tx, account_id, self.caller.account_id)
+
+        return self.memo("support", account_id, load)
 
     def stamp(self, draft: Draft, category: int, template_name: str, template_id: str) -> None:
         """Set the business metadata stored with `draft` once it is admitted."""
@@ -372,10 +415,14 @@ class DeviceListRule:
 
     def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
         r = draft.request
-        registrations = job.recipient_devices(r.recipient_account_id) or {}
+        receiving = job.recipient_devices(r.recipient_account_id) or {}
+        registrations = receiving
         sender_device = job.caller.device_id if draft.to_self else None
         if sender_device is not None:
             registrations = {d: reg for d, reg in registrations.items() if d != sender_device}
+        support = None if draft.to_self else job.support_devices(r.recipient_account_id)
+        if support is not None:  # a live-support conversation: its device set only
+            registrations = {d: reg for d, reg in registrations.items() if d in support}
         given = {c.device_id: c.registration_id for c in r.copies}
         if given == registrations:
             return NO_WRITES
@@ -384,6 +431,7 @@ class DeviceListRule:
         stale = sorted(
             d for d, reg in given.items() if d in registrations and registrations[d] != reg
         )
+        outside = [d for d in extra if d in receiving] if support is not None else []
         # Only on the error path: which "extra" devices exist but cannot receive yet.
         existing = {d.device_id for d in job.tx.list_devices(r.recipient_account_id)}
         existing.discard(sender_device or 0)
@@ -392,8 +440,10 @@ class DeviceListRule:
             missing,
             extra,
             stale,
-            without_keys=[d for d in extra if d in existing],
+            without_keys=[d for d in extra if d in existing and d not in receiving],
             own_account=sender_device is not None,
+            support_devices=sorted(registrations) if support is not None else None,
+            outside_support=outside,
         )
 
 

@@ -20,6 +20,11 @@ Rules kept here:
    up), bundles carry the signed prekey and the last-resort Kyber key, which are never taken:
    sessions still start, with less forward secrecy for their first message until the target
    uploads more.
+6. A user with a live-support conversation open with a business gets bundles of that
+   conversation's device set only (the primary device and the assigned agent's,
+   `server.domain.support`): their client never encrypts to other agents, and none of those
+   agents' one-time prekeys is spent on them. A device outside the set asked by id is
+   FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from server.domain import validation
 from server.domain.auth import Principal, as_caller
 from server.domain.clock import Clock
 from server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from server.domain.model import DeviceKeys, SignedKey
+from server.domain.model import AccountKind, DeviceKeys, SignedKey
 from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.ratelimit import Rate, RateLimiter, take_all
+from server.domain.support_model import support_device_set
 
 EC_KEY_TYPE = 0x05
 EC_KEY_LEN = 33
@@ -326,8 +332,22 @@ class KeyDirectory:
         )
 
         def take(tx: Transaction) -> list[Bundle]:
-            if tx.get_account(target) is None:
+            account = tx.get_account(target)
+            if account is None:
                 raise NotFound(f"no account {target}")
+            # A user with a live-support conversation open gets the business's support device
+            # set only (server.domain.support, rule 4): no other agent's prekeys are spent.
+            allowed = (
+                support_device_set(tx, target, caller.account_id)
+                if account.kind == AccountKind.BUSINESS and target != caller.account_id
+                else None
+            )
+            if device_id and allowed is not None and device_id not in allowed:
+                raise FailedPrecondition(
+                    f"device {device_id} of this business is outside the support device set"
+                    f" {list(allowed)}: while your live-support conversation with it is open,"
+                    " your messages go to its primary device and the assigned agent only"
+                )
             if device_id:
                 one = tx.get_device_keys(target, device_id)
                 if one is None:
@@ -337,7 +357,11 @@ class KeyDirectory:
                     )
                 devices = [one]
             else:
-                devices = tx.list_device_keys(target)
+                devices = [
+                    keys
+                    for keys in tx.list_device_keys(target)
+                    if allowed is None or keys.device_id in allowed
+                ]
                 if not devices:
                     raise NotFound(f"no device of account {target} has published keys yet")
             out = []

@@ -29,8 +29,9 @@ keep each invariant cite these by name):
 
 Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
 `server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
-`server.domain.sending_model`; B1-B4 (billing's conditional balance updates and once-only
-ledger keys) in `server.domain.billing_model`. Accounts and keys continue here:
+`server.domain.sending_model`; U1-U4 (live support) in `server.domain.support_model`; L1-L4
+(click-to-chat) in `server.domain.links_model`; B1-B4 (billing's conditional balance updates
+and once-only ledger keys) in `server.domain.billing_model`. Accounts and keys continue here:
 
 11. `insert_device` takes one of the account's device slots with one conditional UPDATE of the
     account's device count (`device_count < max`) before it inserts, in the same transaction,
@@ -57,6 +58,7 @@ from typing import Protocol, TypeVar
 
 from server.domain.billing_model import BillingReads, BillingWrites
 from server.domain.consent_model import ConsentReads, ConsentWrites
+from server.domain.links_model import LinkReads, LinkWrites
 from server.domain.model import (
     AccountRow,
     DeviceKeys,
@@ -69,6 +71,7 @@ from server.domain.model import (
     VerificationRow,
 )
 from server.domain.sending_model import SendingReads, SendingWrites
+from server.domain.support_model import SupportReads, SupportWrites
 
 T = TypeVar("T")
 
@@ -236,7 +239,15 @@ class MessageWrites(Protocol):
 
 
 class ReadTransaction(
-    AccountReads, KeyReads, MessageReads, ConsentReads, SendingReads, BillingReads, Protocol
+    AccountReads,
+    KeyReads,
+    MessageReads,
+    ConsentReads,
+    SendingReads,
+    SupportReads,
+    LinkReads,
+    BillingReads,
+    Protocol,
 ):
     """What a read transaction offers: a consistent view, no writes."""
 
@@ -248,6 +259,8 @@ class Transaction(
     MessageWrites,
     ConsentWrites,
     SendingWrites,
+    SupportWrites,
+    LinkWrites,
     BillingWrites,
     Protocol,
 ):

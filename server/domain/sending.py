@@ -13,7 +13,9 @@ cleartext template id. None needs the plaintext. The rules, in the order they ar
 2. **The 24-hour customer-service window.** Every message of a person to a business opens or
    refreshes the window of (business, person) (a deferred write of the person's send; an
    upsert keeping the latest time). Free-form sends need an open window: outside it they fail
-   FAILED_PRECONDITION saying that a template is needed and when the window closed.
+   FAILED_PRECONDITION saying that a template is needed and when the window closed. An open
+   72-hour *entry window* (a chat the user started from one of the business's chat links,
+   `server.domain.links`) counts as an open window for every rule here.
 3. **Starting a conversation needs consent.** A template send needs `consent.may_start`: the
    user's opt-in covering the template's category, no opt-out of it, no block. One exception,
    as on WhatsApp: inside an open window (the user is talking to the business now) UTILITY
@@ -78,6 +80,7 @@ from server.domain.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from server.domain.links import entry_window_open
 from server.domain.model import AccountKind, MessageCategory
 from server.domain.ports import ReadTransaction, Transaction
 from server.domain.profiles import as_business, require_business_kind
@@ -308,7 +311,7 @@ def _try(compute: Callable[[], _Verdict]) -> _Verdict | DomainError:
 
 
 class BusinessRule:
-    """Admission rule 7: the sending rules above, for sends by a business; a person's send to
+    """Admission rule 8: the sending rules above, for sends by a business; a person's send to
     a business opens the window. The last rule, so once it passes the draft is admitted."""
 
     def __init__(self, policy: SendingPolicy, clock: Clock) -> None:
@@ -379,9 +382,13 @@ class BusinessRule:
                     " without a template is SERVICE: send an approved template (template_id)"
                     " for other categories"
                 )
-        # 2. The window.
+        # 2. The window: the customer-service window, or the entry window of a chat the user
+        # started from one of the business's chat links (server.domain.links).
         opened = job.memo("window", user, lambda: tx.window_opened_at(business, user))
         window_open = opened is not None and now < opened + DAY
+        if not window_open:
+            entry = job.memo("entry", user, lambda: entry_window_open(tx, business, user, now))
+            window_open = entry is not None
         if not window_open and (facts is None or r.online_only):
             what = "an online-only message" if r.online_only else "a free-form message"
             if opened is None:
@@ -485,12 +492,24 @@ class BusinessRule:
 # -- the business's view: window and status ------------------------------------------------
 
 
+class WindowKind(IntEnum):
+    """proto `WindowKind`: which window lets the business send free-form now."""
+
+    NONE = 0
+    SERVICE = 1
+    ENTRY = 2
+
+
 @dataclass(frozen=True)
 class WindowView:
     user_account_id: str
     opened_at: float | None  # the user's last message; None: never
     closes_at: float | None
     open: bool
+    entry_opened_at: float | None = None  # the chat started from a chat link; None: never
+    entry_closes_at: float | None = None
+    entry_open: bool = False
+    kind: WindowKind = WindowKind.NONE  # the open window closing last; NONE: none is open
 
 
 @dataclass(frozen=True)
@@ -526,7 +545,27 @@ class SendingDesk:
                 raise NotFound(f"no account {user}; look the user's number up first")
             opened = tx.window_opened_at(caller.account_id, user)
             closes = None if opened is None else opened + DAY
-            return WindowView(user, opened, closes, closes is not None and now < closes)
+            entry = tx.entry_window(caller.account_id, user)
+            # The window open now that closes last: the one the business can count on.
+            open_until = {
+                kind: until
+                for kind, until in (
+                    (WindowKind.SERVICE, closes),
+                    (WindowKind.ENTRY, entry.closes_at if entry else None),
+                )
+                if until is not None and now < until
+            }
+            kind = max(open_until, key=open_until.__getitem__, default=WindowKind.NONE)
+            return WindowView(
+                user,
+                opened,
+                closes,
+                kind != WindowKind.NONE,
+                entry.opened_at if entry else None,
+                entry.closes_at if entry else None,
+                WindowKind.ENTRY in open_until,
+                kind,
+            )
 
         return await self._db.read(read)
 

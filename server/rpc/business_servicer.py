@@ -14,9 +14,12 @@ from parley.v1 import business_pb2 as bpb
 from parley.v1 import business_pb2_grpc
 
 from server.domain.consent import ConsentBook
+from server.domain.links import ChatLinks
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import SendingDesk
+from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
+from server.rpc.chat_link_rpcs import ChatLinkRpcs
 from server.rpc.consent_rpcs import ConsentRpcs
 from server.rpc.directory_convert import (
     content_from_proto,
@@ -26,6 +29,7 @@ from server.rpc.directory_convert import (
 )
 from server.rpc.interceptors import caller
 from server.rpc.sending_rpcs import SendingRpcs
+from server.rpc.support_rpcs import SupportRpcs
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -90,7 +94,13 @@ class TemplateRpcs:
 
 
 class BusinessServicer(
-    ProfileRpcs, TemplateRpcs, ConsentRpcs, SendingRpcs, business_pb2_grpc.BusinessServiceServicer
+    ProfileRpcs,
+    TemplateRpcs,
+    ConsentRpcs,
+    SendingRpcs,
+    SupportRpcs,
+    ChatLinkRpcs,
+    business_pb2_grpc.BusinessServiceServicer,
 ):
     def __init__(
         self,
@@ -99,8 +109,12 @@ class BusinessServicer(
         templates: TemplateCatalog,
         consent: ConsentBook,
         sending: SendingDesk,
+        support: SupportDesk,
+        links: ChatLinks,
     ) -> None:
         self._profiles = profiles
         self._templates = templates
         self._consent = consent
         self._sending = sending
+        self._support = support
+        self._links = links

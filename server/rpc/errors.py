@@ -52,6 +52,7 @@ def mismatched_devices(error: MismatchedDevicesError) -> messaging_pb2.Mismatche
         missing_devices=error.missing,
         extra_devices=error.extra,
         stale_devices=error.stale,
+        support_devices=error.support_devices,
     )
 
 

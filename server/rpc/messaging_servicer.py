@@ -41,6 +41,7 @@ def _request(r: pb.SendMessageRequest) -> SendRequest:
         category=r.business.category,
         template_name=r.business.template_name,
         template_id=r.business.template_id,
+        chat_link_code=r.chat_link_code,
     )
 
 

@@ -47,6 +47,11 @@ class SendingRpcs:
         if view.opened_at is not None and view.closes_at is not None:
             out.opened_at.CopyFrom(timestamp(view.opened_at))
             out.closes_at.CopyFrom(timestamp(view.closes_at))
+        if view.entry_opened_at is not None and view.entry_closes_at is not None:
+            out.entry.open = view.entry_open
+            out.entry.opened_at.CopyFrom(timestamp(view.entry_opened_at))
+            out.entry.closes_at.CopyFrom(timestamp(view.entry_closes_at))
+        out.open_window = int(view.kind)  # type: ignore[assignment]
         return out
 
     async def GetBusinessStatus(

@@ -344,7 +344,95 @@ def _v8_device_count(conn: sqlite3.Connection) -> None:
     )
 
 
-def _v9_billing(conn: sqlite3.Connection) -> None:
+def _v9_live_support(conn: sqlite3.Connection) -> None:
+    """Live support (server.domain.support): agents, conversations and each business's queue
+    of events. At most one open conversation per (business, user) is a partial unique index;
+    state changes are conditional UPDATEs; event sequence numbers come from one counter row
+    per business, taken by an upsert, so writers on a business's queue commit in sequence
+    order (support_model U1-U4)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE support_agents (
+            account_id   TEXT NOT NULL,
+            device_id    INTEGER NOT NULL,
+            display_name TEXT NOT NULL,
+            since        REAL NOT NULL,
+            PRIMARY KEY (account_id, device_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        CREATE TABLE support_conversations (
+            conversation_id     TEXT PRIMARY KEY,
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            topic               TEXT NOT NULL,
+            state               INTEGER NOT NULL,  -- SupportState: 1 waiting, 2 assigned, 3 closed
+            agent_device_id     INTEGER NOT NULL DEFAULT 0,  -- 0: none
+            opened_at           REAL NOT NULL,
+            updated_at          REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX support_open_per_pair
+            ON support_conversations(business_account_id, user_account_id) WHERE state != 3;
+        CREATE INDEX support_latest_per_pair
+            ON support_conversations(business_account_id, user_account_id, opened_at);
+        CREATE TABLE support_queues (
+            business_account_id TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+            last_sequence       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE support_events (
+            business_account_id  TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            sequence             INTEGER NOT NULL,
+            kind                 INTEGER NOT NULL,  -- SupportEventKind
+            conversation_id      TEXT NOT NULL,
+            user_account_id      TEXT NOT NULL,
+            topic                TEXT NOT NULL,
+            agent_device_id      INTEGER NOT NULL,
+            agent_display_name   TEXT NOT NULL,
+            from_agent_device_id INTEGER NOT NULL,
+            closed_by            TEXT NOT NULL,
+            at                   REAL NOT NULL,
+            PRIMARY KEY (business_account_id, sequence)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+def _v10_chat_links(conn: sqlite3.Connection) -> None:
+    """Click-to-chat (server.domain.links): the links with their counters, each account's
+    number-link setting, and the 72-hour entry windows. No table names who opened a link: a
+    link holds counters only, and an entry window names the business and the user but not the
+    link (links_model L1-L4)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE chat_links (
+            code           TEXT PRIMARY KEY,   -- 16 URL-safe characters, 96 random bits
+            account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            prefilled_text TEXT NOT NULL,
+            label          TEXT NOT NULL,
+            created_at     REAL NOT NULL,
+            opens          INTEGER NOT NULL DEFAULT 0,
+            chats_started  INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE INDEX chat_links_by_account ON chat_links(account_id, created_at);
+        CREATE TABLE chat_link_settings (
+            account_id        TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+            number_links      INTEGER,            -- 0 or 1, NULL: the default of its kind
+            number_link_opens INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE entry_windows (
+            business_account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            user_account_id     TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+            opened_at           REAL NOT NULL,
+            closes_at           REAL NOT NULL,
+            PRIMARY KEY (business_account_id, user_account_id)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+def _v11_billing(conn: sqlite3.Connection) -> None:
     """Billing (server.domain.billing_model): price table versions, balances that cannot go
     below zero, the append-only ledger with its exactly-once keys, one charge per business
     message, and the month's usage for allowances and volume tiers."""
@@ -427,8 +515,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "accounts count their devices (the device limit as one conditional write)",
         _v8_device_count,
     ),
+    Migration(9, "live support: agents, support conversations and queue events", _v9_live_support),
     Migration(
-        9, "billing: price tables, balances, the ledger, charges, monthly usage", _v9_billing
+        10, "click-to-chat links, number-link settings, 72-hour entry windows", _v10_chat_links
+    ),
+    Migration(
+        11, "billing: price tables, balances, the ledger, charges, monthly usage", _v11_billing
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

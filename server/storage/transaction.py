@@ -16,8 +16,10 @@ from server.storage.billing import SqliteBilling
 from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
+from server.storage.links import SqliteLinks
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
+from server.storage.support import SqliteSupport
 
 
 class SqliteTransaction(
@@ -27,6 +29,8 @@ class SqliteTransaction(
     SqliteDirectory,
     SqliteConsent,
     SqliteSending,
+    SqliteSupport,
+    SqliteLinks,
     SqliteBilling,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:

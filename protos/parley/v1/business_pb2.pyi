@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from parley.v1 import chat_links_pb2 as _chat_links_pb2
 from parley.v1 import messaging_pb2 as _messaging_pb2
 import builtins as _builtins
 import sys
@@ -1247,10 +1248,16 @@ class GetConversationWindowResponse(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     OPENED_AT_FIELD_NUMBER: _builtins.int
     CLOSES_AT_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    OPEN_WINDOW_FIELD_NUMBER: _builtins.int
     user_account_id: _builtins.str
     """The user's account id."""
     open: _builtins.bool
     """True while the window is open."""
+    open_window: _chat_links_pb2.WindowKind.ValueType
+    """Which window is open now (the one closing later when both are); `open` is true when it is
+    not WINDOW_KIND_UNSPECIFIED.
+    """
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp:
         """The user's latest message to the business; unset if the user never wrote."""
@@ -1259,6 +1266,13 @@ class GetConversationWindowResponse(_message.Message):
     def closes_at(self) -> _timestamp_pb2.Timestamp:
         """When the window closes (closed, if in the past); unset if the user never wrote."""
 
+    @_builtins.property
+    def entry(self) -> _chat_links_pb2.EntryWindow:
+        """The 72-hour entry window of a chat the user started from one of the business's chat
+        links; unset if there was none. Free-form messages are allowed while it is open, as in
+        the customer-service window.
+        """
+
     def __init__(
         self,
         *,
@@ -1266,10 +1280,12 @@ class GetConversationWindowResponse(_message.Message):
         open: _builtins.bool = ...,
         opened_at: _timestamp_pb2.Timestamp | None = ...,
         closes_at: _timestamp_pb2.Timestamp | None = ...,
+        entry: _chat_links_pb2.EntryWindow | None = ...,
+        open_window: _chat_links_pb2.WindowKind.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "opened_at", b"opened_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "entry", b"entry", "opened_at", b"opened_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "open", b"open", "opened_at", b"opened_at", "user_account_id", b"user_account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closes_at", b"closes_at", "entry", b"entry", "open", b"open", "open_window", b"open_window", "opened_at", b"opened_at", "user_account_id", b"user_account_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

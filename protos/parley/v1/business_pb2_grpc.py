@@ -4,6 +4,8 @@ import grpc
 import warnings
 
 from parley.v1 import business_pb2 as parley_dot_v1_dot_business__pb2
+from parley.v1 import chat_links_pb2 as parley_dot_v1_dot_chat__links__pb2
+from parley.v1 import support_pb2 as parley_dot_v1_dot_support__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -112,6 +114,76 @@ class BusinessServiceStub:
                 '/parley.v1.BusinessService/GetBusinessStatus',
                 request_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+                _registered_method=True)
+        self.CreateChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/CreateChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.FromString,
+                _registered_method=True)
+        self.ListChatLinks = channel.unary_unary(
+                '/parley.v1.BusinessService/ListChatLinks',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.FromString,
+                _registered_method=True)
+        self.DeleteChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/DeleteChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.FromString,
+                _registered_method=True)
+        self.ResolveChatLink = channel.unary_unary(
+                '/parley.v1.BusinessService/ResolveChatLink',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.FromString,
+                _registered_method=True)
+        self.GetChatLinkSettings = channel.unary_unary(
+                '/parley.v1.BusinessService/GetChatLinkSettings',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.FromString,
+                _registered_method=True)
+        self.SetChatLinkSettings = channel.unary_unary(
+                '/parley.v1.BusinessService/SetChatLinkSettings',
+                request_serializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.FromString,
+                _registered_method=True)
+        self.SetAgent = channel.unary_unary(
+                '/parley.v1.BusinessService/SetAgent',
+                request_serializer=parley_dot_v1_dot_support__pb2.SetAgentRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.SetAgentResponse.FromString,
+                _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/parley.v1.BusinessService/ListAgents',
+                request_serializer=parley_dot_v1_dot_support__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.OpenSupportConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/OpenSupportConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.FromString,
+                _registered_method=True)
+        self.GetSupportConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/GetSupportConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.FromString,
+                _registered_method=True)
+        self.WatchSupportQueue = channel.unary_stream(
+                '/parley.v1.BusinessService/WatchSupportQueue',
+                request_serializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.FromString,
+                _registered_method=True)
+        self.ClaimConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/ClaimConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.ClaimConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.ClaimConversationResponse.FromString,
+                _registered_method=True)
+        self.TransferConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/TransferConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.TransferConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.TransferConversationResponse.FromString,
+                _registered_method=True)
+        self.CloseConversation = channel.unary_unary(
+                '/parley.v1.BusinessService/CloseConversation',
+                request_serializer=parley_dot_v1_dot_support__pb2.CloseConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_support__pb2.CloseConversationResponse.FromString,
                 _registered_method=True)
 
 
@@ -244,6 +316,8 @@ class BusinessServiceServicer:
         GetConversationWindow tells the calling business when its 24-hour customer-service
         window with a user closes: the user's latest message to it plus 24 h. Inside it the
         business may send free-form (SERVICE) messages; outside it, only approved templates.
+        A chat the user started from one of its chat links also opens a 72-hour entry window
+        (`entry`), which allows the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +327,141 @@ class BusinessServiceServicer:
         """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
         rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
         quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateChatLink(self, request, context):
+        """-- Click-to-chat (messages in chat_links.proto) --
+
+        CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+        an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+        over 140 characters or label over 64.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChatLinks(self, request, context):
+        """ListChatLinks lists the caller's links with their open and chat-started counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteChatLink(self, request, context):
+        """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+        such link of the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveChatLink(self, request, context):
+        """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+        who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+        allows number links at that number (the same answer whether or not the number is on
+        Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChatLinkSettings(self, request, context):
+        """GetChatLinkSettings reads whether the caller's number link resolves, and its counter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChatLinkSettings(self, request, context):
+        """SetChatLinkSettings turns the caller's number link on or off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAgent(self, request, context):
+        """-- Live support (messages in support.proto) --
+
+        SetAgent makes one of the business's devices an agent (on, with the display name users
+        see), renames it, or stops it (off). Only the business's primary device (device 1) may
+        call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+        when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgents(self, request, context):
+        """ListAgents lists the calling business's agents; any device of the business may call it
+        (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSupportConversation(self, request, context):
+        """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+        open conversation per (business, user): opening again returns the open one. It counts as
+        the user contacting the business (the 24-hour service window opens), and while it is open
+        the user's messages to the business go to its primary device and the assigned agent only.
+        NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+        caller's own; PERMISSION_DENIED: the business blocked the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSupportConversation(self, request, context):
+        """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+        theirs (by id or by business), the business's agents and primary device read the
+        business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+        business device that is neither an agent nor the primary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSupportQueue(self, request, context):
+        """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+        closed), each with a sequence number strictly increasing without gaps: every event after
+        `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+        sequence seen misses nothing and repeats nothing. For agent devices and the primary
+        device: PERMISSION_DENIED for another device of the business (also when the device stops
+        being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+        ends UNAUTHENTICATED when the device is removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimConversation(self, request, context):
+        """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+        agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+        agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+        business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferConversation(self, request, context):
+        """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+        the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+        user's new messages go to the new agent; earlier ones stay with the earlier agent.
+        NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+        agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseConversation(self, request, context):
+        """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+        is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+        it is closed already; NOT_FOUND for a conversation the caller cannot see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,6 +544,76 @@ def add_BusinessServiceServicer_to_server(servicer, server):
                     servicer.GetBusinessStatus,
                     request_deserializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.FromString,
                     response_serializer=parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.SerializeToString,
+            ),
+            'CreateChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.SerializeToString,
+            ),
+            'ListChatLinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChatLinks,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.SerializeToString,
+            ),
+            'DeleteChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.SerializeToString,
+            ),
+            'ResolveChatLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveChatLink,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.SerializeToString,
+            ),
+            'GetChatLinkSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChatLinkSettings,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.SerializeToString,
+            ),
+            'SetChatLinkSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChatLinkSettings,
+                    request_deserializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.SerializeToString,
+            ),
+            'SetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAgent,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.SetAgentRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.SetAgentResponse.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.ListAgentsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'OpenSupportConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSupportConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.SerializeToString,
+            ),
+            'GetSupportConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSupportConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.SerializeToString,
+            ),
+            'WatchSupportQueue': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSupportQueue,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.SerializeToString,
+            ),
+            'ClaimConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.ClaimConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.ClaimConversationResponse.SerializeToString,
+            ),
+            'TransferConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.TransferConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.TransferConversationResponse.SerializeToString,
+            ),
+            'CloseConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseConversation,
+                    request_deserializer=parley_dot_v1_dot_support__pb2.CloseConversationRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_support__pb2.CloseConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +1025,384 @@ class BusinessService:
             '/parley.v1.BusinessService/GetBusinessStatus',
             parley_dot_v1_dot_business__pb2.GetBusinessStatusRequest.SerializeToString,
             parley_dot_v1_dot_business__pb2.GetBusinessStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/CreateChatLink',
+            parley_dot_v1_dot_chat__links__pb2.CreateChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.CreateChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChatLinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ListChatLinks',
+            parley_dot_v1_dot_chat__links__pb2.ListChatLinksRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.ListChatLinksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/DeleteChatLink',
+            parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.DeleteChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveChatLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ResolveChatLink',
+            parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.ResolveChatLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChatLinkSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetChatLinkSettings',
+            parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.GetChatLinkSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChatLinkSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/SetChatLinkSettings',
+            parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsRequest.SerializeToString,
+            parley_dot_v1_dot_chat__links__pb2.SetChatLinkSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/SetAgent',
+            parley_dot_v1_dot_support__pb2.SetAgentRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.SetAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ListAgents',
+            parley_dot_v1_dot_support__pb2.ListAgentsRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSupportConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/OpenSupportConversation',
+            parley_dot_v1_dot_support__pb2.OpenSupportConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.OpenSupportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSupportConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/GetSupportConversation',
+            parley_dot_v1_dot_support__pb2.GetSupportConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.GetSupportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSupportQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.BusinessService/WatchSupportQueue',
+            parley_dot_v1_dot_support__pb2.WatchSupportQueueRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.WatchSupportQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/ClaimConversation',
+            parley_dot_v1_dot_support__pb2.ClaimConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.ClaimConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/TransferConversation',
+            parley_dot_v1_dot_support__pb2.TransferConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.TransferConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BusinessService/CloseConversation',
+            parley_dot_v1_dot_support__pb2.CloseConversationRequest.SerializeToString,
+            parley_dot_v1_dot_support__pb2.CloseConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

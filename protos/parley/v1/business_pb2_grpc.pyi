@@ -6,6 +6,8 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from parley.v1 import business_pb2 as _business_pb2
+from parley.v1 import chat_links_pb2 as _chat_links_pb2
+from parley.v1 import support_pb2 as _support_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -104,11 +106,89 @@ class BusinessServiceStub:
     GetConversationWindow tells the calling business when its 24-hour customer-service
     window with a user closes: the user's latest message to it plus 24 h. Inside it the
     business may send free-form (SERVICE) messages; outside it, only approved templates.
+    A chat the user started from one of its chat links also opens a 72-hour entry window
+    (`entry`), which allows the same.
     """
     GetBusinessStatus: _grpc.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]
     """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+    """
+    CreateChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.CreateChatLinkRequest, _chat_links_pb2.CreateChatLinkResponse]
+    """-- Click-to-chat (messages in chat_links.proto) --
+
+    CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+    an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+    over 140 characters or label over 64.
+    """
+    ListChatLinks: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.ListChatLinksRequest, _chat_links_pb2.ListChatLinksResponse]
+    """ListChatLinks lists the caller's links with their open and chat-started counters."""
+    DeleteChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.DeleteChatLinkRequest, _chat_links_pb2.DeleteChatLinkResponse]
+    """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+    such link of the caller's.
+    """
+    ResolveChatLink: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.ResolveChatLinkRequest, _chat_links_pb2.ResolveChatLinkResponse]
+    """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+    who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+    allows number links at that number (the same answer whether or not the number is on
+    Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+    """
+    GetChatLinkSettings: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.GetChatLinkSettingsRequest, _chat_links_pb2.GetChatLinkSettingsResponse]
+    """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+    SetChatLinkSettings: _grpc.UnaryUnaryMultiCallable[_chat_links_pb2.SetChatLinkSettingsRequest, _chat_links_pb2.SetChatLinkSettingsResponse]
+    """SetChatLinkSettings turns the caller's number link on or off."""
+    SetAgent: _grpc.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]
+    """-- Live support (messages in support.proto) --
+
+    SetAgent makes one of the business's devices an agent (on, with the display name users
+    see), renames it, or stops it (off). Only the business's primary device (device 1) may
+    call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+    when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+    """
+    ListAgents: _grpc.UnaryUnaryMultiCallable[_support_pb2.ListAgentsRequest, _support_pb2.ListAgentsResponse]
+    """ListAgents lists the calling business's agents; any device of the business may call it
+    (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+    """
+    OpenSupportConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.OpenSupportConversationRequest, _support_pb2.OpenSupportConversationResponse]
+    """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+    open conversation per (business, user): opening again returns the open one. It counts as
+    the user contacting the business (the 24-hour service window opens), and while it is open
+    the user's messages to the business go to its primary device and the assigned agent only.
+    NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+    caller's own; PERMISSION_DENIED: the business blocked the caller.
+    """
+    GetSupportConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.GetSupportConversationRequest, _support_pb2.GetSupportConversationResponse]
+    """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+    theirs (by id or by business), the business's agents and primary device read the
+    business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+    business device that is neither an agent nor the primary).
+    """
+    WatchSupportQueue: _grpc.UnaryStreamMultiCallable[_support_pb2.WatchSupportQueueRequest, _support_pb2.WatchSupportQueueResponse]
+    """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+    closed), each with a sequence number strictly increasing without gaps: every event after
+    `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+    sequence seen misses nothing and repeats nothing. For agent devices and the primary
+    device: PERMISSION_DENIED for another device of the business (also when the device stops
+    being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+    ends UNAUTHENTICATED when the device is removed.
+    """
+    ClaimConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.ClaimConversationRequest, _support_pb2.ClaimConversationResponse]
+    """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+    agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+    agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+    business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+    """
+    TransferConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.TransferConversationRequest, _support_pb2.TransferConversationResponse]
+    """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+    the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+    user's new messages go to the new agent; earlier ones stay with the earlier agent.
+    NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+    agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+    """
+    CloseConversation: _grpc.UnaryUnaryMultiCallable[_support_pb2.CloseConversationRequest, _support_pb2.CloseConversationResponse]
+    """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+    is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+    it is closed already; NOT_FOUND for a conversation the caller cannot see.
     """
 
 @_typing.type_check_only
@@ -187,11 +267,89 @@ class BusinessServiceAsyncStub(BusinessServiceStub):
     GetConversationWindow tells the calling business when its 24-hour customer-service
     window with a user closes: the user's latest message to it plus 24 h. Inside it the
     business may send free-form (SERVICE) messages; outside it, only approved templates.
+    A chat the user started from one of its chat links also opens a 72-hour entry window
+    (`entry`), which allows the same.
     """
     GetBusinessStatus: _aio.UnaryUnaryMultiCallable[_business_pb2.GetBusinessStatusRequest, _business_pb2.GetBusinessStatusResponse]  # type: ignore[assignment]
     """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
     rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
     quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+    """
+    CreateChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.CreateChatLinkRequest, _chat_links_pb2.CreateChatLinkResponse]  # type: ignore[assignment]
+    """-- Click-to-chat (messages in chat_links.proto) --
+
+    CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+    an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+    over 140 characters or label over 64.
+    """
+    ListChatLinks: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.ListChatLinksRequest, _chat_links_pb2.ListChatLinksResponse]  # type: ignore[assignment]
+    """ListChatLinks lists the caller's links with their open and chat-started counters."""
+    DeleteChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.DeleteChatLinkRequest, _chat_links_pb2.DeleteChatLinkResponse]  # type: ignore[assignment]
+    """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+    such link of the caller's.
+    """
+    ResolveChatLink: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.ResolveChatLinkRequest, _chat_links_pb2.ResolveChatLinkResponse]  # type: ignore[assignment]
+    """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+    who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+    allows number links at that number (the same answer whether or not the number is on
+    Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+    """
+    GetChatLinkSettings: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.GetChatLinkSettingsRequest, _chat_links_pb2.GetChatLinkSettingsResponse]  # type: ignore[assignment]
+    """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+    SetChatLinkSettings: _aio.UnaryUnaryMultiCallable[_chat_links_pb2.SetChatLinkSettingsRequest, _chat_links_pb2.SetChatLinkSettingsResponse]  # type: ignore[assignment]
+    """SetChatLinkSettings turns the caller's number link on or off."""
+    SetAgent: _aio.UnaryUnaryMultiCallable[_support_pb2.SetAgentRequest, _support_pb2.SetAgentResponse]  # type: ignore[assignment]
+    """-- Live support (messages in support.proto) --
+
+    SetAgent makes one of the business's devices an agent (on, with the display name users
+    see), renames it, or stops it (off). Only the business's primary device (device 1) may
+    call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+    when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+    """
+    ListAgents: _aio.UnaryUnaryMultiCallable[_support_pb2.ListAgentsRequest, _support_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """ListAgents lists the calling business's agents; any device of the business may call it
+    (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+    """
+    OpenSupportConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.OpenSupportConversationRequest, _support_pb2.OpenSupportConversationResponse]  # type: ignore[assignment]
+    """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+    open conversation per (business, user): opening again returns the open one. It counts as
+    the user contacting the business (the 24-hour service window opens), and while it is open
+    the user's messages to the business go to its primary device and the assigned agent only.
+    NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+    caller's own; PERMISSION_DENIED: the business blocked the caller.
+    """
+    GetSupportConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.GetSupportConversationRequest, _support_pb2.GetSupportConversationResponse]  # type: ignore[assignment]
+    """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+    theirs (by id or by business), the business's agents and primary device read the
+    business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+    business device that is neither an agent nor the primary).
+    """
+    WatchSupportQueue: _aio.UnaryStreamMultiCallable[_support_pb2.WatchSupportQueueRequest, _support_pb2.WatchSupportQueueResponse]  # type: ignore[assignment]
+    """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+    closed), each with a sequence number strictly increasing without gaps: every event after
+    `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+    sequence seen misses nothing and repeats nothing. For agent devices and the primary
+    device: PERMISSION_DENIED for another device of the business (also when the device stops
+    being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+    ends UNAUTHENTICATED when the device is removed.
+    """
+    ClaimConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.ClaimConversationRequest, _support_pb2.ClaimConversationResponse]  # type: ignore[assignment]
+    """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+    agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+    agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+    business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+    """
+    TransferConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.TransferConversationRequest, _support_pb2.TransferConversationResponse]  # type: ignore[assignment]
+    """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+    the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+    user's new messages go to the new agent; earlier ones stay with the earlier agent.
+    NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+    agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+    """
+    CloseConversation: _aio.UnaryUnaryMultiCallable[_support_pb2.CloseConversationRequest, _support_pb2.CloseConversationResponse]  # type: ignore[assignment]
+    """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+    is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+    it is closed already; NOT_FOUND for a conversation the caller cannot see.
     """
 
 class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -351,6 +509,8 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         GetConversationWindow tells the calling business when its 24-hour customer-service
         window with a user closes: the user's latest message to it plus 24 h. Inside it the
         business may send free-form (SERVICE) messages; outside it, only approved templates.
+        A chat the user started from one of its chat links also opens a 72-hour entry window
+        (`entry`), which allows the same.
         """
 
     @_abc_1.abstractmethod
@@ -362,6 +522,166 @@ class BusinessServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetBusinessStatus tells the calling business its messaging limit (tier and usage in the
         rolling 24 h), its quality rating and why, and how it is promoted. It re-rates the
         quality: a RED rating pauses the business's templates, a recovered one lifts that pause.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateChatLink(
+        self,
+        request: _chat_links_pb2.CreateChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.CreateChatLinkResponse, _abc.Awaitable[_chat_links_pb2.CreateChatLinkResponse]]:
+        """-- Click-to-chat (messages in chat_links.proto) --
+
+        CreateChatLink makes a click-to-chat link to the caller's account (any account kind):
+        an unguessable code, its URL and a QR code of the URL. INVALID_ARGUMENT: prefilled_text
+        over 140 characters or label over 64.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChatLinks(
+        self,
+        request: _chat_links_pb2.ListChatLinksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.ListChatLinksResponse, _abc.Awaitable[_chat_links_pb2.ListChatLinksResponse]]:
+        """ListChatLinks lists the caller's links with their open and chat-started counters."""
+
+    @_abc_1.abstractmethod
+    def DeleteChatLink(
+        self,
+        request: _chat_links_pb2.DeleteChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.DeleteChatLinkResponse, _abc.Awaitable[_chat_links_pb2.DeleteChatLinkResponse]]:
+        """DeleteChatLink deletes one of the caller's links: its URL stops resolving. NOT_FOUND: no
+        such link of the caller's.
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveChatLink(
+        self,
+        request: _chat_links_pb2.ResolveChatLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.ResolveChatLinkResponse, _abc.Awaitable[_chat_links_pb2.ResolveChatLinkResponse]]:
+        """ResolveChatLink says whom a link opens a chat with, and counts one open of the link (never
+        who opened it). Any registered caller. NOT_FOUND: no such code (deleted?), or no account
+        allows number links at that number (the same answer whether or not the number is on
+        Parley); INVALID_ARGUMENT: neither or both of code and phone_number, or text too long.
+        """
+
+    @_abc_1.abstractmethod
+    def GetChatLinkSettings(
+        self,
+        request: _chat_links_pb2.GetChatLinkSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.GetChatLinkSettingsResponse, _abc.Awaitable[_chat_links_pb2.GetChatLinkSettingsResponse]]:
+        """GetChatLinkSettings reads whether the caller's number link resolves, and its counter."""
+
+    @_abc_1.abstractmethod
+    def SetChatLinkSettings(
+        self,
+        request: _chat_links_pb2.SetChatLinkSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_links_pb2.SetChatLinkSettingsResponse, _abc.Awaitable[_chat_links_pb2.SetChatLinkSettingsResponse]]:
+        """SetChatLinkSettings turns the caller's number link on or off."""
+
+    @_abc_1.abstractmethod
+    def SetAgent(
+        self,
+        request: _support_pb2.SetAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.SetAgentResponse, _abc.Awaitable[_support_pb2.SetAgentResponse]]:
+        """-- Live support (messages in support.proto) --
+
+        SetAgent makes one of the business's devices an agent (on, with the display name users
+        see), renames it, or stops it (off). Only the business's primary device (device 1) may
+        call it: PERMISSION_DENIED otherwise; FAILED_PRECONDITION for a non-business account or
+        when the device still has ASSIGNED conversations (off); NOT_FOUND for an unknown device.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAgents(
+        self,
+        request: _support_pb2.ListAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.ListAgentsResponse, _abc.Awaitable[_support_pb2.ListAgentsResponse]]:
+        """ListAgents lists the calling business's agents; any device of the business may call it
+        (agents pick transfer targets from it). FAILED_PRECONDITION for a non-business account.
+        """
+
+    @_abc_1.abstractmethod
+    def OpenSupportConversation(
+        self,
+        request: _support_pb2.OpenSupportConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.OpenSupportConversationResponse, _abc.Awaitable[_support_pb2.OpenSupportConversationResponse]]:
+        """OpenSupportConversation puts the caller in the business's support queue (WAITING). One
+        open conversation per (business, user): opening again returns the open one. It counts as
+        the user contacting the business (the 24-hour service window opens), and while it is open
+        the user's messages to the business go to its primary device and the assigned agent only.
+        NOT_FOUND: no such account; FAILED_PRECONDITION: it is not a business, or it is the
+        caller's own; PERMISSION_DENIED: the business blocked the caller.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSupportConversation(
+        self,
+        request: _support_pb2.GetSupportConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.GetSupportConversationResponse, _abc.Awaitable[_support_pb2.GetSupportConversationResponse]]:
+        """GetSupportConversation reads a conversation's state, topic and agent: the user reads
+        theirs (by id or by business), the business's agents and primary device read the
+        business's (by id or by user). NOT_FOUND for anything else (PERMISSION_DENIED for a
+        business device that is neither an agent nor the primary).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSupportQueue(
+        self,
+        request: _support_pb2.WatchSupportQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_support_pb2.WatchSupportQueueResponse], _abc.AsyncIterator[_support_pb2.WatchSupportQueueResponse]]:
+        """WatchSupportQueue streams the business's queue events (opened, claimed, transferred,
+        closed), each with a sequence number strictly increasing without gaps: every event after
+        `cursor`, a caught_up marker, then live events and keep-alives. Resuming from the last
+        sequence seen misses nothing and repeats nothing. For agent devices and the primary
+        device: PERMISSION_DENIED for another device of the business (also when the device stops
+        being an agent while watching), FAILED_PRECONDITION for a non-business account. The stream
+        ends UNAUTHENTICATED when the device is removed.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimConversation(
+        self,
+        request: _support_pb2.ClaimConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.ClaimConversationResponse, _abc.Awaitable[_support_pb2.ClaimConversationResponse]]:
+        """ClaimConversation assigns a WAITING conversation to the calling agent device. Of two
+        agents claiming at once exactly one wins; the other gets FAILED_PRECONDITION naming the
+        agent who has it. PERMISSION_DENIED unless the caller is an agent; NOT_FOUND for another
+        business's or an unknown conversation; FAILED_PRECONDITION when it is CLOSED.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferConversation(
+        self,
+        request: _support_pb2.TransferConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.TransferConversationResponse, _abc.Awaitable[_support_pb2.TransferConversationResponse]]:
+        """TransferConversation hands an ASSIGNED conversation to another agent device: called by
+        the assigned agent or the primary device (PERMISSION_DENIED otherwise). From then on the
+        user's new messages go to the new agent; earlier ones stay with the earlier agent.
+        NOT_FOUND: unknown conversation or device; FAILED_PRECONDITION: the target is not an
+        agent or already has it, or the conversation is not ASSIGNED (it changed meanwhile).
+        """
+
+    @_abc_1.abstractmethod
+    def CloseConversation(
+        self,
+        request: _support_pb2.CloseConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_support_pb2.CloseConversationResponse, _abc.Awaitable[_support_pb2.CloseConversationResponse]]:
+        """CloseConversation ends a conversation: by the user, the assigned agent (any agent while it
+        is WAITING) or the primary device (PERMISSION_DENIED otherwise). FAILED_PRECONDITION when
+        it is closed already; NOT_FOUND for a conversation the caller cannot see.
         """
 
 def add_BusinessServiceServicer_to_server(servicer: BusinessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

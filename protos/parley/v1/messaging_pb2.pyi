@@ -192,6 +192,7 @@ class SendMessageRequest(_message.Message):
     CLIENT_TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     ONLINE_ONLY_FIELD_NUMBER: _builtins.int
     BUSINESS_FIELD_NUMBER: _builtins.int
+    CHAT_LINK_CODE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen UUID; a retry with the same id returns the first response (AIP-155)."""
     recipient_account_id: _builtins.str
@@ -200,6 +201,12 @@ class SendMessageRequest(_message.Message):
     """The sender's clock, in milliseconds since the epoch, carried to the recipient."""
     online_only: _builtins.bool
     """Deliver only to devices connected right now and never store (typing indicators)."""
+    chat_link_code: _builtins.str
+    """The code of the chat link this chat was started from (ResolveChatLink), in cleartext, on
+    the first message to the link's account. To a business, it opens the 72-hour free entry
+    window and counts one chat started; it is checked and counted, then dropped: never stored
+    nor delivered. FAILED_PRECONDITION when it is not a live link of the recipient.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutgoingMessage]:
         """One ciphertext per recipient device (may be empty only for a send to one's own account)."""
@@ -217,10 +224,11 @@ class SendMessageRequest(_message.Message):
         client_timestamp_ms: _builtins.int = ...,
         online_only: _builtins.bool = ...,
         business: Global___BusinessMetadata | None = ...,
+        chat_link_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["business", b"business"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "client_timestamp_ms", b"client_timestamp_ms", "messages", b"messages", "online_only", b"online_only", "recipient_account_id", b"recipient_account_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business", b"business", "chat_link_code", b"chat_link_code", "client_timestamp_ms", b"client_timestamp_ms", "messages", b"messages", "online_only", b"online_only", "recipient_account_id", b"recipient_account_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +278,7 @@ class MismatchedDevices(_message.Message):
     MISSING_DEVICES_FIELD_NUMBER: _builtins.int
     EXTRA_DEVICES_FIELD_NUMBER: _builtins.int
     STALE_DEVICES_FIELD_NUMBER: _builtins.int
+    SUPPORT_DEVICES_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The recipient account."""
     @_builtins.property
@@ -286,6 +295,14 @@ class MismatchedDevices(_message.Message):
     def stale_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Devices whose registration id changed (re-installed): fetch new bundles, new sessions."""
 
+    @_builtins.property
+    def support_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Set when a live-support conversation limits which devices of this business the sender's
+        messages may reach: the expected set (the primary device and the assigned agent's). The
+        business's other devices are then in extra_devices although they exist: leave them out of
+        sends while the conversation is open, but keep their sessions and identities.
+        """
+
     def __init__(
         self,
         *,
@@ -293,10 +310,11 @@ class MismatchedDevices(_message.Message):
         missing_devices: _abc.Iterable[_builtins.int] | None = ...,
         extra_devices: _abc.Iterable[_builtins.int] | None = ...,
         stale_devices: _abc.Iterable[_builtins.int] | None = ...,
+        support_devices: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "extra_devices", b"extra_devices", "missing_devices", b"missing_devices", "stale_devices", b"stale_devices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "extra_devices", b"extra_devices", "missing_devices", b"missing_devices", "stale_devices", b"stale_devices", "support_devices", b"support_devices"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
