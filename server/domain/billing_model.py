@@ -21,7 +21,12 @@ B3. `top_up` inserts its ledger entry first, on UNIQUE (business, reference) wit
     (a retry, a concurrent duplicate) returns the first entry and adds nothing.
 B4. Every read is indexed: balances and charges by primary key, the ledger by
     (business, entry_id), the price tables by effective time, the month's usage by its primary
-    key.
+    key, a business's pending charges to one recipient by a partial index, status events by
+    (business, sequence).
+B5. `append_status_events` numbers a business's events from a counter row bumped by one
+    upsert per business and job, which holds the row until commit: a business's events commit
+    in sequence order, without gaps, with any number of writers; UNIQUE (message_id, kind)
+    refuses a second event of a kind for a message.
 """
 
 from __future__ import annotations
@@ -88,6 +93,36 @@ class Charge(NamedTuple):
     # The ledger entry of the reservation (None for a free message) and of its settlement.
     reserve_entry: int | None
     settle_entry: int | None
+    # Why it costs what it costs, in words (pricing.Quote.explanation).
+    explanation: str = ""
+
+
+class StatusKind(IntEnum):
+    """What happened to a business's message (proto `StatusEventKind`)."""
+
+    SENT = 1
+    DELIVERED = 2
+    FAILED = 3
+    EXPIRED = 4
+
+
+class StatusEventRow(NamedTuple):
+    """One status event; `sequence` is assigned by `append_status_events`."""
+
+    business_account_id: str
+    sequence: int
+    kind: int  # a StatusKind
+    message_id: int
+    at: float
+    ledger_entry_id: int
+    detail: str
+
+
+class StatusEventView(NamedTuple):
+    """A status event with the pricing of its message (the charge's)."""
+
+    event: StatusEventRow
+    charge: Charge
 
 
 class PriceTableRow(NamedTuple):
@@ -142,6 +177,16 @@ class BillingReads(Protocol):
         towards the allowance and the tiers."""
         ...
 
+    def status_events_after(
+        self, business_account_id: str, after_sequence: int, limit: int
+    ) -> list[StatusEventView]:
+        """At most `limit` of the business's events after `after_sequence`, in order (B4)."""
+        ...
+
+    def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
+        """Message ids of the business's charges to the recipient still RESERVED (B4)."""
+        ...
+
 
 class BillingWrites(Protocol):
     def add_price_table(self, effective_at: float, body: str, at: float, source: str) -> int:
@@ -172,4 +217,8 @@ class BillingWrites(Protocol):
         self, business_account_id: str, month: str, category: int, country: str
     ) -> None:
         """Count one message towards the month's allowance and tiers."""
+        ...
+
+    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
+        """Number and store the events (B5); the rows with their sequences."""
         ...

@@ -18,6 +18,8 @@ from server.domain.billing_model import (
     PriceTableRow,
     Reservation,
     Settled,
+    StatusEventRow,
+    StatusEventView,
 )
 
 _ENTRY_COLUMNS = (
@@ -26,8 +28,9 @@ _ENTRY_COLUMNS = (
 )
 _CHARGE_COLUMNS = (
     "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
-    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry"
+    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry, explanation"
 )
+_EVENT_COLUMNS = "business_account_id, sequence, kind, message_id, at, ledger_entry_id, detail"
 _RESERVED = int(ChargeState.RESERVED)
 
 
@@ -86,6 +89,28 @@ class SqliteBilling:
         total = sum(int(n) for _, n in rows)
         here = next((int(n) for c, n in rows if c == country), 0)
         return total, here
+
+    def status_events_after(
+        self, business_account_id: str, after_sequence: int, limit: int
+    ) -> list[StatusEventView]:
+        prefixed = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
+        charge = ", ".join(f"c.{c.strip()}" for c in _CHARGE_COLUMNS.split(","))
+        rows = self.connection.execute(
+            f"SELECT {prefixed}, {charge} FROM status_events e JOIN charges c"
+            " ON c.message_id = e.message_id WHERE e.business_account_id = ? AND e.sequence > ?"
+            " ORDER BY e.sequence LIMIT ?",
+            (business_account_id, after_sequence, limit),
+        ).fetchall()
+        width = len(StatusEventRow._fields)
+        return [StatusEventView(StatusEventRow(*r[:width]), Charge(*r[width:])) for r in rows]
+
+    def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
+        rows = self.connection.execute(
+            "SELECT message_id FROM charges WHERE business_account_id = ?"
+            " AND recipient_account_id = ? AND state = 0",
+            (business_account_id, recipient_account_id),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -248,3 +273,29 @@ class SqliteBilling:
             " DO UPDATE SET count = count + 1",
             (business_account_id, month, category, country),
         )
+
+    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
+        if not rows:
+            return []
+        conn = self.connection
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.business_account_id] = counts.get(r.business_account_id, 0) + 1
+        next_of: dict[str, int] = {}
+        for business, n in counts.items():
+            (last,) = conn.execute(
+                "INSERT INTO status_event_counters (business_account_id, last_sequence)"
+                " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
+                " SET last_sequence = last_sequence + excluded.last_sequence"
+                " RETURNING last_sequence",
+                (business, n),
+            ).fetchone()
+            next_of[business] = int(last) - n + 1
+        numbered = []
+        for r in rows:
+            sequence = next_of[r.business_account_id]
+            next_of[r.business_account_id] = sequence + 1
+            numbered.append(r._replace(sequence=sequence))
+        marks = ",".join("?" * len(StatusEventRow._fields))
+        conn.executemany(f"INSERT INTO status_events ({_EVENT_COLUMNS}) VALUES ({marks})", numbered)
+        return numbered

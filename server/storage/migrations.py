@@ -483,9 +483,32 @@ def _v11_billing(conn: sqlite3.Connection) -> None:
             sent_at              REAL NOT NULL,
             settled_at           REAL,
             reserve_entry        INTEGER,
-            settle_entry         INTEGER
+            settle_entry         INTEGER,
+            explanation          TEXT NOT NULL DEFAULT ''  -- why it costs what it costs
         );
         CREATE INDEX charges_by_business ON charges(business_account_id, sent_at);
+        -- A block releases the business's messages still on their way to the blocker.
+        CREATE INDEX charges_pending_by_pair ON charges(business_account_id, recipient_account_id)
+            WHERE state = 0;
+        -- Status events of each business, numbered without gaps by a counter row per business
+        -- (bumped by an upsert that holds the row until commit, so a business's events commit
+        -- in sequence order with any number of writers). The pricing is the charge's.
+        CREATE TABLE status_event_counters (
+            business_account_id TEXT PRIMARY KEY,
+            last_sequence       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE status_events (
+            business_account_id TEXT NOT NULL,
+            sequence            INTEGER NOT NULL,
+            kind                INTEGER NOT NULL,   -- StatusEventKind
+            message_id          INTEGER NOT NULL,
+            at                  REAL NOT NULL,
+            ledger_entry_id     INTEGER NOT NULL DEFAULT 0,
+            detail              TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (business_account_id, sequence)
+        ) WITHOUT ROWID;
+        -- One event of each kind per message: a retried job cannot report twice.
+        CREATE UNIQUE INDEX status_events_once ON status_events(message_id, kind);
         CREATE TABLE usage_months (
             business_account_id TEXT NOT NULL,
             month               TEXT NOT NULL,      -- "2026-11", UTC

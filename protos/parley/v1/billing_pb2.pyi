@@ -85,6 +85,66 @@ LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 5
 """An operator's correction."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """By day (UTC), the default."""
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 1
+    """By day (UTC)."""
+    USAGE_GROUPING_CATEGORY: _UsageGrouping.ValueType  # 2
+    """By category."""
+    USAGE_GROUPING_COUNTRY: _UsageGrouping.ValueType  # 3
+    """By the recipient's country."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """UsageGrouping is how GetUsageReport groups its rows."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""By day (UTC), the default."""
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 1
+"""By day (UTC)."""
+USAGE_GROUPING_CATEGORY: UsageGrouping.ValueType  # 2
+"""By category."""
+USAGE_GROUPING_COUNTRY: UsageGrouping.ValueType  # 3
+"""By the recipient's country."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
+class _StatusEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatusEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatusEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATUS_EVENT_KIND_UNSPECIFIED: _StatusEventKind.ValueType  # 0
+    """Not set (never sent)."""
+    STATUS_EVENT_KIND_SENT: _StatusEventKind.ValueType  # 1
+    """The server accepted and stored it (its price, if billable, is reserved)."""
+    STATUS_EVENT_KIND_DELIVERED: _StatusEventKind.ValueType  # 2
+    """A device of the recipient acknowledged it: delivered, and charged if billable."""
+    STATUS_EVENT_KIND_FAILED: _StatusEventKind.ValueType  # 3
+    """It will not be delivered: the recipient blocked the business, or deleted the account."""
+    STATUS_EVENT_KIND_EXPIRED: _StatusEventKind.ValueType  # 4
+    """No device of the recipient received it in time."""
+
+class StatusEventKind(_StatusEventKind, metaclass=_StatusEventKindEnumTypeWrapper):
+    """StatusEventKind is what happened to a business's message."""
+
+STATUS_EVENT_KIND_UNSPECIFIED: StatusEventKind.ValueType  # 0
+"""Not set (never sent)."""
+STATUS_EVENT_KIND_SENT: StatusEventKind.ValueType  # 1
+"""The server accepted and stored it (its price, if billable, is reserved)."""
+STATUS_EVENT_KIND_DELIVERED: StatusEventKind.ValueType  # 2
+"""A device of the recipient acknowledged it: delivered, and charged if billable."""
+STATUS_EVENT_KIND_FAILED: StatusEventKind.ValueType  # 3
+"""It will not be delivered: the recipient blocked the business, or deleted the account."""
+STATUS_EVENT_KIND_EXPIRED: StatusEventKind.ValueType  # 4
+"""No device of the recipient received it in time."""
+Global___StatusEventKind: _TypeAlias = StatusEventKind  # noqa: Y015
+
 @_typing.final
 class PriceRow(_message.Message):
     """PriceRow is the price of one category in one country."""
@@ -253,6 +313,7 @@ class Pricing(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     PRICE_TABLE_VERSION_FIELD_NUMBER: _builtins.int
     EXPLANATION_FIELD_NUMBER: _builtins.int
+    LEDGER_ENTRY_ID_FIELD_NUMBER: _builtins.int
     billable: _builtins.bool
     """True when the business pays for it (once delivered)."""
     free_reason: Global___FreeReason.ValueType
@@ -271,6 +332,8 @@ class Pricing(_message.Message):
     """Why, in words: "MARKETING to DE: 0.089 USD", "free: a SERVICE message inside the 24-hour
     customer-service window".
     """
+    ledger_entry_id: _builtins.int
+    """The ledger entry that charged it (DELIVERED events of billable messages; 0 otherwise)."""
     def __init__(
         self,
         *,
@@ -282,10 +345,11 @@ class Pricing(_message.Message):
         currency: _builtins.str = ...,
         price_table_version: _builtins.int = ...,
         explanation: _builtins.str = ...,
+        ledger_entry_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "billable", b"billable", "category", b"category", "country", b"country", "currency", b"currency", "explanation", b"explanation", "free_reason", b"free_reason", "price_table_version", b"price_table_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "billable", b"billable", "category", b"category", "country", b"country", "currency", b"currency", "explanation", b"explanation", "free_reason", b"free_reason", "ledger_entry_id", b"ledger_entry_id", "price_table_version", b"price_table_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,3 +653,312 @@ class SetPriceTableResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetPriceTableResponse: _TypeAlias = SetPriceTableResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageReportRequest(_message.Message):
+    """GetUsageReportRequest names the period and the grouping."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """A calendar month (UTC) such as "2026-11"; empty: the current month, unless start/end
+    are given.
+    """
+    group_by: Global___UsageGrouping.ValueType
+    """How to group the rows."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """Instead of month: the period's start (inclusive)..."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """... and end (exclusive)."""
+
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "group_by", b"group_by", "month", b"month", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportRequest: _TypeAlias = GetUsageReportRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    """UsageRow is one group of a usage report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    BILLABLE_FIELD_NUMBER: _builtins.int
+    FREE_SERVICE_WINDOW_FIELD_NUMBER: _builtins.int
+    FREE_ENTRY_WINDOW_FIELD_NUMBER: _builtins.int
+    FREE_ALLOWANCE_FIELD_NUMBER: _builtins.int
+    NOT_DELIVERED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    CHARGED_MICROS_FIELD_NUMBER: _builtins.int
+    RESERVED_MICROS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The day ("2026-11-28"), the category name ("MARKETING") or the country ("DE")."""
+    sent: _builtins.int
+    """Messages sent in the period (to persons, by the business)."""
+    delivered: _builtins.int
+    """Of them, delivered."""
+    billable: _builtins.int
+    """Delivered and billable."""
+    free_service_window: _builtins.int
+    """Delivered and free, by reason."""
+    free_entry_window: _builtins.int
+    """Delivered and free inside a click-to-chat entry window."""
+    free_allowance: _builtins.int
+    """Delivered and free by the monthly allowance."""
+    not_delivered: _builtins.int
+    """Not delivered (failed or expired): nothing charged."""
+    pending: _builtins.int
+    """Still on its way: its price is reserved."""
+    charged_micros: _builtins.int
+    """Micro-units charged (captured)."""
+    reserved_micros: _builtins.int
+    """Micro-units still reserved."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        billable: _builtins.int = ...,
+        free_service_window: _builtins.int = ...,
+        free_entry_window: _builtins.int = ...,
+        free_allowance: _builtins.int = ...,
+        not_delivered: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        charged_micros: _builtins.int = ...,
+        reserved_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billable", b"billable", "charged_micros", b"charged_micros", "delivered", b"delivered", "free_allowance", b"free_allowance", "free_entry_window", b"free_entry_window", "free_service_window", b"free_service_window", "key", b"key", "not_delivered", b"not_delivered", "pending", b"pending", "reserved_micros", b"reserved_micros", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class GetUsageReportResponse(_message.Message):
+    """GetUsageReportResponse is the report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    LEDGER_CAPTURED_MICROS_FIELD_NUMBER: _builtins.int
+    RECONCILED_FIELD_NUMBER: _builtins.int
+    currency: _builtins.str
+    """ISO 4217 code of the amounts."""
+    ledger_captured_micros: _builtins.int
+    """The sum of the ledger's CAPTURE entries of the period's messages."""
+    reconciled: _builtins.bool
+    """True when total.charged_micros equals ledger_captured_micros (always, unless the books
+    are damaged: the server checks rather than assumes).
+    """
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """The period's start."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """The period's end (exclusive)."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """One row per group, in key order."""
+
+    @_builtins.property
+    def total(self) -> Global___UsageRow:
+        """The sum of the rows."""
+
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        currency: _builtins.str = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        total: Global___UsageRow | None = ...,
+        ledger_captured_micros: _builtins.int = ...,
+        reconciled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "end", b"end", "ledger_captured_micros", b"ledger_captured_micros", "reconciled", b"reconciled", "rows", b"rows", "start", b"start", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportResponse: _TypeAlias = GetUsageReportResponse  # noqa: Y015
+
+@_typing.final
+class StatusEvent(_message.Message):
+    """StatusEvent is one step of one message of the business."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    PRICING_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Strictly increasing per business, without gaps: resume from the last one seen."""
+    kind: Global___StatusEventKind.ValueType
+    """What happened."""
+    message_id: _builtins.int
+    """The message (SendMessageResponse.message_id)."""
+    recipient_account_id: _builtins.str
+    """The recipient."""
+    reason: _builtins.str
+    """FAILED and EXPIRED: why, in words."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    @_builtins.property
+    def pricing(self) -> Global___Pricing:
+        """The price: on SENT as quoted (reserved), on DELIVERED as charged (with the ledger entry),
+        on FAILED and EXPIRED as released (nothing charged).
+        """
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___StatusEventKind.ValueType = ...,
+        message_id: _builtins.int = ...,
+        recipient_account_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        pricing: Global___Pricing | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "pricing", b"pricing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "message_id", b"message_id", "pricing", b"pricing", "reason", b"reason", "recipient_account_id", b"recipient_account_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusEvent: _TypeAlias = StatusEvent  # noqa: Y015
+
+@_typing.final
+class StreamStatusEventsRequest(_message.Message):
+    """StreamStatusEventsRequest starts the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """The last sequence already seen (0: from the start)."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamStatusEventsRequest: _TypeAlias = StreamStatusEventsRequest  # noqa: Y015
+
+@_typing.final
+class StatusEventsCaughtUp(_message.Message):
+    """StatusEventsCaughtUp says the backlog is sent: what follows happens live."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """The last sequence sent so far."""
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusEventsCaughtUp: _TypeAlias = StatusEventsCaughtUp  # noqa: Y015
+
+@_typing.final
+class StatusEventsKeepAlive(_message.Message):
+    """StatusEventsKeepAlive is sent when nothing happened for a while."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusEventsKeepAlive: _TypeAlias = StatusEventsKeepAlive  # noqa: Y015
+
+@_typing.final
+class StreamStatusEventsResponse(_message.Message):
+    """StreamStatusEventsResponse is one message of the status event stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___StatusEvent:
+        """A status event."""
+
+    @_builtins.property
+    def caught_up(self) -> Global___StatusEventsCaughtUp:
+        """The backlog is sent (once per stream)."""
+
+    @_builtins.property
+    def keep_alive(self) -> Global___StatusEventsKeepAlive:
+        """Nothing happened for a while."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___StatusEvent | None = ...,
+        caught_up: Global___StatusEventsCaughtUp | None = ...,
+        keep_alive: Global___StatusEventsKeepAlive | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "keep_alive", b"keep_alive", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "event", b"event", "keep_alive", b"keep_alive", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "caught_up", "keep_alive"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___StreamStatusEventsResponse: _TypeAlias = StreamStatusEventsResponse  # noqa: Y015

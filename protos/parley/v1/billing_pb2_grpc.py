@@ -70,6 +70,16 @@ class BillingServiceStub:
                 request_serializer=parley_dot_v1_dot_billing__pb2.SetPriceTableRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_billing__pb2.SetPriceTableResponse.FromString,
                 _registered_method=True)
+        self.GetUsageReport = channel.unary_unary(
+                '/parley.v1.BillingService/GetUsageReport',
+                request_serializer=parley_dot_v1_dot_billing__pb2.GetUsageReportRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_billing__pb2.GetUsageReportResponse.FromString,
+                _registered_method=True)
+        self.StreamStatusEvents = channel.unary_stream(
+                '/parley.v1.BillingService/StreamStatusEvents',
+                request_serializer=parley_dot_v1_dot_billing__pb2.StreamStatusEventsRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_billing__pb2.StreamStatusEventsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -133,6 +143,30 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageReport(self, request, context):
+        """GetUsageReport sums the calling business's messages sent in a period (a calendar month by
+        default), grouped by day, category or country: how many were delivered, how many of them
+        were billable and free (and why), and the amount charged. The total charged equals the sum
+        of the ledger's CAPTURE entries for those messages (`reconciled` says the server checked).
+        INVALID_ARGUMENT: a month not like "2026-11", or an empty or reversed period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamStatusEvents(self, request, context):
+        """StreamStatusEvents streams the calling business's status events: SENT, DELIVERED, FAILED,
+        EXPIRED for each message it sent to a person, each with a sequence number strictly
+        increasing per business without gaps. It sends every event after `cursor`, a caught_up
+        marker, then live events and keep-alives; resuming from the last sequence seen misses
+        nothing and repeats nothing. A message's events never go backwards (SENT, then one of
+        DELIVERED, FAILED, EXPIRED). Every DELIVERED event carries its pricing. The stream ends
+        UNAUTHENTICATED when the device is removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +199,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.SetPriceTable,
                     request_deserializer=parley_dot_v1_dot_billing__pb2.SetPriceTableRequest.FromString,
                     response_serializer=parley_dot_v1_dot_billing__pb2.SetPriceTableResponse.SerializeToString,
+            ),
+            'GetUsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageReport,
+                    request_deserializer=parley_dot_v1_dot_billing__pb2.GetUsageReportRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_billing__pb2.GetUsageReportResponse.SerializeToString,
+            ),
+            'StreamStatusEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamStatusEvents,
+                    request_deserializer=parley_dot_v1_dot_billing__pb2.StreamStatusEventsRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_billing__pb2.StreamStatusEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -335,6 +379,60 @@ class BillingService:
             '/parley.v1.BillingService/SetPriceTable',
             parley_dot_v1_dot_billing__pb2.SetPriceTableRequest.SerializeToString,
             parley_dot_v1_dot_billing__pb2.SetPriceTableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.BillingService/GetUsageReport',
+            parley_dot_v1_dot_billing__pb2.GetUsageReportRequest.SerializeToString,
+            parley_dot_v1_dot_billing__pb2.GetUsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamStatusEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.BillingService/StreamStatusEvents',
+            parley_dot_v1_dot_billing__pb2.StreamStatusEventsRequest.SerializeToString,
+            parley_dot_v1_dot_billing__pb2.StreamStatusEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,22 @@ class BillingServiceStub:
     `effective_at` (now when unset; never in the past, so no message already sent is
     repriced). INVALID_ARGUMENT names the key of the table that is wrong.
     """
+    GetUsageReport: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetUsageReportRequest, _billing_pb2.GetUsageReportResponse]
+    """GetUsageReport sums the calling business's messages sent in a period (a calendar month by
+    default), grouped by day, category or country: how many were delivered, how many of them
+    were billable and free (and why), and the amount charged. The total charged equals the sum
+    of the ledger's CAPTURE entries for those messages (`reconciled` says the server checked).
+    INVALID_ARGUMENT: a month not like "2026-11", or an empty or reversed period.
+    """
+    StreamStatusEvents: _grpc.UnaryStreamMultiCallable[_billing_pb2.StreamStatusEventsRequest, _billing_pb2.StreamStatusEventsResponse]
+    """StreamStatusEvents streams the calling business's status events: SENT, DELIVERED, FAILED,
+    EXPIRED for each message it sent to a person, each with a sequence number strictly
+    increasing per business without gaps. It sends every event after `cursor`, a caught_up
+    marker, then live events and keep-alives; resuming from the last sequence seen misses
+    nothing and repeats nothing. A message's events never go backwards (SENT, then one of
+    DELIVERED, FAILED, EXPIRED). Every DELIVERED event carries its pricing. The stream ends
+    UNAUTHENTICATED when the device is removed.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -104,6 +120,22 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """SetPriceTable adds a version of the price table (operator only), in force from
     `effective_at` (now when unset; never in the past, so no message already sent is
     repriced). INVALID_ARGUMENT names the key of the table that is wrong.
+    """
+    GetUsageReport: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetUsageReportRequest, _billing_pb2.GetUsageReportResponse]  # type: ignore[assignment]
+    """GetUsageReport sums the calling business's messages sent in a period (a calendar month by
+    default), grouped by day, category or country: how many were delivered, how many of them
+    were billable and free (and why), and the amount charged. The total charged equals the sum
+    of the ledger's CAPTURE entries for those messages (`reconciled` says the server checked).
+    INVALID_ARGUMENT: a month not like "2026-11", or an empty or reversed period.
+    """
+    StreamStatusEvents: _aio.UnaryStreamMultiCallable[_billing_pb2.StreamStatusEventsRequest, _billing_pb2.StreamStatusEventsResponse]  # type: ignore[assignment]
+    """StreamStatusEvents streams the calling business's status events: SENT, DELIVERED, FAILED,
+    EXPIRED for each message it sent to a person, each with a sequence number strictly
+    increasing per business without gaps. It sends every event after `cursor`, a caught_up
+    marker, then live events and keep-alives; resuming from the last sequence seen misses
+    nothing and repeats nothing. A message's events never go backwards (SENT, then one of
+    DELIVERED, FAILED, EXPIRED). Every DELIVERED event carries its pricing. The stream ends
+    UNAUTHENTICATED when the device is removed.
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +208,34 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """SetPriceTable adds a version of the price table (operator only), in force from
         `effective_at` (now when unset; never in the past, so no message already sent is
         repriced). INVALID_ARGUMENT names the key of the table that is wrong.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsageReport(
+        self,
+        request: _billing_pb2.GetUsageReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.GetUsageReportResponse, _abc.Awaitable[_billing_pb2.GetUsageReportResponse]]:
+        """GetUsageReport sums the calling business's messages sent in a period (a calendar month by
+        default), grouped by day, category or country: how many were delivered, how many of them
+        were billable and free (and why), and the amount charged. The total charged equals the sum
+        of the ledger's CAPTURE entries for those messages (`reconciled` says the server checked).
+        INVALID_ARGUMENT: a month not like "2026-11", or an empty or reversed period.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamStatusEvents(
+        self,
+        request: _billing_pb2.StreamStatusEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_pb2.StreamStatusEventsResponse], _abc.AsyncIterator[_billing_pb2.StreamStatusEventsResponse]]:
+        """StreamStatusEvents streams the calling business's status events: SENT, DELIVERED, FAILED,
+        EXPIRED for each message it sent to a person, each with a sequence number strictly
+        increasing per business without gaps. It sends every event after `cursor`, a caught_up
+        marker, then live events and keep-alives; resuming from the last sequence seen misses
+        nothing and repeats nothing. A message's events never go backwards (SENT, then one of
+        DELIVERED, FAILED, EXPIRED). Every DELIVERED event carries its pricing. The stream ends
+        UNAUTHENTICATED when the device is removed.
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
