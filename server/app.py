@@ -32,6 +32,7 @@ from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.admission import RULES
 from server.domain.auth import Authenticator
+from server.domain.billing import PriceBook
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
 from server.domain.consent import ConsentBook
@@ -39,6 +40,7 @@ from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
 from server.domain.links import ChatLinkRule, ChatLinks
 from server.domain.mailbox import Mailbox
+from server.domain.metering import MeteringRule
 from server.domain.operator import OperatorGate
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import BusinessRule, SendingDesk
@@ -291,19 +293,30 @@ async def _assemble(
     )
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     sending_policy = settings.sending_policy()
+    prices = PriceBook(db, clock)
+    await prices.start()
     mailbox = Mailbox(
         db,
         clock,
         settings.messaging_policy(),
         ids,
-        (*RULES, ChatLinkRule(), BusinessRule(sending_policy, clock)),
+        (
+            *RULES,
+            ChatLinkRule(),
+            BusinessRule(sending_policy, clock),
+            MeteringRule(prices, enabled=settings.billing),
+        ),
     )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
     templates = TemplateCatalog(db, clock)
     sending = SendingDesk(db, clock, sending_policy)
     consent = ConsentBook(
-        db, clock, settings.account_policy().test_numbers, after_signal=sending.review
+        db,
+        clock,
+        settings.account_policy().test_numbers,
+        after_signal=sending.review,
+        on_block=mailbox.settlement.release_blocked,
     )
     support = SupportDesk(db, clock, settings.messaging_policy().keepalive_interval)
     public_url = settings.public_url or f"http://{settings.host}:{settings.http_port or 0}"

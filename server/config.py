@@ -48,6 +48,15 @@ def _http_port(text: str) -> int | None:
     return port
 
 
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError(f"{text!r} is neither on nor off")
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -107,6 +116,9 @@ class Settings:
     # The base of every chat link; "" means http://<host>:<bound HTTP port>, right for a test
     # and wrong behind a proxy, where the operator sets the public https:// address.
     public_url: str = ""
+    # Metered delivery (server.domain.metering): on, businesses pay per delivered message from
+    # a prepaid balance; off, for a deployment that charges nobody (nothing priced or held).
+    billing: bool = True
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -251,6 +263,12 @@ OPTIONS: tuple[Option, ...] = (
         "public_url",
         _public_url,
         "base URL of chat links, e.g. https://chat.example.com; unset: http://HOST:HTTP-PORT",
+    ),
+    Option(
+        "billing",
+        _on_off,
+        "on: businesses pay per delivered message from a prepaid balance; off: nothing is "
+        "priced, reserved or charged",
     ),
 )
 

@@ -198,6 +198,9 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
             database=tmp_path / f"parley-{len(servers)}.db",
             test_numbers={TEST_NUMBER: TEST_CODE},
             shutdown_grace=1.0,
+            # The features' own tests run without metering (a deployment may turn it off);
+            # the billing tests turn it on, with the balances they need.
+            billing=False,
         )
         settings = replace(settings, **overrides)
         srv = LiveServer(settings, ManualClock(), RecordingCodeSender(), verification_gate)

@@ -227,6 +227,12 @@ class MessageWrites(Protocol):
         self, account_id: str, device_id: int, status_ids: Iterable[int]
     ) -> int: ...
 
+    def delete_message_envelopes(self, message_ids: Sequence[int], max_copies: int) -> int:
+        """Delete the queued envelopes of these messages, whichever devices they wait for (a
+        message's envelopes have the ids just above its own, at most `max_copies` of them: a
+        primary-key range each); how many."""
+        ...
+
     def expire_envelopes(self, before_id: int, limit: int) -> int:
         """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
         ...

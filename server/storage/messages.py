@@ -238,6 +238,16 @@ class SqliteMessages:
             (account_id, device_id, *ids),
         ).rowcount
 
+    def delete_message_envelopes(self, message_ids: Sequence[int], max_copies: int) -> int:
+        deleted = 0
+        for message_id in message_ids:
+            deleted += self.connection.execute(
+                "DELETE FROM envelopes WHERE envelope_id > ? AND envelope_id <= ?"
+                " AND message_id = ?",
+                (message_id, message_id + max_copies, message_id),
+            ).rowcount
+        return deleted
+
     def expire_envelopes(self, before_id: int, limit: int) -> int:
         """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
         return self.connection.execute(
