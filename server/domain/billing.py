@@ -9,6 +9,9 @@ Rules kept here, and what enforces each one with concurrent writers:
    another amount, answers the first entry with `applied = false`.
 3. Ledger pages are read by entry id (AIP-158 page tokens carry the last id seen and whose
    ledger it is), so paging while entries are appended neither skips nor repeats an entry.
+4. A quote (`quote_for`) is computed from facts read in one transaction (the recipient's
+   country, the open windows, the month's usage) by the table in force at `now`, so QuotePrice
+   answers exactly what a send at that moment would be priced at.
 """
 
 from __future__ import annotations
@@ -16,21 +19,28 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from server.domain import validation
+from server.domain.auth import Principal
 from server.domain.billing_model import Balance, LedgerEntry, PriceTableRow
 from server.domain.clock import Clock
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.domain.model import AccountKind
+from server.domain.links import entry_window_open
+from server.domain.model import AccountKind, MessageCategory
 from server.domain.operator import Operator
 from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.pricing import (
     PriceSchedule,
     PriceTable,
     PriceTableError,
+    Quote,
+    SendFacts,
+    Window,
     default_table,
     from_json,
     parse_toml,
+    quote,
 )
 
 MAX_REFERENCE = 128
@@ -41,6 +51,12 @@ MAX_PAGE_SIZE = 1_000
 # table nobody looks at until it takes over.
 MAX_SCHEDULE_AHEAD = 366 * 86_400.0
 _TOKEN_PREFIX = b"ledger1:"
+BILLING_OFF = (
+    "billing is off on this server (--billing off): no message is priced or charged, so there "
+    "is nothing to quote"
+)
+# The customer-service window: a user's message lets the business answer for 24 hours.
+SERVICE_WINDOW_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,19 @@ class PriceBook:
     def next_after(self, at: float) -> TableVersion | None:
         """The first version taking effect after `at`, if one is scheduled."""
         return next((v for v in self._versions if v.table.effective_at > at), None)
+
+    def version(self, number: int) -> TableVersion:
+        """A version by its number (a charge names the one that priced it)."""
+        found = next((v for v in self._versions if v.version == number), None)
+        if found is None:
+            raise FailedPrecondition(f"price table version {number} is not stored")
+        return found
+
+    def listing(self, at: float | None) -> tuple[TableVersion, TableVersion | None]:
+        """The version in force at `at` (now when None) and the next one, if scheduled: what
+        GetPriceList shows, so a business sees a price change coming."""
+        when = self._clock.now() if at is None else at
+        return self.in_force(when), self.next_after(when)
 
     async def set_table(self, _: Operator, toml: str, effective_at: float | None) -> TableVersion:
         """Add a version from the operator's TOML, in force from `effective_at` (now when
@@ -191,6 +220,82 @@ class Cashier:
         rows = rows[:size]
         token = _make_token(rows[-1].entry_id, business_account_id) if more else ""
         return rows, token
+
+
+def month_key(at: float) -> str:
+    """The calendar month (UTC) of a time, as the usage counters name it: "2026-11"."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m")
+
+
+def quote_for(
+    tx: ReadTransaction,
+    book: PriceBook,
+    business: str,
+    recipient: str,
+    category: MessageCategory,
+    now: float,
+) -> tuple[Quote, int]:
+    """What a message of `category` from `business` to `recipient` costs if sent at `now`,
+    and the number of the table version that priced it (rule 4).
+
+    Only messages from a business to a person are priced; the caller has checked that
+    `business` is one, and the recipient is checked here (NOT_FOUND, FAILED_PRECONDITION)."""
+    account = tx.get_account(recipient)
+    if account is None:
+        raise NotFound(f"no account {recipient}; look the recipient's number up first")
+    if recipient == business:
+        raise InvalidArgument(
+            "that is your own account: a business's messages to itself are never priced"
+        )
+    if account.kind != AccountKind.PERSON:
+        raise FailedPrecondition(
+            f"account {recipient} is a business: only messages from a business to a person "
+            "are priced, messages between businesses cost nothing"
+        )
+    windows: set[Window] = set()
+    opened = tx.window_opened_at(business, recipient)
+    if opened is not None and opened <= now < opened + SERVICE_WINDOW_SECONDS:
+        windows.add(Window.SERVICE)
+    if entry_window_open(tx, business, recipient, now) is not None:
+        windows.add(Window.ENTRY)
+    country = validation.country_of(account.phone_number)
+    month, month_country = tx.month_usage(business, month_key(now), int(category), country)
+    version = book.in_force(now)
+    facts = SendFacts(category, country, frozenset(windows), month, month_country)
+    try:
+        return quote(version.table, facts), version.version
+    except PriceTableError as exc:  # a stored table always prices every category: a bug
+        raise FailedPrecondition(f"the price table in force cannot price this: {exc}") from None
+
+
+class PriceDesk:
+    """The price list and the quote, as the BillingService RPCs ask for them."""
+
+    def __init__(self, db: Store, clock: Clock, book: PriceBook, *, billing: bool) -> None:
+        self._db = db
+        self._clock = clock
+        self.book = book
+        self.billing = billing
+
+    async def quote(
+        self, caller: Principal, recipient_account_id: str, category: int
+    ) -> tuple[Quote, int]:
+        recipient = validation.uuid_string(recipient_account_id, field="recipient_account_id")
+        if category not in set(MessageCategory) - {MessageCategory.UNSPECIFIED}:
+            raise InvalidArgument(
+                "category is required: MARKETING, UTILITY, AUTHENTICATION or SERVICE"
+            )
+        if not self.billing:
+            raise FailedPrecondition(BILLING_OFF)
+        kind = MessageCategory(category)
+        now = self._clock.now()
+        business = caller.account_id
+
+        def read(tx: ReadTransaction) -> tuple[Quote, int]:
+            _require_business(tx, business)
+            return quote_for(tx, self.book, business, recipient, kind, now)
+
+        return await self._db.read(read)
 
 
 def _require_business(tx: ReadTransaction, account_id: str) -> None:

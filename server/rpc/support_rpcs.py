@@ -14,7 +14,8 @@ from typing import Any, cast
 from grpc import aio
 from parley.v1 import support_pb2 as pb
 
-from server.domain.support import CaughtUp, ConversationView, KeepAlive, SupportDesk
+from server.domain.feeds import CaughtUp, KeepAlive
+from server.domain.support import ConversationView, SupportDesk
 from server.domain.support_model import AgentRow, EventRow
 from server.rpc.convert import timestamp
 from server.rpc.interceptors import caller
