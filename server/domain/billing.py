@@ -28,6 +28,7 @@ from server.domain.clock import Clock
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.domain.links import entry_window_open
 from server.domain.model import AccountKind, MessageCategory
+from server.domain.money import MAX_AMOUNT_MICROS, format_amount
 from server.domain.operator import Operator
 from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.pricing import (
@@ -131,6 +132,11 @@ class PriceBook:
         """The version in force at `at` (now when None) and the next one, if scheduled: what
         GetPriceList shows, so a business sees a price change coming."""
         when = self._clock.now() if at is None else at
+        if at is not None and self._versions and at < self._versions[0].table.effective_at:
+            raise InvalidArgument(
+                "at is before the first price table took effect; ask for a later time, or "
+                "leave at unset for now"
+            )
         return self.in_force(when), self.next_after(when)
 
     async def set_table(self, _: Operator, toml: str, effective_at: float | None) -> TableVersion:
@@ -187,6 +193,11 @@ class Cashier:
         business = validation.uuid_string(business_account_id, field="business_account_id")
         if amount <= 0:
             raise InvalidArgument("amount_micros must be more than 0 (1 USD = 1000000)")
+        if amount > MAX_AMOUNT_MICROS:
+            raise InvalidArgument(
+                f"amount_micros is above the largest top-up, {MAX_AMOUNT_MICROS} "
+                f"({format_amount(MAX_AMOUNT_MICROS)}); split it into several top-ups"
+            )
         if not 1 <= len(reference) <= MAX_REFERENCE or not reference.isprintable():
             raise InvalidArgument(
                 f"reference is required: 1-{MAX_REFERENCE} printable characters that identify "

@@ -48,7 +48,11 @@ class UsageReport:
 def month_period(month: str) -> tuple[float, float]:
     """[first instant, first instant of the next month) of "2026-11" (UTC)."""
     match = _MONTH.fullmatch(month)
-    if match is None or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1970:
+    if (
+        match is None
+        or not 1 <= int(match.group(2)) <= 12
+        or not 1970 <= int(match.group(1)) < 9999
+    ):
         raise InvalidArgument(f'month {month[:32]!r} is not a month such as "2026-11"')
     year, number = int(match.group(1)), int(match.group(2))
     start = datetime(year, number, 1, tzinfo=UTC)
