@@ -17,6 +17,8 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
+from server.domain.pricing import FreeReason
+
 
 class UsageGroup(IntEnum):
     """How a report groups its rows (proto `UsageGrouping`)."""
@@ -41,6 +43,15 @@ class UsageCounts(NamedTuple):
     pending: int
     charged: int
     reserved: int
+
+
+# The delivered messages each column counts, by the charge's reason (pricing.FreeReason).
+REASON_COLUMNS: dict[str, int] = {
+    "billable": FreeReason.BILLABLE,
+    "free_service_window": FreeReason.SERVICE_WINDOW,
+    "free_entry_window": FreeReason.ENTRY_WINDOW,
+    "free_allowance": FreeReason.ALLOWANCE,
+}
 
 
 class UsageReads(Protocol):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from server.domain.billing_model import ChargeState, EntryKind
-from server.domain.pricing import FreeReason
-from server.domain.usage_model import UsageCounts, UsageGroup
+from server.domain.usage_model import REASON_COLUMNS, UsageCounts, UsageGroup
 
 _CAPTURED = int(ChargeState.CAPTURED)
 _RELEASED = int(ChargeState.RELEASED)
@@ -18,13 +17,13 @@ _KEYS = {
     UsageGroup.CATEGORY: "CAST(category AS TEXT)",
     UsageGroup.COUNTRY: "country",
 }
+_BY_REASON = "".join(
+    f" SUM(state = {_CAPTURED} AND reason = {REASON_COLUMNS[name]}),"
+    for name in UsageCounts._fields
+    if name in REASON_COLUMNS
+)
 _SUMS = (
-    "COUNT(*),"
-    f" SUM(state = {_CAPTURED}),"
-    f" SUM(state = {_CAPTURED} AND reason = {int(FreeReason.BILLABLE)}),"
-    f" SUM(state = {_CAPTURED} AND reason = {int(FreeReason.SERVICE_WINDOW)}),"
-    f" SUM(state = {_CAPTURED} AND reason = {int(FreeReason.ENTRY_WINDOW)}),"
-    f" SUM(state = {_CAPTURED} AND reason = {int(FreeReason.ALLOWANCE)}),"
+    f"COUNT(*), SUM(state = {_CAPTURED}),{_BY_REASON}"
     f" SUM(state = {_RELEASED}),"
     f" SUM(state = {_RESERVED}),"
     f" COALESCE(SUM(CASE WHEN state = {_CAPTURED} THEN amount END), 0),"
