@@ -19,12 +19,11 @@ from parley.v1 import messaging_pb2 as mpb
 
 from server.domain.billing import Cashier, PriceBook, PriceDesk, TableVersion
 from server.domain.billing_model import Charge, LedgerEntry, StatusEventView, StatusKind
-from server.domain.feeds import CaughtUp, KeepAlive
 from server.domain.pricing import DEFAULT_COUNTRY, FreeReason, Quote
 from server.domain.status_events import StatusEventStreams
 from server.domain.usage import UsageReports
 from server.domain.usage_model import UsageCounts
-from server.rpc.convert import optional_seconds, timestamp
+from server.rpc.convert import feed_responses, optional_seconds, timestamp
 from server.rpc.interceptors import caller, operator
 
 Context = aio.ServicerContext[Any, Any]
@@ -218,13 +217,16 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def StreamStatusEvents(
         self, request: pb.StreamStatusEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamStatusEventsResponse]:
-        async for item in self._events.stream(caller(), request.cursor):
-            if isinstance(item, CaughtUp):
-                yield pb.StreamStatusEventsResponse(
-                    caught_up=pb.StatusEventsCaughtUp(cursor=item.cursor)
-                )
-            elif isinstance(item, KeepAlive):
-                yield pb.StreamStatusEventsResponse(keep_alive=pb.StatusEventsKeepAlive())
-            else:
-                currency = self._book.version(item.charge.table_version).table.currency
-                yield pb.StreamStatusEventsResponse(event=event_to_proto(item, currency))
+        def event(view: StatusEventView) -> pb.StreamStatusEventsResponse:
+            currency = self._book.version(view.charge.table_version).table.currency
+            return pb.StreamStatusEventsResponse(event=event_to_proto(view, currency))
+
+        async for response in feed_responses(
+            self._events.stream(caller(), request.cursor),
+            event,
+            lambda cursor: pb.StreamStatusEventsResponse(
+                caught_up=pb.StatusEventsCaughtUp(cursor=cursor)
+            ),
+            lambda: pb.StreamStatusEventsResponse(keep_alive=pb.StatusEventsKeepAlive()),
+        ):
+            yield response

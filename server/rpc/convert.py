@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from parley.v1 import account_pb2
 
 from server.domain.errors import InvalidArgument
+from server.domain.feeds import CaughtUp, KeepAlive
 from server.domain.model import AccountKind
+
+R = TypeVar("R")
+M = TypeVar("M")
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -51,3 +58,20 @@ def optional_seconds(message: Message, field: str) -> float | None:
             "0-999999999); send an RFC 3339 time such as 2026-12-01T00:00:00Z"
         )
     return float(ts.seconds) + ts.nanos / 1e9
+
+
+async def feed_responses(
+    items: AsyncIterator[R | CaughtUp | KeepAlive],
+    item: Callable[[R], M],
+    caught_up: Callable[[int], M],
+    keep_alive: Callable[[], M],
+) -> AsyncIterator[M]:
+    """A followed feed's items (`server.domain.feeds.follow`) as a stream's responses: each item,
+    the caught-up marker and the keep-alives by the stream's own message."""
+    async for value in items:
+        if isinstance(value, CaughtUp):
+            yield caught_up(value.cursor)
+        elif isinstance(value, KeepAlive):
+            yield keep_alive()
+        else:
+            yield item(value)
