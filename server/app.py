@@ -324,6 +324,11 @@ async def _assemble(
     key_pb2_grpc.add_KeyServiceServicer_to_server(
         KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
     )
+    # Billing's price book and status event feed come first: the send path prices messages
+    # and wakes the status event streams.
+    book = PriceBook(db, clock)
+    await book.start(*prices)
+    status_feed = StatusEventFeed()
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     sending_policy = settings.sending_policy()
     mailbox = Mailbox(
@@ -362,9 +367,6 @@ async def _assemble(
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(profiles=profiles, templates=templates), server
     )
-    book = PriceBook(db, clock)
-    await book.start(*prices)
-    status_feed = StatusEventFeed()
     billing_pb2_grpc.add_BillingServiceServicer_to_server(
         BillingServicer(
             prices=PriceDesk(db, clock, book, billing=settings.billing),
