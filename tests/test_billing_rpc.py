@@ -69,7 +69,8 @@ def _code(call: Any) -> tuple[grpc.StatusCode, str]:
 
 @pytest.fixture
 def billing_server(make_server: ServerFactory) -> LiveServer:
-    return make_server(admin_token=ADMIN_TOKEN)
+    # Billing on explicitly: the quotes need it, whatever other tests' servers default to.
+    return make_server(admin_token=ADMIN_TOKEN, billing=True)
 
 
 @pytest.fixture
