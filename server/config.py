@@ -50,11 +50,9 @@ def _http_port(text: str) -> int | None:
 
 def _on_off(text: str) -> bool:
     value = text.strip().lower()
-    if value in ("on", "true", "1", "yes"):
-        return True
-    if value in ("off", "false", "0", "no"):
-        return False
-    raise ValueError(f"{text!r} is neither on nor off")
+    if value not in ("on", "off"):
+        raise ValueError(f"{text!r} is not on or off")
+    return value == "on"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -116,9 +114,13 @@ class Settings:
     # The base of every chat link; "" means http://<host>:<bound HTTP port>, right for a test
     # and wrong behind a proxy, where the operator sets the public https:// address.
     public_url: str = ""
-    # Metered delivery (server.domain.metering): on, businesses pay per delivered message from
-    # a prepaid balance; off, for a deployment that charges nobody (nothing priced or held).
+    # Metered delivery (server.domain.billing): on, a business pays for each message delivered
+    # to a person from its prepaid balance; off, nothing is priced or reserved, for a
+    # deployment that charges nobody.
     billing: bool = True
+    # The operator's price table (TOML, the format of server/domain/default_prices.toml), read
+    # and checked at start-up; None: the shipped table.
+    price_file: Path | None = None
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -267,8 +269,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "billing",
         _on_off,
-        "on: businesses pay per delivered message from a prepaid balance; off: nothing is "
-        "priced, reserved or charged",
+        "on: businesses pay per message delivered to a person, from a prepaid balance; off: "
+        "nothing is priced, reserved or charged",
+    ),
+    Option(
+        "price_file",
+        Path,
+        "the price table (TOML, as server/domain/default_prices.toml), checked at start-up and "
+        "in force from then on when it differs; unset: the shipped table",
     ),
 )
 

@@ -9,6 +9,9 @@ Rules kept here, and what enforces each one with concurrent writers:
    another amount, answers the first entry with `applied = false`.
 3. Ledger pages are read by entry id (AIP-158 page tokens carry the last id seen and whose
    ledger it is), so paging while entries are appended neither skips nor repeats an entry.
+4. A quote (`quote_for`) is computed from facts read in one transaction (the recipient's
+   country, the open windows, the month's usage) by the table in force at `now`, so QuotePrice
+   answers exactly what a send at that moment would be priced at.
 """
 
 from __future__ import annotations
@@ -16,21 +19,29 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from server.domain import validation
+from server.domain.auth import Principal
 from server.domain.billing_model import Balance, LedgerEntry, PriceTableRow
 from server.domain.clock import Clock
 from server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.domain.model import AccountKind
+from server.domain.links import entry_window_open
+from server.domain.model import AccountKind, AccountRow, MessageCategory
+from server.domain.money import MAX_AMOUNT_MICROS, format_amount
 from server.domain.operator import Operator
 from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.pricing import (
     PriceSchedule,
     PriceTable,
     PriceTableError,
+    Quote,
+    SendFacts,
+    Window,
     default_table,
     from_json,
     parse_toml,
+    quote,
 )
 
 MAX_REFERENCE = 128
@@ -41,6 +52,12 @@ MAX_PAGE_SIZE = 1_000
 # table nobody looks at until it takes over.
 MAX_SCHEDULE_AHEAD = 366 * 86_400.0
 _TOKEN_PREFIX = b"ledger1:"
+BILLING_OFF = (
+    "billing is off on this server (--billing off): no message is priced or charged, so there "
+    "is nothing to quote"
+)
+# The customer-service window: a user's message lets the business answer for 24 hours.
+SERVICE_WINDOW_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,24 @@ class PriceBook:
         """The first version taking effect after `at`, if one is scheduled."""
         return next((v for v in self._versions if v.table.effective_at > at), None)
 
+    def version(self, number: int) -> TableVersion:
+        """A version by its number (a charge names the one that priced it)."""
+        found = next((v for v in self._versions if v.version == number), None)
+        if found is None:
+            raise FailedPrecondition(f"price table version {number} is not stored")
+        return found
+
+    def listing(self, at: float | None) -> tuple[TableVersion, TableVersion | None]:
+        """The version in force at `at` (now when None) and the next one, if scheduled: what
+        GetPriceList shows, so a business sees a price change coming."""
+        when = self._clock.now() if at is None else at
+        if at is not None and self._versions and at < self._versions[0].table.effective_at:
+            raise InvalidArgument(
+                "at is before the first price table took effect; ask for a later time, or "
+                "leave at unset for now"
+            )
+        return self.in_force(when), self.next_after(when)
+
     async def set_table(self, _: Operator, toml: str, effective_at: float | None) -> TableVersion:
         """Add a version from the operator's TOML, in force from `effective_at` (now when
         None), which must not be in the past (rule 1)."""
@@ -158,6 +193,11 @@ class Cashier:
         business = validation.uuid_string(business_account_id, field="business_account_id")
         if amount <= 0:
             raise InvalidArgument("amount_micros must be more than 0 (1 USD = 1000000)")
+        if amount > MAX_AMOUNT_MICROS:
+            raise InvalidArgument(
+                f"amount_micros is above the largest top-up, {MAX_AMOUNT_MICROS} "
+                f"({format_amount(MAX_AMOUNT_MICROS)}); split it into several top-ups"
+            )
         if not 1 <= len(reference) <= MAX_REFERENCE or not reference.isprintable():
             raise InvalidArgument(
                 f"reference is required: 1-{MAX_REFERENCE} printable characters that identify "
@@ -191,6 +231,102 @@ class Cashier:
         rows = rows[:size]
         token = _make_token(rows[-1].entry_id, business_account_id) if more else ""
         return rows, token
+
+
+def month_key(at: float) -> str:
+    """The calendar month (UTC) of a time, as the usage counters name it: "2026-11"."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m")
+
+
+def quote_for(
+    tx: ReadTransaction,
+    book: PriceBook,
+    business: str,
+    recipient: str,
+    category: MessageCategory,
+    now: float,
+) -> tuple[Quote, int]:
+    """What a message of `category` from `business` to `recipient` costs if sent at `now`,
+    and the number of the table version that priced it (rule 4).
+
+    Only messages from a business to a person are priced; the caller has checked that
+    `business` is one, and the recipient is checked here (NOT_FOUND, FAILED_PRECONDITION)."""
+    account = tx.get_account(recipient)
+    if account is None:
+        raise NotFound(f"no account {recipient}; look the recipient's number up first")
+    if recipient == business:
+        raise InvalidArgument(
+            "that is your own account: a business's messages to itself are never priced"
+        )
+    if account.kind != AccountKind.PERSON:
+        raise FailedPrecondition(
+            f"account {recipient} is a business: only messages from a business to a person "
+            "are priced, messages between businesses cost nothing"
+        )
+    return price_at(tx, book, business, account, category, now)
+
+
+def price_at(
+    tx: ReadTransaction,
+    book: PriceBook,
+    business: str,
+    recipient: AccountRow,
+    category: MessageCategory,
+    now: float,
+    counted: tuple[int, int] = (0, 0),
+) -> tuple[Quote, int]:
+    """The price of a message from `business` to the person `recipient` sent at `now` and the
+    table version that priced it: the facts (the windows open between them, the recipient's
+    country, the business's count of the month plus `counted`, what a send job counted and has
+    not stored yet) gathered in `tx`, then `pricing.quote`. The send path (metering) and
+    QuotePrice price the same way through this one function."""
+    user = recipient.account_id
+    windows: set[Window] = set()
+    opened = tx.window_opened_at(business, user)
+    if opened is not None and opened <= now < opened + SERVICE_WINDOW_SECONDS:
+        windows.add(Window.SERVICE)
+    if entry_window_open(tx, business, user, now) is not None:
+        windows.add(Window.ENTRY)
+    country = validation.country_of(recipient.phone_number)
+    month, month_country = tx.month_usage(business, month_key(now), int(category), country)
+    version = book.in_force(now)
+    facts = SendFacts(
+        category, country, frozenset(windows), month + counted[0], month_country + counted[1]
+    )
+    try:
+        return quote(version.table, facts), version.version
+    except PriceTableError as exc:  # a stored table always prices every category: a bug
+        raise FailedPrecondition(f"the price table in force cannot price this: {exc}") from None
+
+
+class PriceDesk:
+    """The price list and the quote, as the BillingService RPCs ask for them."""
+
+    def __init__(self, db: Store, clock: Clock, book: PriceBook, *, billing: bool) -> None:
+        self._db = db
+        self._clock = clock
+        self.book = book
+        self.billing = billing
+
+    async def quote(
+        self, caller: Principal, recipient_account_id: str, category: int
+    ) -> tuple[Quote, int]:
+        recipient = validation.uuid_string(recipient_account_id, field="recipient_account_id")
+        if category not in set(MessageCategory) - {MessageCategory.UNSPECIFIED}:
+            raise InvalidArgument(
+                "category is required: MARKETING, UTILITY, AUTHENTICATION or SERVICE"
+            )
+        if not self.billing:
+            raise FailedPrecondition(BILLING_OFF)
+        kind = MessageCategory(category)
+        now = self._clock.now()
+        business = caller.account_id
+
+        def read(tx: ReadTransaction) -> tuple[Quote, int]:
+            _require_business(tx, business)
+            return quote_for(tx, self.book, business, recipient, kind, now)
+
+        return await self._db.read(read)
 
 
 def _require_business(tx: ReadTransaction, account_id: str) -> None:

@@ -2,7 +2,7 @@
 
 The money path, and what enforces each step with concurrent writers (billing_model B1-B5):
 1. **Priced when sent.** Every message a BUSINESS account sends to a PERSON (stored, not to
-   itself) is priced by the table in force at its send time (`price_now`), in the send's own
+   itself) is priced by the table in force at its send time (`billing.price_at`), in the send's own
    transaction, from metadata only: the category the sending rules stamped (the template's,
    or SERVICE), the recipient's country (its phone number), the windows open between them,
    and the business's count of the month. It gets a charge row (amount 0 when free, with the
@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import NamedTuple
 
 from server.domain import validation
 from server.domain.admission import DeferredWrite, Draft, RequestIdRace, SendJob
-from server.domain.billing import PriceBook
+from server.domain.billing import PriceBook, month_key, price_at
 from server.domain.billing_model import (
     Charge,
     ChargeState,
@@ -45,15 +44,13 @@ from server.domain.billing_model import (
     StatusKind,
 )
 from server.domain.errors import FailedPrecondition
-from server.domain.links import entry_window_open
-from server.domain.model import AccountKind, AccountRow, MessageCategory, MessageRow
+from server.domain.model import AccountKind, MessageCategory, MessageRow
 from server.domain.money import format_amount
-from server.domain.ports import ReadTransaction, Transaction
-from server.domain.pricing import FreeReason, Quote, SendFacts, Window, quote
+from server.domain.ports import Transaction
+from server.domain.pricing import FreeReason
 
 log = logging.getLogger(__name__)
 
-DAY = 86_400.0
 # Reasons of the events that release a price.
 EXPIRED_REASON = "not delivered: no device of the recipient received it in time"
 BLOCKED_REASON = "not delivered: the recipient does not accept messages from you"
@@ -62,37 +59,6 @@ BLOCKED_REASON = "not delivered: the recipient does not accept messages from you
 _COUNTED = (FreeReason.BILLABLE, FreeReason.ALLOWANCE)
 
 Wake = Callable[[Iterable[str]], None]
-
-
-def month_of(t: float) -> str:
-    """The calendar month (UTC) of a time, as the usage counters key it: "2026-11"."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m")
-
-
-def price_now(
-    tx: ReadTransaction,
-    book: PriceBook,
-    business: str,
-    recipient: AccountRow,
-    category: MessageCategory,
-    now: float,
-    counted: tuple[int, int] = (0, 0),
-) -> tuple[Quote, int]:
-    """The price of a message of `category` from `business` to `recipient` sent at `now`, and
-    the table version that priced it. `counted` adds to the month's counts (messages of the
-    same job not stored yet)."""
-    version = book.in_force(now)
-    user = recipient.account_id
-    country = validation.country_of(recipient.phone_number)
-    windows: set[Window] = set()
-    opened = tx.window_opened_at(business, user)
-    if opened is not None and now < opened + DAY:
-        windows.add(Window.SERVICE)
-    if entry_window_open(tx, business, user, now) is not None:
-        windows.add(Window.ENTRY)
-    total, here = tx.month_usage(business, month_of(now), int(category), country)
-    facts = SendFacts(category, country, frozenset(windows), total + counted[0], here + counted[1])
-    return quote(version.table, facts), version.version
 
 
 class BalanceRace(RequestIdRace):
@@ -155,7 +121,7 @@ class MeteringRule:
         # This job's earlier messages count too, though they are not stored yet.
         tally: list[int] = job.memo("month-count", f"{int(category)}", lambda: [0])
         here: list[int] = job.memo("month-count", f"{int(category)}/{country}", lambda: [0])
-        price, version = price_now(
+        price, version = price_at(
             job.tx, self._book, business, recipient, category, now, (tally[0], here[0])
         )
         available: list[int] = job.memo(
@@ -177,7 +143,7 @@ class MeteringRule:
             price.country, price.amount, int(price.reason), version,
             int(ChargeState.RESERVED), now, None, None, None, price.explanation,
         )  # fmt: skip
-        return (Reserve(charge, counts, month_of(now)),)
+        return (Reserve(charge, counts, month_key(now)),)
 
 
 def _events(

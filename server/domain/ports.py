@@ -31,7 +31,8 @@ Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) a
 `server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
 `server.domain.sending_model`; U1-U4 (live support) in `server.domain.support_model`; L1-L4
 (click-to-chat) in `server.domain.links_model`; B1-B4 (billing's conditional balance updates
-and once-only ledger keys) in `server.domain.billing_model`. Accounts and keys continue here:
+and once-only ledger keys) in `server.domain.billing_model`; R1-R2 (the usage report's
+indexed reads) in `server.domain.usage_model`. Accounts and keys continue here:
 
 11. `insert_device` takes one of the account's device slots with one conditional UPDATE of the
     account's device count (`device_count < max`) before it inserts, in the same transaction,
@@ -72,6 +73,7 @@ from server.domain.model import (
 )
 from server.domain.sending_model import SendingReads, SendingWrites
 from server.domain.support_model import SupportReads, SupportWrites
+from server.domain.usage_model import UsageReads
 
 T = TypeVar("T")
 
@@ -253,6 +255,7 @@ class ReadTransaction(
     SupportReads,
     LinkReads,
     BillingReads,
+    UsageReads,
     Protocol,
 ):
     """What a read transaction offers: a consistent view, no writes."""

@@ -20,6 +20,7 @@ from server.storage.links import SqliteLinks
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
 from server.storage.support import SqliteSupport
+from server.storage.usage import SqliteUsage
 
 
 class SqliteTransaction(
@@ -32,6 +33,7 @@ class SqliteTransaction(
     SqliteSupport,
     SqliteLinks,
     SqliteBilling,
+    SqliteUsage,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection
