@@ -17,7 +17,7 @@ subclasses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 from typing import Final
 
@@ -102,7 +102,9 @@ class BillingCalls:
         request = bpb.ListLedgerEntriesRequest(page_size=page_size, page_token=page_token)
         return await _rpc(self._stub.ListLedgerEntries(request, metadata=self._metadata()))
 
-    async def ledger(self, page_size: int = LEDGER_PAGE_SIZE) -> AsyncIterator[bpb.LedgerEntry]:
+    async def ledger(
+        self, page_size: int = LEDGER_PAGE_SIZE
+    ) -> AsyncGenerator[bpb.LedgerEntry, None]:
         """Every entry of the ledger, oldest first, page after page until the server says the
         end is reached (an empty ``next_page_token``)."""
         token = ""
@@ -134,7 +136,7 @@ class BillingCalls:
 
     async def events(
         self, cursor: int = 0, *, follow: bool = False
-    ) -> AsyncIterator[bpb.StatusEvent]:
+    ) -> AsyncGenerator[bpb.StatusEvent, None]:
         """The status events after `cursor`, in sequence order. Without `follow` it stops once
         the backlog is read; with it, it goes on with live events until the caller stops
         reading (keep-alives are not passed on). The caller keeps the last ``sequence`` it

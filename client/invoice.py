@@ -28,10 +28,10 @@ import calendar
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from parley.v1 import billing_pb2 as bpb
 
@@ -243,17 +243,19 @@ def _day(d: date) -> str:
     return f"{d.day} {calendar.month_abbr[d.month]} {d.year}"
 
 
-def _table(s: Statement, title: str, groups: Sequence[Group]) -> list[str]:
+def usage_table(title: str, currency: str, groups: Sequence[Group], total: Group) -> list[str]:
+    """A usage report as aligned columns, one line per group and the total (also what
+    ``parley business usage`` prints)."""
     head = (
         f"  {title:<14} {'sent':>7} {'deliv.':>7} {'billable':>8} {'free:svc':>8} {'entry':>6}"
-        f" {'allow.':>6} {'undeliv.':>8} {'pending':>7} {'amount ' + s.currency:>14}"
+        f" {'allow.':>6} {'undeliv.':>8} {'pending':>7} {'amount ' + currency:>14}"
     )
     lines = [head]
-    for g in (*groups, s.total):
+    for g in (*groups, total):
         lines.append(
             f"  {g.key:<14} {g.sent:>7} {g.delivered:>7} {g.billable:>8}"
             f" {g.free_service_window:>8} {g.free_entry_window:>6} {g.free_allowance:>6}"
-            f" {g.not_delivered:>8} {g.pending:>7} {_money(g.charged_micros):>14}"
+            f" {g.not_delivered:>8} {g.pending:>7} {_money(g.charged_micros):>14}".rstrip()
         )
     return lines
 
@@ -291,9 +293,9 @@ def render_text(s: Statement, *, chart: bool = True) -> str:
             f" {_money(s.expected_closing)}; report this statement to the operator"
         )
     out += ["", "Messages sent in the period, by category"]
-    out += _table(s, "category", s.by_category)
+    out += usage_table("category", s.currency, s.by_category, s.total)
     out += ["", "By the recipient's country"]
-    out += _table(s, "country", s.by_country)
+    out += usage_table("country", s.currency, s.by_country, s.total)
     out.append("")
     if s.reconciled:
         out.append("Usage reconciled with the ledger's captures by the server.")
@@ -314,6 +316,20 @@ def _text_chart(s: Statement) -> list[str]:
         bar = "█" * max(1, micros * BAR_WIDTH // top)
         lines.append(f"  {day.isoformat()} {_money(micros):>12} {bar}")
     return lines
+
+
+def statement_data(s: Statement) -> dict[str, Any]:
+    """The statement for ``--json``: every field, amounts in micro-units, times in ISO 8601."""
+    data = asdict(s)
+    data.update(
+        start=s.start.isoformat(),
+        end=s.end.isoformat(),
+        month=s.month,
+        opening_micros=s.opening,
+        closing_micros=s.closing,
+        balanced=s.balanced,
+    )
+    return data
 
 
 # --- CSV --------------------------------------------------------------------------------------
@@ -372,6 +388,11 @@ def write_csv(s: Statement, out: TextIO) -> None:
 
 
 # --- chart and PDF ----------------------------------------------------------------------------
+
+
+def check_charts() -> None:
+    """Raise :class:`ChartUnavailable` now, before any work, when charts cannot be drawn."""
+    _figure_class()
 
 
 def _figure_class() -> type[Figure]:
