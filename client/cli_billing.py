@@ -49,8 +49,8 @@ FREE_REASONS: Final = {
 
 
 def month(text: str) -> str:
-    """A calendar month as the server takes it ("2026-11")."""
-    if not MONTH.fullmatch(text):
+    """A calendar month as the server takes it ("2026-11"; empty: the server's current one)."""
+    if text and not MONTH.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a month: write it like 2026-11")
     return text
 
@@ -235,13 +235,11 @@ def pricing_text(p: bpb.Pricing) -> str:
     return f"{money}: {where}, price table v{p.price_table_version}"
 
 
-def event_text(client: ParleyClient, e: bpb.StatusEvent) -> str:
-    """One status event on one line: what happened to which message, and what it cost."""
+def event_text(e: bpb.StatusEvent, recipient: str) -> str:
+    """One status event on one line: what happened to which message (sent to `recipient`, a
+    name for its account id), and what it cost."""
     kind = bpb.StatusEventKind.Name(e.kind).removeprefix("STATUS_EVENT_KIND_")
-    head = (
-        f"#{e.sequence} {kind} message {e.message_id} to"
-        f" {client.display_name(e.recipient_account_id)} at {_utc(e.at)}"
-    )
+    head = f"#{e.sequence} {kind} message {e.message_id} to {recipient} at {_utc(e.at)}"
     p = e.pricing
     if e.kind == bpb.STATUS_EVENT_KIND_SENT:
         cost = pricing_text(p) + (" (reserved)" if p.billable else "")
@@ -299,7 +297,8 @@ async def _quote(client: ParleyClient, args: argparse.Namespace, out: TextIO) ->
 async def _events(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
     last = args.cursor
     async for event in client.billing.events(args.cursor, follow=args.follow):
-        _emit(args, event_text(client, event), _data(event), out)
+        recipient = client.display_name(event.recipient_account_id)
+        _emit(args, event_text(event, recipient), _data(event), out)
         last = event.sequence
     if not args.json:
         from client import cli
