@@ -337,10 +337,11 @@ def statement_data(s: Statement) -> dict[str, Any]:
 CSV_COLUMNS: Final = (
     "section",
     "key",
-    *(f.name for f in fields(Group) if f.name != "key"),
+    *(f.name.removesuffix("_micros") for f in fields(Group) if f.name != "key"),
     "amount",
     "currency",
 )
+"""Counts, then amounts as decimals of the currency (``charged``, ``reserved``, ``amount``)."""
 
 
 def write_csv(s: Statement, out: TextIO) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import struct
 import sys
@@ -217,8 +218,8 @@ def test_the_csv_reads_back_to_the_same_numbers() -> None:
     for section, groups in (("day", DAYS), ("category", CATEGORIES), ("country", COUNTRIES)):
         part = [r for r in rows if r["section"] == section]
         assert [r["key"] for r in part] == [g.key for g in groups] + ["TOTAL"]
-        charged = sum(Decimal(r["charged_micros"]) for r in part[:-1])
-        assert charged == Decimal(part[-1]["charged_micros"]) == Decimal("0.1419")
+        charged = sum(Decimal(r["charged"]) for r in part[:-1])
+        assert charged == Decimal(part[-1]["charged"]) == Decimal("0.1419")
         assert sum(int(r["sent"]) for r in part[:-1]) == int(part[-1]["sent"]) == 6
     balance = {r["key"]: Decimal(r["amount"]) for r in rows if r["section"] == "balance"}
     assert balance["opening_balance"] + balance["top_ups"] + balance["charges"] == Decimal(
@@ -227,6 +228,19 @@ def test_the_csv_reads_back_to_the_same_numbers() -> None:
     assert balance["closing_balance"] == Decimal("59.8331")
     assert balance["released"] == Decimal("0.005")
     assert {r["currency"] for r in rows} == {"USD"}
+    assert "charged_micros" not in rows[0], "decimal amounts are not named micros"
+
+
+def test_the_json_statement_keeps_micros_and_iso_times() -> None:
+    data = json.loads(json.dumps(invoice.statement_data(statement())))
+    assert data["start"] == "2026-11-01T00:00:00+00:00" and data["month"] == "2026-11"
+    assert data["charges"] == {"count": 3, "micros": 166_900}
+    assert (data["opening_micros"], data["closing_micros"], data["balanced"]) == (
+        10_000_000,
+        59_833_100,
+        True,
+    )
+    assert data["by_country"][1].items() >= {"key": "DE", "charged_micros": 89_000}.items()
 
 
 matplotlib = pytest.importorskip("matplotlib", reason="pip install 'parley[invoice]'")
