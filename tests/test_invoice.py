@@ -317,3 +317,10 @@ def test_amounts_read_and_written_exactly() -> None:
 @given(st.integers(min_value=1, max_value=10**15))
 def test_formatted_amounts_parse_back(micros: int) -> None:
     assert parse_amount(format_micros(micros)) == micros
+
+
+def test_the_readme_shows_what_the_statement_prints() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    marker = "checks that this is what client/invoice.py prints. -->\n```text\n"
+    shown = readme.split(marker, 1)[1].split("\n```\n", 1)[0]
+    assert shown == invoice.render_text(statement())
