@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
 from typing import Final
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from parley.v1 import billing_pb2 as bpb
@@ -29,7 +28,7 @@ from parley.v1 import billing_pb2_grpc
 from parley.v1 import messaging_pb2 as mpb
 
 from client.api import _rpc
-from client.errors import from_rpc_error
+from client.feeds import follow_feed
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -134,7 +133,7 @@ class BillingCalls:
         )
         return await _rpc(self._stub.GetUsageReport(request, metadata=self._metadata()))
 
-    async def events(
+    def events(
         self, cursor: int = 0, *, follow: bool = False
     ) -> AsyncGenerator[bpb.StatusEvent, None]:
         """The status events after `cursor`, in sequence order. Without `follow` it stops once
@@ -142,19 +141,12 @@ class BillingCalls:
         reading (keep-alives are not passed on). The caller keeps the last ``sequence`` it
         handled and resumes from it after a disconnection: the server sends each event after
         the cursor exactly once."""
-        call = self._stub.StreamStatusEvents(
-            bpb.StreamStatusEventsRequest(cursor=cursor), metadata=self._metadata()
+        request = bpb.StreamStatusEventsRequest(cursor=cursor)
+        return follow_feed(
+            lambda: self._stub.StreamStatusEvents(request, metadata=self._metadata()),
+            bpb.StatusEvent,
+            follow=follow,
         )
-        try:
-            async for message in call:
-                if message.HasField("event"):
-                    yield message.event
-                elif message.HasField("caught_up") and not follow:
-                    return
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()
 
 
 class BillingOperatorCalls:

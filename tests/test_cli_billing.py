@@ -9,6 +9,8 @@ PNG and PDF, a new price table — skips while the server does not serve Billing
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -26,7 +28,9 @@ from parley.v1 import billing_pb2_grpc
 from parley.v1 import messaging_pb2 as mpb
 
 from client import cli, cli_billing
+from client.api import ParleyClient
 from client.billing_api import CATEGORIES
+from tests.client_helpers import closing, drain, registered
 from tests.conftest import LiveServer, ServerFactory, register
 from tests.test_client_cli import failed, lines, ok, parley
 
@@ -294,3 +298,57 @@ def test_a_business_month_with_the_cli(billing_server: LiveServer, tmp_path: Pat
     assert "takes over at" in ok(parley(server, person, "prices"))
     refused = failed(parley(server, person, "business", "balance"))
     assert refused.startswith("parley: ")
+
+
+def test_the_client_library_pages_the_ledger_and_resumes_events(
+    billing_server: LiveServer, tmp_path: Path
+) -> None:
+    """client.billing: the ledger iterator follows page tokens to the end; the event stream
+    resumed from a cursor gives exactly the events after it."""
+
+    async def body() -> None:
+        shop = await registered(billing_server, tmp_path / "shop", SHOP, business=True)
+        person = await registered(billing_server, tmp_path / "person", PERSON)
+        await closing([shop, person], lambda: story(shop, person))
+
+    async def story(shop: ParleyClient, person: ParleyClient) -> None:
+        operator = shop.billing.operator(TOKEN)
+        for n, amount in enumerate((1_000_000, 2_500_000, 500_001)):
+            assert (await operator.top_up(shop.account_id, amount, f"ref-{n}")).applied
+        repeated = await operator.top_up(shop.account_id, 9_000_000, "ref-1")
+        assert not repeated.applied and repeated.entry.amount_micros == 2_500_000
+        entries = [e async for e in shop.billing.ledger(page_size=2)]
+        assert [e.amount_micros for e in entries] == [1_000_000, 2_500_000, 500_001]
+        assert [e.available_after_micros for e in entries] == [1_000_000, 3_500_000, 4_000_001]
+        first = await shop.billing.ledger_page(page_size=2)
+        assert len(first.entries) == 2 and first.next_page_token
+        assert (await shop.billing.balance()).available_micros == 4_000_001
+
+        seen: list[bpb.StatusEvent] = []
+
+        async def watch() -> None:
+            async for event in shop.billing.events(0, follow=True):
+                seen.append(event)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await person.send(SHOP, "hello?")
+            await drain(shop)
+            await shop.send(PERSON, "hello, how can we help?")
+            await drain(person)  # acknowledged: delivered
+            for _ in range(500):
+                if len(seen) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        kinds = [bpb.StatusEventKind.Name(e.kind) for e in seen]
+        assert kinds == ["STATUS_EVENT_KIND_SENT", "STATUS_EVENT_KIND_DELIVERED"]
+        assert seen[1].sequence > seen[0].sequence
+        resumed = [e async for e in shop.billing.events(seen[0].sequence)]
+        assert resumed == seen[1:]
+        assert [e async for e in shop.billing.events(seen[1].sequence)] == []
+
+    asyncio.run(body())
