@@ -266,6 +266,18 @@ def quote_for(
     return price_at(tx, book, business, account, category, now)
 
 
+def windows_at(tx: ReadTransaction, business: str, user: str, now: float) -> frozenset[Window]:
+    """The windows open between the business and the user at `now` that a free rule can name:
+    the 24-hour customer-service window, the 72-hour entry window of a click-to-chat link."""
+    windows: set[Window] = set()
+    opened = tx.window_opened_at(business, user)
+    if opened is not None and opened <= now < opened + SERVICE_WINDOW_SECONDS:
+        windows.add(Window.SERVICE)
+    if entry_window_open(tx, business, user, now) is not None:
+        windows.add(Window.ENTRY)
+    return frozenset(windows)
+
+
 def price_at(
     tx: ReadTransaction,
     book: PriceBook,
@@ -280,19 +292,11 @@ def price_at(
     country, the business's count of the month plus `counted`, what a send job counted and has
     not stored yet) gathered in `tx`, then `pricing.quote`. The send path (metering) and
     QuotePrice price the same way through this one function."""
-    user = recipient.account_id
-    windows: set[Window] = set()
-    opened = tx.window_opened_at(business, user)
-    if opened is not None and opened <= now < opened + SERVICE_WINDOW_SECONDS:
-        windows.add(Window.SERVICE)
-    if entry_window_open(tx, business, user, now) is not None:
-        windows.add(Window.ENTRY)
+    windows = windows_at(tx, business, recipient.account_id, now)
     country = validation.country_of(recipient.phone_number)
     month, month_country = tx.month_usage(business, month_key(now), int(category), country)
     version = book.in_force(now)
-    facts = SendFacts(
-        category, country, frozenset(windows), month + counted[0], month_country + counted[1]
-    )
+    facts = SendFacts(category, country, windows, month + counted[0], month_country + counted[1])
     try:
         return quote(version.table, facts), version.version
     except PriceTableError as exc:  # a stored table always prices every category: a bug

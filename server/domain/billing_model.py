@@ -31,6 +31,7 @@ B5. `append_status_events` numbers a business's events from a counter row bumped
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple, Protocol
 
@@ -107,7 +108,8 @@ class StatusKind(IntEnum):
 
 
 class StatusEventRow(NamedTuple):
-    """One status event; `sequence` is assigned by `append_status_events`."""
+    """One status event; `sequence` is assigned by `append_status_events`, and
+    `ledger_entry_id` (a DELIVERED event's capture) is read from the ledger, never stored."""
 
     business_account_id: str
     sequence: int
@@ -139,13 +141,6 @@ class Reservation(NamedTuple):
 
     accepted: bool
     balance: Balance
-    entry_id: int | None
-
-
-class Settled(NamedTuple):
-    """A charge that `settle_charges` moved, and the ledger entry it wrote (None: free)."""
-
-    charge: Charge
     entry_id: int | None
 
 
@@ -201,22 +196,25 @@ class BillingWrites(Protocol):
         call made it."""
         ...
 
+    def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
+        """Record a job's charges and hold their amounts (B1, one conditional UPDATE per
+        business for its total); False, with nothing written, when a balance is short."""
+        ...
+
     def reserve(self, charge: Charge, at: float) -> Reservation:
         """Record the charge and hold its amount when it is not zero (B1); when the balance is
         short, write nothing and say so."""
         ...
 
-    def settle_charges(
-        self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[Settled]:
+    def settle_charges(self, message_ids: list[int], state: ChargeState, at: float) -> list[Charge]:
         """Capture (CAPTURED) or release (RELEASED) the charges of these messages that are
         still RESERVED (B2); the ones moved, each with its ledger entry."""
         ...
 
     def count_usage(
-        self, business_account_id: str, month: str, category: int, country: str
+        self, business_account_id: str, month: str, category: int, country: str, n: int = 1
     ) -> None:
-        """Count one message towards the month's allowance and tiers."""
+        """Count `n` messages towards the month's allowance and tiers."""
         ...
 
     def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:

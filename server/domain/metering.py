@@ -2,11 +2,11 @@
 
 The money path, and what enforces each step with concurrent writers (billing_model B1-B5):
 1. **Priced when sent.** Every message a BUSINESS account sends to a PERSON (stored, not to
-   itself) is priced by the table in force at its send time (`billing.price_at`), in the send's own
-   transaction, from metadata only: the category the sending rules stamped (the template's,
-   or SERVICE), the recipient's country (its phone number), the windows open between them,
-   and the business's count of the month. It gets a charge row (amount 0 when free, with the
-   reason) and a SENT status event.
+   itself) is priced by the table in force at its send time (as `billing.price_at` prices),
+   in the send's own transaction, from metadata only: the category the sending rules stamped
+   (the template's, or SERVICE), the recipient's country (its phone number), the windows
+   open between them, and the business's count of the month. It gets a charge row (amount 0
+   when free, with the reason) and a SENT status event.
 2. **Reserved, or refused.** A billable price is held (available -> reserved) by one
    conditional UPDATE (`available >= amount`, B1) in the same transaction that stores the
    envelopes (`MeteringRule` returns it as a deferred write). When the balance is short the
@@ -35,11 +35,10 @@ from typing import NamedTuple
 
 from server.domain import validation
 from server.domain.admission import DeferredWrite, Draft, RequestIdRace, SendJob
-from server.domain.billing import PriceBook, month_key, price_at
+from server.domain.billing import PriceBook, month_key, windows_at
 from server.domain.billing_model import (
     Charge,
     ChargeState,
-    Settled,
     StatusEventRow,
     StatusKind,
 )
@@ -47,7 +46,7 @@ from server.domain.errors import FailedPrecondition
 from server.domain.model import AccountKind, MessageCategory, MessageRow
 from server.domain.money import format_amount
 from server.domain.ports import Transaction
-from server.domain.pricing import FreeReason
+from server.domain.pricing import FreeReason, SendFacts, quote
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +66,45 @@ class BalanceRace(RequestIdRace):
 
 
 class Reserve(NamedTuple):
-    """The deferred write of a priced message: the charge, the held amount, the month's count
-    and the SENT event, together with the envelopes or not at all."""
+    """The deferred write of a priced message: its charge, the held amount, the month's count
+    and the SENT event, together with the envelopes or not at all. A job's reservations are
+    applied together (`apply_many`): a few statements for the batch, not a few per message."""
 
     charge: Charge
     counts: bool
     month: str
 
     def apply(self, tx: Transaction) -> None:
-        c = self.charge
-        if not tx.reserve(c, c.sent_at).accepted:
+        Reserve.apply_many(tx, [self])
+
+    @classmethod
+    def apply_many(cls, tx: Transaction, writes: Sequence[Reserve]) -> None:
+        charges = [w.charge for w in writes]
+        if not tx.reserve_many(charges, charges[0].sent_at):
             raise BalanceRace()
-        if self.counts:
-            tx.count_usage(c.business_account_id, self.month, c.category, c.country)
+        counted: dict[tuple[str, str, int, str], int] = {}
+        for w in writes:
+            if w.counts:
+                c = w.charge
+                key = (c.business_account_id, w.month, c.category, c.country)
+                counted[key] = counted.get(key, 0) + 1
+        for (business, month, category, country), n in counted.items():
+            tx.count_usage(business, month, category, country, n)
         tx.append_status_events(
             [
                 StatusEventRow(
                     c.business_account_id, 0, int(StatusKind.SENT), c.message_id, c.sent_at, 0, ""
                 )
+                for c in charges
             ]
         )
 
 
 class MeteringRule:
     """Admission rule 8: price, and hold the price of, each business message to a person
-    (steps 1-2). After `BusinessRule`, whose stamp gives the category."""
+    (steps 1-2). After `BusinessRule`, whose stamp gives the category. The facts a price
+    depends on are read once per job and recipient (the windows) or category and country (the
+    month's counts), then kept up to date in the job as it admits more."""
 
     def __init__(self, book: PriceBook, *, enabled: bool = True) -> None:
         self._book = book
@@ -107,25 +120,31 @@ class MeteringRule:
         business = job.caller.account_id
         if job.account_kind(business) != AccountKind.BUSINESS:
             return ()
-        if job.account_kind(r.recipient_account_id) != AccountKind.PERSON:
+        user = r.recipient_account_id
+        if job.account_kind(user) != AccountKind.PERSON:
             return ()
-        recipient = job.memo(
-            "account", r.recipient_account_id, lambda: job.tx.get_account(r.recipient_account_id)
-        )
+        tx = job.tx
+        recipient = job.memo("account", user, lambda: tx.get_account(user))
         if recipient is None:  # deleted concurrently: the recipient rule saw it
             return ()
         stamp = job.stamps.get(draft.message.message_id)
         category = MessageCategory(stamp[0]) if stamp else MessageCategory.SERVICE
         now = draft.message.server_ts
-        country = validation.country_of(recipient.phone_number)
-        # This job's earlier messages count too, though they are not stored yet.
-        tally: list[int] = job.memo("month-count", f"{int(category)}", lambda: [0])
-        here: list[int] = job.memo("month-count", f"{int(category)}/{country}", lambda: [0])
-        price, version = price_at(
-            job.tx, self._book, business, recipient, category, now, (tally[0], here[0])
+        country = job.memo("country", user, lambda: validation.country_of(recipient.phone_number))
+        windows = job.memo("billing-windows", user, lambda: windows_at(tx, business, user, now))
+        month = month_key(now)
+        # [of the category, of it to this country] this month: read once, then counted here
+        # as the job admits messages that are not stored yet.
+        counts: list[int] = job.memo(
+            "month-usage",
+            f"{int(category)}/{country}/{month}",
+            lambda: list(tx.month_usage(business, month, int(category), country)),
         )
+        totals: list[int] = job.memo("month-total", f"{int(category)}/{month}", lambda: [counts[0]])
+        version = self._book.in_force(now)
+        price = quote(version.table, SendFacts(category, country, windows, totals[0], counts[1]))
         available: list[int] = job.memo(
-            "available", "", lambda: [job.tx.get_balance(business).available]
+            "available", "", lambda: [tx.get_balance(business).available]
         )
         if price.amount > available[0]:
             raise FailedPrecondition(
@@ -134,33 +153,25 @@ class MeteringRule:
                 " ask the operator for a top-up (GetBalance shows what is reserved)"
             )
         available[0] -= price.amount
-        counts = price.reason in _COUNTED
-        if counts:
-            tally[0] += 1
-            here[0] += 1
+        counted = price.reason in _COUNTED
+        if counted:
+            totals[0] += 1
+            counts[1] += 1
         charge = Charge(
-            draft.message.message_id, business, recipient.account_id, int(category),
-            price.country, price.amount, int(price.reason), version,
-            int(ChargeState.RESERVED), now, None, None, None, price.explanation,
+            draft.message.message_id, business, user, int(category), price.country,
+            price.amount, int(price.reason), version.version, int(ChargeState.RESERVED), now,
+            None, None, None, price.explanation,
         )  # fmt: skip
-        return (Reserve(charge, counts, month_key(now)),)
+        return (Reserve(charge, counted, month),)
 
 
 def _events(
-    settled: Sequence[Settled], kind: StatusKind, at: float, reason: str
+    settled: Sequence[Charge], kind: StatusKind, at: float, reason: str
 ) -> list[StatusEventRow]:
-    delivered = kind is StatusKind.DELIVERED
+    # A DELIVERED event's ledger entry is read from the ledger (billing_model StatusEventRow).
     return [
-        StatusEventRow(
-            s.charge.business_account_id,
-            0,
-            int(kind),
-            s.charge.message_id,
-            at,
-            (s.entry_id or 0) if delivered else 0,
-            reason,
-        )
-        for s in settled
+        StatusEventRow(c.business_account_id, 0, int(kind), c.message_id, at, 0, reason)
+        for c in settled
     ]
 
 
@@ -176,7 +187,7 @@ def settle(
     moved = tx.settle_charges(ids, state, at)
     kind = StatusKind.DELIVERED if delivered else StatusKind.EXPIRED
     tx.append_status_events(_events(moved, kind, at, "" if delivered else reason or EXPIRED_REASON))
-    return {s.charge.business_account_id for s in moved}
+    return {c.business_account_id for c in moved}
 
 
 def release_blocked(
@@ -195,4 +206,4 @@ def release_blocked(
     messages = failed(pending)
     moved = tx.settle_charges([m.message_id for m in messages], ChargeState.RELEASED, at)
     tx.append_status_events(_events(moved, StatusKind.FAILED, at, BLOCKED_REASON))
-    return {s.charge.business_account_id for s in moved}
+    return {c.business_account_id for c in moved}

@@ -7,7 +7,9 @@ overdraw a balance nor charge a message twice.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Sequence
 
 from server.domain.billing_model import (
     Balance,
@@ -17,10 +19,12 @@ from server.domain.billing_model import (
     LedgerEntry,
     PriceTableRow,
     Reservation,
-    Settled,
     StatusEventRow,
     StatusEventView,
+    StatusKind,
 )
+from server.storage.errors import StorageConflict
+from server.storage.messages import insert_rows
 
 _ENTRY_COLUMNS = (
     "entry_id, business_account_id, kind, amount, available_after, reserved_after, message_id,"
@@ -30,7 +34,11 @@ _CHARGE_COLUMNS = (
     "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
     " table_version, state, sent_at, settled_at, reserve_entry, settle_entry, explanation"
 )
-_EVENT_COLUMNS = "business_account_id, sequence, kind, message_id, at, ledger_entry_id, detail"
+_EVENT_COLUMNS = "business_account_id, sequence, kind, message_id, at, detail"
+_LEDGER_INSERT = (
+    "business_account_id, kind, amount, available_after, reserved_after, message_id, reference,"
+    " at, note"
+)
 _RESERVED = int(ChargeState.RESERVED)
 
 
@@ -93,12 +101,16 @@ class SqliteBilling:
     def status_events_after(
         self, business_account_id: str, after_sequence: int, limit: int
     ) -> list[StatusEventView]:
-        prefixed = ", ".join(f"e.{c.strip()}" for c in _EVENT_COLUMNS.split(","))
         charge = ", ".join(f"c.{c.strip()}" for c in _CHARGE_COLUMNS.split(","))
+        # A DELIVERED event's ledger entry is its message's CAPTURE, found by the ledger's
+        # unique (message_id, kind) key rather than written twice.
         rows = self.connection.execute(
-            f"SELECT {prefixed}, {charge} FROM status_events e JOIN charges c"
-            " ON c.message_id = e.message_id WHERE e.business_account_id = ? AND e.sequence > ?"
-            " ORDER BY e.sequence LIMIT ?",
+            "SELECT e.business_account_id, e.sequence, e.kind, e.message_id, e.at,"
+            f" coalesce(l.entry_id, 0), e.detail, {charge} FROM status_events e"
+            " JOIN charges c ON c.message_id = e.message_id"
+            f" LEFT JOIN ledger l ON e.kind = {int(StatusKind.DELIVERED)}"
+            f" AND l.message_id = e.message_id AND l.kind = {int(EntryKind.CAPTURE)}"
+            " WHERE e.business_account_id = ? AND e.sequence > ? ORDER BY e.sequence LIMIT ?",
             (business_account_id, after_sequence, limit),
         ).fetchall()
         width = len(StatusEventRow._fields)
@@ -199,79 +211,106 @@ class SqliteBilling:
         ), True  # fmt: skip
 
     def reserve(self, charge: Charge, at: float) -> Reservation:
+        accepted = self.reserve_many([charge], at)
+        return Reservation(accepted, self.get_balance(charge.business_account_id), None)
+
+    def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
+        """Record a send job's charges and hold their amounts: per business one conditional
+        UPDATE of the total (B1), then the RESERVE entries (one per message, each with the
+        balance after it, computed from the one UPDATE's result) and the charges in a few
+        multi-row INSERTs. False, with nothing written, when a business's balance is short of
+        its total."""
         conn = self.connection
-        business, amount = charge.business_account_id, charge.amount
-        entry_id: int | None = None
-        if amount:
+        entries: list[tuple[object, ...]] = []
+        for business, group in _by_business(charges).items():
+            total = sum(c.amount for c in group)
+            if not total:
+                continue
             r = conn.execute(
                 "UPDATE balances SET available = available - ?, reserved = reserved + ?"
                 " WHERE business_account_id = ? AND available >= ? RETURNING available, reserved",
-                (amount, amount, business, amount),
+                (total, total, business, total),
             ).fetchone()
             if r is None:
-                return Reservation(False, self.get_balance(business), None)
-            balance = Balance(int(r[0]), int(r[1]))
-            entry_id = self._entry(
-                business, EntryKind.RESERVE, -amount, balance, at, message_id=charge.message_id
-            )
-            if entry_id is None:  # a new message's id cannot have a reservation: a bug
-                raise AssertionError(f"message {charge.message_id} reserved twice")
-        else:
-            balance = self.get_balance(business)
-        marks = ",".join("?" * len(Charge._fields))
-        conn.execute(
-            f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES ({marks})",
-            charge._replace(state=_RESERVED, reserve_entry=entry_id, settle_entry=None),
+                return False
+            available, reserved = int(r[0]) + total, int(r[1]) - total
+            for c in group:
+                if c.amount:
+                    available, reserved = available - c.amount, reserved + c.amount
+                    entries.append(
+                        (business, int(EntryKind.RESERVE), -c.amount, available, reserved,
+                         c.message_id, None, at, "")
+                    )  # fmt: skip
+        # A new message cannot have a reservation already: the unique (message_id, kind) key
+        # turns such a bug into an error that rolls the job back.
+        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
+        insert_rows(
+            conn,
+            f"charges ({_CHARGE_COLUMNS})",
+            len(Charge._fields),
+            [c._replace(state=_RESERVED, reserve_entry=None, settle_entry=None) for c in charges],
         )
-        return Reservation(True, balance, entry_id)
+        return True
 
-    def settle_charges(
-        self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[Settled]:
+    def settle_charges(self, message_ids: list[int], state: ChargeState, at: float) -> list[Charge]:
         if not message_ids:
             return []
         conn = self.connection
         # The callers' batches are bounded (a batch of acks, an expiry batch), well within
-        # SQLite's limit on bound parameters.
+        # SQLite's limit on bound parameters. The rows come back as one JSON value (RETURNING
+        # would step once per row, see insert_rows), then one conditional UPDATE moves them.
         marks = ",".join("?" * len(message_ids))
-        rows = conn.execute(
-            f"UPDATE charges SET state = ?, settled_at = ? WHERE state = ? AND message_id IN"
-            f" ({marks}) RETURNING {_CHARGE_COLUMNS}",
-            (int(state), at, _RESERVED, *message_ids),
-        ).fetchall()
-        moved = [Charge(*r) for r in rows]
-        out: list[Settled] = []
+        where = f"state = {_RESERVED} AND message_id IN ({marks})"
+        (found,) = conn.execute(
+            f"SELECT json_group_array(json_array({_CHARGE_COLUMNS})) FROM charges WHERE {where}",
+            message_ids,
+        ).fetchone()
+        moved = sorted((Charge(*row) for row in json.loads(found)), key=lambda c: c.message_id)
+        if not moved:
+            return []
+        changed = conn.execute(
+            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}",
+            (int(state), at, *message_ids),
+        ).rowcount
+        if changed != len(moved):  # another writer moved some in between (B2)
+            raise StorageConflict(
+                "a charge was settled by another writer at the same moment; retry"
+            )
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
-        for charge in sorted(moved, key=lambda c: c.message_id):
-            if not charge.amount:
-                out.append(Settled(charge, None))
+        entries: list[tuple[object, ...]] = []
+        for business, group in _by_business(moved).items():
+            total = sum(c.amount for c in group)
+            if not total:
                 continue
-            booked = self._book(
-                charge.business_account_id,
-                kind,
-                charge.amount,
-                Balance(0 if capture else charge.amount, -charge.amount),
-                at,
-                message_id=charge.message_id,
-            )
-            if booked is None:  # B2: the unique key says it was settled already
-                raise AssertionError(f"charge of message {charge.message_id} settled twice")
-            conn.execute(
-                "UPDATE charges SET settle_entry = ? WHERE message_id = ?",
-                (booked[0], charge.message_id),
-            )
-            out.append(Settled(charge._replace(settle_entry=booked[0]), booked[0]))
-        return out
+            r = conn.execute(
+                "UPDATE balances SET available = available + ?, reserved = reserved - ?"
+                " WHERE business_account_id = ? RETURNING available, reserved",
+                (0 if capture else total, total, business),
+            ).fetchone()
+            available = int(r[0]) - (0 if capture else total)
+            reserved = int(r[1]) + total
+            for c in group:
+                if c.amount:
+                    available += 0 if capture else c.amount
+                    reserved -= c.amount
+                    entries.append(
+                        (business, int(kind), c.amount, available, reserved, c.message_id,
+                         None, at, "")
+                    )  # fmt: skip
+        # B2's last line: a second CAPTURE or RELEASE of a message violates the unique key and
+        # rolls the whole job back.
+        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
+        return [c._replace(state=int(state), settled_at=at) for c in moved]
 
     def count_usage(
-        self, business_account_id: str, month: str, category: int, country: str
+        self, business_account_id: str, month: str, category: int, country: str, n: int = 1
     ) -> None:
         self.connection.execute(
             "INSERT INTO usage_months (business_account_id, month, category, country, count)"
-            " VALUES (?, ?, ?, ?, 1) ON CONFLICT (business_account_id, month, category, country)"
-            " DO UPDATE SET count = count + 1",
-            (business_account_id, month, category, country),
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (business_account_id, month, category, country)"
+            " DO UPDATE SET count = count + excluded.count",
+            (business_account_id, month, category, country, n),
         )
 
     def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
@@ -296,6 +335,18 @@ class SqliteBilling:
             sequence = next_of[r.business_account_id]
             next_of[r.business_account_id] = sequence + 1
             numbered.append(r._replace(sequence=sequence))
-        marks = ",".join("?" * len(StatusEventRow._fields))
-        conn.executemany(f"INSERT INTO status_events ({_EVENT_COLUMNS}) VALUES ({marks})", numbered)
+        insert_rows(
+            conn,
+            f"status_events ({_EVENT_COLUMNS})",
+            6,
+            [(r.business_account_id, r.sequence, r.kind, r.message_id, r.at, r.detail)
+             for r in numbered],
+        )  # fmt: skip
         return numbered
+
+
+def _by_business(charges: Sequence[Charge]) -> dict[str, list[Charge]]:
+    out: dict[str, list[Charge]] = {}
+    for c in charges:
+        out.setdefault(c.business_account_id, []).append(c)
+    return out

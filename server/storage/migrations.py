@@ -492,7 +492,8 @@ def _v11_billing(conn: sqlite3.Connection) -> None:
             WHERE state = 0;
         -- Status events of each business, numbered without gaps by a counter row per business
         -- (bumped by an upsert that holds the row until commit, so a business's events commit
-        -- in sequence order with any number of writers). The pricing is the charge's.
+        -- in sequence order with any number of writers). The pricing is the charge's, the
+        -- ledger entry of a DELIVERED event the message's CAPTURE (read by its unique key).
         CREATE TABLE status_event_counters (
             business_account_id TEXT PRIMARY KEY,
             last_sequence       INTEGER NOT NULL
@@ -503,8 +504,7 @@ def _v11_billing(conn: sqlite3.Connection) -> None:
             kind                INTEGER NOT NULL,   -- StatusEventKind
             message_id          INTEGER NOT NULL,
             at                  REAL NOT NULL,
-            ledger_entry_id     INTEGER NOT NULL DEFAULT 0,
-            detail              TEXT NOT NULL DEFAULT '',
+            detail              TEXT NOT NULL DEFAULT '',  -- FAILED, EXPIRED: why
             PRIMARY KEY (business_account_id, sequence)
         ) WITHOUT ROWID;
         -- One event of each kind per message: a retried job cannot report twice.
