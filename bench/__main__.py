@@ -107,7 +107,8 @@ def _many_pairs(results: dict[str, Any]) -> None:
 
 def _business_templates(results: dict[str, Any]) -> None:
     """Template sends of a business (every sending rule checked: template, consent, window,
-    limits, rate) next to plain person-to-person sends, on one server in one run. The
+    limits, rate), each billed (priced, reserved on send, captured on the ack, with its status
+    events), next to plain person-to-person sends, on one server in one run. The
     business rate is raised for this: its default (80/s) is a policy, not the path's cost."""
     database = mb.temp_database()
     try:
@@ -209,7 +210,11 @@ def report(r: dict[str, Any]) -> str:
     plain = m.get("plain_sends_delivered_per_s")
     templates = m.get("business_template_delivered_per_s")
     row("plain sends, one pair (same run as below)", plain, "")
-    row("business template sends per second", templates, "every sending rule checked")
+    row(
+        "business template sends, billed, per second",
+        templates,
+        "every sending rule checked; price reserved on send, captured on the ack",
+    )
     if plain and templates:
         row("  ratio to plain sends", templates / plain, "goal >= 0.8", unit="")
     row("one pair, full path (real encryption)", m.get("full_path_delivered_per_s"), "")

@@ -31,11 +31,13 @@ from parley.v1 import account_pb2 as apb
 from parley.v1 import (
     account_pb2_grpc,
     admin_pb2_grpc,
+    billing_pb2_grpc,
     business_pb2_grpc,
     key_pb2_grpc,
     messaging_pb2_grpc,
 )
 from parley.v1 import admin_pb2 as adm
+from parley.v1 import billing_pb2 as blpb
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import messaging_pb2 as mpb
 
@@ -342,6 +344,16 @@ async def business_pair(server: Server, first: int) -> tuple[Pair, str]:
                 business_account_id=shop.account_id, categories=[mpb.MESSAGE_CATEGORY_UTILITY]
             ),
             metadata=user.metadata,
+        )
+        # Every template send is billed (UTILITY outside the window): its price is reserved on
+        # send and captured on the ack, so the business needs money for the whole run.
+        await billing_pb2_grpc.BillingServiceStub(channel).TopUp(
+            blpb.TopUpRequest(
+                business_account_id=shop.account_id,
+                amount_micros=1_000_000 * 1_000_000,
+                reference="bench",
+            ),
+            metadata=(("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),),
         )
     return Pair(shop, user), template_id
 

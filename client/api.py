@@ -93,6 +93,7 @@ from client.templates import (
 )
 
 if TYPE_CHECKING:  # client.business_api imports this module
+    from client.billing_api import BillingCalls
     from client.business_api import AdminCalls, BusinessCalls
     from client.sending_api import SendingCalls
     from client.support_api import SupportCalls
@@ -732,6 +733,13 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         from client.sending_api import SendingCalls
 
         return SendingCalls(self._channel, self._metadata, self.resolve)
+
+    @functools.cached_property
+    def billing(self) -> BillingCalls:
+        """Prices, balance, ledger, usage, status events (``client.billing_api``)."""
+        from client.billing_api import BillingCalls
+
+        return BillingCalls(self._channel, self._metadata, self.resolve)
 
     def admin(self, admin_token: str) -> AdminCalls:
         """The operator's reviews over this client's connection, with the server's admin

@@ -38,6 +38,7 @@ from typing import Any, Final, NoReturn, TextIO
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from client import (
+    cli_billing,
     cli_business,
     cli_consent,
     cli_links,
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_sending.add_parsers(business_areas, json_flag)
     cli_support.add_parsers(sub, json_flag, business=business_areas)
     cli_links.add_parsers(sub, json_flag)
+    cli_billing.add_parsers(sub, json_flag, business_areas)
     return parser
 
 
@@ -598,6 +600,7 @@ COMMANDS: Final = {
     **cli_consent.COMMANDS,
     **cli_support.COMMANDS,
     **cli_links.COMMANDS,
+    **cli_billing.COMMANDS,
 }
 
 

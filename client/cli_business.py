@@ -89,7 +89,7 @@ def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> Any:
 
     admin = sub.add_parser(
         "admin",
-        help="the operator's reviews of business names and templates (needs --admin-token)",
+        help="the operator's reviews, top-ups and price tables (needs --admin-token)",
     )
     actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
     token = argparse.ArgumentParser(add_help=False)
@@ -115,6 +115,9 @@ def add_parsers(sub: Any, json_flag: argparse.ArgumentParser) -> Any:
             required=verb.startswith("reject"),
             help="why (required to reject; the business sees it)",
         )
+    from client import cli_billing  # it imports this module
+
+    cli_billing.add_admin_parsers(actions, json_flag, token)
     return areas
 
 
@@ -249,10 +252,12 @@ BUSINESS: Final[dict[tuple[str, str], Handler]] = {
 async def run_business(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
     # Areas without actions, each added by the module that owns it: `record-opt-in`
     # (cli_consent), `window` and `status` (cli_sending), `agents`, `queue`, `claim`,
-    # `transfer` and `close` (cli_support), `send-template` (below).
-    from client import cli_consent, cli_sending, cli_support
+    # `transfer` and `close` (cli_support), `send-template` (below), `balance`, `usage`,
+    # `invoice`, `events` and `quote` (cli_billing).
+    from client import cli_billing, cli_consent, cli_sending, cli_support
 
     for commands in (
+        cli_billing.BUSINESS_COMMANDS,
         cli_consent.BUSINESS_COMMANDS,
         cli_sending.BUSINESS_COMMANDS,
         cli_support.BUSINESS_COMMANDS,
@@ -346,6 +351,11 @@ def _admin(client: ParleyClient, args: argparse.Namespace) -> AdminCalls:
 
 
 async def run_admin(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> None:
+    from client.cli_billing import ADMIN_COMMANDS  # top-up, prices set
+
+    if args.action in ADMIN_COMMANDS:
+        await ADMIN_COMMANDS[args.action](client, args, out)
+        return
     admin = _admin(client, args)
     if args.action == "pending":
         pending = await admin.pending()

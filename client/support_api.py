@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from parley.v1 import support_pb2 as spb
 
 from client.api import _rpc
-from client.errors import from_rpc_error
+from client.feeds import follow_feed
 from client.sending_api import BusinessServiceCalls
 
 
@@ -87,22 +86,15 @@ class SupportCalls(BusinessServiceCalls):
         reply = await _rpc(self._stub.CloseConversation(request, metadata=self._metadata()))
         return reply.conversation
 
-    async def queue(
+    def queue(
         self, cursor: int = 0, *, follow: bool = False
     ) -> AsyncIterator[spb.SupportQueueEvent]:
         """The queue's events after `cursor`, in order. Without `follow` it stops once the
         backlog is read; with it, it goes on with live events until the caller stops reading
         (keep-alives are not passed on). Resume later from the last event's ``sequence``."""
-        call = self._stub.WatchSupportQueue(
-            spb.WatchSupportQueueRequest(cursor=cursor), metadata=self._metadata()
+        request = spb.WatchSupportQueueRequest(cursor=cursor)
+        return follow_feed(
+            lambda: self._stub.WatchSupportQueue(request, metadata=self._metadata()),
+            spb.SupportQueueEvent,
+            follow=follow,
         )
-        try:
-            async for message in call:
-                if message.HasField("event"):
-                    yield message.event
-                elif message.HasField("caught_up") and not follow:
-                    return
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()

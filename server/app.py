@@ -20,6 +20,8 @@ from parley.v1 import (
     account_pb2_grpc,
     admin_pb2,
     admin_pb2_grpc,
+    billing_pb2,
+    billing_pb2_grpc,
     business_pb2,
     business_pb2_grpc,
     key_pb2,
@@ -32,6 +34,7 @@ from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.admission import RULES
 from server.domain.auth import Authenticator
+from server.domain.billing import Cashier, PriceBook, PriceDesk
 from server.domain.clock import Clock, SystemClock
 from server.domain.codes import CodeSender, LogCodeSender, VerificationGate
 from server.domain.consent import ConsentBook
@@ -39,15 +42,21 @@ from server.domain.ids import IdGenerator
 from server.domain.keys import KeyDirectory
 from server.domain.links import ChatLinkRule, ChatLinks
 from server.domain.mailbox import Mailbox
+from server.domain.metering import MeteringRule
 from server.domain.operator import OperatorGate
+from server.domain.pricing import PriceTable, PriceTableError, parse_toml
 from server.domain.profiles import BusinessProfiles
 from server.domain.sending import BusinessRule, SendingDesk
+from server.domain.status_events import StatusEventFeed, StatusEventStreams
 from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
+from server.domain.usage import UsageReports
 from server.http import HttpBindError, LandingPages
 from server.rpc.account_servicer import OPEN_METHODS as ACCOUNT_OPEN_METHODS
 from server.rpc.account_servicer import AccountServicer
 from server.rpc.admin_servicer import AdminServicer
+from server.rpc.billing_servicer import OPERATOR_METHODS as BILLING_OPERATOR_METHODS
+from server.rpc.billing_servicer import BillingServicer
 from server.rpc.business_servicer import BusinessServicer
 from server.rpc.interceptors import ParleyInterceptor
 from server.rpc.key_servicer import KeyServicer
@@ -67,6 +76,7 @@ SERVICE_NAMES = (
     messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name,
     business_pb2.DESCRIPTOR.services_by_name["BusinessService"].full_name,
     ADMIN_SERVICE,
+    billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
 )
 
 
@@ -116,6 +126,24 @@ def _check_port(host: str, port: int) -> None:
     raise StartupError(f"cannot listen on {host}:{port}: {reason}; {fix}")
 
 
+def _price_table(settings: Settings) -> tuple[PriceTable | None, str]:
+    """The operator's --price-file, read and checked before anything starts (None: the shipped
+    table): a mistake stops the server with one line naming the key, rather than the first
+    priced message failing."""
+    path = settings.price_file
+    if path is None:
+        return None, ""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise StartupError(f"cannot read --price-file {path} ({reason}); fix the path") from None
+    try:
+        return parse_toml(text), str(path)
+    except PriceTableError as exc:
+        raise StartupError(f"--price-file {path} is not a valid price table: {exc}") from None
+
+
 def _read_pem(path: Path, flag: str) -> bytes:
     try:
         return path.read_bytes()
@@ -151,6 +179,8 @@ class ParleyServer:
     support: SupportDesk
     links: ChatLinks
     landing: LandingPages | None = None
+    # Woken by the money path after each commit that appended status events.
+    status_feed: StatusEventFeed = field(default_factory=StatusEventFeed)
     # The HTTP listener's bound port, once started (None: no HTTP).
     http_port: int | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -227,6 +257,7 @@ class ParleyServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         self.mailbox.close_streams()
         self.support.close_streams()
+        self.status_feed.close()
         if self.landing is not None:
             await self.landing.stop()
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
@@ -244,13 +275,14 @@ async def build_server(
 ) -> ParleyServer:
     clock = clock or SystemClock()
     _check_port(settings.host, settings.port)
+    prices = _price_table(settings)
     db = Database(
         settings.database,
         synchronous=settings.sqlite_synchronous,
         max_bytes=settings.max_database_mb * 1024 * 1024,
     )
     try:
-        return await _assemble(settings, db, clock, code_sender, verification_gate)
+        return await _assemble(settings, db, clock, code_sender, verification_gate, prices)
     except BaseException:
         db.close()
         raise
@@ -262,6 +294,7 @@ async def _assemble(
     clock: Clock,
     code_sender: CodeSender | None,
     verification_gate: VerificationGate | None,
+    prices: tuple[PriceTable | None, str],
 ) -> ParleyServer:
     authenticator = Authenticator(db, clock)
     registry = AccountRegistry(
@@ -277,7 +310,10 @@ async def _assemble(
             ParleyInterceptor(
                 authenticator,
                 ACCOUNT_OPEN_METHODS,
-                {ADMIN_SERVICE: OperatorGate(settings.admin_token)},
+                {
+                    ADMIN_SERVICE: OperatorGate(settings.admin_token),
+                    **dict.fromkeys(BILLING_OPERATOR_METHODS, OperatorGate(settings.admin_token)),
+                },
             )
         ],
         options=[
@@ -289,6 +325,11 @@ async def _assemble(
     key_pb2_grpc.add_KeyServiceServicer_to_server(
         KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
     )
+    # Billing's price book and status event feed come first: the send path prices messages
+    # and wakes the status event streams.
+    book = PriceBook(db, clock)
+    await book.start(*prices)
+    status_feed = StatusEventFeed()
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
     sending_policy = settings.sending_policy()
     mailbox = Mailbox(
@@ -296,14 +337,24 @@ async def _assemble(
         clock,
         settings.messaging_policy(),
         ids,
-        (*RULES, ChatLinkRule(), BusinessRule(sending_policy, clock)),
+        (
+            *RULES,
+            ChatLinkRule(),
+            BusinessRule(sending_policy, clock),
+            MeteringRule(book, enabled=settings.billing),
+        ),
+        wake=status_feed.wake,
     )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
     templates = TemplateCatalog(db, clock)
     sending = SendingDesk(db, clock, sending_policy)
     consent = ConsentBook(
-        db, clock, settings.account_policy().test_numbers, after_signal=sending.review
+        db,
+        clock,
+        settings.account_policy().test_numbers,
+        after_signal=sending.review,
+        on_block=mailbox.settlement.release_blocked,
     )
     support = SupportDesk(db, clock, settings.messaging_policy().keepalive_interval)
     public_url = settings.public_url or f"http://{settings.host}:{settings.http_port or 0}"
@@ -326,6 +377,17 @@ async def _assemble(
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(profiles=profiles, templates=templates), server
+    )
+    billing_pb2_grpc.add_BillingServiceServicer_to_server(
+        BillingServicer(
+            prices=PriceDesk(db, clock, book, billing=settings.billing),
+            cashier=Cashier(db, clock, book),
+            usage=UsageReports(db, clock, book),
+            events=StatusEventStreams(
+                db, status_feed, settings.messaging_policy().keepalive_interval
+            ),
+        ),
+        server,
     )
     health_servicer = AsyncHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -350,8 +412,9 @@ async def _assemble(
             "gRPC's reason)"
         ) from None
     return ParleyServer(
-        server, port, db, health_servicer, settings, mailbox, support, links, landing
-    )
+        server, port, db, health_servicer, settings, mailbox, support, links, landing,
+        status_feed=status_feed,
+    )  # fmt: skip
 
 
 async def serve(settings: Settings) -> None:

@@ -48,6 +48,13 @@ def _http_port(text: str) -> int | None:
     return port
 
 
+def _on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"{text!r} is not on or off")
+    return value == "on"
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -107,6 +114,13 @@ class Settings:
     # The base of every chat link; "" means http://<host>:<bound HTTP port>, right for a test
     # and wrong behind a proxy, where the operator sets the public https:// address.
     public_url: str = ""
+    # Metered delivery (server.domain.billing): on, a business pays for each message delivered
+    # to a person from its prepaid balance; off, nothing is priced or reserved, for a
+    # deployment that charges nobody.
+    billing: bool = True
+    # The operator's price table (TOML, the format of server/domain/default_prices.toml), read
+    # and checked at start-up; None: the shipped table.
+    price_file: Path | None = None
 
     def account_policy(self) -> AccountPolicy:
         return AccountPolicy(
@@ -251,6 +265,18 @@ OPTIONS: tuple[Option, ...] = (
         "public_url",
         _public_url,
         "base URL of chat links, e.g. https://chat.example.com; unset: http://HOST:HTTP-PORT",
+    ),
+    Option(
+        "billing",
+        _on_off,
+        "on: businesses pay per message delivered to a person, from a prepaid balance; off: "
+        "nothing is priced, reserved or charged",
+    ),
+    Option(
+        "price_file",
+        Path,
+        "the price table (TOML, as server/domain/default_prices.toml), checked at start-up and "
+        "in force from then on when it differs; unset: the shipped table",
     ),
 )
 

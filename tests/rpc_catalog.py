@@ -13,8 +13,9 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 
-from server.app import SERVICE_NAMES
+from server.app import ADMIN_SERVICE, SERVICE_NAMES
 from server.rpc.account_servicer import OPEN_METHODS
+from server.rpc.billing_servicer import OPERATOR_METHODS as BILLING_OPERATOR_METHODS
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class Rpc:
     def open(self) -> bool:
         """Callable without a token (registration)."""
         return self.path in OPEN_METHODS
+
+    @property
+    def operator(self) -> bool:
+        """Only the operator's admin token opens it (AdminService, BillingService's TopUp and
+        SetPriceTable)."""
+        service = self.method.containing_service.full_name
+        return service == ADMIN_SERVICE or self.path in BILLING_OPERATOR_METHODS
 
     def request(self) -> Message:
         return message_class(self.input)()

@@ -5,7 +5,8 @@ another person, a removed device, the old token of a re-registered account, and 
 (the server's admin token). Each request names the *owner's* resources (their account,
 devices, envelopes) — or, for BusinessService and AdminService, those of a business account
 of the world — so the matrix shows who may act on them. The operator's token opens
-AdminService and nothing else; a device's token opens everything but AdminService.
+AdminService and BillingService's TopUp and SetPriceTable and nothing else; a device's token
+opens everything but those.
 
 RPCs come from the server's own descriptors (`tests.rpc_catalog`): for every RPC, the callers
 without a valid credential are checked without any table; a new RPC must also get a row in
@@ -21,6 +22,7 @@ import queue
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import grpc
@@ -30,11 +32,13 @@ from parley.v1 import account_pb2 as apb
 from parley.v1 import (
     account_pb2_grpc,
     admin_pb2_grpc,
+    billing_pb2_grpc,
     business_pb2_grpc,
     key_pb2_grpc,
     messaging_pb2_grpc,
 )
 from parley.v1 import admin_pb2 as adm
+from parley.v1 import billing_pb2 as bipb
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import chat_links_pb2 as lpb
 from parley.v1 import key_pb2 as kpb
@@ -66,7 +70,6 @@ CALLERS = [
 INVALID_CALLERS = {"none", "malformed", "removed", "re-registered"}
 ADMIN_TOKEN = "matrix-operator-token"
 OPERATOR = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
-ADMIN_SERVICE = "AdminService"
 
 
 @dataclass
@@ -265,9 +268,12 @@ def _call(w: World, rpc: Rpc, request: Message, caller: str) -> Outcome:
                 request, metadata=metadata, timeout=10
             )
             out = []
+            # Read up to the end of the backlog (ReceiveMessages' queue_empty, a feed's
+            # caught_up): what follows is live and never ends by itself.
+            ends = {"queue_empty", "caught_up"} & set(output.DESCRIPTOR.fields_by_name)
             for event in call:
                 out.append(event)
-                if event.HasField("queue_empty"):
+                if any(event.HasField(name) for name in ends):
                     break
             call.cancel()
             return OK, out
@@ -311,7 +317,7 @@ def expect(codes: dict[str, grpc.StatusCode], then: Check | None = None) -> Chec
 ALL_OK = {"owner": OK, "linked": OK, "stranger": OK}
 # Business RPCs acting as a business: the three valid callers are people.
 NOT_BUSINESS = {k: grpc.StatusCode.FAILED_PRECONDITION for k in ALL_OK}
-# AdminService: only the operator.
+# AdminService, TopUp, SetPriceTable: only the operator.
 OPERATOR_ONLY = {"owner": UNAUTH, "linked": UNAUTH, "stranger": UNAUTH, "operator": OK}
 PRIMARY_ONLY = {"owner": OK, "linked": DENIED, "stranger": OK}  # the stranger acts on itself
 SELF_INVALID_STRANGER_OK = {
@@ -500,6 +506,47 @@ def _owner_number_links_off(w: World, caller: str, outcome: Outcome) -> None:
         lpb.GetChatLinkSettingsRequest(), metadata=w.owner.metadata
     )
     assert reply.settings.number_links == (caller != "stranger")
+
+
+# -- billing: the business's money is the business's; the operator tops up and sets prices --
+
+_SCHEDULED = iter(range(1, 1_000_000))
+
+
+def _billing_stub(w: World) -> billing_pb2_grpc.BillingServiceStub:
+    return billing_pb2_grpc.BillingServiceStub(w.server.channel())
+
+
+def _business_balance(w: World) -> int:
+    reply = _billing_stub(w).GetBalance(bipb.GetBalanceRequest(), metadata=_business(w).metadata)
+    return reply.available_micros
+
+
+def _topped_up(w: World, caller: str, outcome: Outcome) -> None:
+    """Only the operator's call added money; nobody else's reached the business's balance."""
+    assert _business_balance(w) == (7 if caller == "operator" else 0)
+    if caller == "operator":
+        assert outcome[1].applied and outcome[1].entry.amount_micros == 7
+
+
+def _price_table_request(w: World, caller: str) -> bipb.SetPriceTableRequest:
+    """The shipped table again, scheduled at a time no other cell uses (one version per
+    effective time)."""
+    request = bipb.SetPriceTableRequest(toml=_SHIPPED_TOML)
+    request.effective_at.FromSeconds(int(w.server.clock.now()) + 3600 + next(_SCHEDULED))
+    return request
+
+
+def _table_scheduled(w: World, caller: str, outcome: Outcome) -> None:
+    if caller == "operator":
+        assert outcome[1].table.version >= 2 and outcome[1].table.currency == "USD"
+
+
+def _price_list(w: World, caller: str, outcome: Outcome) -> None:
+    assert outcome[1].current.currency == "USD" and outcome[1].current.rows
+
+
+_SHIPPED_TOML = resources.files("server.domain").joinpath("default_prices.toml").read_text()
 
 
 SPECS: dict[str, Spec] = {
@@ -729,6 +776,37 @@ SPECS: dict[str, Spec] = {
         ),
         expect(NOT_FOUND_TO_STRANGER, _support_still_open),
     ),
+    # Billing: anyone reads the price list; a business's balance, ledger, quotes, usage and
+    # status events are its own (the three people are refused); the operator alone tops up and
+    # sets prices.
+    "BillingService.GetPriceList": Spec(
+        lambda w, c: bipb.GetPriceListRequest(), expect(ALL_OK, _price_list)
+    ),
+    "BillingService.QuotePrice": Spec(
+        lambda w, c: bipb.QuotePriceRequest(
+            recipient_account_id=w.owner.account_id, category=mpb.MESSAGE_CATEGORY_MARKETING
+        ),
+        expect(NOT_BUSINESS),
+    ),
+    "BillingService.GetBalance": Spec(lambda w, c: bipb.GetBalanceRequest(), expect(NOT_BUSINESS)),
+    "BillingService.ListLedgerEntries": Spec(
+        lambda w, c: bipb.ListLedgerEntriesRequest(), expect(NOT_BUSINESS)
+    ),
+    "BillingService.TopUp": Spec(
+        lambda w, c: bipb.TopUpRequest(
+            business_account_id=_business(w).account_id, amount_micros=7, reference="wire-1"
+        ),
+        expect(OPERATOR_ONLY, _topped_up),
+    ),
+    "BillingService.SetPriceTable": Spec(
+        _price_table_request, expect(OPERATOR_ONLY, _table_scheduled)
+    ),
+    "BillingService.GetUsageReport": Spec(
+        lambda w, c: bipb.GetUsageReportRequest(), expect(NOT_BUSINESS)
+    ),
+    "BillingService.StreamStatusEvents": Spec(
+        lambda w, c: bipb.StreamStatusEventsRequest(), expect(NOT_BUSINESS)
+    ),
 }
 
 CELLS = [(rpc, caller) for rpc in all_rpcs() for caller in CALLERS]
@@ -747,8 +825,7 @@ def test_authorization_matrix(world: World, rpc: Rpc, caller: str) -> None:
             assert outcome[0] == UNAUTH, f"{rpc} let {caller} through: {outcome}"
             _owner_untouched(world, "stranger", outcome)
         return
-    admin = rpc.method.containing_service.name == ADMIN_SERVICE
-    if caller == "operator" and not admin:
+    if caller == "operator" and not rpc.operator:
         # The operator token is no device's: refused wherever a device is needed.
         if rpc.open:
             assert outcome[0] != UNAUTH, outcome

@@ -103,9 +103,9 @@ CREDENTIALS = [
 
 
 def _credentials(rpc: Rpc) -> st.SearchStrategy[str]:
-    """Any credential; the operator's most of the time on AdminService, whose RPCs refuse all
+    """Any credential; the operator's most of the time on the operator's RPCs, which refuse all
     others before looking at the request."""
-    if rpc.method.containing_service.name == "AdminService":
+    if rpc.operator:
         return st.one_of(st.just("operator"), st.sampled_from(CREDENTIALS))
     return st.sampled_from(CREDENTIALS)
 

@@ -43,9 +43,9 @@ def _top(name: str) -> str:
 # The domain's way into storage is the transaction protocol (server.domain.ports): it imports
 # no database driver and no backend. Backends implement the protocol and store the domain's
 # row types, so storage may import those modules of the domain and nothing else of it.
-# directory_model, consent_model, sending_model, support_model and links_model are the business
-# directory's, consent's, the sending rules', live support's and click-to-chat's model and ports,
-# each in one module.
+# directory_model, consent_model, sending_model, support_model, links_model, billing_model and
+# usage_model are the business directory's, consent's, the sending rules', live support's,
+# click-to-chat's, billing's and the usage report's model and ports, each in one module.
 DOMAIN_SEEN_BY_STORAGE = {
     "server.domain.model",
     "server.domain.ports",
@@ -54,6 +54,8 @@ DOMAIN_SEEN_BY_STORAGE = {
     "server.domain.sending_model",
     "server.domain.support_model",
     "server.domain.links_model",
+    "server.domain.billing_model",
+    "server.domain.usage_model",
 }
 
 

@@ -318,6 +318,15 @@ class DeferredWrite(Protocol):
     def apply(self, tx: Transaction) -> None: ...
 
 
+class BatchedWrite(DeferredWrite, Protocol):
+    """A deferred write whose kind applies a whole job's writes at once (`apply_many`: a few
+    statements for the batch instead of a few per message). Applied after the job's other
+    writes, in draft order, in the same transaction."""
+
+    @classmethod
+    def apply_many(cls, tx: Transaction, writes: Sequence[BatchedWrite]) -> None: ...
+
+
 class Answered(Exception):
     """A rule's answer that ends admission without storing: the send is done (a retry of a
     stored send, or a probe), and the remaining rules do not look at it."""
@@ -602,17 +611,24 @@ class Admission:
             out: list[Outcome] = []
             messages: list[MessageRow] = []
             envelopes: list[EnvelopeRow] = []
+            batched: dict[type[BatchedWrite], list[BatchedWrite]] = {}
             for item in self._admit(send_job, drafts):
                 if not isinstance(item, Admitted):
                     out.append(item)
                     continue
                 draft, writes = item
                 for write in writes:
-                    write.apply(tx)
+                    many = getattr(type(write), "apply_many", None)
+                    if many is None:
+                        write.apply(tx)
+                    else:
+                        batched.setdefault(type(write), []).append(write)  # type: ignore[arg-type]
                 m = draft.message
                 out.append((SendReceipt(m.message_id, m.server_ts, True), draft.envelopes))
                 messages.append(m)
                 envelopes.extend(draft.envelopes)
+            for kind, group in batched.items():
+                kind.apply_many(tx, group)
             if tx.insert_messages(messages) != len(messages):
                 raise RequestIdRace()
             tx.insert_envelopes(envelopes)

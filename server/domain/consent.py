@@ -138,6 +138,10 @@ def _consent_for(
     )
 
 
+# (transaction, the user who blocks, the blocked account, now) -> what to do after the commit.
+BlockHook = Callable[[Transaction, str, str, float], Callable[[], None]]
+
+
 class ConsentBook:
     """The consent RPCs' domain: opt-ins, opt-outs, blocks and the user's list of them."""
 
@@ -148,11 +152,16 @@ class ConsentBook:
         test_numbers: Collection[str] = (),
         *,
         after_signal: Callable[[str], Awaitable[None]] | None = None,
+        on_block: BlockHook | None = None,
     ) -> None:
+        """`on_block` runs inside a block's transaction (metering: the blocked account's
+        messages still on their way are settled as failed and their prices released) and
+        returns what to do once it committed."""
         self._db = db
         self._clock = clock
         self._test_numbers = test_numbers
         self._after_signal = after_signal
+        self._on_block = on_block
 
     async def _signal(self, account_id: str) -> None:
         """A block or opt-out of `account_id` was committed: let the quality review see it."""
@@ -255,12 +264,16 @@ class ConsentBook:
         blocked = self._other_account(caller, account_id, "block")
         now = self._clock.now()
 
-        def write(tx: Transaction) -> BlockRow:
+        def write(tx: Transaction) -> tuple[BlockRow, Callable[[], None] | None]:
             if tx.get_account(blocked) is None:
                 raise NotFound(f"no account {blocked}")
-            return tx.block(caller.account_id, blocked, now)
+            row = tx.block(caller.account_id, blocked, now)
+            hook = self._on_block
+            return row, None if hook is None else hook(tx, caller.account_id, blocked, now)
 
-        row = await self._db.write(as_caller(caller, write))
+        row, after_commit = await self._db.write(as_caller(caller, write))
+        if after_commit is not None:
+            after_commit()
         await self._signal(blocked)
         return row
 

@@ -35,6 +35,7 @@ from server.domain.errors import DomainError, InvalidArgument
 from server.domain.fanout import Fanout, StreamEvent
 from server.domain.ids import IdGenerator
 from server.domain.messaging_policy import MessagingPolicy
+from server.domain.metering import Wake
 from server.domain.ports import Store, Transaction
 from server.domain.ratelimit import RateLimiter
 from server.domain.settlement import Settlement
@@ -48,13 +49,17 @@ class Mailbox:
         policy: MessagingPolicy,
         ids: IdGenerator,
         rules: Sequence[AdmissionRule] | None = None,
+        wake: Wake | None = None,
     ) -> None:
+        """`wake` tells the status event streams of businesses that they have new events
+        (metering: a business's send, a delivery, an expiry), after the commit."""
         self._db = db
         self._clock = clock
         self.policy = policy
         self.admission = Admission(policy, ids) if rules is None else Admission(policy, ids, rules)
         self.fanout = Fanout(db, policy)
-        self.settlement = Settlement(db, clock, policy, ids, self.fanout)
+        self._wake: Wake = wake or (lambda businesses: None)
+        self.settlement = Settlement(db, clock, policy, ids, self.fanout, self._wake)
         self._send_limit = RateLimiter(policy.send_rate, clock, "messages sent by this device")
 
     # -- sending -----------------------------------------------------------------------------
@@ -111,6 +116,10 @@ class Mailbox:
                 receipt, rows = outcome
                 self.fanout.notify_envelopes(rows)
                 results[i] = receipt
+            # A business's stored sends appended SENT events (metering); waking streams of a
+            # business that has none costs a dictionary lookup.
+            if any(not isinstance(o, DomainError) for o in outcomes):
+                self._wake((caller.account_id,))
         if online:
             drafts = [admission.draft(caller, r, now) for _, r in online]
             outcomes = await self._db.read(admission.online_job(caller, drafts))

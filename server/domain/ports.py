@@ -30,7 +30,9 @@ keep each invariant cite these by name):
 Guarantees 8-10 (consent: upserts on unique keys, indexed opt-outs and blocks) are listed in
 `server.domain.consent_model`; S1-S4 (the sending rules' upserts and indexed reads) in
 `server.domain.sending_model`; U1-U4 (live support) in `server.domain.support_model`; L1-L4
-(click-to-chat) in `server.domain.links_model`. Accounts and keys continue here:
+(click-to-chat) in `server.domain.links_model`; B1-B4 (billing's conditional balance updates
+and once-only ledger keys) in `server.domain.billing_model`; R1-R2 (the usage report's
+indexed reads) in `server.domain.usage_model`. Accounts and keys continue here:
 
 11. `insert_device` takes one of the account's device slots with one conditional UPDATE of the
     account's device count (`device_count < max`) before it inserts, in the same transaction,
@@ -55,6 +57,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
+from server.domain.billing_model import BillingReads, BillingWrites
 from server.domain.consent_model import ConsentReads, ConsentWrites
 from server.domain.links_model import LinkReads, LinkWrites
 from server.domain.model import (
@@ -70,6 +73,7 @@ from server.domain.model import (
 )
 from server.domain.sending_model import SendingReads, SendingWrites
 from server.domain.support_model import SupportReads, SupportWrites
+from server.domain.usage_model import UsageReads
 
 T = TypeVar("T")
 
@@ -225,6 +229,12 @@ class MessageWrites(Protocol):
         self, account_id: str, device_id: int, status_ids: Iterable[int]
     ) -> int: ...
 
+    def delete_message_envelopes(self, message_ids: Sequence[int], max_copies: int) -> int:
+        """Delete the queued envelopes of these messages, whichever devices they wait for (a
+        message's envelopes have the ids just above its own, at most `max_copies` of them: a
+        primary-key range each); how many."""
+        ...
+
     def expire_envelopes(self, before_id: int, limit: int) -> int:
         """Delete up to `limit` envelopes with ids below `before_id`; return how many."""
         ...
@@ -244,6 +254,8 @@ class ReadTransaction(
     SendingReads,
     SupportReads,
     LinkReads,
+    BillingReads,
+    UsageReads,
     Protocol,
 ):
     """What a read transaction offers: a consistent view, no writes."""
@@ -258,6 +270,7 @@ class Transaction(
     SendingWrites,
     SupportWrites,
     LinkWrites,
+    BillingWrites,
     Protocol,
 ):
     """What a write transaction offers: every read, and the writes."""

@@ -14,14 +14,19 @@ Rules kept here, and what enforces each one with concurrent writers:
    (dropped if that device no longer exists), and fanned out after the commit.
 5. Settled messages are kept IDEMPOTENCY_RETENTION so a retried request_id still gets its
    first result (admission rule 2), then deleted.
+6. A business message's charge settles with it, in the same transaction: captured when the
+   message is delivered, released when it expires or the recipient blocks the business
+   (`server.domain.metering`, steps 3-4). A block settles the business's messages still on
+   their way to the blocker as failed and deletes their queued envelopes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from server.domain import metering
 from server.domain.auth import Principal, as_caller
 from server.domain.clock import Clock
 from server.domain.errors import InvalidArgument
@@ -42,13 +47,21 @@ NOT_DELIVERED = "not delivered: no device of the recipient received it in time"
 
 class Settlement:
     def __init__(
-        self, db: Store, clock: Clock, policy: MessagingPolicy, ids: IdGenerator, fanout: Fanout
+        self,
+        db: Store,
+        clock: Clock,
+        policy: MessagingPolicy,
+        ids: IdGenerator,
+        fanout: Fanout,
+        wake: metering.Wake | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self.policy = policy
         self._ids = ids
         self._fanout = fanout
+        # Wakes the status event streams of businesses whose messages settled (after commit).
+        self.wake: metering.Wake = wake or (lambda businesses: None)
 
     async def acknowledge(
         self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
@@ -61,15 +74,17 @@ class Settlement:
         now = self._clock.now()
         ids = self._ids
 
-        def job(tx: Transaction) -> tuple[int, int, list[StatusRow]]:
+        def job(tx: Transaction) -> tuple[int, int, list[StatusRow], set[str]]:
             message_ids = tx.delete_envelopes(caller.account_id, caller.device_id, envelope_ids)
             settled = tx.settle_messages(message_ids, MessageState.DELIVERED, now)
             statuses = _statuses_for(tx, settled, MessageState.DELIVERED, now, ids, "")
+            billed = metering.settle(tx, _business(settled), True, now)
             removed = tx.delete_statuses(caller.account_id, caller.device_id, status_ids)
-            return len(message_ids), removed, statuses
+            return len(message_ids), removed, statuses, billed
 
-        acked, removed, statuses = await self._db.write(as_caller(caller, job))
+        acked, removed, statuses, billed = await self._db.write(as_caller(caller, job))
         self._fanout.notify_statuses(statuses)
+        self.wake(billed)
         return acked, removed
 
     async def expire(self) -> int:
@@ -80,7 +95,7 @@ class Settlement:
         total = 0
         while True:
 
-            def job(tx: Transaction) -> tuple[int, list[StatusRow]]:
+            def job(tx: Transaction) -> tuple[int, list[StatusRow], set[str]]:
                 # All copies of a message share its send time, so they expire with it. A message
                 # still pending at that age was acknowledged by no device: its envelopes expired,
                 # or went with a removed device or a deleted account.
@@ -89,11 +104,13 @@ class Settlement:
                     tx.pending_before(cutoff, EXPIRY_BATCH), MessageState.FAILED, now
                 )
                 statuses = _statuses_for(tx, failed, MessageState.FAILED, now, ids, NOT_DELIVERED)
+                billed = metering.settle(tx, _business(failed), False, now)
                 tx.delete_settled_messages(now - IDEMPOTENCY_RETENTION)
-                return max(count, len(failed)), statuses
+                return max(count, len(failed)), statuses, billed
 
-            count, statuses = await self._db.write(job)
+            count, statuses, billed = await self._db.write(job)
             self._fanout.notify_statuses(statuses)
+            self.wake(billed)
             total += count
             if count < EXPIRY_BATCH:
                 return total
@@ -109,6 +126,38 @@ class Settlement:
                 continue
             if expired:
                 log.info("expired %d undelivered envelopes", expired)
+
+    def release_blocked(
+        self, tx: Transaction, user: str, business: str, now: float
+    ) -> Callable[[], None]:
+        """Inside the block's transaction (rule 6): settle the blocked business's messages
+        still on their way to the user as failed, delete their queued envelopes, release their
+        prices. Returns what to do once it committed (notify the senders and the streams)."""
+        ids = self._ids
+        statuses: list[StatusRow] = []
+
+        def failed(message_ids: list[int]) -> list[MessageRow]:
+            settled = tx.settle_messages(message_ids, MessageState.FAILED, now)
+            tx.delete_message_envelopes(
+                [m.message_id for m in settled], self.policy.max_devices_per_send
+            )
+            statuses.extend(
+                _statuses_for(tx, settled, MessageState.FAILED, now, ids, metering.BLOCKED_REASON)
+            )
+            return settled
+
+        billed = metering.release_blocked(tx, user, business, now, failed)
+
+        def after_commit() -> None:
+            self._fanout.notify_statuses(statuses)
+            self.wake(billed)
+
+        return after_commit
+
+
+def _business(messages: list[MessageRow]) -> list[MessageRow]:
+    """The messages that may carry a charge: a business's (their category is set)."""
+    return [m for m in messages if m.category]
 
 
 def _statuses_for(

@@ -25,9 +25,10 @@ lists the backend's guarantees U1-U4):
 5. Opening a conversation counts as the user contacting the business: it opens (or refreshes)
    the 24-hour customer-service window, so agents' replies are SERVICE messages inside it.
 6. A watcher learns of new events from an in-process notifier (`QueueNotifier`) and reads them
-   from the database, from its cursor: a wake-up lost (another replica's write, a notify
-   between two reads) costs at most one keep-alive interval of latency, never an event. A
-   stream holds one page of events and one wake-up flag, whatever the queue's length.
+   from the database, from its cursor (`server.domain.feeds.follow`): a wake-up lost (another
+   replica's write, a notify between two reads) costs at most one keep-alive interval of
+   latency, never an event. A stream holds one page of events and one wake-up flag, whatever
+   the queue's length.
 7. Only the primary device sets agents; agents and the primary device see the queue and
    conversations; the user sees their own conversations. Anything else is NOT_FOUND (a
    conversation id says nothing to whoever may not see it) or PERMISSION_DENIED (a device of
@@ -36,7 +37,6 @@ lists the backend's guarantees U1-U4):
 
 from __future__ import annotations
 
-import asyncio
 import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -52,8 +52,8 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
 )
+from server.domain.feeds import CaughtUp, KeepAlive, Wakeups, follow
 from server.domain.model import AccountKind
 from server.domain.ports import ReadTransaction, Store, Transaction
 from server.domain.profiles import require_business_kind
@@ -71,7 +71,6 @@ T = TypeVar("T")
 MAX_TOPIC_CHARS = 200
 # Events per database read of a queue stream: what one stream holds in memory at most.
 QUEUE_PAGE = 100
-SHUTTING_DOWN = "the server is shutting down; reconnect (to another replica, or in a moment)"
 _AGENT_HINT = "the business's primary device makes a device an agent (SetAgent)"
 
 
@@ -82,50 +81,11 @@ class ConversationView:
     device_ids: tuple[int, ...]  # where the user's messages go while it is open; () when closed
 
 
-@dataclass(frozen=True)
-class CaughtUp:
-    cursor: int
-
-
-@dataclass(frozen=True)
-class KeepAlive:
-    pass
-
-
 QueueItem = EventRow | CaughtUp | KeepAlive
 
 
-class QueueNotifier:
-    """Wakes this server's queue streams of a business after a change commits.
-
-    One flag per open stream: a notify sets it, the stream clears it *before* reading the
-    database, so a change committed during a read wakes it again (rule 6)."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-        self.closing = False
-
-    def subscribe(self, business_account_id: str) -> asyncio.Event:
-        flag = asyncio.Event()
-        self._waiters.setdefault(business_account_id, set()).add(flag)
-        return flag
-
-    def unsubscribe(self, business_account_id: str, flag: asyncio.Event) -> None:
-        flags = self._waiters.get(business_account_id)
-        if flags is not None:
-            flags.discard(flag)
-            if not flags:
-                del self._waiters[business_account_id]
-
-    def notify(self, business_account_id: str) -> None:
-        for flag in self._waiters.get(business_account_id, ()):
-            flag.set()
-
-    def close(self) -> None:
-        self.closing = True
-        for flags in self._waiters.values():
-            for flag in flags:
-                flag.set()
+class QueueNotifier(Wakeups):
+    """Wakes this server's queue streams of a business after a change commits (rule 6)."""
 
 
 def _topic(value: str) -> str:
@@ -484,12 +444,10 @@ class SupportDesk:
 
     # -- the queue stream ---------------------------------------------------------------------
 
-    async def watch(self, caller: Principal, cursor: int) -> AsyncIterator[QueueItem]:
+    def watch(self, caller: Principal, cursor: int) -> AsyncIterator[QueueItem]:
         """Every event after `cursor`, CaughtUp once, then live events and keep-alives (rule 6).
         Each page read re-checks that the device may watch, so a device that stops being an
         agent stops receiving (PERMISSION_DENIED); revocation ends the call (its Lease)."""
-        if self.notifier.closing:
-            raise Unavailable(SHUTTING_DOWN)
         business = caller.account_id
 
         def page(after: int) -> Callable[[ReadTransaction], list[EventRow]]:
@@ -499,30 +457,10 @@ class SupportDesk:
 
             return read
 
-        # Subscribe before the first read: nothing committed after it goes unnoticed.
-        flag = self.notifier.subscribe(business)
-        try:
-            after = cursor
-            caught_up = False
-            while True:
-                flag.clear()  # before the read: a change committed during it wakes us again
-                rows = await self._db.read(page(after))
-                for row in rows:
-                    yield row
-                    after = row.sequence
-                if len(rows) == QUEUE_PAGE:
-                    continue  # more backlog
-                if not caught_up:
-                    caught_up = True
-                    yield CaughtUp(after)
-                try:
-                    await asyncio.wait_for(flag.wait(), self.keepalive_interval)
-                except TimeoutError:
-                    yield KeepAlive()  # and read again: a wake-up may have been lost
-                if self.notifier.closing:
-                    raise Unavailable(SHUTTING_DOWN)
-        finally:
-            self.notifier.unsubscribe(business, flag)
+        return follow(
+            self._db, self.notifier, business, cursor, page, lambda row: row.sequence,
+            QUEUE_PAGE, self.keepalive_interval,
+        )  # fmt: skip
 
     def close_streams(self) -> None:
         """End every queue stream (UNAVAILABLE: reconnect) and refuse new ones: the server is

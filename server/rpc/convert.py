@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from parley.v1 import account_pb2
 
+from server.domain.errors import InvalidArgument
+from server.domain.feeds import CaughtUp, KeepAlive
 from server.domain.model import AccountKind
+
+R = TypeVar("R")
+M = TypeVar("M")
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -31,3 +40,38 @@ def account_kind_to_proto(kind: AccountKind) -> account_pb2.AccountKind.ValueTyp
         if kind is AccountKind.PERSON
         else (account_pb2.ACCOUNT_KIND_BUSINESS)
     )
+
+
+# The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31 (seconds since the epoch).
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def optional_seconds(message: Message, field: str) -> float | None:
+    """Seconds since the epoch of an optional Timestamp field of `message`, None when unset;
+    INVALID_ARGUMENT naming the field when it is outside the Timestamp range."""
+    if not message.HasField(field):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, field)
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds from 0001-01-01 to 9999-12-31, nanos "
+            "0-999999999); send an RFC 3339 time such as 2026-12-01T00:00:00Z"
+        )
+    return float(ts.seconds) + ts.nanos / 1e9
+
+
+async def feed_responses(
+    items: AsyncIterator[R | CaughtUp | KeepAlive],
+    item: Callable[[R], M],
+    caught_up: Callable[[int], M],
+    keep_alive: Callable[[], M],
+) -> AsyncIterator[M]:
+    """A followed feed's items (`server.domain.feeds.follow`) as a stream's responses: each item,
+    the caught-up marker and the keep-alives by the stream's own message."""
+    async for value in items:
+        if isinstance(value, CaughtUp):
+            yield caught_up(value.cursor)
+        elif isinstance(value, KeepAlive):
+            yield keep_alive()
+        else:
+            yield item(value)

@@ -5,10 +5,12 @@ Authentication sets the caller in a context variable that the servicers read wit
 variable never leaks between calls. Health and reflection are not Parley services and pass
 through untouched.
 
-Which credential a method takes is decided per service, by one table (`authenticators`:
-service full name -> authenticator; every other service takes device tokens). So AdminService
-accepts only the operator token and every device RPC only device tokens, with no servicer
-checking credentials itself.
+Which credential a method takes is decided by one table (`authenticators`: a method's full
+path, e.g. "/parley.v1.BillingService/TopUp", or a service's full name, e.g.
+"parley.v1.AdminService", -> its authenticator; the method's entry wins over its service's, and
+everything else takes device tokens). So AdminService and BillingService's operator methods
+accept only the operator token and every device RPC only device tokens, with no servicer
+checking credentials itself. Streams are device RPCs only (rule 2).
 
 Rules kept here, for every Parley RPC, present and future:
 1. Requests are decoded here (`server.rpc.decoding`), not by gRPC: undecodable bytes and
@@ -90,11 +92,11 @@ class ParleyInterceptor(_Interceptor):
         open_methods: frozenset[str],
         authenticators: Mapping[str, CallAuthenticator] | None = None,
     ) -> None:
-        """`authenticator` checks device tokens, on every service not in `authenticators`
-        (service full name, e.g. "parley.v1.AdminService" -> its own authenticator)."""
+        """`authenticator` checks device tokens, on every method not in `authenticators` (a
+        method's full path, or its service's full name -> its own authenticator)."""
         self._auth = authenticator
         self._open = open_methods
-        self._services: Mapping[str, CallAuthenticator] = dict(authenticators or {})
+        self._others: Mapping[str, CallAuthenticator] = dict(authenticators or {})
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._undecodable = UndecodableLog()
 
@@ -121,7 +123,9 @@ class ParleyInterceptor(_Interceptor):
     ) -> grpc.RpcMethodHandler[Any, Any]:
         service = method[1:].partition("/")[0]
         auth: CallAuthenticator | None = (
-            None if method in self._open else self._services.get(service, self._auth)
+            None
+            if method in self._open
+            else self._others.get(method, self._others.get(service, self._auth))
         )
         assert handler.request_deserializer is not None, method  # generated stubs always set it
         decode = RequestDecoder(method, handler.request_deserializer, self._undecodable)

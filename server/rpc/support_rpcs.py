@@ -14,9 +14,9 @@ from typing import Any, cast
 from grpc import aio
 from parley.v1 import support_pb2 as pb
 
-from server.domain.support import CaughtUp, ConversationView, KeepAlive, SupportDesk
+from server.domain.support import ConversationView, SupportDesk
 from server.domain.support_model import AgentRow, EventRow
-from server.rpc.convert import timestamp
+from server.rpc.convert import feed_responses, timestamp
 from server.rpc.interceptors import caller
 
 Context = aio.ServicerContext[Any, Any]
@@ -96,15 +96,15 @@ class SupportRpcs:
     async def WatchSupportQueue(
         self, request: pb.WatchSupportQueueRequest, context: Context
     ) -> AsyncIterator[pb.WatchSupportQueueResponse]:
-        async for item in self._support.watch(caller(), request.cursor):
-            if isinstance(item, CaughtUp):
-                yield pb.WatchSupportQueueResponse(
-                    caught_up=pb.SupportQueueCaughtUp(cursor=item.cursor)
-                )
-            elif isinstance(item, KeepAlive):
-                yield pb.WatchSupportQueueResponse(keep_alive=pb.SupportQueueKeepAlive())
-            else:
-                yield pb.WatchSupportQueueResponse(event=event_to_proto(item))
+        async for response in feed_responses(
+            self._support.watch(caller(), request.cursor),
+            lambda e: pb.WatchSupportQueueResponse(event=event_to_proto(e)),
+            lambda cursor: pb.WatchSupportQueueResponse(
+                caught_up=pb.SupportQueueCaughtUp(cursor=cursor)
+            ),
+            lambda: pb.WatchSupportQueueResponse(keep_alive=pb.SupportQueueKeepAlive()),
+        ):
+            yield response
 
     async def ClaimConversation(
         self, request: pb.ClaimConversationRequest, context: Context

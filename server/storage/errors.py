@@ -50,6 +50,12 @@ class StorageUnavailable(StorageError):
     """The database cannot be written (or read) right now: an I/O error, a lock, a damaged file."""
 
 
+class StorageConflict(StorageUnavailable):
+    """A conditional update moved fewer rows than the same transaction had read: another
+    writer changed them in between (never with SQLite's one writer; a backend with several).
+    The job is rolled back; retrying it sees the other writer's result."""
+
+
 FULL_MESSAGE = (
     "the server's storage is full, so nothing new can be stored now; retry later "
     "(acknowledging received messages still works and frees room). Operator: free disk space "

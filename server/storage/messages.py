@@ -34,7 +34,7 @@ _STATUS_COLUMNS = (
 )
 
 
-def _insert_rows(
+def insert_rows(
     conn: sqlite3.Connection,
     into: str,
     width: int,
@@ -119,9 +119,9 @@ class SqliteMessages:
         UNIQUE (sender_account_id, request_id) with ON CONFLICT DO NOTHING is what keeps one
         message per request_id when writers race (ports guarantee 3): a row that lost is
         skipped, not an error, and the count tells the caller. One statement per chunk, and
-        no RETURNING (it would step once per row, see _insert_rows).
+        no RETURNING (it would step once per row, see insert_rows).
         """
-        return _insert_rows(
+        return insert_rows(
             self.connection,
             f"messages ({_MESSAGE_COLUMNS})",
             10,
@@ -130,7 +130,7 @@ class SqliteMessages:
         )
 
     def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None:
-        _insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 13, rows)
+        insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 13, rows)
 
     def envelopes_after(
         self,
@@ -165,7 +165,7 @@ class SqliteMessages:
             return []
         marks = ",".join("?" * len(ids))
         where = f"account_id = ? AND device_id = ? AND envelope_id IN ({marks})"
-        # One row back (not one per envelope, as RETURNING would step): see _insert_rows.
+        # One row back (not one per envelope, as RETURNING would step): see insert_rows.
         (found,) = self.connection.execute(
             f"SELECT group_concat(message_id) FROM envelopes WHERE {where}",
             (account_id, device_id, *ids),
@@ -210,7 +210,7 @@ class SqliteMessages:
             ).fetchone()
         }
         kept = [s for s in rows if (s.account_id, s.device_id) in live]
-        _insert_rows(self.connection, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
+        insert_rows(self.connection, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
         return kept
 
     def statuses_after(
@@ -237,6 +237,16 @@ class SqliteMessages:
             f" AND status_id IN ({marks})",
             (account_id, device_id, *ids),
         ).rowcount
+
+    def delete_message_envelopes(self, message_ids: Sequence[int], max_copies: int) -> int:
+        deleted = 0
+        for message_id in message_ids:
+            deleted += self.connection.execute(
+                "DELETE FROM envelopes WHERE envelope_id > ? AND envelope_id <= ?"
+                " AND message_id = ?",
+                (message_id, message_id + max_copies, message_id),
+            ).rowcount
+        return deleted
 
     def expire_envelopes(self, before_id: int, limit: int) -> int:
         """Delete up to `limit` envelopes with ids below `before_id`; return how many."""

@@ -432,6 +432,95 @@ def _v10_chat_links(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v11_billing(conn: sqlite3.Connection) -> None:
+    """Billing (server.domain.billing_model): price table versions, balances that cannot go
+    below zero, the append-only ledger with its exactly-once keys, one charge per business
+    message, and the month's usage for allowances and volume tiers."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE price_tables (
+            version      INTEGER PRIMARY KEY,
+            effective_at REAL NOT NULL UNIQUE,    -- a message is priced by the one in force
+            body         TEXT NOT NULL,           -- canonical JSON of the table
+            created_at   REAL NOT NULL,
+            source       TEXT NOT NULL DEFAULT '' -- the file it came from, or "rpc"
+        );
+        CREATE TABLE balances (
+            business_account_id TEXT PRIMARY KEY,
+            available INTEGER NOT NULL DEFAULT 0 CHECK (available >= 0), -- micro-units
+            reserved  INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0)
+        ) WITHOUT ROWID;
+        CREATE TABLE ledger (
+            entry_id            INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused
+            business_account_id TEXT NOT NULL,
+            kind                INTEGER NOT NULL,  -- EntryKind
+            amount              INTEGER NOT NULL,
+            available_after     INTEGER NOT NULL,
+            reserved_after      INTEGER NOT NULL,
+            message_id          INTEGER,           -- reserve, capture, release
+            reference           TEXT,              -- top-up, adjustment
+            at                  REAL NOT NULL,
+            note                TEXT NOT NULL DEFAULT ''
+        );
+        -- Exactly once: one reservation, one capture or release per message (B2), one top-up
+        -- per reference (B3).
+        CREATE UNIQUE INDEX ledger_once_per_message ON ledger(message_id, kind)
+            WHERE message_id IS NOT NULL;
+        CREATE UNIQUE INDEX ledger_once_per_reference ON ledger(business_account_id, reference)
+            WHERE reference IS NOT NULL;
+        CREATE INDEX ledger_by_business ON ledger(business_account_id, entry_id);
+        CREATE TABLE charges (
+            message_id           INTEGER PRIMARY KEY,
+            business_account_id  TEXT NOT NULL,
+            recipient_account_id TEXT NOT NULL,
+            category             INTEGER NOT NULL,
+            country              TEXT NOT NULL,
+            amount               INTEGER NOT NULL CHECK (amount >= 0),
+            reason               INTEGER NOT NULL,  -- FreeReason, 0 = billable
+            table_version        INTEGER NOT NULL,
+            state                INTEGER NOT NULL,  -- ChargeState
+            sent_at              REAL NOT NULL,
+            settled_at           REAL,
+            reserve_entry        INTEGER,
+            settle_entry         INTEGER,
+            explanation          TEXT NOT NULL DEFAULT ''  -- why it costs what it costs
+        );
+        CREATE INDEX charges_by_business ON charges(business_account_id, sent_at);
+        -- A block releases the business's messages still on their way to the blocker.
+        CREATE INDEX charges_pending_by_pair ON charges(business_account_id, recipient_account_id)
+            WHERE state = 0;
+        -- Status events of each business, numbered without gaps by a counter row per business
+        -- (bumped by an upsert that holds the row until commit, so a business's events commit
+        -- in sequence order with any number of writers). The pricing is the charge's, the
+        -- ledger entry of a DELIVERED event the message's CAPTURE (read by its unique key).
+        CREATE TABLE status_event_counters (
+            business_account_id TEXT PRIMARY KEY,
+            last_sequence       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE status_events (
+            business_account_id TEXT NOT NULL,
+            sequence            INTEGER NOT NULL,
+            kind                INTEGER NOT NULL,   -- StatusEventKind
+            message_id          INTEGER NOT NULL,
+            at                  REAL NOT NULL,
+            detail              TEXT NOT NULL DEFAULT '',  -- FAILED, EXPIRED: why
+            PRIMARY KEY (business_account_id, sequence)
+        ) WITHOUT ROWID;
+        -- One event of each kind per message: a retried job cannot report twice.
+        CREATE UNIQUE INDEX status_events_once ON status_events(message_id, kind);
+        CREATE TABLE usage_months (
+            business_account_id TEXT NOT NULL,
+            month               TEXT NOT NULL,      -- "2026-11", UTC
+            category            INTEGER NOT NULL,
+            country             TEXT NOT NULL,
+            count               INTEGER NOT NULL,
+            PRIMARY KEY (business_account_id, month, category, country)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -452,6 +541,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "live support: agents, support conversations and queue events", _v9_live_support),
     Migration(
         10, "click-to-chat links, number-link settings, 72-hour entry windows", _v10_chat_links
+    ),
+    Migration(
+        11, "billing: price tables, balances, the ledger, charges, monthly usage", _v11_billing
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from server.storage.accounts import SqliteAccounts
+from server.storage.billing import SqliteBilling
 from server.storage.consent import SqliteConsent
 from server.storage.directory import SqliteDirectory
 from server.storage.keys import SqliteKeys
@@ -19,6 +20,7 @@ from server.storage.links import SqliteLinks
 from server.storage.messages import SqliteMessages
 from server.storage.sending import SqliteSending
 from server.storage.support import SqliteSupport
+from server.storage.usage import SqliteUsage
 
 
 class SqliteTransaction(
@@ -30,6 +32,8 @@ class SqliteTransaction(
     SqliteSending,
     SqliteSupport,
     SqliteLinks,
+    SqliteBilling,
+    SqliteUsage,
 ):
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

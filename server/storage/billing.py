@@ -1,0 +1,352 @@
+"""SQL for billing: balances, the append-only ledger, charges, price tables, monthly usage.
+
+Each money movement is one conditional statement plus one insert on a unique key
+(guarantees B1-B3 of `server.domain.billing_model`), so concurrent writers can neither
+overdraw a balance nor charge a message twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from server.domain.billing_model import (
+    Balance,
+    Charge,
+    ChargeState,
+    EntryKind,
+    LedgerEntry,
+    PriceTableRow,
+    Reservation,
+    StatusEventRow,
+    StatusEventView,
+    StatusKind,
+)
+from server.storage.errors import StorageConflict
+from server.storage.messages import insert_rows
+
+_ENTRY_COLUMNS = (
+    "entry_id, business_account_id, kind, amount, available_after, reserved_after, message_id,"
+    " reference, at, note"
+)
+_CHARGE_COLUMNS = (
+    "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
+    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry, explanation"
+)
+_EVENT_COLUMNS = "business_account_id, sequence, kind, message_id, at, detail"
+_LEDGER_INSERT = (
+    "business_account_id, kind, amount, available_after, reserved_after, message_id, reference,"
+    " at, note"
+)
+_RESERVED = int(ChargeState.RESERVED)
+
+
+class SqliteBilling:
+    """Balances, ledger, charges, price tables (billing_model.BillingReads/BillingWrites)."""
+
+    connection: sqlite3.Connection
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get_balance(self, business_account_id: str) -> Balance:
+        r = self.connection.execute(
+            "SELECT available, reserved FROM balances WHERE business_account_id = ?",
+            (business_account_id,),
+        ).fetchone()
+        return Balance(0, 0) if r is None else Balance(int(r[0]), int(r[1]))
+
+    def get_charge(self, message_id: int) -> Charge | None:
+        r = self.connection.execute(
+            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if r is None else Charge(*r)
+
+    def ledger_page(
+        self, business_account_id: str, after_entry_id: int, limit: int
+    ) -> list[LedgerEntry]:
+        rows = self.connection.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger WHERE business_account_id = ? AND entry_id > ?"
+            " ORDER BY entry_id LIMIT ?",
+            (business_account_id, after_entry_id, limit),
+        ).fetchall()
+        return [LedgerEntry(*r) for r in rows]
+
+    def entry_for_reference(self, business_account_id: str, reference: str) -> LedgerEntry | None:
+        r = self.connection.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger WHERE business_account_id = ? AND reference = ?",
+            (business_account_id, reference),
+        ).fetchone()
+        return None if r is None else LedgerEntry(*r)
+
+    def price_tables(self) -> list[PriceTableRow]:
+        rows = self.connection.execute(
+            "SELECT version, effective_at, body, created_at, source FROM price_tables"
+            " ORDER BY effective_at"
+        ).fetchall()
+        return [PriceTableRow(*r) for r in rows]
+
+    def month_usage(
+        self, business_account_id: str, month: str, category: int, country: str
+    ) -> tuple[int, int]:
+        rows = self.connection.execute(
+            "SELECT country, count FROM usage_months"
+            " WHERE business_account_id = ? AND month = ? AND category = ?",
+            (business_account_id, month, category),
+        ).fetchall()
+        total = sum(int(n) for _, n in rows)
+        here = next((int(n) for c, n in rows if c == country), 0)
+        return total, here
+
+    def status_events_after(
+        self, business_account_id: str, after_sequence: int, limit: int
+    ) -> list[StatusEventView]:
+        charge = ", ".join(f"c.{c.strip()}" for c in _CHARGE_COLUMNS.split(","))
+        # A DELIVERED event's ledger entry is its message's CAPTURE, found by the ledger's
+        # unique (message_id, kind) key rather than written twice.
+        rows = self.connection.execute(
+            "SELECT e.business_account_id, e.sequence, e.kind, e.message_id, e.at,"
+            f" coalesce(l.entry_id, 0), e.detail, {charge} FROM status_events e"
+            " JOIN charges c ON c.message_id = e.message_id"
+            f" LEFT JOIN ledger l ON e.kind = {int(StatusKind.DELIVERED)}"
+            f" AND l.message_id = e.message_id AND l.kind = {int(EntryKind.CAPTURE)}"
+            " WHERE e.business_account_id = ? AND e.sequence > ? ORDER BY e.sequence LIMIT ?",
+            (business_account_id, after_sequence, limit),
+        ).fetchall()
+        width = len(StatusEventRow._fields)
+        return [StatusEventView(StatusEventRow(*r[:width]), Charge(*r[width:])) for r in rows]
+
+    def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
+        rows = self.connection.execute(
+            "SELECT message_id FROM charges WHERE business_account_id = ?"
+            " AND recipient_account_id = ? AND state = 0",
+            (business_account_id, recipient_account_id),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add_price_table(self, effective_at: float, body: str, at: float, source: str) -> int:
+        cur = self.connection.execute(
+            "INSERT INTO price_tables (effective_at, body, created_at, source) VALUES (?, ?, ?, ?)",
+            (effective_at, body, at, source),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _entry(
+        self,
+        business_account_id: str,
+        kind: EntryKind,
+        amount: int,
+        balance: Balance,
+        at: float,
+        *,
+        message_id: int | None = None,
+        reference: str | None = None,
+        note: str = "",
+    ) -> int | None:
+        """Append a ledger entry; None when its unique key (message and kind, or business and
+        reference) is taken (B2, B3)."""
+        r = self.connection.execute(
+            "INSERT INTO ledger (business_account_id, kind, amount, available_after,"
+            " reserved_after, message_id, reference, at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING entry_id",
+            (business_account_id, int(kind), amount, *balance, message_id, reference, at, note),
+        ).fetchone()
+        return None if r is None else int(r[0])
+
+    def _book(
+        self,
+        business_account_id: str,
+        kind: EntryKind,
+        amount: int,
+        move: Balance,
+        at: float,
+        *,
+        message_id: int | None = None,
+        reference: str | None = None,
+        note: str = "",
+    ) -> tuple[int, Balance] | None:
+        """Claim the entry's unique key first, then move the balance by `move` and write the
+        balance after into the entry: a key taken already (a second capture, a repeated
+        reference) moves no money (B2, B3). None in that case."""
+        entry_id = self._entry(
+            business_account_id, kind, amount, Balance(0, 0), at,
+            message_id=message_id, reference=reference, note=note,
+        )  # fmt: skip
+        if entry_id is None:
+            return None
+        r = self.connection.execute(
+            "UPDATE balances SET available = available + ?, reserved = reserved + ?"
+            " WHERE business_account_id = ? RETURNING available, reserved",
+            (*move, business_account_id),
+        ).fetchone()
+        after = Balance(int(r[0]), int(r[1]))
+        self.connection.execute(
+            "UPDATE ledger SET available_after = ?, reserved_after = ? WHERE entry_id = ?",
+            (*after, entry_id),
+        )
+        return entry_id, after
+
+    def top_up(
+        self, business_account_id: str, amount: int, reference: str, at: float, note: str
+    ) -> tuple[LedgerEntry, bool]:
+        self.connection.execute(
+            "INSERT INTO balances (business_account_id, available, reserved) VALUES (?, 0, 0)"
+            " ON CONFLICT DO NOTHING",
+            (business_account_id,),
+        )
+        booked = self._book(
+            business_account_id, EntryKind.TOP_UP, amount, Balance(amount, 0), at,
+            reference=reference, note=note,
+        )  # fmt: skip
+        if booked is None:
+            first = self.entry_for_reference(business_account_id, reference)
+            assert first is not None  # the conflict was on this very key
+            return first, False
+        entry_id, after = booked
+        return LedgerEntry(
+            entry_id, business_account_id, int(EntryKind.TOP_UP), amount, *after, None,
+            reference, at, note,
+        ), True  # fmt: skip
+
+    def reserve(self, charge: Charge, at: float) -> Reservation:
+        accepted = self.reserve_many([charge], at)
+        return Reservation(accepted, self.get_balance(charge.business_account_id), None)
+
+    def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
+        """Record a send job's charges and hold their amounts: per business one conditional
+        UPDATE of the total (B1), then the RESERVE entries (one per message, each with the
+        balance after it, computed from the one UPDATE's result) and the charges in a few
+        multi-row INSERTs. False, with nothing written, when a business's balance is short of
+        its total."""
+        conn = self.connection
+        entries: list[tuple[object, ...]] = []
+        for business, group in _by_business(charges).items():
+            total = sum(c.amount for c in group)
+            if not total:
+                continue
+            r = conn.execute(
+                "UPDATE balances SET available = available - ?, reserved = reserved + ?"
+                " WHERE business_account_id = ? AND available >= ? RETURNING available, reserved",
+                (total, total, business, total),
+            ).fetchone()
+            if r is None:
+                return False
+            available, reserved = int(r[0]) + total, int(r[1]) - total
+            for c in group:
+                if c.amount:
+                    available, reserved = available - c.amount, reserved + c.amount
+                    entries.append(
+                        (business, int(EntryKind.RESERVE), -c.amount, available, reserved,
+                         c.message_id, None, at, "")
+                    )  # fmt: skip
+        # A new message cannot have a reservation already: the unique (message_id, kind) key
+        # turns such a bug into an error that rolls the job back.
+        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
+        insert_rows(
+            conn,
+            f"charges ({_CHARGE_COLUMNS})",
+            len(Charge._fields),
+            [c._replace(state=_RESERVED, reserve_entry=None, settle_entry=None) for c in charges],
+        )
+        return True
+
+    def settle_charges(self, message_ids: list[int], state: ChargeState, at: float) -> list[Charge]:
+        if not message_ids:
+            return []
+        conn = self.connection
+        # The callers' batches are bounded (a batch of acks, an expiry batch), well within
+        # SQLite's limit on bound parameters. The rows come back as one JSON value (RETURNING
+        # would step once per row, see insert_rows), then one conditional UPDATE moves them.
+        marks = ",".join("?" * len(message_ids))
+        where = f"state = {_RESERVED} AND message_id IN ({marks})"
+        (found,) = conn.execute(
+            f"SELECT json_group_array(json_array({_CHARGE_COLUMNS})) FROM charges WHERE {where}",
+            message_ids,
+        ).fetchone()
+        moved = sorted((Charge(*row) for row in json.loads(found)), key=lambda c: c.message_id)
+        if not moved:
+            return []
+        changed = conn.execute(
+            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}",
+            (int(state), at, *message_ids),
+        ).rowcount
+        if changed != len(moved):  # another writer moved some in between (B2)
+            raise StorageConflict(
+                "a charge was settled by another writer at the same moment; retry"
+            )
+        capture = state is ChargeState.CAPTURED
+        kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
+        entries: list[tuple[object, ...]] = []
+        for business, group in _by_business(moved).items():
+            total = sum(c.amount for c in group)
+            if not total:
+                continue
+            r = conn.execute(
+                "UPDATE balances SET available = available + ?, reserved = reserved - ?"
+                " WHERE business_account_id = ? RETURNING available, reserved",
+                (0 if capture else total, total, business),
+            ).fetchone()
+            available = int(r[0]) - (0 if capture else total)
+            reserved = int(r[1]) + total
+            for c in group:
+                if c.amount:
+                    available += 0 if capture else c.amount
+                    reserved -= c.amount
+                    entries.append(
+                        (business, int(kind), c.amount, available, reserved, c.message_id,
+                         None, at, "")
+                    )  # fmt: skip
+        # B2's last line: a second CAPTURE or RELEASE of a message violates the unique key and
+        # rolls the whole job back.
+        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
+        return [c._replace(state=int(state), settled_at=at) for c in moved]
+
+    def count_usage(
+        self, business_account_id: str, month: str, category: int, country: str, n: int = 1
+    ) -> None:
+        self.connection.execute(
+            "INSERT INTO usage_months (business_account_id, month, category, country, count)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (business_account_id, month, category, country)"
+            " DO UPDATE SET count = count + excluded.count",
+            (business_account_id, month, category, country, n),
+        )
+
+    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
+        if not rows:
+            return []
+        conn = self.connection
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.business_account_id] = counts.get(r.business_account_id, 0) + 1
+        next_of: dict[str, int] = {}
+        for business, n in counts.items():
+            (last,) = conn.execute(
+                "INSERT INTO status_event_counters (business_account_id, last_sequence)"
+                " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
+                " SET last_sequence = last_sequence + excluded.last_sequence"
+                " RETURNING last_sequence",
+                (business, n),
+            ).fetchone()
+            next_of[business] = int(last) - n + 1
+        numbered = []
+        for r in rows:
+            sequence = next_of[r.business_account_id]
+            next_of[r.business_account_id] = sequence + 1
+            numbered.append(r._replace(sequence=sequence))
+        insert_rows(
+            conn,
+            f"status_events ({_EVENT_COLUMNS})",
+            6,
+            [(r.business_account_id, r.sequence, r.kind, r.message_id, r.at, r.detail)
+             for r in numbered],
+        )  # fmt: skip
+        return numbered
+
+
+def _by_business(charges: Sequence[Charge]) -> dict[str, list[Charge]]:
+    out: dict[str, list[Charge]] = {}
+    for c in charges:
+        out.setdefault(c.business_account_id, []).append(c)
+    return out

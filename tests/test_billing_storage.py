@@ -1,0 +1,185 @@
+"""Billing's storage on a real SQLite file: exactly-once money movements, by constraint.
+
+A Hypothesis state machine drives top-ups (with repeated references), reservations (some
+short of money), captures and releases (repeated, in any order) and checks after every step
+that the money adds up and that every entry of the ledger is right about the balance after it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from server.domain.billing_model import Balance, Charge, ChargeState, EntryKind
+from server.storage.database import connect
+from server.storage.migrations import migrate
+from server.storage.transaction import SqliteTransaction
+
+SHOP = "shop-account"
+
+
+def _tx(path: Path) -> tuple[sqlite3.Connection, SqliteTransaction]:
+    conn = connect(path)
+    migrate(conn)
+    return conn, SqliteTransaction(conn)
+
+
+def charge(message_id: int, amount: int, business: str = SHOP) -> Charge:
+    return Charge(
+        message_id, business, "user", 1, "DE", amount, 0 if amount else 3, 1,
+        int(ChargeState.RESERVED), 1.0, None, None, None,
+    )  # fmt: skip
+
+
+def test_a_reservation_never_overdraws_and_a_refusal_writes_nothing(tmp_path: Path) -> None:
+    conn, tx = _tx(tmp_path / "b.db")
+    tx.top_up(SHOP, 30_000, "ref-1", 1.0, "")
+    first = tx.reserve(charge(1, 25_000), 2.0)
+    assert first.accepted and first.balance == Balance(5_000, 25_000)
+    short = tx.reserve(charge(2, 25_000), 3.0)
+    assert not short.accepted and short.balance == Balance(5_000, 25_000)
+    assert tx.get_charge(2) is None
+    assert [e.kind for e in tx.ledger_page(SHOP, 0, 10)] == [EntryKind.TOP_UP, EntryKind.RESERVE]
+    # The CHECK constraint backs the conditional update: no statement can make it negative.
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute("UPDATE balances SET available = -1 WHERE business_account_id = ?", (SHOP,))
+
+
+def test_a_top_up_counts_once_per_reference(tmp_path: Path) -> None:
+    _, tx = _tx(tmp_path / "b.db")
+    entry, made = tx.top_up(SHOP, 1_000_000, "wire-42", 1.0, "bank transfer")
+    again, made_again = tx.top_up(SHOP, 1_000_000, "wire-42", 2.0, "retry")
+    assert made and not made_again and again == entry
+    assert tx.get_balance(SHOP) == Balance(1_000_000, 0)
+    assert (entry.available_after, entry.reserved_after) == (1_000_000, 0)
+
+
+def test_a_charge_is_captured_or_released_once(tmp_path: Path) -> None:
+    _, tx = _tx(tmp_path / "b.db")
+    tx.top_up(SHOP, 100_000, "r", 1.0, "")
+    tx.reserve(charge(1, 40_000), 2.0)
+    tx.reserve(charge(2, 10_000), 2.0)
+    tx.reserve(charge(3, 0), 2.0)  # free: recorded, no money held
+    captured = tx.settle_charges([1, 3], ChargeState.CAPTURED, 3.0)
+    assert [c.message_id for c in captured] == [1, 3]
+    # A second ack, a release racing the capture, a replay after a crash: nothing moves.
+    assert tx.settle_charges([1, 3], ChargeState.CAPTURED, 4.0) == []
+    assert tx.settle_charges([1], ChargeState.RELEASED, 4.0) == []
+    released = tx.settle_charges([2], ChargeState.RELEASED, 5.0)
+    assert [c.message_id for c in released] == [2]
+    assert tx.get_balance(SHOP) == Balance(60_000, 0)
+    kinds = [EntryKind(e.kind).name for e in tx.ledger_page(SHOP, 0, 10)]
+    assert kinds == ["TOP_UP", "RESERVE", "RESERVE", "CAPTURE", "RELEASE"]
+
+
+def test_the_ledger_refuses_a_second_capture_of_a_message(tmp_path: Path) -> None:
+    """Even a buggy caller that bypasses the conditional update cannot capture twice: the
+    balance's CHECK and the ledger's unique (message_id, kind) index are the last lines, and
+    the error rolls the job back."""
+    conn, tx = _tx(tmp_path / "b.db")
+    tx.top_up(SHOP, 100_000, "r", 1.0, "")
+    tx.reserve(charge(1, 40_000), 2.0)
+    tx.settle_charges([1], ChargeState.CAPTURED, 3.0)
+    conn.execute("UPDATE charges SET state = 0 WHERE message_id = 1")  # the bug
+    with pytest.raises(sqlite3.IntegrityError):
+        tx.settle_charges([1], ChargeState.CAPTURED, 4.0)
+
+
+def test_month_usage_by_category_and_country(tmp_path: Path) -> None:
+    _, tx = _tx(tmp_path / "b.db")
+    for country in ("DE", "DE", "IN"):
+        tx.count_usage(SHOP, "2026-11", 1, country)
+    tx.count_usage(SHOP, "2026-12", 1, "DE")
+    assert tx.month_usage(SHOP, "2026-11", 1, "DE") == (3, 2)
+    assert tx.month_usage(SHOP, "2026-11", 1, "US") == (3, 0)
+    assert tx.month_usage(SHOP, "2026-11", 2, "DE") == (0, 0)
+
+
+class Ledger(RuleBasedStateMachine):
+    """Random money movements against the real tables; the books must always balance."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dir = tempfile.TemporaryDirectory()
+        self.conn, self.tx = _tx(Path(self._dir.name) / "ledger.db")
+        self.next_message = 1
+        self.pending: set[int] = set()
+        self.settled: set[int] = set()
+        self.top_ups = 0
+        self.captured = 0
+        self.references: dict[str, int] = {}
+
+    def teardown(self) -> None:
+        self.conn.close()
+        self._dir.cleanup()
+
+    @rule(amount=st.integers(1, 200_000), ref=st.sampled_from(["a", "b", "c", "d", "e"]))
+    def top_up(self, amount: int, ref: str) -> None:
+        entry, made = self.tx.top_up(SHOP, amount, ref, 1.0, "")
+        assert made == (ref not in self.references)
+        if made:
+            self.references[ref] = amount
+            self.top_ups += amount
+        assert entry.amount == self.references[ref]
+
+    @rule(amount=st.integers(0, 90_000))
+    def reserve(self, amount: int) -> None:
+        before = self.tx.get_balance(SHOP)
+        message_id = self.next_message
+        self.next_message += 1
+        result = self.tx.reserve(charge(message_id, amount), 2.0)
+        assert result.accepted == (before.available >= amount)
+        if result.accepted:
+            self.pending.add(message_id)
+
+    @precondition(lambda self: self.pending or self.settled)
+    @rule(data=st.data(), capture=st.booleans())
+    def settle(self, data: st.DataObject, capture: bool) -> None:
+        pool = sorted(self.pending | self.settled)
+        ids = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4))
+        state = ChargeState.CAPTURED if capture else ChargeState.RELEASED
+        moved = self.tx.settle_charges(ids, state, 3.0)
+        assert {c.message_id for c in moved} == set(ids) & self.pending
+        for c in moved:
+            self.pending.discard(c.message_id)
+            self.settled.add(c.message_id)
+            if capture:
+                self.captured += c.amount
+
+    @invariant()
+    def the_books_balance(self) -> None:
+        balance = self.tx.get_balance(SHOP)
+        assert balance.available >= 0 and balance.reserved >= 0
+        assert balance.available + balance.reserved == self.top_ups - self.captured
+        held = sum(c.amount for c in map(self.tx.get_charge, self.pending) if c is not None)
+        assert balance.reserved == held
+
+    @invariant()
+    def every_entry_knows_the_balance_after_it(self) -> None:
+        available = reserved = 0
+        captures: set[int] = set()
+        for e in self.tx.ledger_page(SHOP, 0, 10_000):
+            kind = EntryKind(e.kind)
+            if kind is EntryKind.TOP_UP:
+                available += e.amount
+            elif kind is EntryKind.RESERVE:
+                available += e.amount  # negative: money held
+                reserved -= e.amount
+            elif kind is EntryKind.CAPTURE:
+                reserved -= e.amount
+                assert e.message_id not in captures
+                captures.add(e.message_id or 0)
+            elif kind is EntryKind.RELEASE:
+                available += e.amount
+                reserved -= e.amount
+            assert (e.available_after, e.reserved_after) == (available, reserved)
+
+
+TestLedger = Ledger.TestCase
+TestLedger.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
