@@ -33,6 +33,7 @@ from parley.v1 import messaging_pb2 as mpb
 
 from tests.keys_helper import DeviceKeyMaker
 from tests.test_crash import free_port
+from tests.test_metering import ALL_BILLABLE
 from tests.tools import server_process
 
 KILLS = 5
@@ -41,17 +42,7 @@ ADMIN = "crash-operator-token"
 SHOP, USER = "+14155550170", "+14155550171"
 NUMBERS = {SHOP: "170170", USER: "171171"}
 # Free-form replies cost a cent everywhere, so every message the test sends is billable.
-PRICES = """
-currency = "USD"
-[prices.MARKETING]
-"*" = "0.05"
-[prices.UTILITY]
-"*" = "0.05"
-[prices.AUTHENTICATION]
-"*" = "0.05"
-[prices.SERVICE]
-"*" = "0.01"
-"""
+PRICES = ALL_BILLABLE
 Metadata = tuple[tuple[str, str], ...]
 
 

@@ -50,9 +50,9 @@ BEN = "00000000-0000-4000-8000-0000000000b2"  # +1: the default row, 1 cent; two
 NUMBERS = {SHOP: "+14155550100", ANA: "+4915112345678", BEN: "+14155550101"}
 DEVICES = {SHOP: (1,), ANA: (1,), BEN: (1, 2)}
 OP = Operator()
-# Every category billable (no free window but the entry window, no allowance), so that free-form
-# service replies, the one kind a test can send without templates, cost money.
-PRICES = """
+# Every category billable, no free rule, no allowance: free-form service replies, the one kind a
+# test can send without templates, cost a cent.
+ALL_BILLABLE = """
 currency = "USD"
 [prices.MARKETING]
 "*" = "0.05"
@@ -62,11 +62,16 @@ currency = "USD"
 "*" = "0.05"
 [prices.SERVICE]
 "*" = "0.01"
-DE = "0.02"
+"""
+# The same with two cents to Germany, and the entry window free.
+PRICES = (
+    ALL_BILLABLE
+    + """DE = "0.02"
 [[free]]
 window = "entry_window"
 categories = ["*"]
 """
+)
 PRICE = {ANA: 20_000, BEN: 10_000}
 
 
