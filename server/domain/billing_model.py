@@ -98,6 +98,14 @@ class Charge(NamedTuple):
     explanation: str = ""
 
 
+class SettledCharge(NamedTuple):
+    """What `settle_charges` moved: enough to write the events and wake the streams."""
+
+    message_id: int
+    business_account_id: str
+    amount: int
+
+
 class StatusKind(IntEnum):
     """What happened to a business's message (proto `StatusEventKind`)."""
 
@@ -206,9 +214,11 @@ class BillingWrites(Protocol):
         short, write nothing and say so."""
         ...
 
-    def settle_charges(self, message_ids: list[int], state: ChargeState, at: float) -> list[Charge]:
+    def settle_charges(
+        self, message_ids: list[int], state: ChargeState, at: float
+    ) -> list[SettledCharge]:
         """Capture (CAPTURED) or release (RELEASED) the charges of these messages that are
-        still RESERVED (B2); the ones moved, each with its ledger entry."""
+        still RESERVED (B2), with their ledger entries; the ones moved, by message id."""
         ...
 
     def count_usage(

@@ -39,6 +39,7 @@ from server.domain.billing import PriceBook, month_key, windows_at
 from server.domain.billing_model import (
     Charge,
     ChargeState,
+    SettledCharge,
     StatusEventRow,
     StatusKind,
 )
@@ -132,7 +133,7 @@ class MeteringRule:
         now = draft.message.server_ts
         country = job.memo("country", user, lambda: validation.country_of(recipient.phone_number))
         windows = job.memo("billing-windows", user, lambda: windows_at(tx, business, user, now))
-        month = month_key(now)
+        month = job.memo("month", "", lambda: month_key(now))  # a job's drafts share `now`
         # [of the category, of it to this country] this month: read once, then counted here
         # as the job admits messages that are not stored yet.
         counts: list[int] = job.memo(
@@ -142,7 +143,20 @@ class MeteringRule:
         )
         totals: list[int] = job.memo("month-total", f"{int(category)}/{month}", lambda: [counts[0]])
         version = self._book.in_force(now)
-        price = quote(version.table, SendFacts(category, country, windows, totals[0], counts[1]))
+        table = version.table
+        if (
+            totals[0] >= table.allowances.get(category, 0)
+            and (category, country) not in table.tiers
+        ):
+            # Past the allowance and without tiers, the count no longer matters: the price is
+            # the same for every message of the job to this recipient and category.
+            price = job.memo(
+                "price",
+                f"{version.version}/{int(category)}/{user}",
+                lambda: quote(table, SendFacts(category, country, windows, totals[0], counts[1])),
+            )
+        else:
+            price = quote(table, SendFacts(category, country, windows, totals[0], counts[1]))
         available: list[int] = job.memo(
             "available", "", lambda: [tx.get_balance(business).available]
         )
@@ -166,7 +180,7 @@ class MeteringRule:
 
 
 def _events(
-    settled: Sequence[Charge], kind: StatusKind, at: float, reason: str
+    settled: Sequence[SettledCharge], kind: StatusKind, at: float, reason: str
 ) -> list[StatusEventRow]:
     # A DELIVERED event's ledger entry is read from the ledger (billing_model StatusEventRow).
     return [

@@ -19,6 +19,7 @@ from server.domain.billing_model import (
     LedgerEntry,
     PriceTableRow,
     Reservation,
+    SettledCharge,
     StatusEventRow,
     StatusEventView,
     StatusKind,
@@ -248,11 +249,13 @@ class SqliteBilling:
             conn,
             f"charges ({_CHARGE_COLUMNS})",
             len(Charge._fields),
-            [c._replace(state=_RESERVED, reserve_entry=None, settle_entry=None) for c in charges],
+            charges,  # new charges: RESERVED, with no ledger entry named yet
         )
         return True
 
-    def settle_charges(self, message_ids: list[int], state: ChargeState, at: float) -> list[Charge]:
+    def settle_charges(
+        self, message_ids: list[int], state: ChargeState, at: float
+    ) -> list[SettledCharge]:
         if not message_ids:
             return []
         conn = self.connection
@@ -262,10 +265,11 @@ class SqliteBilling:
         marks = ",".join("?" * len(message_ids))
         where = f"state = {_RESERVED} AND message_id IN ({marks})"
         (found,) = conn.execute(
-            f"SELECT json_group_array(json_array({_CHARGE_COLUMNS})) FROM charges WHERE {where}",
+            "SELECT json_group_array(json_array(message_id, business_account_id, amount))"
+            f" FROM charges WHERE {where}",
             message_ids,
         ).fetchone()
-        moved = sorted((Charge(*row) for row in json.loads(found)), key=lambda c: c.message_id)
+        moved = sorted(SettledCharge._make(row) for row in json.loads(found))
         if not moved:
             return []
         changed = conn.execute(
@@ -279,7 +283,10 @@ class SqliteBilling:
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
         entries: list[tuple[object, ...]] = []
-        for business, group in _by_business(moved).items():
+        by_business: dict[str, list[SettledCharge]] = {}
+        for c in moved:
+            by_business.setdefault(c.business_account_id, []).append(c)
+        for business, group in by_business.items():
             total = sum(c.amount for c in group)
             if not total:
                 continue
@@ -301,7 +308,7 @@ class SqliteBilling:
         # B2's last line: a second CAPTURE or RELEASE of a message violates the unique key and
         # rolls the whole job back.
         insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
-        return [c._replace(state=int(state), settled_at=at) for c in moved]
+        return moved
 
     def count_usage(
         self, business_account_id: str, month: str, category: int, country: str, n: int = 1
