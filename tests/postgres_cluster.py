@@ -445,15 +445,31 @@ class PostgresCluster:
             )
         return self.url(name)
 
-    def drop_database(self, url: str) -> None:
-        """Drop a database `create_database` made, ending its open sessions (WITH (FORCE)) so
-        a pool a test left open does not keep it; each copy takes about 7 MB of disk."""
-        name = conninfo.conninfo_to_dict(url)["dbname"]
+    def drop_database(self, url: str, timeout: float = 5.0) -> None:
+        """Drop a database `create_database` made; each copy takes about 7 MB.
+
+        Its sessions are ended first (a pool a test left open must not keep the database),
+        and their end is awaited here, polling every millisecond: DROP DATABASE, like
+        `pg_terminate_backend(pid, timeout)`, sleeps 100 ms whenever it finds a backend still
+        on its way out, which a connection the test has just closed usually is. That made a
+        drop take 100 ms instead of 6 ms for about a third of the tests. WITH (FORCE) covers
+        a session that connects in between.
+        """
+        name = str(conninfo.conninfo_to_dict(url)["dbname"])
         with self._lock:
             if self._admin is None:
                 raise PostgresClusterError("the cluster is not running")
-            self._admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name)))
+            admin = self._admin
+            sessions = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            admin.execute(f"SELECT pg_terminate_backend(pid) {sessions}", [name])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                left = admin.execute(f"SELECT count(*) {sessions}", [name]).fetchone()
+                if left is None or left[0] == 0:
+                    break
+                time.sleep(0.001)
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
 
