@@ -1,7 +1,8 @@
 """Fixtures: a real Parley server on a loopback port with a real SQLite file.
 
 The server runs on its own asyncio loop in a background thread; tests talk to it through the
-generated stubs over a real gRPC channel, exactly like any other client.
+generated stubs over a real gRPC channel, exactly like any other client. Tests of the PostgreSQL
+backend get a database of their own from a throwaway cluster (`postgres_url`, at the end).
 """
 
 from __future__ import annotations
