@@ -1,7 +1,8 @@
 """Fixtures: a real Parley server on a loopback port with a real SQLite file.
 
 The server runs on its own asyncio loop in a background thread; tests talk to it through the
-generated stubs over a real gRPC channel, exactly like any other client.
+generated stubs over a real gRPC channel, exactly like any other client. Tests of the PostgreSQL
+backend get a database of their own from a throwaway cluster (`postgres_url`, at the end).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from server.app import ParleyServer, build_server
 from server.config import Settings
 from server.domain.clock import ManualClock
 from server.domain.codes import VerificationGate
+from tests.postgres_cluster import PostgresCluster, PostgresUnavailable, find_bin_dir
 
 # Set by .ci/run: a test that would be skipped (a missing Node.js, Chromium, PostgreSQL...) fails
 # instead, so CI can never pass by skipping. On a developer's machine a skip says what to install.
@@ -229,3 +231,29 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
 @pytest.fixture
 def server(make_server: ServerFactory) -> LiveServer:
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the whole session (tests/postgres_cluster.py).
+
+    Started by the first test that asks for it (about half a second), so a run without
+    PostgreSQL tests never starts one; stopped and deleted when the session ends. Without the
+    server binaries every test using it skips with the command that installs them (a failure
+    under PARLEY_REQUIRE_ALL=1).
+    """
+    try:
+        bin_dir = find_bin_dir()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    with PostgresCluster(bin_dir) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """The URL of a fresh, empty database of its own for this test, dropped after it:
+    `postgresql://parley@/parley_test_<n>?host=<socket folder>&port=5432`."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
