@@ -13,10 +13,11 @@ DEV     := $(VENV)/.dev
 PIP     := $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run demo test lint typecheck pytest protos docs bench format clean
+.PHONY: help install tools run run-cluster demo test lint typecheck pytest protos docs bench format clean
 
 help:
 	@echo "make run      start the server on localhost:50051 (ARGS='--test-number +15550001111=123456')"
+	@echo "make run-cluster  two replicas on one PostgreSQL, ports 50051-50052 (PARLEY_DATABASE or a throwaway one)"
 	@echo "make demo     a scripted conversation with the parley CLI on a temporary server"
 	@echo "make tools    add grpcurl to .venv/bin (for the README's grpcurl session)"
 	@echo "make test     lint, types, proto lint, stub drift and the whole test suite"
@@ -49,6 +50,10 @@ tools: $(TOOLS)
 
 run: $(RUNTIME)
 	$(BIN)/parley-server $(ARGS)
+
+# Two replicas on one PostgreSQL (PARLEY_DATABASE, or a throwaway local one): server/cluster.py.
+run-cluster: $(RUNTIME)
+	$(BIN)/python -m server.cluster $(ARGS)
 
 demo: $(RUNTIME)
 	$(BIN)/python -m client.demo

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import shutil
 import sys
@@ -27,6 +28,8 @@ MANY_PAIR_MESSAGES = 4_000
 LATENCY_RATE = 1000.0
 LATENCY_SECONDS = 3.0
 STORED_ENVELOPES = 1_000_000
+REPLICA_PAIRS = 8
+REPLICA_PAIR_MESSAGES = 3_000
 
 
 def main() -> int:
@@ -36,6 +39,7 @@ def main() -> int:
         ("messaging: one pair, server path", _one_pair),
         (f"messaging: {MANY_PAIRS} pairs, server path", _many_pairs),
         ("messaging: business template sends next to plain sends", _business_templates),
+        ("replicas: SQLite, one and two PostgreSQL replicas", _replicas),
         ("messaging: one pair, full path (encrypted)", _full_path),
         ("latency at 1,000 msg/s offered", _latency),
         (f"messaging with {STORED_ENVELOPES:,} envelopes stored", _stored),
@@ -103,6 +107,53 @@ def _many_pairs(results: dict[str, Any]) -> None:
         )
 
     _with_server(2 * MANY_PAIRS, run)
+
+
+def _replicas(results: dict[str, Any]) -> None:
+    """The same load (REPLICA_PAIRS pairs) on one replica on SQLite, one on PostgreSQL, and two
+    on one PostgreSQL database (pairs spread round-robin), in this run. The PostgreSQL cluster
+    is the tests' throwaway one (server/storage/postgres/local.py): memory-backed where there
+    is room, fsync off; SQLite runs at its default, fsync on every commit, on disk."""
+    from server.storage.postgres.local import PostgresCluster, find_bin_dir
+
+    figures = results.setdefault("replicas", {})
+    accounts = 2 * REPLICA_PAIRS
+
+    def measure(name: str, servers: list[mb.Server], postmaster: int = 0) -> None:
+        """Delivered msgs/s, and the cores each party used meanwhile (CPU s / wall s)."""
+        pairs = asyncio.run(mb.make_pairs(servers[0], REPLICA_PAIRS))
+        me = [os.getpid()]
+        replicas = [s.pid for s in servers]
+        db = [postmaster] if postmaster else []
+        before = [mb.cpu_seconds(me), mb.cpu_seconds(replicas), mb.cpu_seconds([], db)]
+        started = time.perf_counter()
+        figures[f"{name}_per_s"] = asyncio.run(
+            mb.delivered_per_second_across(servers, pairs, REPLICA_PAIR_MESSAGES)
+        )
+        wall = time.perf_counter() - started
+        after = [mb.cpu_seconds(me), mb.cpu_seconds(replicas), mb.cpu_seconds([], db)]
+        figures[f"{name}_cores"] = {
+            party: round((b - a) / wall, 2)
+            for party, a, b in zip(
+                ("load generator", "replicas", "PostgreSQL"), before, after, strict=True
+            )
+        }
+
+    database = mb.temp_database()
+    try:
+        with mb.server_process(database, accounts) as server:
+            measure("sqlite_one_replica", [server])
+    finally:
+        shutil.rmtree(database.parent, ignore_errors=True)
+    with PostgresCluster(find_bin_dir()) as cluster:
+        with mb.server_process(cluster.create_database(), accounts) as server:
+            measure("postgres_one_replica", [server], cluster.pid)
+        shared = cluster.create_database()
+        with (
+            mb.server_process(shared, accounts) as a,
+            mb.server_process(shared, accounts) as b,
+        ):
+            measure("postgres_two_replicas", [a, b], cluster.pid)
 
 
 def _business_templates(results: dict[str, Any]) -> None:
@@ -217,6 +268,20 @@ def report(r: dict[str, Any]) -> str:
     )
     if plain and templates:
         row("  ratio to plain sends", templates / plain, "goal >= 0.8", unit="")
+    rep = r.get("replicas", {})
+    lines.append(f"-- replicas: delivered msgs/s, {REPLICA_PAIRS} pairs, in this run")
+    row("1 replica, SQLite", rep.get("sqlite_one_replica_per_s"), "the embedded default")
+    one_pg = rep.get("postgres_one_replica_per_s")
+    two_pg = rep.get("postgres_two_replicas_per_s")
+    row("1 replica, PostgreSQL", one_pg, "")
+    row("2 replicas, one PostgreSQL", two_pg, "pairs spread round-robin")
+    if one_pg and two_pg:
+        row("  ratio of 2 replicas to 1", two_pg / one_pg, "goal >= 1.5", unit="")
+    for name in ("sqlite_one_replica", "postgres_one_replica", "postgres_two_replicas"):
+        cores = rep.get(f"{name}_cores")
+        if cores:
+            used = ", ".join(f"{party} {n:.2f}" for party, n in cores.items())
+            lines.append(f"  cores used, {name.replace('_', ' ')}: {used}")
     row("one pair, full path (real encryption)", m.get("full_path_delivered_per_s"), "")
     stored = m.get("one_pair_delivered_per_s_1m_stored")
     row(f"one pair with {STORED_ENVELOPES:,} stored", stored, "")

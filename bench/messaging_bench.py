@@ -58,7 +58,8 @@ def test_number(i: int) -> str:
 @dataclass
 class Server:
     port: int
-    database: Path
+    database: Path | str  # a SQLite file or a postgresql:// URL
+    pid: int = 0
 
     @property
     def target(self) -> str:
@@ -66,7 +67,7 @@ class Server:
 
 
 @contextmanager
-def server_process(database: Path, accounts: int, *extra: str) -> Iterator[Server]:
+def server_process(database: Path | str, accounts: int, *extra: str) -> Iterator[Server]:
     """A real `parley-server` process on loopback with `accounts` test numbers."""
     numbers = ",".join(f"{test_number(i)}={TEST_CODE}" for i in range(accounts))
     with tools.server_process(
@@ -82,8 +83,8 @@ def server_process(database: Path, accounts: int, *extra: str) -> Iterator[Serve
         "100000/60s",
         *extra,
         env={"PARLEY_TEST_NUMBERS": numbers},
-    ) as (_, port):
-        yield Server(port, database)
+    ) as (proc, port):
+        yield Server(port, database, proc.pid)
 
 
 @dataclass
@@ -212,6 +213,53 @@ async def delivered_per_second(
         )
         await asyncio.gather(*receivers)
         return len(pairs) * per_pair / (time.perf_counter() - started)
+
+
+async def delivered_per_second_across(
+    servers: Sequence[Server], pairs: Sequence[Pair], per_pair: int
+) -> float:
+    """`delivered_per_second` with the pairs spread over several replicas of one database,
+    round-robin: pair i sends and receives through replica i mod n, as a load balancer that
+    balances connections would place them."""
+    channels = [aio.insecure_channel(s.target) for s in servers]
+    try:
+        work = [batches(p.receiver, per_pair) for p in pairs]
+        readies = [asyncio.Event() for _ in pairs]
+        on = [channels[i % len(channels)] for i in range(len(pairs))]
+        receivers = [
+            asyncio.ensure_future(_receiver(ch, p.receiver, per_pair, r))
+            for ch, p, r in zip(on, pairs, readies, strict=True)
+        ]
+        await asyncio.gather(*(r.wait() for r in readies))
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(_sender(ch, p.sender, w) for ch, p, w in zip(on, pairs, work, strict=True))
+        )
+        await asyncio.gather(*receivers)
+        return len(pairs) * per_pair / (time.perf_counter() - started)
+    finally:
+        for ch in channels:
+            await ch.close(None)
+
+
+def cpu_seconds(pids: Sequence[int], children_of: Sequence[int] = ()) -> float:
+    """CPU time (user + system) so far of `pids` and of the children of `children_of` (the
+    backends of a PostgreSQL postmaster), from /proc: where the time of a run went."""
+    tick = os.sysconf("SC_CLK_TCK")
+    wanted = set(pids)
+    parents = set(children_of)
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid in wanted or pid in parents or ppid in parents:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _receive_latencies(

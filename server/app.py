@@ -8,6 +8,7 @@ import errno
 import logging
 import signal
 import socket
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ from server.domain.metering import MeteringRule
 from server.domain.operator import OperatorGate
 from server.domain.pricing import PriceTable, PriceTableError, parse_toml
 from server.domain.profiles import BusinessProfiles
+from server.domain.replicas_model import STATUS_EVENTS, SUPPORT_QUEUE
 from server.domain.sending import BusinessRule, SendingDesk
+from server.domain.signals import Dispatcher
 from server.domain.status_events import StatusEventFeed, StatusEventStreams
 from server.domain.support import SupportDesk
 from server.domain.templates import TemplateCatalog
@@ -62,7 +65,7 @@ from server.rpc.interceptors import ParleyInterceptor
 from server.rpc.key_servicer import KeyServicer
 from server.rpc.messaging_servicer import MessagingServicer
 from server.rpc.reflection import enable_reflection
-from server.storage.database import Database
+from server.storage.backend import Backend, is_postgres_url, open_backend
 
 log = logging.getLogger("parley.server")
 
@@ -82,6 +85,8 @@ SERVICE_NAMES = (
 
 # Seconds `stop` waits for the tasks of calls cancelled at the end of the grace period.
 CANCELLED_CALLS_WAIT = 2.0
+# Seconds between checks that a shared database (PostgreSQL) answers, for the health service.
+PROBE_INTERVAL = 2.0
 
 
 class StartupError(Exception):
@@ -172,7 +177,7 @@ class ParleyServer:
 
     grpc_server: aio.Server
     port: int
-    db: Database
+    db: Backend
     health: Any  # AsyncHealthServicer
     settings: Settings
     mailbox: Mailbox
@@ -183,6 +188,8 @@ class ParleyServer:
     status_feed: StatusEventFeed = field(default_factory=StatusEventFeed)
     # The HTTP listener's bound port, once started (None: no HTTP).
     http_port: int | None = None
+    # Where other replicas' signals go (server.domain.signals), when replicas share the db.
+    signals: Dispatcher | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -201,6 +208,13 @@ class ParleyServer:
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is asking
             loop.call_soon_threadsafe(publish)
+
+    async def _probe_database(self) -> None:
+        """While no write happens, health still follows the database: a replica whose
+        PostgreSQL is unreachable reports NOT_SERVING within a probe interval."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            await self.db.probe()
 
     async def _publish_health(self) -> None:
         """Set every name to the state writes are in *now*: updates that overlap (a failure,
@@ -240,6 +254,9 @@ class ParleyServer:
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
         )
+        if self.db.shared and self.signals is not None:
+            self._background.append(asyncio.create_task(self.db.listen(self.signals)))
+            self._background.append(asyncio.create_task(self._probe_database()))
         await self._publish_health()
         log.info(
             "listening on %s:%d",
@@ -266,6 +283,24 @@ class ParleyServer:
         log.info("stopped")
 
 
+def _in_background(refresh: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """`refresh()` as a task of the running loop, kept until it ends; a failure is logged (the
+    next signal, or the next start, reads again)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def done(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("re-reading after a replica signal failed: %s", task.exception())
+
+    def start() -> None:
+        task = asyncio.get_running_loop().create_task(refresh())
+        tasks.add(task)
+        task.add_done_callback(done)
+
+    return start
+
+
 async def build_server(
     settings: Settings,
     *,
@@ -276,7 +311,14 @@ async def build_server(
     clock = clock or SystemClock()
     _check_port(settings.host, settings.port)
     prices = _price_table(settings)
-    db = Database(
+    if is_postgres_url(settings.database) and (
+        settings.max_database_mb or settings.sqlite_synchronous != "FULL"
+    ):
+        log.warning(
+            "--max-database-mb and --sqlite-synchronous are SQLite's; on PostgreSQL they do "
+            "nothing (durability is PostgreSQL's synchronous_commit)"
+        )
+    db = open_backend(
         settings.database,
         synchronous=settings.sqlite_synchronous,
         max_bytes=settings.max_database_mb * 1024 * 1024,
@@ -290,7 +332,7 @@ async def build_server(
 
 async def _assemble(
     settings: Settings,
-    db: Database,
+    db: Backend,
     clock: Clock,
     code_sender: CodeSender | None,
     verification_gate: VerificationGate | None,
@@ -304,6 +346,7 @@ async def _assemble(
         code_sender or LogCodeSender(),
         settings.account_policy(),
         verification_gate,
+        shared_limits=db.shared,
     )
     server = aio.server(
         interceptors=[
@@ -323,14 +366,14 @@ async def _assemble(
     )
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(registry), server)
     key_pb2_grpc.add_KeyServiceServicer_to_server(
-        KeyServicer(KeyDirectory(db, clock, settings.key_policy())), server
+        KeyServicer(KeyDirectory(db, clock, settings.key_policy(), shared_limits=db.shared)), server
     )
     # Billing's price book and status event feed come first: the send path prices messages
     # and wakes the status event streams.
     book = PriceBook(db, clock)
     await book.start(*prices)
     status_feed = StatusEventFeed()
-    ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()))
+    ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()), node=db.node)
     sending_policy = settings.sending_policy()
     mailbox = Mailbox(
         db,
@@ -340,10 +383,11 @@ async def _assemble(
         (
             *RULES,
             ChatLinkRule(),
-            BusinessRule(sending_policy, clock),
+            BusinessRule(sending_policy, clock, shared=db if db.shared else None),
             MeteringRule(book, enabled=settings.billing),
         ),
         wake=status_feed.wake,
+        shared=db.shared,
     )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
@@ -414,6 +458,13 @@ async def _assemble(
     return ParleyServer(
         server, port, db, health_servicer, settings, mailbox, support, links, landing,
         status_feed=status_feed,
+        signals=Dispatcher(
+            db.node,
+            mailbox.fanout,
+            authenticator,
+            {STATUS_EVENTS: status_feed, SUPPORT_QUEUE: support.notifier},
+            _in_background(book.refresh),
+        ),
     )  # fmt: skip
 
 

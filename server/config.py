@@ -18,6 +18,7 @@ from server.domain.keys import KeyPolicy
 from server.domain.messaging_policy import MessagingPolicy
 from server.domain.ratelimit import Rate
 from server.domain.sending import SendingPolicy, parse_tiers
+from server.storage.backend import parse_database
 
 
 def _test_numbers(text: str) -> dict[str, str]:
@@ -69,7 +70,8 @@ def _log_level(text: str) -> str:
 class Settings:
     host: str = "localhost"
     port: int = 50051
-    database: Path = Path("parley.db")
+    # A SQLite file (Path) or a PostgreSQL URL (str): server.storage.backend.
+    database: Path | str = Path("parley.db")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     test_numbers: Mapping[str, str] = field(default_factory=dict)
@@ -180,7 +182,11 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("host", str, "interface to listen on (0.0.0.0 for all)"),
     Option("port", int, "TCP port; 0 picks a free one (the log says which)"),
-    Option("database", Path, "SQLite file, created and migrated on start"),
+    Option(
+        "database",
+        parse_database,
+        "SQLite file (created) or postgresql://user@host/db URL; migrated on start",
+    ),
     Option("tls_cert", Path, "PEM certificate chain; with --tls-key serves TLS"),
     Option("tls_key", Path, "PEM private key for --tls-cert"),
     Option(

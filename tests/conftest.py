@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,7 +24,8 @@ from server.app import ParleyServer, build_server
 from server.config import Settings
 from server.domain.clock import ManualClock
 from server.domain.codes import VerificationGate
-from tests.postgres_cluster import PostgresCluster, PostgresUnavailable, find_bin_dir
+from server.storage.postgres.local import PostgresCluster, PostgresUnavailable, find_bin_dir
+from server.storage.sql import StorageTransaction
 
 # Set by .ci/run: a test that would be skipped (a missing Node.js, Chromium, PostgreSQL...) fails
 # instead, so CI can never pass by skipping. On a developer's machine a skip says what to install.
@@ -150,6 +151,43 @@ class LiveServer:
     def accounts(self) -> account_pb2_grpc.AccountServiceStub:
         return account_pb2_grpc.AccountServiceStub(self.channel())
 
+    @property
+    def on_sqlite(self) -> bool:
+        return isinstance(self.settings.database, Path)
+
+    def sql(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on the server's database, whichever the backend (`?`
+        placeholders, SQL both accept), in a write transaction of its own; its rows."""
+
+        def job(tx: StorageTransaction) -> list[tuple[Any, ...]]:
+            cursor = tx.connection.execute(query, params)
+            if getattr(cursor, "description", None) is None:
+                return []
+            return [tuple(r) for r in cursor.fetchall()]
+
+        return self.run(lambda s: s.db.write(job))
+
+    def table_names(self) -> list[str]:
+        if self.on_sqlite:
+            query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            query += " AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        else:
+            query = "SELECT table_name FROM information_schema.tables"
+            query += " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'"
+            query += " ORDER BY table_name"
+        return [str(r[0]) for r in self.sql(query)]
+
+    def all_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table: for tests of what the server keeps (and does not)."""
+        return {t: self.sql(f"SELECT * FROM {t}") for t in self.table_names()}
+
+    @property
+    def sqlite_file(self) -> Path:
+        """The server's SQLite file, for the tests that read it directly."""
+        database = self.settings.database
+        assert isinstance(database, Path), f"this server runs on {database}, not a SQLite file"
+        return database
+
 
 async def _awaited(make: Callable[[ParleyServer], Awaitable[T]], server: ParleyServer) -> T:
     return await make(server)
@@ -200,18 +238,58 @@ def link(server: LiveServer, primary: Device, device_name: str = "laptop") -> De
 
 ServerFactory = Callable[..., LiveServer]
 
+# Every test of a live server runs on each storage backend (the `backend` parameter), except
+# those marked `sqlite_only`: they read the SQLite file itself, or its single-writer machinery.
+# PARLEY_TEST_BACKENDS=sqlite narrows a local run to one backend; CI runs both.
+BACKENDS = tuple(os.environ.get("PARLEY_TEST_BACKENDS", "sqlite,postgres").split(","))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: runs on the SQLite backend only (reads the file, or its writer)"
+    )
+    config.addinivalue_line(
+        "markers", "postgres_only: runs on PostgreSQL only (several replicas on one database)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker
+        if marked("sqlite_only"):
+            backends = ["sqlite"]
+        elif marked("postgres_only"):
+            backends = ["postgres"]
+        else:
+            backends = list(BACKENDS)
+        metafunc.parametrize("backend", backends)
+
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+def make_server(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
+    databases: list[str] = []
+
+    def database() -> Path | str:
+        """A new database: a file in the test's folder, or a database of the test cluster."""
+        if backend == "sqlite":
+            return tmp_path / f"parley-{len(servers)}.db"
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        databases.append(cluster.create_database())
+        return databases[-1]
 
     def factory(
-        *, verification_gate: VerificationGate | None = None, **overrides: Any
+        *,
+        verification_gate: VerificationGate | None = None,
+        clock: ManualClock | None = None,
+        **overrides: Any,
     ) -> LiveServer:
         settings = Settings(
             host="localhost",
             port=0,
-            database=tmp_path / f"parley-{len(servers)}.db",
+            database=overrides.pop("database", None) or database(),
             test_numbers={TEST_NUMBER: TEST_CODE},
             shutdown_grace=1.0,
             # The features' own tests run without metering (a deployment may turn it off);
@@ -219,13 +297,17 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
             billing=False,
         )
         settings = replace(settings, **overrides)
-        srv = LiveServer(settings, ManualClock(), RecordingCodeSender(), verification_gate)
+        srv = LiveServer(settings, clock or ManualClock(), RecordingCodeSender(), verification_gate)
         servers.append(srv)
         return srv
 
     yield factory
     for srv in servers:
         srv.stop()
+    if databases:
+        cluster = request.getfixturevalue("postgres_cluster")
+        for url in databases:
+            cluster.drop_database(url)
 
 
 @pytest.fixture
@@ -235,7 +317,7 @@ def server(make_server: ServerFactory) -> LiveServer:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    """A throwaway PostgreSQL cluster for the whole session (tests/postgres_cluster.py).
+    """A throwaway PostgreSQL cluster for the whole session (server/storage/postgres/local.py).
 
     Started by the first test that asks for it (about half a second), so a run without
     PostgreSQL tests never starts one; stopped and deleted when the session ends. Without the

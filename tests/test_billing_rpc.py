@@ -43,6 +43,7 @@ from server.domain.pricing import FreeReason
 from server.domain.usage_model import UsageGroup
 from server.storage.database import connect
 from server.storage.migrations import migrate
+from server.storage.sql import StorageTransaction
 from server.storage.transaction import SqliteTransaction
 from tests.conftest import Device, LiveServer, ServerFactory, link, register
 from tests.tools import REPO
@@ -502,8 +503,7 @@ def test_usage_report_groups_counts_and_reconciles_with_the_ledger(
     assert [r.key for r in third.rows] == ["2027-01-03"] and third.reconciled
 
     # Damaged books are reported, not hidden: a charge that says more than the ledger took.
-    def damage(tx: Transaction) -> None:
-        assert isinstance(tx, SqliteTransaction)
+    def damage(tx: StorageTransaction) -> None:
         tx.connection.execute("UPDATE charges SET amount = amount + 1 WHERE message_id = 5")
 
     write(billing_server, damage)

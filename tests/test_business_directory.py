@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from parley.v1 import account_pb2 as apb
 from parley.v1 import admin_pb2 as adm
@@ -459,21 +460,18 @@ def test_approved_template_is_frozen_in_storage(w: World) -> None:
     or to review a reviewed one again."""
     template = w.create()
     w.review_template(template.template_id, APPROVE)
-    db = sqlite3.connect(w.server.settings.database)
-    try:
-        for change in (
-            "category = 1",
-            "body = 'Buy now'",
-            "name = 'other'",
-            "status = 3",
+    for change in (
+        "category = 1",
+        "body = 'Buy now'",
+        "name = 'other'",
+        "status = 3",
+    ):
+        with pytest.raises(
+            (sqlite3.IntegrityError, psycopg.IntegrityError), match=r"approved template|keeps its"
         ):
-            with pytest.raises(sqlite3.IntegrityError, match=r"approved template|keeps its"):
-                db.execute(
-                    f"UPDATE templates SET {change} WHERE template_id = ?",
-                    (template.template_id,),
-                )
-    finally:
-        db.close()
+            w.server.sql(
+                f"UPDATE templates SET {change} WHERE template_id = ?", (template.template_id,)
+            )
     assert w.get(w.person, template_id=template.template_id).category == (
         mpb.MESSAGE_CATEGORY_UTILITY
     )

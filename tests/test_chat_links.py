@@ -10,7 +10,6 @@ link wrote no row naming the user and that no row ties the user to the link.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,20 +47,17 @@ def links_server(make_server: ServerFactory) -> LiveServer:
     return make_server(test_numbers=CODES, admin_token=TOKEN)
 
 
-def rows_naming(database: Path, needle: str) -> dict[str, list[tuple[object, ...]]]:
+def rows_naming(server: LiveServer, needle: str) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table that holds `needle` in any column (text, or bytes)."""
     raw = needle.encode()
     found: dict[str, list[tuple[object, ...]]] = {}
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                if any(
-                    (isinstance(v, str) and needle in v) or (isinstance(v, bytes) and raw in v)
-                    for v in row
-                ):
-                    found.setdefault(table, []).append(tuple(row))
-    db.close()
+    for table, rows in server.all_rows().items():
+        for row in rows:
+            if any(
+                (isinstance(v, str) and needle in v) or (isinstance(v, bytes) and raw in v)
+                for v in row
+            ):
+                found.setdefault(table, []).append(row)
     return found
 
 
@@ -81,7 +77,7 @@ def test_link_starts_a_chat_with_an_entry_window_and_no_table_knows_who_opened_i
 
 
 async def _link_story(server: LiveServer, tmp_path: Path) -> None:
-    db = server.settings.database
+    db = server
     shop = await verified_shop(server, tmp_path)
     user = await registered(server, tmp_path / "user", USER)
 
@@ -166,7 +162,7 @@ async def _person_links(server: LiveServer, tmp_path: Path) -> None:
         await user.start_chat(opened)
         (counted,) = await friend.chat_links()
         assert (counted.opens, counted.chats_started) == (1, 1)
-        assert "entry_windows" not in rows_naming(server.settings.database, friend.account_id)
+        assert "entry_windows" not in rows_naming(server, friend.account_id)
 
         # Number links: on by default for a business, off for a person until they allow it.
         assert (await shop.chat_link_settings()).number_links

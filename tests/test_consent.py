@@ -561,6 +561,7 @@ def test_domain_enums_match_the_protos() -> None:
     }
 
 
+@pytest.mark.sqlite_only  # traces the SQLite writer's statements
 @pytest.mark.parametrize("blocked", [False, True])
 def test_the_block_is_looked_up_once_per_recipient_and_job(
     server: LiveServer, blocked: bool
@@ -573,6 +574,7 @@ def test_the_block_is_looked_up_once_per_recipient_and_job(
     live = server._server
     assert live is not None
     statements: list[str] = []
+    assert isinstance(live.db, Database)
     writer = live.db._writer_conn
     writer.set_trace_callback(statements.append)
     try:

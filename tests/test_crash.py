@@ -125,6 +125,64 @@ class Receiver:
             call.cancel()
 
 
+async def send_all(
+    messaging: messaging_pb2_grpc.MessagingServiceAsyncStub,
+    metadata: tuple[tuple[str, str]],
+    to: str,
+    registration_id: int,
+    request_ids: list[str],
+    acked: set[int],
+    kill: subprocess.Popen[bytes],
+    kill_after: int,
+) -> None:
+    """Send message i with request_ids[i] for every i, BATCH per call from IN_FLIGHT workers;
+    record in `acked` the ones whose call was answered, and SIGKILL `kill` once `kill_after` are.
+    A worker stops at its first failed call (the server died under it: not acknowledged)."""
+    queue = list(range(0, len(request_ids), BATCH))
+
+    async def sender() -> None:
+        while queue:
+            first = queue.pop(0)
+            batch = [
+                request(i, request_ids[i], to, registration_id)
+                for i in range(first, min(first + BATCH, len(request_ids)))
+            ]
+            try:
+                reply = await messaging.SendMessages(
+                    mpb.SendMessagesRequest(requests=batch), metadata=metadata
+                )
+            except aio.AioRpcError:
+                return
+            assert all(r.code == 0 for r in reply.results)
+            acked.update(range(first, first + len(batch)))
+            if len(acked) >= kill_after and kill.poll() is None:
+                kill.send_signal(signal.SIGKILL)
+
+    await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+
+
+async def resend_missing(
+    messaging: messaging_pb2_grpc.MessagingServiceAsyncStub,
+    metadata: tuple[tuple[str, str]],
+    to: str,
+    registration_id: int,
+    request_ids: list[str],
+    acked: set[int],
+) -> None:
+    """Retry every send that was not acknowledged, with its request id: the server stores what
+    it never committed and answers the rest with their first result."""
+    missing = [i for i in range(len(request_ids)) if i not in acked]
+    for first in range(0, len(missing), 500):
+        chunk = missing[first : first + 500]
+        reply = await messaging.SendMessages(
+            mpb.SendMessagesRequest(
+                requests=[request(i, request_ids[i], to, registration_id) for i in chunk]
+            ),
+            metadata=metadata,
+        )
+        assert all(r.code == 0 for r in reply.results), reply.results[0].message
+
+
 def test_sigkill_with_messages_in_flight(tmp_path: Path) -> None:
     database = tmp_path / "crash.db"
     port = free_port()
@@ -141,27 +199,9 @@ def test_sigkill_with_messages_in_flight(tmp_path: Path) -> None:
             bob, bob_md, bob_reg = await register(channel, "+15550000002")
             messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
             receiving = asyncio.ensure_future(receiver.drain(channel, bob_md, stop=asyncio.Event()))
-            queue = list(range(0, MESSAGES, BATCH))
-
-            async def sender() -> None:
-                while queue:
-                    first = queue.pop(0)
-                    batch = [
-                        request(i, request_ids[i], bob, bob_reg)
-                        for i in range(first, first + BATCH)
-                    ]
-                    try:
-                        reply = await messaging.SendMessages(
-                            mpb.SendMessagesRequest(requests=batch), metadata=alice_md
-                        )
-                    except aio.AioRpcError:
-                        return  # the server died under us: this batch was never acknowledged
-                    assert all(r.code == 0 for r in reply.results)
-                    acked.update(range(first, first + BATCH))
-                    if len(acked) >= KILL_AFTER_ACKED and proc.poll() is None:
-                        proc.send_signal(signal.SIGKILL)
-
-            await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+            await send_all(
+                messaging, alice_md, bob, bob_reg, request_ids, acked, proc, KILL_AFTER_ACKED
+            )
             await receiving
             return bob, bob_md, bob_reg, alice_md
 
@@ -179,16 +219,7 @@ def test_sigkill_with_messages_in_flight(tmp_path: Path) -> None:
             # Retrying what was not acknowledged, with the same request ids, completes the set
             # without duplicating what had been committed before the crash.
             messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-            missing = [i for i in range(MESSAGES) if i not in acked]
-            for first in range(0, len(missing), 500):
-                chunk = missing[first : first + 500]
-                reply = await messaging.SendMessages(
-                    mpb.SendMessagesRequest(
-                        requests=[request(i, request_ids[i], bob, bob_reg) for i in chunk]
-                    ),
-                    metadata=alice_md,
-                )
-                assert all(r.code == 0 for r in reply.results), reply.results[0].message
+            await resend_missing(messaging, alice_md, bob, bob_reg, request_ids, acked)
             await receiver.drain(channel, bob_md)
             delivered = sorted(receiver.by_envelope.values())
             assert len(delivered) == MESSAGES

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import psycopg
 import pytest
 from parley.v1 import account_pb2 as apb
 
@@ -33,9 +34,13 @@ from server.domain.model import (
     SignedKey,
 )
 from server.storage.database import Database
+from server.storage.postgres.connection import PgConnection, configure
+from server.storage.postgres.transaction import PostgresTransaction
 from server.storage.transaction import SqliteTransaction
 from tests.conftest import LiveServer, ServerFactory, link, register
 from tests.keys_helper import DeviceKeyMaker
+
+AnyTransaction = SqliteTransaction | PostgresTransaction
 
 T = TypeVar("T")
 ALICE = "+14155550123"
@@ -43,9 +48,20 @@ RACED = "+14155550177"
 
 
 @contextmanager
-def transaction(server: LiveServer, *, commit: bool = False) -> Iterator[SqliteTransaction]:
-    """A write transaction on the server's database file, beside the server's own writer."""
-    conn = sqlite3.connect(server.settings.database, isolation_level=None, timeout=10)
+def transaction(server: LiveServer, *, commit: bool = False) -> Iterator[AnyTransaction]:
+    """A write transaction on the server's database, beside the server's own writers."""
+    if not server.on_sqlite:
+        with psycopg.connect(str(server.settings.database), autocommit=True) as raw:
+            configure(raw)
+            raw.execute("BEGIN")
+            try:
+                yield PostgresTransaction(PgConnection(raw))
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT" if commit else "ROLLBACK")
+        return
+    conn = sqlite3.connect(server.sqlite_file, isolation_level=None, timeout=10)
     try:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("BEGIN IMMEDIATE")
@@ -59,10 +75,11 @@ def transaction(server: LiveServer, *, commit: bool = False) -> Iterator[SqliteT
         conn.close()
 
 
-def device_count(tx: SqliteTransaction, account_id: str) -> int:
+def device_count(tx: AnyTransaction, account_id: str) -> int:
     row = tx.connection.execute(
         "SELECT device_count FROM accounts WHERE account_id = ?", (account_id,)
     ).fetchone()
+    assert row is not None
     return int(row[0])
 
 
@@ -314,12 +331,14 @@ class LostTheRace(SqliteTransaction):
         return seen
 
 
+@pytest.mark.sqlite_only  # the racing writer is a subclass of the SQLite transaction
 def test_registration_that_loses_the_race_reregisters(server: LiveServer) -> None:
     """Guarantee 13: the loser's insert is ON CONFLICT DO NOTHING, it re-reads, and takes the
     re-registration path: the winner's account id, its devices replaced, never INTERNAL."""
     register(server, ALICE)  # the server is running with other data
     winner = AccountRow("7c9e6679-7425-40de-944b-e07fc1f90ae7", RACED, AccountKind.PERSON, 0.0)
     with transaction(server, commit=True) as plain:
+        assert isinstance(plain, SqliteTransaction)
         tx = LostTheRace(plain.connection, winner)
         creds = register_number(tx, RACED, AccountKind.PERSON, "loser", "loser-token", 1.0, 6)
     assert tx.raced
@@ -333,10 +352,12 @@ def test_registration_that_loses_the_race_reregisters(server: LiveServer) -> Non
     assert [d.name for d in devices] == ["loser"]
 
 
+@pytest.mark.sqlite_only  # the racing writer is a subclass of the SQLite transaction
 def test_racing_registration_with_another_kind_is_refused_cleanly(server: LiveServer) -> None:
     """The loser that asked for another kind than the winner's gets the usual refusal."""
     winner = AccountRow("7c9e6679-7425-40de-944b-e07fc1f90ae8", RACED, AccountKind.BUSINESS, 0.0)
     with transaction(server) as plain:
+        assert isinstance(plain, SqliteTransaction)
         tx = LostTheRace(plain.connection, winner)
         with pytest.raises(FailedPrecondition, match="registered as a business account"):
             register_number(tx, RACED, AccountKind.PERSON, "loser", "t", 1.0, 6)

@@ -176,17 +176,21 @@ def test_bundle_hands_out_each_one_time_key_once(server: LiveServer) -> None:
     assert count.pre_key_count == 0 and count.kyber_pre_key_count == 0 and count.replenish
 
 
-def test_concurrent_fetches_never_share_a_key(server: LiveServer) -> None:
-    bob = register(server, BOB)
-    fetchers = [register(server, f"+1415555{i:04d}") for i in range(5)]
-    keys(server).UploadPreKeys(
-        DeviceKeyMaker().first_upload(pre_keys=10, kyber=10), metadata=bob.metadata
-    )
-    request = kpb.GetPreKeyBundlesRequest(account_id=bob.account_id)
-    stubs = [keys(server) for _ in range(5)]
+def fetch_concurrently(
+    stubs: list[key_pb2_grpc.KeyServiceStub],
+    fetchers: list[Device],
+    account_id: str,
+    calls: int,
+    threads: int,
+) -> list[tuple[int | None, int, bool]]:
+    """`calls` GetPreKeyBundles for the account's first device at once, call i through stub
+    and fetcher i mod n: (one-time EC key id or None, Kyber key id, is it the last resort)."""
+    request = kpb.GetPreKeyBundlesRequest(account_id=account_id)
 
     def fetch(i: int) -> tuple[int | None, int, bool]:
-        reply = stubs[i % 5].GetPreKeyBundles(request, metadata=fetchers[i % 5].metadata)
+        reply = stubs[i % len(stubs)].GetPreKeyBundles(
+            request, metadata=fetchers[i % len(fetchers)].metadata
+        )
         b = reply.bundles[0]
         return (
             b.pre_key.key_id if b.HasField("pre_key") else None,
@@ -194,13 +198,30 @@ def test_concurrent_fetches_never_share_a_key(server: LiveServer) -> None:
             b.kyber_pre_key_is_last_resort,
         )
 
-    with ThreadPoolExecutor(50) as pool:
-        results = list(pool.map(fetch, range(50)))
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fetch, range(calls)))
+
+
+def assert_handed_out_once(results: list[tuple[int | None, int, bool]], one_time: int) -> None:
+    """Each of the `one_time` EC and Kyber one-time keys went to exactly one fetch; the other
+    fetches got no EC key and the last-resort Kyber key."""
     ec = [r[0] for r in results if r[0] is not None]
     kyber = [r[1] for r in results if not r[2]]
-    assert len(ec) == 10 and len(set(ec)) == 10
-    assert len(kyber) == 10 and len(set(kyber)) == 10
-    assert sum(1 for r in results if r[2]) == 40
+    assert len(ec) == one_time and len(set(ec)) == one_time
+    assert len(kyber) == one_time and len(set(kyber)) == one_time
+    assert sum(1 for r in results if r[2]) == len(results) - one_time
+
+
+def test_concurrent_fetches_never_share_a_key(server: LiveServer) -> None:
+    bob = register(server, BOB)
+    fetchers = [register(server, f"+1415555{i:04d}") for i in range(5)]
+    keys(server).UploadPreKeys(
+        DeviceKeyMaker().first_upload(pre_keys=10, kyber=10), metadata=bob.metadata
+    )
+    results = fetch_concurrently(
+        [keys(server) for _ in range(5)], fetchers, bob.account_id, calls=50, threads=50
+    )
+    assert_handed_out_once(results, one_time=10)
 
 
 def test_all_devices_and_removed_devices(server: LiveServer) -> None:

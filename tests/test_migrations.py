@@ -144,3 +144,40 @@ def test_failed_write_job_rolls_back_alone(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "d.db")
     ids = [r[0] for r in conn.execute("SELECT verification_id FROM verifications ORDER BY 1")]
     assert ids == ["v1", "v2"]
+
+
+def test_stream_positions_continue_above_the_rows_on_file(tmp_path: Path) -> None:
+    """Migration 12: envelopes and statuses on file keep their id as their stream position
+    (one writer made them, in id order), and each device's counter starts above them, so a
+    stream that resumes after the upgrade neither repeats nor skips a row."""
+    conn = sqlite3.connect(tmp_path / "v11.db", isolation_level=None)
+    migrations.migrate(conn, target=11)
+    conn.execute("INSERT INTO accounts (account_id, phone_number, kind, created_at) VALUES"
+                 " ('a', '+14155550100', 1, 0)")  # fmt: skip
+    for device in (1, 2):
+        conn.execute(
+            "INSERT INTO devices (account_id, device_id, name, token_hash, created_at)"
+            " VALUES ('a', ?, 'd', ?, 0)",
+            (device, bytes([device])),
+        )
+    envelope = "INSERT INTO envelopes (envelope_id, account_id, device_id, message_id,"
+    envelope += " sender_account_id, sender_device_id, server_ts, client_ts_ms, content_type,"
+    envelope += " content) VALUES (?, 'a', ?, 1, 'a', 1, 0, 0, 1, x'00')"
+    for envelope_id, device in ((100, 1), (300, 1), (200, 2)):
+        conn.execute(envelope, (envelope_id, device))
+    conn.execute(
+        "INSERT INTO delivery_statuses (status_id, account_id, device_id, message_id,"
+        " request_id, recipient_account_id, state, at) VALUES (500, 'a', 1, 1, 'r', 'a', 1, 0)"
+    )
+    assert migrations.migrate(conn, target=12) == [12]
+    assert conn.execute("SELECT envelope_id, seq FROM envelopes ORDER BY 1").fetchall() == [
+        (100, 100), (200, 200), (300, 300)
+    ]  # fmt: skip
+    assert conn.execute("SELECT seq FROM delivery_statuses").fetchall() == [(500,)]
+    counters = "SELECT account_id, device_id, last_seq, epoch FROM device_streams ORDER BY 2"
+    assert conn.execute(counters).fetchall() == [("a", 1, 500, 0), ("a", 2, 200, 0)]
+    tx = SqliteTransaction(conn)
+    row = tx.envelopes_after("a", 1, 0, 10, 1 << 20)[0]
+    new = tx.insert_envelopes([row._replace(envelope_id=400, seq=0)])
+    assert [e.seq for e in new] == [501]
+    assert [e.envelope_id for e in tx.envelopes_after("a", 1, 300, 10, 1 << 20)] == [400]

@@ -1,4 +1,4 @@
-"""The throwaway PostgreSQL cluster (tests/postgres_cluster.py) does what the PostgreSQL
+"""The throwaway PostgreSQL cluster (server/storage/postgres/local.py) does what the PostgreSQL
 backend's tests rely on: a fresh empty database per test, a real PostgreSQL 15+, a server that
 is not root and listens on no TCP port, durability off, and nothing left behind.
 
@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from tests import postgres_cluster as pgc
-from tests.postgres_cluster import PostgresCluster, PostgresClusterError, PostgresUnavailable
+from server.storage.postgres import local as pgc
+from server.storage.postgres.local import PostgresCluster, PostgresClusterError, PostgresUnavailable
 from tests.tools import REPO
 
 # Relations a test could have left behind: anything outside the system schemas.
@@ -263,8 +263,8 @@ def test_without_binaries_the_fixtures_skip_and_ci_fails(tmp_path: Path) -> None
     probe.write_text("def test_needs_postgres(postgres_url):\n    pass\n")
     (tmp_path / "conftest.py").write_text(
         "from pathlib import Path\n\n"
-        "import tests.postgres_cluster\n\n"
-        "tests.postgres_cluster.DEBIAN_ROOT = Path('/nonexistent')\n\n"
+        "import server.storage.postgres.local\n\n"
+        "server.storage.postgres.local.DEBIAN_ROOT = Path('/nonexistent')\n\n"
         "from tests.conftest import *  # noqa: E402, F403\n"
     )
 

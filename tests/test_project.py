@@ -45,7 +45,8 @@ def _top(name: str) -> str:
 # row types, so storage may import those modules of the domain and nothing else of it.
 # directory_model, consent_model, sending_model, support_model, links_model, billing_model and
 # usage_model are the business directory's, consent's, the sending rules', live support's,
-# click-to-chat's, billing's and the usage report's model and ports, each in one module.
+# click-to-chat's, billing's and the usage report's model and ports, each in one module;
+# replicas_model is the replica numbers and the wire format of the signals between replicas.
 DOMAIN_SEEN_BY_STORAGE = {
     "server.domain.model",
     "server.domain.ports",
@@ -56,6 +57,7 @@ DOMAIN_SEEN_BY_STORAGE = {
     "server.domain.links_model",
     "server.domain.billing_model",
     "server.domain.usage_model",
+    "server.domain.replicas_model",
 }
 
 

@@ -183,12 +183,11 @@ def test_the_stored_metadata_is_the_servers(server: LiveServer) -> None:
     sends(server, shop, alice, template_id=tid, category=AUTHENTICATION)
     assert sends(server, alice, shop)
     sends(server, shop, alice)
-    with sqlite3.connect(server.settings.database) as conn:
-        rows = conn.execute(
-            "SELECT category, template_name, template_id FROM envelopes"
-            " WHERE sender_account_id = ? ORDER BY envelope_id",
-            (shop.device.account_id,),
-        ).fetchall()
+    rows = server.sql(
+        "SELECT category, template_name, template_id FROM envelopes"
+        " WHERE sender_account_id = ? ORDER BY envelope_id",
+        (shop.device.account_id,),
+    )
     assert rows == [(AUTHENTICATION, "login_code", tid), (SERVICE, "", "")]
 
 

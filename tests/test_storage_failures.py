@@ -102,6 +102,7 @@ def check_writes_again(server: LiveServer, alice: Member, bob: Member, acked: in
     assert {s.state for s in delivered} == {mpb.DELIVERY_STATE_DELIVERED}
 
 
+@pytest.mark.sqlite_only  # --max-database-mb caps the SQLite file
 def test_database_cap_refuses_sends_keeps_acks_and_reports_health(
     make_server: ServerFactory,
 ) -> None:
@@ -113,6 +114,7 @@ def test_database_cap_refuses_sends_keeps_acks_and_reports_health(
     check_writes_again(server, alice, bob, acked=len(received))
 
 
+@pytest.mark.sqlite_only  # --max-database-mb caps the SQLite file
 def test_a_full_database_fails_each_send_of_a_send_stream_alone(
     make_server: ServerFactory,
 ) -> None:

@@ -181,30 +181,41 @@ class AccountRegistry:
         code_sender: CodeSender,
         policy: AccountPolicy,
         gate: VerificationGate | None = None,
+        *,
+        shared_limits: bool = False,
     ) -> None:
+        """`shared_limits`: replicas share the database, and the limits' buckets live in it."""
         self._db = db
         self._clock = clock
         self._auth = authenticator
         self._sender = code_sender
         self._gate: VerificationGate = gate or AllowAll()
         self.policy = policy
+        shared = db if shared_limits else None
         self._verify_limit = RateLimiter(
-            policy.verification_rate, clock, "verification codes for this number"
+            policy.verification_rate, clock, "verification codes for this number", shared=shared
         )
         self._verify_ip_limit = RateLimiter(
-            policy.verification_ip_rate, clock, "verification codes requested from your address"
+            policy.verification_ip_rate,
+            clock,
+            "verification codes requested from your address",
+            shared=shared,
         )
         self._verify_global_limit = RateLimiter(
             policy.verification_global_rate,
             clock,
             "verification codes sent by this server to all numbers",
+            shared=shared,
         )
         self._attempt_ip_limit = RateLimiter(
             policy.verification_attempt_ip_rate,
             clock,
             "failed verification attempts from your address",
+            shared=shared,
         )
-        self._lookup_limit = RateLimiter(policy.lookup_rate, clock, "account lookups")
+        self._lookup_limit = RateLimiter(
+            policy.lookup_rate, clock, "account lookups", shared=shared
+        )
         for number, code in policy.test_numbers.items():
             validation.phone_number(number, field="test number", allow=(number,))
             validation.digits(code, field=f"test code of {number}", length=CODE_LENGTH)
@@ -225,9 +236,9 @@ class AccountRegistry:
         phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
         fixed_code = self.policy.test_numbers.get(phone)
         if fixed_code is None:
-            self._verify_ip_limit.check(client.address)
+            await self._verify_ip_limit.take(client.address)
             await self._gate.check(phone, client)
-            take_all(((self._verify_limit, phone), (self._verify_global_limit, "")))
+            await take_all(((self._verify_limit, phone), (self._verify_global_limit, "")))
         code = fixed_code or f"{secrets.randbelow(10**CODE_LENGTH):0{CODE_LENGTH}d}"
         now = self._clock.now()
         vid = str(uuid.uuid4())
@@ -268,7 +279,7 @@ class AccountRegistry:
             raise InvalidArgument(
                 "account_kind is required: ACCOUNT_KIND_PERSON or ACCOUNT_KIND_BUSINESS"
             )
-        self._attempt_ip_limit.check(client.address)
+        await self._attempt_ip_limit.take(client.address)
         token = new_token()
         now = self._clock.now()
         policy = self.policy
@@ -311,7 +322,7 @@ class AccountRegistry:
             raise PermissionDenied(
                 f"wrong code; {outcome.attempts_left} attempt(s) left for this verification"
             )
-        self._attempt_ip_limit.refund(client.address)
+        await self._attempt_ip_limit.give_back(client.address)
         if outcome.reregistered:
             self._auth.forget_account(outcome.account_id)
         return outcome
@@ -409,7 +420,7 @@ class AccountRegistry:
         self._auth.forget_account(caller.account_id)
 
     async def lookup(self, caller: Principal, phone_number: str) -> tuple[str, AccountKind]:
-        self._lookup_limit.check(caller.account_id)
+        await self._lookup_limit.take(caller.account_id)
         phone = validation.phone_number(phone_number, allow=self.policy.test_numbers)
         row = await self._db.read(lambda tx: tx.get_account_by_phone(phone))
         if row is None:

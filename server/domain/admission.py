@@ -612,6 +612,8 @@ class Admission:
             messages: list[MessageRow] = []
             envelopes: list[EnvelopeRow] = []
             batched: dict[type[BatchedWrite], list[BatchedWrite]] = {}
+            # (outcome index, receipt, envelope count) of each draft that stores its envelopes
+            stored: list[tuple[int, SendReceipt, int]] = []
             for item in self._admit(send_job, drafts):
                 if not isinstance(item, Admitted):
                     out.append(item)
@@ -624,14 +626,21 @@ class Admission:
                     else:
                         batched.setdefault(type(write), []).append(write)  # type: ignore[arg-type]
                 m = draft.message
-                out.append((SendReceipt(m.message_id, m.server_ts, True), draft.envelopes))
+                receipt = SendReceipt(m.message_id, m.server_ts, True)
+                out.append((receipt, draft.envelopes))
+                stored.append((len(out) - 1, receipt, len(draft.envelopes)))
                 messages.append(m)
                 envelopes.extend(draft.envelopes)
             for kind, group in batched.items():
                 kind.apply_many(tx, group)
             if tx.insert_messages(messages) != len(messages):
                 raise RequestIdRace()
-            tx.insert_envelopes(envelopes)
+            # The stored rows, with their stream positions, are what the streams are handed.
+            placed = tx.insert_envelopes(envelopes)
+            first = 0
+            for i, receipt, count in stored:
+                out[i] = (receipt, placed[first : first + count])
+                first += count
             return out
 
         return job

@@ -5,9 +5,9 @@ out was committed first (or, online-only, never stored), so a replica that is no
 a send loses nothing: its device's stream reads the database on reconnect.
 
 Rules kept here:
-1. Each device receives its envelopes in id order (ids are time-ordered and increase in commit
-   order), every one until acknowledged; a stream sends an envelope at most once, a new stream
-   sends again whatever was not acknowledged.
+1. Each device receives its envelopes in stream position order (positions grow in commit
+   order, ports guarantee 15), every one until acknowledged; a stream sends an envelope at
+   most once, a new stream sends again whatever was not acknowledged.
 2. A device has one stream: a new one replaces the old, which ends ABORTED.
 3. A connected device's buffer is bounded in bytes: past it the stream forgets what it
    buffered and re-reads the database, so a stalled reader costs bounded memory, nothing is
@@ -15,6 +15,12 @@ Rules kept here:
 4. Online-only content (typing) is never stored: it reaches the devices connected right now,
    or nobody.
 5. At shutdown every open stream ends UNAVAILABLE (reconnect) and new ones are refused.
+6. With several replicas on one database (`shared`), what this server hands out is not all
+   there is: another replica's commits reach a stream here as signals
+   (`server.domain.signals`) that make it re-read the database from its position, and a
+   stream also re-reads on a slow poll, so a lost signal costs latency, never a message. A
+   stream claims an epoch when it opens; a newer epoch of the same device, opened on any
+   replica, ends it (rule 2 across replicas).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from server.domain.auth import Principal
 from server.domain.errors import Aborted, Unavailable
 from server.domain.messaging_policy import MessagingPolicy
 from server.domain.model import EnvelopeRow, StatusRow
-from server.domain.ports import ReadTransaction, Store
+from server.domain.ports import ReadTransaction, Store, Transaction
 
 # Envelopes per stream message are capped by bytes too, well under gRPC's default 4 MiB
 # receive limit, so a batch of large ciphertexts never breaks a client.
@@ -83,6 +89,7 @@ class _Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflow: bool = False
     replaced: bool = False
+    epoch: int = 0  # the stream's claim on its device, when replicas share the database
 
     def _room(self, size: int) -> bool:
         return self.size + size <= self.limit_bytes
@@ -135,9 +142,11 @@ class _Connection:
 class Fanout:
     """The open streams of this server's connected devices."""
 
-    def __init__(self, db: Store, policy: MessagingPolicy) -> None:
+    def __init__(self, db: Store, policy: MessagingPolicy, *, shared: bool = False) -> None:
         self._db = db
         self.policy = policy
+        # Other replicas write the database too (rule 6): streams claim epochs and poll.
+        self.shared = shared
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._closing = False
 
@@ -153,17 +162,32 @@ class Fanout:
             old.wake.set()
         self._connections[key] = connection  # before reading the backlog: nothing slips between
         sent = _Position()
+        loop = asyncio.get_running_loop()
         try:
+            if self.shared:
+                connection.epoch = await self._db.write(
+                    partial(_claim_stream, account_id=caller.account_id, device_id=caller.device_id)
+                )
             async for event in self._from_database(caller, sent):
                 yield sent.past(event)
             yield QueueEmpty()
+            idle_since = loop.time()  # a keep-alive after keepalive_interval without events
             while True:
+                wait = idle_since + self.policy.keepalive_interval - loop.time()
+                if self.shared:
+                    wait = min(wait, self.policy.stream_poll_interval)
                 try:
-                    await asyncio.wait_for(connection.wake.wait(), self.policy.keepalive_interval)
+                    await asyncio.wait_for(connection.wake.wait(), max(wait, 0.0))
                 except TimeoutError:
-                    yield KeepAlive()
-                    continue
-                connection.wake.clear()
+                    if loop.time() >= idle_since + self.policy.keepalive_interval:
+                        idle_since = loop.time()
+                        yield KeepAlive()
+                    if not self.shared:
+                        continue
+                    connection.overflow = True  # the slow poll: what a lost signal announced
+                else:
+                    connection.wake.clear()
+                    idle_since = loop.time()
                 if self._closing:
                     raise Unavailable(SHUTTING_DOWN)
                 if connection.replaced:
@@ -177,10 +201,10 @@ class Fanout:
                         yield sent.past(event)
                     continue
                 envelopes, statuses = connection.take_stored()
-                fresh = [r for r in envelopes if r.envelope_id > sent.envelope]
+                fresh = [r for r in envelopes if r.seq > sent.envelope]
                 for chunk in self._chunks(fresh):
                     yield sent.past(Envelopes(chunk))
-                news = [s for s in statuses if s.status_id > sent.status]
+                news = [s for s in statuses if s.seq > sent.status]
                 if news:
                     yield sent.past(Statuses(news))
         finally:
@@ -224,13 +248,13 @@ class Fanout:
                     fetch,
                     account_id=caller.account_id,
                     device_id=caller.device_id,
-                    after_id=after,
+                    after_seq=after,
                     limit=self.policy.stream_batch,
                 )
             )
             if not rows:
                 return
-            after = rows[-1][0]  # envelope_id / status_id: the first column of either row
+            after = rows[-1].seq
             yield rows
 
     def close_streams(self) -> None:
@@ -239,6 +263,28 @@ class Fanout:
         whole grace period and then cancel them."""
         self._closing = True
         for connection in self._connections.values():
+            connection.wake.set()
+
+    # -- signals from other replicas (server.domain.signals.Streams) -------------------------
+
+    def on_rows(self, account_id: str, device_id: int) -> None:
+        """Another replica committed rows for the device: its stream here re-reads them."""
+        connection = self._connections.get((account_id, device_id))
+        if connection is not None:
+            connection.fall_back()
+            connection.wake.set()
+
+    def on_stream(self, account_id: str, device_id: int, epoch: int) -> None:
+        """The device opened a stream with `epoch` on another replica: an older one here ends."""
+        connection = self._connections.get((account_id, device_id))
+        if connection is not None and connection.epoch < epoch:
+            connection.replaced = True
+            connection.wake.set()
+
+    def resync(self) -> None:
+        """Signals may have been lost (the signal connection restarted): every stream re-reads."""
+        for connection in self._connections.values():
+            connection.fall_back()
             connection.wake.set()
 
     def notify_envelopes(self, rows: list[EnvelopeRow]) -> None:
@@ -271,26 +317,30 @@ _Row = TypeVar("_Row", EnvelopeRow, StatusRow)
 
 @dataclass
 class _Position:
-    """How far a stream has sent; envelope and status ids both grow in commit order."""
+    """How far a stream has sent: the stream positions of the last envelope and status."""
 
     envelope: int = 0
     status: int = 0
 
     def past(self, event: Envelopes | Statuses) -> Envelopes | Statuses:
         if isinstance(event, Envelopes):
-            self.envelope = event.envelopes[-1].envelope_id
+            self.envelope = event.envelopes[-1].seq
         else:
-            self.status = event.statuses[-1].status_id
+            self.status = event.statuses[-1].seq
         return event
 
 
+def _claim_stream(tx: Transaction, account_id: str, device_id: int) -> int:
+    return tx.claim_stream(account_id, device_id)
+
+
 def _envelopes_after(
-    tx: ReadTransaction, account_id: str, device_id: int, after_id: int, limit: int, max_bytes: int
+    tx: ReadTransaction, account_id: str, device_id: int, after_seq: int, limit: int, max_bytes: int
 ) -> list[EnvelopeRow]:
-    return tx.envelopes_after(account_id, device_id, after_id, limit, max_bytes)
+    return tx.envelopes_after(account_id, device_id, after_seq, limit, max_bytes)
 
 
 def _statuses_after(
-    tx: ReadTransaction, account_id: str, device_id: int, after_id: int, limit: int
+    tx: ReadTransaction, account_id: str, device_id: int, after_seq: int, limit: int
 ) -> list[StatusRow]:
-    return tx.statuses_after(account_id, device_id, after_id, limit)
+    return tx.statuses_after(account_id, device_id, after_seq, limit)

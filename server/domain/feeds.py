@@ -8,8 +8,9 @@ Rules kept here, for every feed:
    stream (from the last position the client saw) misses nothing and repeats nothing.
 2. Writers wake the streams of a key (a business) through `Wakeups` after their commit. One
    flag per stream, cleared *before* each read: a commit that lands during a read sets it
-   again, so the stream reads again. A wake-up lost anyway (another replica's write) costs at
-   most one keep-alive interval, after which the stream reads again: latency, never an item.
+   again, so the stream reads again. Another replica's commits arrive as FEED signals
+   (server.domain.signals); a wake-up lost anyway costs at most one keep-alive interval,
+   after which the stream reads again: latency, never an item.
 3. `close` ends every stream with UNAVAILABLE (the server is stopping: reconnect) and refuses
    new ones.
 """
@@ -62,6 +63,12 @@ class Wakeups:
     def notify(self, key: str) -> None:
         for flag in self._waiters.get(key, ()):
             flag.set()
+
+    def notify_all(self) -> None:
+        """Every stream reads again (another replica's wake-ups may have been lost)."""
+        for flags in self._waiters.values():
+            for flag in flags:
+                flag.set()
 
     def close(self) -> None:
         """Rule 3: wake every stream so it ends, and mark new ones refused."""

@@ -159,13 +159,22 @@ def _no_duplicates(ids: list[int], *, field: str) -> None:
 
 
 class KeyDirectory:
-    def __init__(self, db: Store, clock: Clock, policy: KeyPolicy) -> None:
+    def __init__(
+        self, db: Store, clock: Clock, policy: KeyPolicy, *, shared_limits: bool = False
+    ) -> None:
+        """`shared_limits`: replicas share the database, and the limits' buckets live in it."""
         self._db = db
         self._clock = clock
         self.policy = policy
-        self._bundle_limit = RateLimiter(policy.bundle_rate, clock, "prekey bundle requests")
+        shared = db if shared_limits else None
+        self._bundle_limit = RateLimiter(
+            policy.bundle_rate, clock, "prekey bundle requests", shared=shared
+        )
         self._pair_limit = RateLimiter(
-            policy.bundle_pair_rate, clock, "prekey bundle requests for this account"
+            policy.bundle_pair_rate,
+            clock,
+            "prekey bundle requests for this account",
+            shared=shared,
         )
 
     async def upload(self, caller: Principal, upload: Upload) -> KeyStatus:
@@ -324,7 +333,7 @@ class KeyDirectory:
         if device_id < 0:
             raise InvalidArgument("device_id must be a device id, or 0 for all devices")
         # Both or neither: a refused pair does not spend the caller's budget for other targets.
-        take_all(
+        await take_all(
             (
                 (self._pair_limit, f"{caller.account_id} {target}"),
                 (self._bundle_limit, caller.account_id),

@@ -50,17 +50,22 @@ class Mailbox:
         ids: IdGenerator,
         rules: Sequence[AdmissionRule] | None = None,
         wake: Wake | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
         """`wake` tells the status event streams of businesses that they have new events
-        (metering: a business's send, a delivery, an expiry), after the commit."""
+        (metering: a business's send, a delivery, an expiry), after the commit. `shared`:
+        other replicas write the database too (fanout rule 6)."""
         self._db = db
         self._clock = clock
         self.policy = policy
         self.admission = Admission(policy, ids) if rules is None else Admission(policy, ids, rules)
-        self.fanout = Fanout(db, policy)
+        self.fanout = Fanout(db, policy, shared=shared)
         self._wake: Wake = wake or (lambda businesses: None)
         self.settlement = Settlement(db, clock, policy, ids, self.fanout, self._wake)
-        self._send_limit = RateLimiter(policy.send_rate, clock, "messages sent by this device")
+        self._send_limit = RateLimiter(
+            policy.send_rate, clock, "messages sent by this device", shared=db if shared else None
+        )
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -84,7 +89,7 @@ class Mailbox:
             raise InvalidArgument(
                 f"{len(requests)} requests in one batch; at most {self.policy.max_batch} allowed"
             )
-        self._send_limit.check(f"{caller.account_id}/{caller.device_id}", cost=len(requests))
+        await self._send_limit.take(f"{caller.account_id}/{caller.device_id}", cost=len(requests))
         admission = self.admission
         results: list[SendReceipt | DomainError | None] = [None] * len(requests)
         stored: list[tuple[int, SendRequest]] = []

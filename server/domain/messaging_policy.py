@@ -30,6 +30,9 @@ class MessagingPolicy:
     # Seconds of silence before a stream gets a keep-alive: below the 60 s idle timeout of
     # common NATs and proxies, so an idle stream is not cut.
     keepalive_interval: float = 30.0
+    # With several replicas on one database: how often an open stream re-reads the database
+    # even without a signal (fanout rule 6). A lost signal delays a message by at most this.
+    stream_poll_interval: float = 5.0
     # Bytes buffered in memory per connected device; past that its stream re-reads the
     # database, so a stalled reader costs at most this much memory.
     stream_buffer_bytes: int = 8 * 1024 * 1024

@@ -142,6 +142,10 @@ class EnvelopeRow(NamedTuple):
     template_name: str
     # The approved template it was made from (checked by the sending rules); "" = free-form.
     template_id: str = ""
+    # The device's stream position: given by the storage when the row is inserted, from the
+    # device's counter, so positions grow in commit order with any number of writers (ports
+    # guarantee 12); 0 in a draft.
+    seq: int = 0
 
 
 class StatusRow(NamedTuple):
@@ -154,3 +158,4 @@ class StatusRow(NamedTuple):
     state: int  # a MessageState: DELIVERED or FAILED
     at: float
     reason: str
+    seq: int = 0  # the device's stream position, as EnvelopeRow.seq

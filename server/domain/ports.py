@@ -50,6 +50,17 @@ indexed reads) in `server.domain.usage_model`. Accounts and keys continue here:
     without an exception, and a later read in the same transaction sees the key that won, so
     the domain compares what is on file after its inserts: an id taken concurrently with other
     key bytes is refused, never silently dropped.
+15. `insert_envelopes` and `insert_statuses` number each device's rows from a counter of the
+    device (`device_streams`), bumped by one upsert per device that holds the counter's row
+    until commit: a concurrent writer to the same device waits, then numbers its rows after
+    these. So a device's positions grow in commit order with any number of writers, and a
+    stream that has sent up to position p has seen every committed row at or below p: reading
+    "past p" never skips a row that commits late. (Ids are not enough: they are taken before
+    the transaction, by whichever process sends.)
+16. `lock_bucket` creates the bucket's row if missing (`ON CONFLICT DO NOTHING`), then reads
+    it locked (`FOR UPDATE` on PostgreSQL) until the transaction that then writes it back
+    (`store_bucket`) ends: concurrent takes from one bucket, on any replica, are serialised by
+    the row, so no token is handed out twice.
 """
 
 from __future__ import annotations
@@ -191,14 +202,14 @@ class MessageReads(Protocol):
         ...
 
     def envelopes_after(
-        self, account_id: str, device_id: int, after_id: int, limit: int, max_bytes: int
+        self, account_id: str, device_id: int, after_seq: int, limit: int, max_bytes: int
     ) -> list[EnvelopeRow]:
-        """At most `limit` of the device's envelopes past `after_id` in id order, stopping once
-        `max_bytes` of content are read (at least one)."""
+        """At most `limit` of the device's envelopes past stream position `after_seq`, in
+        position order, stopping once `max_bytes` of content are read (at least one)."""
         ...
 
     def statuses_after(
-        self, account_id: str, device_id: int, after_id: int, limit: int
+        self, account_id: str, device_id: int, after_seq: int, limit: int
     ) -> list[StatusRow]: ...
 
 
@@ -207,7 +218,15 @@ class MessageWrites(Protocol):
         """Insert the rows whose (sender, request_id) is free; return how many (guarantee 3)."""
         ...
 
-    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None: ...
+    def claim_stream(self, account_id: str, device_id: int) -> int:
+        """The epoch of the device's stream opening now: higher than any earlier claim."""
+        ...
+
+    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> list[EnvelopeRow]:
+        """Insert the rows; return them, in the order given, with their stream positions
+        (guarantee 15)."""
+        ...
+
     def delete_envelopes(
         self, account_id: str, device_id: int, envelope_ids: Iterable[int]
     ) -> list[int]:
@@ -222,7 +241,8 @@ class MessageWrites(Protocol):
         ...
 
     def insert_statuses(self, rows: Sequence[StatusRow]) -> list[StatusRow]:
-        """Queue statuses for the sending devices; return those whose device still exists."""
+        """Queue statuses for the sending devices; return those whose device still exists, with
+        their stream positions (guarantee 15)."""
         ...
 
     def delete_statuses(
@@ -261,8 +281,25 @@ class ReadTransaction(
     """What a read transaction offers: a consistent view, no writes."""
 
 
+class LimitWrites(Protocol):
+    """Shared rate limits (server.domain.ratelimit), for replicas on one database."""
+
+    def lock_bucket(self, name: str, key: str, capacity: float, now: float) -> tuple[float, float]:
+        """(tokens, updated at) of the bucket, created full if missing, its row locked until
+        the transaction ends (guarantee 16)."""
+        ...
+
+    def store_bucket(
+        self, name: str, key: str, tokens: float, now: float, forget_after: float
+    ) -> None: ...
+    def delete_full_buckets(self, now: float) -> int:
+        """Forget buckets past their `forget_after` (full again: they would start full)."""
+        ...
+
+
 class Transaction(
     ReadTransaction,
+    LimitWrites,
     AccountWrites,
     KeyWrites,
     MessageWrites,

@@ -1,7 +1,13 @@
 """Token-bucket rate limits, keyed (per phone number, per caller...).
 
-In memory on purpose: limits protect this process, and losing them on restart only forgives a
-few requests. A multi-replica deployment would move the buckets to the shared store.
+Where the buckets live depends on the deployment:
+* One process (SQLite): in memory. Limits protect this process, and a restart only forgives a
+  few requests; a database write per check would cost the hot path a commit for nothing.
+* Several replicas on one database (PostgreSQL): in the database (`rate_buckets`), so a client
+  gets one budget whichever replica it reaches, and a restart forgives nothing. Each take is
+  one row, read and written under its row lock (ports guarantee 16): concurrent replicas
+  never hand out the same token twice.
+The arithmetic is the same for both (`refill`).
 """
 
 from __future__ import annotations
@@ -9,11 +15,15 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from server.domain.clock import Clock
 from server.domain.errors import ResourceExhausted
+from server.domain.ports import Transaction
+
+T = TypeVar("T")
 
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 # Buckets untouched for this many refill periods are full again and can be forgotten.
@@ -44,22 +54,88 @@ class Rate:
         return f"{self.count}/{self.period:g}s"
 
 
+class Buckets(Protocol):
+    """A database whose transactions keep buckets (ports.LimitWrites), for shared limits."""
+
+    async def write(self, fn: Callable[[Transaction], T]) -> T: ...
+
+
 class RateLimiter:
-    def __init__(self, rate: Rate, clock: Clock, what: str) -> None:
+    def __init__(
+        self, rate: Rate, clock: Clock, what: str, *, shared: Buckets | None = None
+    ) -> None:
+        """`shared`: keep the buckets in this database (replicas), not in memory; they are
+        named by `what`, so two limiters must not share a description."""
         self.rate = rate
         self._clock = clock
         self._what = what
+        self.shared = shared
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated_at)
         self._lock = threading.Lock()
         self._calls = 0
 
-    def check(self, key: str, cost: int = 1) -> None:
+    async def take(self, key: str, cost: int = 1) -> None:
         """Take `cost` tokens for `key` or raise ResourceExhausted with the wait until then."""
+        if self.shared is None:
+            self.check(key, cost)
+            return
+        self._not_too_many(cost)
+        now = self._clock.now()
+        wait = await self.shared.write(lambda tx: self._move(tx, key, -cost, now))
+        if wait > 0:
+            raise self._refusal(wait)
+
+    def take_in(self, tx: Transaction, key: str, cost: int = 1) -> None:
+        """`take` inside a write transaction the caller runs anyway (a rule of a send job):
+        the tokens go with its commit, and come back if it rolls back."""
+        if self.shared is None:
+            self.check(key, cost)
+            return
+        self._not_too_many(cost)
+        wait = self._move(tx, key, -cost, self._clock.now())
+        if wait > 0:
+            raise self._refusal(wait)
+
+    async def give_back(self, key: str, cost: int = 1) -> None:
+        """`refund`, wherever the buckets are."""
+        if self.shared is None:
+            self.refund(key, cost)
+            return
+        now = self._clock.now()
+        await self.shared.write(lambda tx: self._move(tx, key, cost, now))
+
+    def _move(self, tx: Transaction, key: str, tokens: int, now: float) -> float:
+        """Add `tokens` (negative: take) to the database bucket if it can go that low; the
+        wait before it could (0: done). The row stays locked until `tx` ends."""
+        name, capacity, per_token = self._bucket()
+        held, updated = tx.lock_bucket(name, key, capacity, now)
+        held, wait = refill(capacity, per_token, held, updated, now, max(0, -tokens))
+        if wait == 0:
+            held = min(capacity, held + tokens)
+        tx.store_bucket(name, key, held, now, now + _FORGET_AFTER_PERIODS * self.rate.period)
+        return wait
+
+    def _bucket(self) -> tuple[str, float, float]:
+        """(name, capacity, seconds per token) of this limiter's shared buckets."""
+        return self._what, float(self.rate.count), self.rate.period / self.rate.count
+
+    def _not_too_many(self, cost: int) -> None:
         if cost > self.rate.count:
             raise ResourceExhausted(
                 f"{cost} {self._what} at once exceed the limit of {self.rate.count} per "
                 f"{self.rate.period:g} s; send smaller batches"
             )
+
+    def _refusal(self, wait: float) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"too many {self._what} (limit {self.rate.count} per "
+            f"{self.rate.period:g} s); try again in {max(1, math.ceil(wait))} s",
+            retry_after=wait,
+        )
+
+    def check(self, key: str, cost: int = 1) -> None:
+        """`take` from the in-memory buckets (a limiter that is not shared)."""
+        self._not_too_many(cost)
         now = self._clock.now()
         per_token = self.rate.period / self.rate.count
         with self._lock:
@@ -67,15 +143,10 @@ class RateLimiter:
             if self._calls % _SWEEP_EVERY == 0:
                 self._sweep(now)
             tokens, updated = self._buckets.get(key, (float(self.rate.count), now))
-            tokens = min(float(self.rate.count), tokens + (now - updated) / per_token)
-            if tokens < cost:
-                wait = (cost - tokens) * per_token
+            tokens, wait = refill(float(self.rate.count), per_token, tokens, updated, now, cost)
+            if wait > 0:
                 self._buckets[key] = (tokens, now)
-                raise ResourceExhausted(
-                    f"too many {self._what} (limit {self.rate.count} per "
-                    f"{self.rate.period:g} s); try again in {max(1, math.ceil(wait))} s",
-                    retry_after=wait,
-                )
+                raise self._refusal(wait)
             self._buckets[key] = (tokens - cost, now)
 
     def refund(self, key: str, cost: int = 1) -> None:
@@ -93,16 +164,25 @@ class RateLimiter:
             del self._buckets[key]
 
 
-def take_all(checks: Iterable[tuple[RateLimiter, str]]) -> None:
+def refill(
+    capacity: float, per_token: float, tokens: float, updated: float, now: float, cost: int
+) -> tuple[float, float]:
+    """A bucket's tokens at `now`, and the wait before `cost` of them are there (0: now). The
+    one token-bucket arithmetic, for memory and database buckets alike."""
+    tokens = min(capacity, tokens + max(0.0, now - updated) / per_token)
+    return tokens, 0.0 if tokens >= cost else (cost - tokens) * per_token
+
+
+async def take_all(checks: Iterable[tuple[RateLimiter, str]]) -> None:
     """Take a token from every (limiter, key), or from none: the first refusal gives back the
     tokens already taken, so a request refused by one limit does not use up the others (a
     server-wide ceiling that refuses must not also spend the asker's per-number budget)."""
     taken: list[tuple[RateLimiter, str]] = []
     try:
         for limiter, key in checks:
-            limiter.check(key)
+            await limiter.take(key)
             taken.append((limiter, key))
     except ResourceExhausted:
         for limiter, key in taken:
-            limiter.refund(key)
+            await limiter.give_back(key)
         raise

@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from server.domain import validation
 from server.domain.auth import Principal
@@ -84,7 +84,7 @@ from server.domain.links import entry_window_open
 from server.domain.model import AccountKind, MessageCategory
 from server.domain.ports import ReadTransaction, Transaction
 from server.domain.profiles import as_business, require_business_kind
-from server.domain.ratelimit import Rate, RateLimiter
+from server.domain.ratelimit import Buckets, Rate, RateLimiter
 from server.domain.sending_model import TemplateFacts
 
 if TYPE_CHECKING:  # admission imports this module; only its types are needed here
@@ -314,9 +314,14 @@ class BusinessRule:
     """Admission rule 8: the sending rules above, for sends by a business; a person's send to
     a business opens the window. The last rule, so once it passes the draft is admitted."""
 
-    def __init__(self, policy: SendingPolicy, clock: Clock) -> None:
+    def __init__(
+        self, policy: SendingPolicy, clock: Clock, *, shared: Buckets | None = None
+    ) -> None:
+        """`shared`: replicas share the database, and the send rate's buckets live in it."""
         self.policy = policy
-        self._rate = RateLimiter(policy.business_send_rate, clock, "messages sent by this business")
+        self._rate = RateLimiter(
+            policy.business_send_rate, clock, "messages sent by this business", shared=shared
+        )
 
     def prepare(self, job: SendJob, drafts: Sequence[Draft]) -> None:
         pass
@@ -435,7 +440,13 @@ class BusinessRule:
             if category == MessageCategory.MARKETING:
                 writes.append(self._marketing(job, business, user, draft.message.message_id, now))
         # 4. The business's send rate: last, so a refused send takes no token.
-        self._rate.check(business)
+        # A shared bucket is written in the job's own transaction (a rolled-back job gives
+        # its tokens back); online-only sends run in a read transaction and store nothing, so
+        # they are counted in this replica's memory.
+        if r.online_only:
+            self._rate.check(business)
+        else:
+            self._rate.take_in(cast(Transaction, job.tx), business)
         job.stamp(draft, int(category), facts.name if facts else "", r.template_id)
         # The job's deferred writes are applied after every draft was checked, so what this
         # draft counts is added to the job's memos: its later drafts see it without a read.

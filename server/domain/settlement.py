@@ -106,6 +106,7 @@ class Settlement:
                 statuses = _statuses_for(tx, failed, MessageState.FAILED, now, ids, NOT_DELIVERED)
                 billed = metering.settle(tx, _business(failed), False, now)
                 tx.delete_settled_messages(now - IDEMPOTENCY_RETENTION)
+                tx.delete_full_buckets(now)
                 return max(count, len(failed)), statuses, billed
 
             count, statuses, billed = await self._db.write(job)

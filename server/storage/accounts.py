@@ -11,9 +11,8 @@ devices: a device is inserted only after a conditional UPDATE took one of the ac
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.domain.model import AccountKind, AccountRow, DeviceRow, VerificationRow
+from server.storage.sql import SqlConnection
 
 _ACCOUNT_COLUMNS = "account_id, phone_number, kind, created_at"
 _DEVICE_COLUMNS = "account_id, device_id, name, created_at, last_seen_at"
@@ -24,10 +23,10 @@ def _account(r: tuple[str, str, int, float]) -> AccountRow:
     return AccountRow(account_id, phone, AccountKind(kind), created_at)
 
 
-class SqliteAccounts:
+class SqlAccounts:
     """Accounts, devices, verifications and linking codes (ports.AccountReads/AccountWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def insert_verification(self, row: VerificationRow) -> None:
         self.connection.execute(

@@ -8,7 +8,6 @@ overdraw a balance nor charge a message twice.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 
 from server.domain.billing_model import (
@@ -26,6 +25,7 @@ from server.domain.billing_model import (
 )
 from server.storage.errors import StorageConflict
 from server.storage.messages import insert_rows
+from server.storage.sql import SqlConnection
 
 _ENTRY_COLUMNS = (
     "entry_id, business_account_id, kind, amount, available_after, reserved_after, message_id,"
@@ -43,10 +43,10 @@ _LEDGER_INSERT = (
 _RESERVED = int(ChargeState.RESERVED)
 
 
-class SqliteBilling:
+class SqlBilling:
     """Balances, ledger, charges, price tables (billing_model.BillingReads/BillingWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -128,11 +128,12 @@ class SqliteBilling:
     # -- writes -----------------------------------------------------------------------------
 
     def add_price_table(self, effective_at: float, body: str, at: float, source: str) -> int:
-        cur = self.connection.execute(
-            "INSERT INTO price_tables (effective_at, body, created_at, source) VALUES (?, ?, ?, ?)",
+        (version,) = self.connection.execute(
+            "INSERT INTO price_tables (effective_at, body, created_at, source) VALUES (?, ?, ?, ?)"
+            " RETURNING version",
             (effective_at, body, at, source),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchone()
+        return int(version)
 
     def _entry(
         self,
@@ -168,25 +169,29 @@ class SqliteBilling:
         reference: str | None = None,
         note: str = "",
     ) -> tuple[int, Balance] | None:
-        """Claim the entry's unique key first, then move the balance by `move` and write the
-        balance after into the entry: a key taken already (a second capture, a repeated
-        reference) moves no money (B2, B3). None in that case."""
-        entry_id = self._entry(
-            business_account_id, kind, amount, Balance(0, 0), at,
-            message_id=message_id, reference=reference, note=note,
-        )  # fmt: skip
-        if entry_id is None:
-            return None
+        """Move the balance by `move`, then append the entry with the balance after it. The
+        move locks the business's balance row first, so the business's entries take their ids
+        in commit order, whatever other writers do: a reader paging the ledger by entry id
+        never skips one that commits late. A key taken already (a second capture, a repeated
+        reference) moves no money: the move is undone in the same transaction (B2, B3). None
+        in that case."""
         r = self.connection.execute(
             "UPDATE balances SET available = available + ?, reserved = reserved + ?"
             " WHERE business_account_id = ? RETURNING available, reserved",
             (*move, business_account_id),
         ).fetchone()
         after = Balance(int(r[0]), int(r[1]))
-        self.connection.execute(
-            "UPDATE ledger SET available_after = ?, reserved_after = ? WHERE entry_id = ?",
-            (*after, entry_id),
-        )
+        entry_id = self._entry(
+            business_account_id, kind, amount, after, at,
+            message_id=message_id, reference=reference, note=note,
+        )  # fmt: skip
+        if entry_id is None:
+            self.connection.execute(
+                "UPDATE balances SET available = available - ?, reserved = reserved - ?"
+                " WHERE business_account_id = ?",
+                (*move, business_account_id),
+            )
+            return None
         return entry_id, after
 
     def top_up(
@@ -223,7 +228,7 @@ class SqliteBilling:
         its total."""
         conn = self.connection
         entries: list[tuple[object, ...]] = []
-        for business, group in _by_business(charges).items():
+        for business, group in sorted(_by_business(charges).items()):
             total = sum(c.amount for c in group)
             if not total:
                 continue
@@ -259,34 +264,16 @@ class SqliteBilling:
         if not message_ids:
             return []
         conn = self.connection
-        # The callers' batches are bounded (a batch of acks, an expiry batch), well within
-        # SQLite's limit on bound parameters. The rows come back as one JSON value (RETURNING
-        # would step once per row, see insert_rows), then one conditional UPDATE moves them.
-        marks = ",".join("?" * len(message_ids))
-        where = f"state = {_RESERVED} AND message_id IN ({marks})"
-        (found,) = conn.execute(
-            "SELECT json_group_array(json_array(message_id, business_account_id, amount))"
-            f" FROM charges WHERE {where}",
-            message_ids,
-        ).fetchone()
-        moved = sorted(SettledCharge._make(row) for row in json.loads(found))
+        moved = self._move_charges(message_ids, state, at)
         if not moved:
             return []
-        changed = conn.execute(
-            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}",
-            (int(state), at, *message_ids),
-        ).rowcount
-        if changed != len(moved):  # another writer moved some in between (B2)
-            raise StorageConflict(
-                "a charge was settled by another writer at the same moment; retry"
-            )
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
         entries: list[tuple[object, ...]] = []
         by_business: dict[str, list[SettledCharge]] = {}
         for c in moved:
             by_business.setdefault(c.business_account_id, []).append(c)
-        for business, group in by_business.items():
+        for business, group in sorted(by_business.items()):
             total = sum(c.amount for c in group)
             if not total:
                 continue
@@ -310,13 +297,41 @@ class SqliteBilling:
         insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
         return moved
 
+    def _move_charges(
+        self, message_ids: list[int], state: ChargeState, at: float
+    ) -> list[SettledCharge]:
+        """Settle the still-reserved charges among `message_ids` to `state`; those that moved,
+        by message id."""
+        # The callers' batches are bounded (a batch of acks, an expiry batch), well within
+        # SQLite's limit on bound parameters. The rows come back as one JSON value (RETURNING
+        # would step once per row, see insert_rows), then one conditional UPDATE moves them.
+        marks = ",".join("?" * len(message_ids))
+        where = f"state = {_RESERVED} AND message_id IN ({marks})"
+        (found,) = self.connection.execute(
+            "SELECT json_group_array(json_array(message_id, business_account_id, amount))"
+            f" FROM charges WHERE {where}",
+            message_ids,
+        ).fetchone()
+        moved = sorted(SettledCharge._make(row) for row in json.loads(found))
+        if not moved:
+            return []
+        changed = self.connection.execute(
+            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}",
+            (int(state), at, *message_ids),
+        ).rowcount
+        if changed != len(moved):  # another writer moved some in between (B2)
+            raise StorageConflict(
+                "a charge was settled by another writer at the same moment; retry"
+            )
+        return moved
+
     def count_usage(
         self, business_account_id: str, month: str, category: int, country: str, n: int = 1
     ) -> None:
         self.connection.execute(
             "INSERT INTO usage_months (business_account_id, month, category, country, count)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (business_account_id, month, category, country)"
-            " DO UPDATE SET count = count + excluded.count",
+            " DO UPDATE SET count = usage_months.count + excluded.count",
             (business_account_id, month, category, country, n),
         )
 
@@ -328,11 +343,11 @@ class SqliteBilling:
         for r in rows:
             counts[r.business_account_id] = counts.get(r.business_account_id, 0) + 1
         next_of: dict[str, int] = {}
-        for business, n in counts.items():
+        for business, n in sorted(counts.items()):
             (last,) = conn.execute(
                 "INSERT INTO status_event_counters (business_account_id, last_sequence)"
                 " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
-                " SET last_sequence = last_sequence + excluded.last_sequence"
+                " SET last_sequence = status_event_counters.last_sequence + excluded.last_sequence"
                 " RETURNING last_sequence",
                 (business, n),
             ).fetchone()

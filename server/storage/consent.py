@@ -7,10 +7,10 @@ itself, so two writers racing cannot undo them.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 
 from server.domain.consent_model import BlockRow, ConsentRow, OptInKind
+from server.storage.sql import SqlConnection
 
 _CONSENT_COLUMNS = (
     "user_phone, business_account_id, category, kind, source, evidence, opted_in_at, opted_out_at"
@@ -20,10 +20,10 @@ _BUSINESS = int(OptInKind.BUSINESS_ASSERTED)
 _NONE = int(OptInKind.NONE)
 
 
-class SqliteConsent:
+class SqlConsent:
     """Opt-ins, opt-outs and blocks (consent_model.ConsentReads/ConsentWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def consents_of(self, user_phone: str) -> list[ConsentRow]:
         rows = self.connection.execute(

@@ -277,6 +277,26 @@ class Database:
         """False from a write that failed on storage (full, I/O, locked) to the next commit."""
         return self._writable
 
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def node(self) -> int:
+        """This process's number among those writing the database (ids): one per file."""
+        return 0
+
+    # One process writes the file: there are no other replicas to hear from.
+    shared = False
+
+    async def listen(self, handler: Callable[[str], None]) -> None:
+        """No other replica sends signals (server.domain.signals): nothing to listen to."""
+
+    async def probe(self) -> bool:
+        """Whether writes commit: the file has no server that could go away between writes, so
+        the last write's outcome is the answer."""
+        return self._writable
+
     def on_write_health(self, listener: Callable[[bool], None]) -> None:
         """Call `listener(writable)` on each change of `writable`, from the writer thread."""
         self._health_listeners.append(listener)

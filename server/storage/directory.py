@@ -8,7 +8,6 @@ approved template's name, language, category or content (D4).
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from server.domain.directory_model import (
@@ -19,6 +18,7 @@ from server.domain.directory_model import (
     TemplateContent,
     TemplateRow,
 )
+from server.storage.sql import SqlConnection
 
 _PENDING = int(ReviewStatus.PENDING)
 _APPROVED = int(ReviewStatus.APPROVED)
@@ -62,10 +62,10 @@ def _template(r: Any) -> TemplateRow:
     )
 
 
-class SqliteDirectory:
+class SqlDirectory:
     """Profiles and templates (directory_model.DirectoryReads/DirectoryWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def get_profile(self, account_id: str) -> ProfileRow | None:
         r = self.connection.execute(
@@ -83,7 +83,8 @@ class SqliteDirectory:
         return [_profile(r) for r in rows]
 
     def save_profile(self, account_id: str, fields: ProfileFields, at: float) -> ProfileRow:
-        # In DO UPDATE, bare column names are the old row, `excluded.` the new values (D1).
+        # In DO UPDATE, `business_profiles.` is the old row, `excluded.` the new values (D1);
+        # PostgreSQL wants every column named so.
         same = "excluded.display_name = business_profiles.display_name"
         r = self.connection.execute(
             f"INSERT INTO business_profiles ({_PROFILE_COLUMNS})"
@@ -93,11 +94,11 @@ class SqliteDirectory:
             " address = excluded.address, email = excluded.email,"
             " websites = excluded.websites, vertical = excluded.vertical,"
             " updated_at = excluded.updated_at,"
-            f" name_status = CASE WHEN {same} THEN name_status"
-            f"   WHEN excluded.display_name = verified_name THEN {_APPROVED}"
+            f" name_status = CASE WHEN {same} THEN business_profiles.name_status"
+            f"   WHEN excluded.display_name = business_profiles.verified_name THEN {_APPROVED}"
             f"   ELSE {_PENDING} END,"
-            f" name_reason = CASE WHEN {same} THEN name_reason ELSE '' END,"
-            f" name_submitted_at = CASE WHEN {same} THEN name_submitted_at"
+            f" name_reason = CASE WHEN {same} THEN business_profiles.name_reason ELSE '' END,"
+            f" name_submitted_at = CASE WHEN {same} THEN business_profiles.name_submitted_at"
             "   ELSE excluded.name_submitted_at END,"
             " display_name = excluded.display_name"
             f" RETURNING {_PROFILE_COLUMNS}",
@@ -127,7 +128,7 @@ class SqliteDirectory:
             "UPDATE business_profiles SET name_status = ?, name_reason = ?,"
             " verified_name = CASE WHEN ? THEN display_name ELSE verified_name END"
             f" WHERE account_id = ? AND name_status = {_PENDING}"
-            " AND (? IS NULL OR display_name = ?)"
+            " AND (CAST(? AS TEXT) IS NULL OR display_name = ?)"
             f" RETURNING {_PROFILE_COLUMNS}",
             (
                 int(status),

@@ -8,11 +8,11 @@ guarantee 5). A device's identity is written by an upsert conditional on the ide
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
 from server.domain.model import DeviceKeys, KeyCounts, SignedKey
+from server.storage.sql import SqlConnection
 
 _DEVICE_KEY_COLUMNS = (
     "account_id, device_id, identity_key, registration_id, signed_pre_key_id, signed_pre_key,"
@@ -29,7 +29,7 @@ def _device_keys(r: Any) -> DeviceKeys:
 
 
 def _existing(
-    conn: sqlite3.Connection, table: str, account_id: str, device_id: int, key_ids: Iterable[int]
+    conn: SqlConnection, table: str, account_id: str, device_id: int, key_ids: Iterable[int]
 ) -> dict[int, bytes]:
     ids = list(key_ids)
     if not ids:
@@ -43,10 +43,10 @@ def _existing(
     return {int(k): bytes(v) for k, v in rows}
 
 
-class SqliteKeys:
+class SqlKeys:
     """The key directory (ports.KeyReads/KeyWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def get_device_keys(self, account_id: str, device_id: int) -> DeviceKeys | None:
         r = self.connection.execute(

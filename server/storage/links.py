@@ -7,9 +7,8 @@ conditional upsert whose row count says whether this writer opened it.
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.domain.links_model import EntryWindowRow, LinkRow, LinkSettingsRow
+from server.storage.sql import SqlConnection
 
 _LINK_COLUMNS = "code, account_id, prefilled_text, label, created_at, opens, chats_started"
 
@@ -18,10 +17,10 @@ def _settings(row: tuple[str, int | None, int]) -> LinkSettingsRow:
     return LinkSettingsRow(row[0], None if row[1] is None else bool(row[1]), int(row[2]))
 
 
-class SqliteLinks:
+class SqlLinks:
     """Links, settings, entry windows (links_model.LinkReads/LinkWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def get_link(self, code: str) -> LinkRow | None:
         r = self.connection.execute(
@@ -103,7 +102,7 @@ class SqliteLinks:
         self.connection.execute(
             "INSERT INTO chat_link_settings (account_id, number_links, number_link_opens)"
             " VALUES (?, NULL, 1) ON CONFLICT (account_id)"
-            " DO UPDATE SET number_link_opens = number_link_opens + 1",
+            " DO UPDATE SET number_link_opens = chat_link_settings.number_link_opens + 1",
             (account_id,),
         )
 

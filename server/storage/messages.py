@@ -12,43 +12,51 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from server.domain.model import EnvelopeRow, MessageRow, MessageState, StatusRow
+from server.storage.sql import Cursor, SqlConnection
 
 # SQLite binds at most 32,766 parameters per statement (since 3.32).
 MAX_PARAMETERS = 32_000
 PENDING = int(MessageState.PENDING)  # spelled into SQL text as a literal
 
 
-_MESSAGE_COLUMNS = (
+MESSAGE_COLUMNS = (
     "message_id, sender_account_id, sender_device_id, recipient_account_id, request_id,"
     " request_hash, server_ts, state, category, template_name"
 )
 _ENVELOPE_COLUMNS = (
     "envelope_id, account_id, device_id, message_id, sender_account_id, sender_device_id,"
-    " server_ts, client_ts_ms, content_type, content, category, template_name, template_id"
+    " server_ts, client_ts_ms, content_type, content, category, template_name, template_id, seq"
 )
 _STATUS_COLUMNS = (
     "status_id, account_id, device_id, message_id, request_id, recipient_account_id, state, at,"
-    " reason"
+    " reason, seq"
 )
 
 
 def insert_rows(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     into: str,
     width: int,
     rows: Sequence[tuple[object, ...]],
     conflict: str = "",
 ) -> int:
-    """INSERT many rows with few statements: one multi-row VALUES per chunk.
+    """INSERT many rows with few round trips; return how many were inserted.
 
-    The sqlite3 module releases the GIL around every step, and executemany steps once per row;
-    on a busy server each re-acquisition waits behind the event loop. One statement per
-    chunk steps once.
+    SQLite: one multi-row VALUES per chunk. The sqlite3 module releases the GIL around every
+    step, and executemany steps once per row; on a busy server each re-acquisition waits behind
+    the event loop. One statement per chunk steps once.
+    PostgreSQL: executemany, which psycopg sends as one pipeline of a single prepared statement;
+    a multi-row VALUES there is a new statement text for every row count, parsed each time.
     """
-    per_statement = MAX_PARAMETERS // width
+    if not rows:
+        return 0
     row_marks = "(" + ",".join("?" * width) + ")"
+    if not isinstance(conn, sqlite3.Connection):
+        return conn.executemany(f"INSERT INTO {into} VALUES {row_marks}{conflict}", rows).rowcount
+    per_statement = MAX_PARAMETERS // width
     inserted = 0
     for first in range(0, len(rows), per_statement):
         chunk = rows[first : first + per_statement]
@@ -60,33 +68,35 @@ def insert_rows(
 
 
 def _rows_after(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     table: str,
     columns: str,
     account_id: str,
     device_id: int,
-    after_id: int,
+    after_seq: int,
     limit: int,
-) -> sqlite3.Cursor:
-    """A device's rows of `table` past `after_id`, by id (the first of `columns`)."""
-    key = columns.split(",")[0]
+) -> Cursor:
+    """A device's rows of `table` past stream position `after_seq`, in position order."""
     return conn.execute(
         f"SELECT {columns} FROM {table} WHERE account_id = ? AND device_id = ?"
-        f" AND {key} > ? ORDER BY {key} LIMIT ?",
-        (account_id, device_id, after_id, limit),
+        " AND seq > ? ORDER BY seq LIMIT ?",
+        (account_id, device_id, after_seq, limit),
     )
 
 
-class SqliteMessages:
+Positioned = TypeVar("Positioned", EnvelopeRow, StatusRow)
+
+
+class SqlMessages:
     """Messages, envelopes and delivery statuses (ports.MessageReads/MessageWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def max_message_id(self) -> int:
         row = self.connection.execute(
             "SELECT max(m) FROM (SELECT max(message_id) AS m FROM messages"
             " UNION ALL SELECT max(envelope_id) FROM envelopes"
-            " UNION ALL SELECT max(status_id) FROM delivery_statuses)"
+            " UNION ALL SELECT max(status_id) FROM delivery_statuses) AS tops"
         ).fetchone()
         return int(row[0] or 0)
 
@@ -107,7 +117,7 @@ class SqliteMessages:
             return {}
         marks = ",".join("?" * len(request_ids))
         rows = self.connection.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ?"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender_account_id = ?"
             f" AND request_id IN ({marks})",
             (sender_account_id, *request_ids),
         ).fetchall()
@@ -123,27 +133,73 @@ class SqliteMessages:
         """
         return insert_rows(
             self.connection,
-            f"messages ({_MESSAGE_COLUMNS})",
+            f"messages ({MESSAGE_COLUMNS})",
             10,
             rows,
             " ON CONFLICT (sender_account_id, request_id) DO NOTHING",
         )
 
-    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> None:
-        insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 13, rows)
+    def _positions(self, rows: Sequence[Positioned]) -> list[Positioned]:
+        """The rows with their devices' next stream positions (ports guarantee 15): one upsert
+        per device bumps its counter by its row count and holds the counter's row until
+        commit, so a concurrent writer to the same device gets the positions after these and
+        commits after them. Devices in key order, so two writers cannot wait on each other."""
+        by_device: dict[tuple[str, int], int] = {}
+        for r in rows:
+            device: tuple[str, int] = (r.account_id, r.device_id)
+            by_device[device] = by_device.get(device, 0) + 1
+        next_of: dict[tuple[str, int], int] = {}
+        for (account_id, device_id), n in sorted(by_device.items()):
+            next_of[account_id, device_id] = self._bump(account_id, device_id, n) - n + 1
+        out: list[Positioned] = []
+        for r in rows:
+            device = (r.account_id, r.device_id)
+            out.append(r._replace(seq=next_of[device]))
+            next_of[device] += 1
+        return out
+
+    # Bumps a device's stream counter by ? rows and returns the new last position.
+    BUMP = (
+        "INSERT INTO device_streams (account_id, device_id, last_seq) VALUES (?, ?, ?)"
+        " ON CONFLICT (account_id, device_id) DO UPDATE"
+        " SET last_seq = device_streams.last_seq + excluded.last_seq RETURNING last_seq"
+    )
+
+    def _bump(self, account_id: str, device_id: int, n: int) -> int:
+        """The device's counter, moved on by `n` (locked until commit); its new value."""
+        (last,) = self.connection.execute(self.BUMP, (account_id, device_id, n)).fetchone()
+        return int(last)
+
+    def claim_stream(self, account_id: str, device_id: int) -> int:
+        """A new epoch for the device's stream (fanout rule 6): one upsert, so of two streams
+        opened at once on two replicas, one gets the higher epoch."""
+        (epoch,) = self.connection.execute(
+            "INSERT INTO device_streams (account_id, device_id, last_seq, epoch)"
+            " VALUES (?, ?, 0, 1) ON CONFLICT (account_id, device_id) DO UPDATE"
+            " SET epoch = device_streams.epoch + 1 RETURNING epoch",
+            (account_id, device_id),
+        ).fetchone()
+        return int(epoch)
+
+    def insert_envelopes(self, rows: Sequence[EnvelopeRow]) -> list[EnvelopeRow]:
+        """Insert the rows, numbered in their devices' streams; return them with their
+        positions, in the order given."""
+        placed = self._positions(rows)
+        insert_rows(self.connection, f"envelopes ({_ENVELOPE_COLUMNS})", 14, placed)
+        return placed
 
     def envelopes_after(
         self,
         account_id: str,
         device_id: int,
-        after_id: int,
+        after_seq: int,
         limit: int,
         max_bytes: int,
     ) -> list[EnvelopeRow]:
-        """At most `limit` envelopes past `after_id`, stopping once `max_bytes` of content are read
+        """At most `limit` envelopes past `after_seq`, stopping once `max_bytes` of content are read
         (at least one): a page of large ciphertexts never holds more than about `max_bytes`."""
         rows = _rows_after(
-            self.connection, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_id, limit
+            self.connection, "envelopes", _ENVELOPE_COLUMNS, account_id, device_id, after_seq, limit
         )
         out: list[EnvelopeRow] = []
         size = 0
@@ -187,7 +243,7 @@ class SqliteMessages:
         marks = ",".join("?" * len(ids))
         where = f"state = {PENDING} AND message_id IN ({marks})"
         columns = ", ".join(
-            _MESSAGE_COLUMNS.replace("request_hash", "hex(request_hash)").split(", ")
+            MESSAGE_COLUMNS.replace("request_hash", "hex(request_hash)").split(", ")
         )
         (found,) = self.connection.execute(
             f"SELECT json_group_array(json_array({columns})) FROM messages WHERE {where}", ids
@@ -209,12 +265,12 @@ class SqliteMessages:
                 "SELECT 1 FROM devices WHERE account_id = ? AND device_id = ?", key
             ).fetchone()
         }
-        kept = [s for s in rows if (s.account_id, s.device_id) in live]
-        insert_rows(self.connection, f"delivery_statuses ({_STATUS_COLUMNS})", 9, kept)
+        kept = self._positions([s for s in rows if (s.account_id, s.device_id) in live])
+        insert_rows(self.connection, f"delivery_statuses ({_STATUS_COLUMNS})", 10, kept)
         return kept
 
     def statuses_after(
-        self, account_id: str, device_id: int, after_id: int, limit: int
+        self, account_id: str, device_id: int, after_seq: int, limit: int
     ) -> list[StatusRow]:
         rows = _rows_after(
             self.connection,
@@ -222,7 +278,7 @@ class SqliteMessages:
             _STATUS_COLUMNS,
             account_id,
             device_id,
-            after_id,
+            after_seq,
             limit,
         )
         return [StatusRow._make(r) for r in rows.fetchall()]

@@ -521,6 +521,64 @@ def _v11_billing(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v12_stream_positions(conn: sqlite3.Connection) -> None:
+    """Each device's envelopes and delivery statuses get a position from a counter of the
+    device, bumped by the transaction that inserts them (ports guarantee 15): with several
+    writers, ids no longer grow in commit order, positions still do. Rows on file keep their
+    id as their position (one writer made them, in id order), and each counter starts above
+    them."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE device_streams (
+            account_id TEXT NOT NULL,
+            device_id  INTEGER NOT NULL,
+            last_seq   INTEGER NOT NULL,
+            epoch      INTEGER NOT NULL DEFAULT 0,  -- of the device's newest stream
+            PRIMARY KEY (account_id, device_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID;
+        ALTER TABLE envelopes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE delivery_statuses ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+        UPDATE envelopes SET seq = envelope_id;
+        UPDATE delivery_statuses SET seq = status_id;
+        INSERT INTO device_streams (account_id, device_id, last_seq)
+            SELECT account_id, device_id, max(last) FROM (
+                SELECT account_id, device_id, max(envelope_id) AS last FROM envelopes
+                GROUP BY account_id, device_id
+                UNION ALL
+                SELECT account_id, device_id, max(status_id) FROM delivery_statuses
+                GROUP BY account_id, device_id
+            ) GROUP BY account_id, device_id;
+        DROP INDEX envelopes_by_device;
+        CREATE UNIQUE INDEX envelopes_by_device ON envelopes(account_id, device_id, seq);
+        DROP INDEX delivery_statuses_by_device;
+        CREATE UNIQUE INDEX delivery_statuses_by_device
+            ON delivery_statuses(account_id, device_id, seq);
+        """,
+    )
+
+
+def _v13_rate_buckets(conn: sqlite3.Connection) -> None:
+    """Rate limits shared by replicas (server.domain.ratelimit): one token bucket per limit
+    and key, with the time after which it is full again and may be forgotten."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE rate_buckets (
+            bucket     TEXT NOT NULL,  -- the limit, by its description
+            key        TEXT NOT NULL,  -- whose: a number, an address, an account
+            tokens     REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (bucket, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX rate_buckets_by_expiry ON rate_buckets(expires_at);
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -545,6 +603,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         11, "billing: price tables, balances, the ledger, charges, monthly usage", _v11_billing
     ),
+    Migration(
+        12,
+        "stream positions: each device's envelopes and statuses numbered in commit order",
+        _v12_stream_positions,
+    ),
+    Migration(13, "rate limits shared by replicas: token buckets", _v13_rate_buckets),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -7,18 +7,17 @@ newest window.
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.domain.sending_model import TemplateFacts
+from server.storage.sql import SqlConnection
 
 HOUR = 3600
 DAY = 86_400.0
 
 
-class SqliteSending:
+class SqlSending:
     """Windows, starts, tiers, marketing sends (sending_model.SendingReads/SendingWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
 
     def template_facts(self, template_id: str) -> TemplateFacts | None:
         r = self.connection.execute(
@@ -87,7 +86,8 @@ class SqliteSending:
         self.connection.execute(
             "INSERT INTO service_windows (business_account_id, user_account_id, opened_at)"
             " VALUES (?, ?, ?) ON CONFLICT (business_account_id, user_account_id) DO UPDATE"
-            " SET opened_at = max(opened_at, excluded.opened_at)",
+            " SET opened_at = CASE WHEN excluded.opened_at > service_windows.opened_at"
+            " THEN excluded.opened_at ELSE service_windows.opened_at END",
             (business_account_id, user_account_id, at),
         )
 
@@ -97,7 +97,8 @@ class SqliteSending:
         changed = self.connection.execute(
             "INSERT INTO conversation_starts (business_account_id, user_account_id, started_at)"
             " VALUES (?, ?, ?) ON CONFLICT (business_account_id, user_account_id) DO UPDATE"
-            " SET started_at = excluded.started_at WHERE started_at <= excluded.started_at - ?",
+            " SET started_at = excluded.started_at"
+            " WHERE conversation_starts.started_at <= excluded.started_at - ?",
             (business_account_id, user_account_id, at, window),
         ).rowcount
         if not changed:
@@ -106,7 +107,8 @@ class SqliteSending:
         conn = self.connection
         conn.execute(
             "INSERT INTO conversation_hours (business_account_id, hour, started) VALUES (?, ?, 1)"
-            " ON CONFLICT (business_account_id, hour) DO UPDATE SET started = started + 1",
+            " ON CONFLICT (business_account_id, hour) DO UPDATE"
+            " SET started = conversation_hours.started + 1",
             (business_account_id, hour),
         )
         # Buckets older than the 7 days the promotion looks at are never read again.
@@ -123,7 +125,8 @@ class SqliteSending:
             self.connection.execute(
                 "INSERT INTO business_tiers (business_account_id, tier, promoted_at, red_since)"
                 " VALUES (?, ?, ?, NULL) ON CONFLICT (business_account_id) DO UPDATE SET"
-                " tier = tier + 1, promoted_at = excluded.promoted_at WHERE tier = ?",
+                " tier = business_tiers.tier + 1, promoted_at = excluded.promoted_at"
+                " WHERE business_tiers.tier = ?",
                 (business_account_id, expected + 1, at, expected),
             ).rowcount
         )
@@ -142,7 +145,7 @@ class SqliteSending:
             self.connection.execute(
                 "INSERT INTO business_tiers (business_account_id, tier, promoted_at, red_since)"
                 " VALUES (?, 0, 0, ?) ON CONFLICT (business_account_id) DO UPDATE SET"
-                " red_since = excluded.red_since WHERE red_since IS NULL",
+                " red_since = excluded.red_since WHERE business_tiers.red_since IS NULL",
                 (business_account_id, at),
             ).rowcount
         )

@@ -7,9 +7,8 @@ name the state they expect, and sequence numbers come from one counter row per b
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.domain.support_model import AgentRow, ConversationRow, EventRow, SupportState
+from server.storage.sql import SqlConnection
 
 _CONVERSATION = (
     "conversation_id, business_account_id, user_account_id, topic, state, agent_device_id,"
@@ -22,10 +21,13 @@ _EVENT = (
 _ASSIGNED = int(SupportState.ASSIGNED)
 
 
-class SqliteSupport:
+class SqlSupport:
     """Agents, conversations, queue events (support_model.SupportReads/SupportWrites)."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
+    # SQLite's planner is told which index serves "the pair's open conversation" (it would
+    # otherwise pick the wider one); PostgreSQL has no such hint and needs none.
+    open_pair_index = " INDEXED BY support_open_per_pair"
 
     def get_agent(self, account_id: str, device_id: int) -> AgentRow | None:
         r = self.connection.execute(
@@ -46,7 +48,7 @@ class SqliteSupport:
     def count_assigned(self, business_account_id: str, agent_device_id: int) -> int:
         # Scans the business's open conversations only (the partial unique index's prefix).
         r = self.connection.execute(
-            "SELECT count(*) FROM support_conversations INDEXED BY support_open_per_pair"
+            f"SELECT count(*) FROM support_conversations{self.open_pair_index}"
             " WHERE business_account_id = ? AND state != 3 AND state = ? AND agent_device_id = ?",
             (business_account_id, _ASSIGNED, agent_device_id),
         ).fetchone()
@@ -63,7 +65,7 @@ class SqliteSupport:
         self, business_account_id: str, user_account_id: str
     ) -> ConversationRow | None:
         r = self.connection.execute(
-            f"SELECT {_CONVERSATION} FROM support_conversations INDEXED BY support_open_per_pair"
+            f"SELECT {_CONVERSATION} FROM support_conversations{self.open_pair_index}"
             " WHERE business_account_id = ? AND user_account_id = ? AND state != 3",
             (business_account_id, user_account_id),
         ).fetchone()
@@ -136,7 +138,7 @@ class SqliteSupport:
         (sequence,) = self.connection.execute(
             "INSERT INTO support_queues (business_account_id, last_sequence) VALUES (?, 1)"
             " ON CONFLICT (business_account_id) DO UPDATE"
-            " SET last_sequence = last_sequence + 1 RETURNING last_sequence",
+            " SET last_sequence = support_queues.last_sequence + 1 RETURNING last_sequence",
             (row.business_account_id,),
         ).fetchone()
         self.connection.execute(

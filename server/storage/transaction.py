@@ -11,29 +11,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from server.storage.accounts import SqliteAccounts
-from server.storage.billing import SqliteBilling
-from server.storage.consent import SqliteConsent
-from server.storage.directory import SqliteDirectory
-from server.storage.keys import SqliteKeys
-from server.storage.links import SqliteLinks
-from server.storage.messages import SqliteMessages
-from server.storage.sending import SqliteSending
-from server.storage.support import SqliteSupport
-from server.storage.usage import SqliteUsage
+from server.storage.statements import Statements
 
 
-class SqliteTransaction(
-    SqliteAccounts,
-    SqliteKeys,
-    SqliteMessages,
-    SqliteDirectory,
-    SqliteConsent,
-    SqliteSending,
-    SqliteSupport,
-    SqliteLinks,
-    SqliteBilling,
-    SqliteUsage,
-):
+class SqliteTransaction(Statements):
+    connection: sqlite3.Connection
+
     def __init__(self, connection: sqlite3.Connection) -> None:
         self.connection = connection

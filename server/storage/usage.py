@@ -3,43 +3,51 @@ category or country, and the ledger's CAPTURE entries of the same messages."""
 
 from __future__ import annotations
 
-import sqlite3
-
 from server.domain.billing_model import ChargeState, EntryKind
 from server.domain.usage_model import REASON_COLUMNS, UsageCounts, UsageGroup
+from server.storage.sql import SqlConnection
 
 _CAPTURED = int(ChargeState.CAPTURED)
 _RELEASED = int(ChargeState.RELEASED)
 _RESERVED = int(ChargeState.RESERVED)
-# The grouping key of each grouping: fixed SQL, never built from a request.
+# The grouping key of each grouping: fixed SQL, never built from a request. The day of a
+# timestamp is the one SQL function the two dialects spell differently (`day_sql`).
 _KEYS = {
-    UsageGroup.DAY: "strftime('%Y-%m-%d', sent_at, 'unixepoch')",
     UsageGroup.CATEGORY: "CAST(category AS TEXT)",
     UsageGroup.COUNTRY: "country",
 }
+
+
+def _count(condition: str) -> str:
+    # Portable: PostgreSQL does not sum booleans.
+    return f" SUM(CASE WHEN {condition} THEN 1 ELSE 0 END),"
+
+
 _BY_REASON = "".join(
-    f" SUM(state = {_CAPTURED} AND reason = {REASON_COLUMNS[name]}),"
+    _count(f"state = {_CAPTURED} AND reason = {REASON_COLUMNS[name]}")
     for name in UsageCounts._fields
     if name in REASON_COLUMNS
 )
 _SUMS = (
-    f"COUNT(*), SUM(state = {_CAPTURED}),{_BY_REASON}"
-    f" SUM(state = {_RELEASED}),"
-    f" SUM(state = {_RESERVED}),"
+    f"COUNT(*),{_count(f'state = {_CAPTURED}')}{_BY_REASON}"
+    f"{_count(f'state = {_RELEASED}')}"
+    f"{_count(f'state = {_RESERVED}')}"
     f" COALESCE(SUM(CASE WHEN state = {_CAPTURED} THEN amount END), 0),"
     f" COALESCE(SUM(CASE WHEN state = {_RESERVED} THEN amount END), 0)"
 )
 
 
-class SqliteUsage:
+class SqlUsage:
     """usage_model.UsageReads over the charges and the ledger."""
 
-    connection: sqlite3.Connection
+    connection: SqlConnection
+    # The UTC day ("2026-11-28") of the `sent_at` column, in this dialect.
+    day_sql = "strftime('%Y-%m-%d', sent_at, 'unixepoch')"
 
     def usage_by(
         self, business_account_id: str, start: float, end: float, group: UsageGroup
     ) -> list[UsageCounts]:
-        key = _KEYS[group]
+        key = self.day_sql if group is UsageGroup.DAY else _KEYS[group]
         rows = self.connection.execute(
             f"SELECT {key} AS k, {_SUMS} FROM charges"
             " WHERE business_account_id = ? AND sent_at >= ? AND sent_at < ?"

@@ -575,6 +575,61 @@ def _v11_billing(conn: Connection) -> None:
     )
 
 
+def _v12_stream_positions(conn: Connection) -> None:
+    """Each device's envelopes and delivery statuses numbered in commit order (see SQLite's
+    migration 12): rows on file keep their id as their position, each counter starts above."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE device_streams (
+            account_id TEXT COLLATE "C" NOT NULL,
+            device_id  BIGINT NOT NULL,
+            last_seq   BIGINT NOT NULL,
+            epoch      BIGINT NOT NULL DEFAULT 0,  -- of the device's newest stream
+            PRIMARY KEY (account_id, device_id),
+            FOREIGN KEY (account_id, device_id) REFERENCES devices(account_id, device_id)
+                ON DELETE CASCADE
+        );
+        ALTER TABLE envelopes ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE delivery_statuses ADD COLUMN seq BIGINT NOT NULL DEFAULT 0;
+        UPDATE envelopes SET seq = envelope_id;
+        UPDATE delivery_statuses SET seq = status_id;
+        INSERT INTO device_streams (account_id, device_id, last_seq)
+            SELECT account_id, device_id, max(last) FROM (
+                SELECT account_id, device_id, max(envelope_id) AS last FROM envelopes
+                GROUP BY account_id, device_id
+                UNION ALL
+                SELECT account_id, device_id, max(status_id) FROM delivery_statuses
+                GROUP BY account_id, device_id
+            ) AS rows_on_file GROUP BY account_id, device_id;
+        DROP INDEX envelopes_by_device;
+        CREATE UNIQUE INDEX envelopes_by_device ON envelopes(account_id, device_id, seq);
+        DROP INDEX delivery_statuses_by_device;
+        CREATE UNIQUE INDEX delivery_statuses_by_device
+            ON delivery_statuses(account_id, device_id, seq);
+        """,
+    )
+
+
+def _v13_rate_buckets(conn: Connection) -> None:
+    """Rate limits shared by replicas (server.domain.ratelimit): one token bucket per limit
+    and key, with the time after which it is full again and may be forgotten."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE rate_buckets (
+            bucket     TEXT COLLATE "C" NOT NULL,  -- the limit, by its description
+            key        TEXT COLLATE "C" NOT NULL,  -- whose: a number, an address, an account
+            tokens     DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (bucket, key)
+        );
+        CREATE INDEX rate_buckets_by_expiry ON rate_buckets(expires_at);
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -599,6 +654,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         11, "billing: price tables, balances, the ledger, charges, monthly usage", _v11_billing
     ),
+    Migration(
+        12,
+        "stream positions: each device's envelopes and statuses numbered in commit order",
+        _v12_stream_positions,
+    ),
+    Migration(13, "rate limits shared by replicas: token buckets", _v13_rate_buckets),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster for the tests, from the machine's own server binaries.
+"""A throwaway PostgreSQL cluster, from the machine's own server binaries: for the tests, and
+for `make run-cluster` (`server.cluster`) when no database is given.
 
 The PostgreSQL backend has to be tested against a real server, and a shared or long-lived one
 would let tests see each other's data and depend on how a machine was set up. So the test
