@@ -1,12 +1,20 @@
-"""Seeded ML-KEM-1024 encapsulation: the NIST known answers, OpenSSL's decapsulation, and
-reproducibility through ``KyberPublicKey.encapsulate(rng)``."""
+"""Seeded ML-KEM encapsulation: the NIST known answers of all three parameter sets, OpenSSL's
+decapsulation, and reproducibility through ``KyberPublicKey.encapsulate(rng)``."""
 
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from client.crypto.keys import KyberKeyPair, deterministic_rng, kyber_shared_secret
-from client.crypto.mlkem_encaps import encapsulate_internal
+from client.crypto.mlkem_encaps import (
+    ML_KEM_512,
+    ML_KEM_768,
+    ML_KEM_1024,
+    ParameterSet,
+    encapsulate_internal,
+    key_vector_in_range,
+)
 from tests.crypto.test_primitives_kat import _mlkem_records
 
 
@@ -17,6 +25,35 @@ def test_encapsulation_matches_the_nist_known_answers() -> None:
         shared, ciphertext = encapsulate_internal(bytes.fromhex(r["pk"]), bytes.fromhex(r["msg"]))
         assert ciphertext.hex() == r["ct"]
         assert shared.hex() == r["ss"]
+
+
+@pytest.mark.parametrize(
+    ("params", "level"), [(ML_KEM_512, 512), (ML_KEM_768, 768), (ML_KEM_1024, 1024)]
+)
+def test_every_parameter_set_matches_the_nist_known_answers(
+    params: ParameterSet, level: int
+) -> None:
+    records = list(_mlkem_records(10, level))
+    assert len(records) == 10
+    for r in records:
+        ek = bytes.fromhex(r["pk"])
+        assert len(ek) == params.encapsulation_key_length
+        assert len(bytes.fromhex(r["ct"])) == params.ciphertext_length
+        assert key_vector_in_range(params, ek[: params.key_vector_length])
+        shared, ciphertext = encapsulate_internal(ek, bytes.fromhex(r["msg"]), params)
+        assert ciphertext.hex() == r["ct"]
+        assert shared.hex() == r["ss"]
+
+
+def test_openssl_decapsulates_ml_kem_768() -> None:
+    for label in (b"one", b"two"):
+        key = mlkem.MLKEM768PrivateKey.from_seed_bytes(deterministic_rng(label)(64))
+        ek = key.public_key().public_bytes_raw()
+        shared, ciphertext = encapsulate_internal(
+            ek, deterministic_rng(label + b" m")(32), ML_KEM_768
+        )
+        assert len(ciphertext) == 1088
+        assert key.decapsulate(ciphertext) == shared
 
 
 def test_seeded_encapsulation_is_reproducible_and_openssl_decapsulates_it() -> None:
@@ -50,3 +87,15 @@ def test_bad_lengths_are_refused() -> None:
         encapsulate_internal(bytes(100), bytes(32))
     with pytest.raises(ValueError, match="32 bytes"):
         encapsulate_internal(bytes(1568), bytes(31))
+    with pytest.raises(ValueError, match="ML-KEM-768 encapsulation key is 1184 bytes, got 1568"):
+        encapsulate_internal(bytes(1568), bytes(32), ML_KEM_768)
+
+
+def test_the_modulus_check() -> None:
+    assert key_vector_in_range(ML_KEM_768, bytes(1152))
+    # 0xD01 = 3329 = q in the first 12-bit coefficient: out of range.
+    assert not key_vector_in_range(ML_KEM_768, b"\x01\x0d" + bytes(1150))
+    assert key_vector_in_range(ML_KEM_768, b"\x00\x0d" + bytes(1150))  # 3328 = q - 1
+    # The last coefficient of the last polynomial: the top 12 bits.
+    assert not key_vector_in_range(ML_KEM_768, bytes(1150) + b"\x10\xd0")
+    assert not key_vector_in_range(ML_KEM_768, bytes(1151))

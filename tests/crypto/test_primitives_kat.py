@@ -101,8 +101,9 @@ def test_aes_fast_path_matches_public_cipher_api() -> None:
         assert aes_cbc_encrypt(key, iv, plaintext) == expected
 
 
-def _mlkem_records(limit: int) -> Iterator[dict[str, str]]:
-    for i, r in enumerate(_records("asymmetric/MLKEM/kat_MLKEM_1024.rsp", "count")):
+def _mlkem_records(limit: int, level: int = 1024) -> Iterator[dict[str, str]]:
+    """The first ``limit`` NIST records of ML-KEM-``level`` (512, 768 or 1024)."""
+    for i, r in enumerate(_records(f"asymmetric/MLKEM/kat_MLKEM_{level}.rsp", "count")):
         if i >= limit:
             return
         yield r
