@@ -34,6 +34,7 @@ __all__ = [
     "ML_KEM_512",
     "ML_KEM_768",
     "ML_KEM_1024",
+    "SEED_LENGTH",
     "ParameterSet",
     "derive_key_and_randomness",
     "encapsulate_internal",
