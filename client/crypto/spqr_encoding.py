@@ -1,4 +1,4 @@
-"""SPQR's erasure code: a large value sent 32 bytes at a time, rebuilt from any enough chunks.
+"""SPQR's erasure code: a large value sent 32 bytes at a time, rebuilt from any sufficient set.
 
 Why this exists: SPQR (libsignal's sparse post-quantum ratchet, the "ML-KEM Braid") sends
 values of up to 1152 bytes, but each Signal message carries at most one 32-byte chunk of
@@ -74,6 +74,8 @@ MAX_VALUE_SIZE: Final = 2048
 keeps a corrupt session record from making us allocate or interpolate without limit."""
 _MAX_VARINT_BYTES: Final = 10
 """SPQR reads a chunk index as a varint of at most 10 bytes, then range-checks it."""
+_U64: Final = (1 << 64) - 1
+"""SPQR's varint reader keeps 64 bits; bits shifted beyond them in a 10th byte are lost."""
 
 HEADER_VALUE_SIZE: Final = 64 + 32
 """The ML-KEM-768 encapsulation-key header (64 bytes) followed by its 32-byte MAC: 3 chunks."""
@@ -171,8 +173,8 @@ def parse_chunk(data: bytes, pos: int = 0) -> tuple[Chunk, int]:
     """Read a chunk written by :meth:`Chunk.to_bytes` at ``pos``; return it and the end offset.
 
     Accepts what SPQR accepts: a varint of up to 10 bytes (not necessarily minimal) whose
-    value is at most :data:`MAX_CHUNK_INDEX`, then 32 bytes. Bytes after them are left to the
-    caller (SPQR ignores trailing data in its messages).
+    value, truncated to 64 bits, is at most :data:`MAX_CHUNK_INDEX`, then 32 bytes. Bytes
+    after them are left to the caller (SPQR ignores trailing data in its messages).
 
     Raises:
         InvalidMessageError: truncated chunk, over-long varint or index above 65535.
@@ -183,7 +185,7 @@ def parse_chunk(data: bytes, pos: int = 0) -> tuple[Chunk, int]:
             raise InvalidMessageError("truncated SPQR chunk index")
         byte = data[pos]
         pos += 1
-        index |= (byte & 0x7F) << (7 * i)
+        index = (index | (byte & 0x7F) << (7 * i)) & _U64  # SPQR reads into a u64
         if not byte & 0x80:
             break
     else:

@@ -104,6 +104,8 @@ def test_wire_form() -> None:
     assert Chunk(65535, bytes(32)).to_bytes()[:3] == b"\xff\xff\x03"
     # Non-minimal varints are read as SPQR reads them.
     assert enc.parse_chunk(b"\x80\x00" + bytes(32))[0].index == 0
+    # ... including a 10th byte whose bits above 2^64 fall off.
+    assert enc.parse_chunk(b"\x85" + b"\x80" * 8 + b"\x02" + bytes(32))[0].index == 5
 
 
 def test_next_chunk_wraps_like_the_reference() -> None:
@@ -153,7 +155,7 @@ def _delivery(draw: st.DrawFn) -> tuple[bytes, list[int], int]:
 
 @given(_delivery())
 @settings(max_examples=60)
-def test_any_enough_chunks_decode(delivery: tuple[bytes, list[int], int]) -> None:
+def test_any_sufficient_subset_decodes(delivery: tuple[bytes, list[int], int]) -> None:
     value, indices, enough = delivery
     encoder = ChunkEncoder(value)
     decoder = ChunkDecoder(len(value))
