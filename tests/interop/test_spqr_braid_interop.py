@@ -10,6 +10,8 @@ auth key, the header-MAC label and layout (docs/spqr.md, "Checking against libsi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from client.crypto import spqr_braid as braid
 from client.crypto.wire import PreKeySignalMessage
 from tests.interop.libsignal_peer import V090, Address, LibsignalPeer
@@ -63,7 +65,7 @@ class _Systematic:
     def chunk(self, payload: bytes, index: int) -> bytes:
         raise AssertionError("not used")
 
-    def decode(self, length: int, chunks: dict[int, bytes]) -> bytes:
+    def decode(self, length: int, chunks: Mapping[int, bytes]) -> bytes:
         assert sorted(chunks) == list(range(length // 32))
         return b"".join(chunks[i] for i in range(length // 32))
 
