@@ -12,10 +12,10 @@ protocols so that they can be built (and tested) separately:
 * :class:`ErasureCode`: cuts a payload into 32-byte chunks, any ``len / 32`` of which
   rebuild it.
 
-What it does not do (``docs/spqr.md`` describes both; they come with the session wiring):
-the per-message SPQR chain that turns epoch secrets into message keys, and version
-negotiation. Its outputs are exactly what the chain needs: the epoch of each outgoing
-message, and each epoch secret with its epoch number when it becomes known.
+What it does not do: the per-message SPQR chain that turns epoch secrets into message keys,
+and version negotiation; :mod:`client.crypto.spqr_ratchet` does both on top of this module.
+Its outputs are exactly what the chain needs: the epoch of each outgoing message, and each
+epoch secret with its epoch number when it becomes known.
 
 Roles: the session's initiator (A) starts as the *EK sender* of epoch 1 in
 :class:`KeysUnsampled`, the responder (B) as the *CT sender* in :class:`NoHeaderReceived`;

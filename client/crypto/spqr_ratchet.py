@@ -278,9 +278,9 @@ def receive(
         MessageTooFarAheadError: the SPQR index jumps too far.
         DuplicateMessageError: the SPQR key was already used, or is too old.
     """
-    if pq_ratchet and pq_ratchet[0] != braid.SPQR_V1:
+    theirs = pq_ratchet[0] if pq_ratchet else 0  # a leading 0x00 also says "version 0"
+    if theirs > braid.SPQR_V1:
         return state, None  # a version we do not know: ignore it, as the reference does
-    theirs = braid.SPQR_V1 if pq_ratchet else 0
     if theirs < state.version:
         negotiation = state.negotiation
         if negotiation is None:

@@ -196,6 +196,8 @@ def test_minimum_version_one_refuses_a_peer_without_spqr() -> None:
         pq.receive(b.state, b"", kem=KEM, code=CODE)
     # A version we do not know is ignored; after the first SPQR message, no downgrade.
     assert pq.receive(b.state, b"\x02junk", kem=KEM, code=CODE) == (b.state, None)
+    with pytest.raises(spqr_braid.SpqrError, match="Minimum version"):
+        pq.receive(b.state, b"\x00", kem=KEM, code=CODE)  # a leading 0 is version 0 too
     b.receive(a.send())
     with pytest.raises(spqr_braid.SpqrError, match="version mismatch"):
         pq.receive(b.state, b"", kem=KEM, code=CODE)
