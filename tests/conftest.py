@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 import pytest
 from parley.v1 import account_pb2 as apb
 from parley.v1 import account_pb2_grpc
@@ -24,6 +25,7 @@ from server.app import ParleyServer, build_server
 from server.config import Settings
 from server.domain.clock import ManualClock
 from server.domain.codes import VerificationGate
+from server.storage.postgres import migrations as postgres_migrations
 from server.storage.postgres.local import PostgresCluster, PostgresUnavailable, find_bin_dir
 from server.storage.sql import StorageTransaction
 
@@ -277,7 +279,8 @@ def make_server(
         if backend == "sqlite":
             return tmp_path / f"parley-{len(servers)}.db"
         cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-        databases.append(cluster.create_database())
+        template: str = request.getfixturevalue("migrated_template")
+        databases.append(cluster.create_database(template=template))
         return databases[-1]
 
     def factory(
@@ -330,6 +333,19 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         pytest.skip(str(exc))
     with PostgresCluster(bin_dir) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_cluster: PostgresCluster) -> str:
+    """A database migrated to the latest schema once per session: the servers' databases are
+    copies of it, so each server starts without running the migrations again (about 80 ms
+    per server, times a few hundred tests)."""
+
+    def migrate(url: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            postgres_migrations.migrate(conn)
+
+    return postgres_cluster.make_template("parley_migrated", migrate)
 
 
 @pytest.fixture
