@@ -151,9 +151,9 @@ class PostgresDatabase:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.1
-                    handler(RESYNC)
+                    _hand(handler, RESYNC)
                     async for note in conn.notifies():
-                        handler(note.payload)
+                        _hand(handler, note.payload)
             except psycopg.Error as exc:
                 log.warning(
                     "the replica signal connection to %s failed (%s); reconnecting in %.1f s",
@@ -270,6 +270,14 @@ class PostgresDatabase:
                 listener(writable)
             except Exception:
                 log.exception("a write-health listener failed")
+
+
+def _hand(handler: Callable[[str], None], payload: str) -> None:
+    """A signal to its handler; a handler that fails is logged, and the signals go on."""
+    try:
+        handler(payload)
+    except Exception:
+        log.exception("a replica signal's handler failed on %r", payload[:80])
 
 
 def _claim_node(url: str) -> tuple[psycopg.Connection[Any], int]:
