@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parley.v1 import account_pb2 as apb
@@ -30,6 +31,7 @@ from server.app import build_server
 from server.config import Settings
 from server.storage.database import Database
 from server.storage.errors import DatabaseInUse
+from server.storage.postgres import migrations as postgres_migrations
 from tests.tools import REPO, server_process
 
 NUMBER, CODE = "+15550001111", "123456"
@@ -280,3 +282,23 @@ def test_a_missing_tls_file(tmp_path: Path) -> None:
         "--database", str(tmp_path / "p.db"), "--tls-cert", str(missing), "--tls-key", str(key)
     )
     assert f"cannot read --tls-cert {missing}" in line
+
+
+def test_an_unreachable_postgresql_is_one_line_naming_the_address(tmp_path: Path) -> None:
+    """No server at the address: the replica does not start, and says where it looked and what
+    to check (never the password)."""
+    url = f"postgresql://parley:secret@/parley?host={tmp_path}&port=5999"
+    line = start_fails("--database", url)
+    assert "cannot connect to PostgreSQL at postgresql://parley@" in line and "secret" not in line
+    assert "check that the server is running" in line
+
+
+def test_a_newer_postgresql_schema_is_refused(postgres_url: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        postgres_migrations.migrate(conn)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, description) VALUES (%s, 'from the future')",
+            (postgres_migrations.LATEST_VERSION + 1,),
+        )
+    line = start_fails("--database", postgres_url)
+    assert "newer than this server supports" in line
