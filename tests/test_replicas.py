@@ -34,7 +34,7 @@ from server.domain.clock import ManualClock
 from server.domain.ratelimit import Rate
 from tests.conftest import LiveServer, ServerFactory, register
 from tests.keys_helper import DeviceKeyMaker
-from tests.test_billing_live import ADMIN, ANA, CODES, OPERATOR, SHOP, business_member
+from tests.test_billing_live import ADMIN, ANA, BEN, CODES, OPERATOR, SHOP, business_member
 from tests.test_billing_rpc import ADMIN_TOKEN as RPC_ADMIN
 from tests.test_billing_rpc import OPERATOR as RPC_OPERATOR
 from tests.test_billing_rpc import SHIPPED_TOML
@@ -400,3 +400,66 @@ def test_a_price_table_set_through_a_is_in_force_on_b(
     clock.advance(60)
     listing = on_b.GetPriceList(bpb.GetPriceListRequest(), metadata=person.metadata)
     assert listing.current.version == 2
+
+
+def test_two_replicas_never_overdraw_a_balance_nor_capture_twice(
+    postgres_url: str, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A balance for exactly ten replies, twenty sent at once through two replicas: ten are
+    reserved, ten refused, never a negative balance; then Ben's two devices acknowledge
+    everything at once on different replicas: each message is captured exactly once."""
+    table = tmp_path / "prices.toml"
+    table.write_text(PRICES)
+    clock = ManualClock()
+    common = {"admin_token": ADMIN, "billing": True, "price_file": table, "test_numbers": CODES}
+    a = make_server(database=postgres_url, clock=clock, **common)
+    b = make_server(database=postgres_url, clock=clock, **common)
+    shop, ben = business_member(a, SHOP), member(a, BEN)
+    ben2 = member(b, BEN, ben.device)
+    stub(a).SendMessage(send_request([shop], b"hi"), metadata=ben.device.metadata)
+    billing = billing_pb2_grpc.BillingServiceStub(a.channel())
+    billing.TopUp(
+        bpb.TopUpRequest(
+            business_account_id=shop.device.account_id, amount_micros=100_000, reference="r1"
+        ),
+        metadata=OPERATOR,
+    )
+
+    def reply(server: LiveServer) -> int | grpc.StatusCode:
+        try:
+            return int(
+                stub(server)
+                .SendMessage(send_request([ben, ben2], b"reply"), metadata=shop.device.metadata)
+                .message_id
+            )
+        except grpc.RpcError as exc:
+            assert isinstance(exc, grpc.Call)
+            code = exc.code()
+            assert code == grpc.StatusCode.FAILED_PRECONDITION, exc.details()
+            assert "insufficient balance" in (exc.details() or "")
+            return code
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(reply, [a, b] * 10))
+    sent = [o for o in outcomes if isinstance(o, int)]
+    assert len(sent) == 10 and outcomes.count(grpc.StatusCode.FAILED_PRECONDITION) == 10
+
+    def balance() -> tuple[int, int]:
+        got = billing.GetBalance(bpb.GetBalanceRequest(), metadata=shop.device.metadata)
+        return got.available_micros, got.reserved_micros
+
+    assert balance() == (0, 100_000)
+
+    def ack_all(server: LiveServer, who: Member) -> None:
+        envelopes = Stream(server, who).until_empty()
+        ack(server, who, envelopes)
+
+    with ThreadPoolExecutor(2) as pool:
+        for job in [pool.submit(ack_all, a, ben), pool.submit(ack_all, b, ben2)]:
+            job.result()
+    assert balance() == (0, 0)
+    entries = billing.ListLedgerEntries(
+        bpb.ListLedgerEntriesRequest(page_size=1000), metadata=shop.device.metadata
+    ).entries
+    captured = [e.message_id for e in entries if e.kind == bpb.LEDGER_ENTRY_KIND_CAPTURE]
+    assert sorted(captured) == sorted(sent)
