@@ -221,19 +221,23 @@ def run_demo_conversation(
             ).plaintext
         return bob.decrypt(msg.serialized, rng=rng_b, tracer=trace_bob)
 
-    burst = [alice.encrypt(f"hello {i}".encode(), tracer=trace_alice) for i in range(messages)]
+    burst = [
+        alice.encrypt(f"hello {i}".encode(), rng=rng_a, tracer=trace_alice) for i in range(messages)
+    ]
     order = list(reversed(range(messages))) if out_of_order else list(range(messages))
     note("bob", f"receives Alice's messages in order {order}")
     for i in order:
         deliver_to_bob(burst[i])
 
-    replies = [bob.encrypt(f"reply {i}".encode(), tracer=trace_bob) for i in range(messages)]
+    replies = [
+        bob.encrypt(f"reply {i}".encode(), rng=rng_b, tracer=trace_bob) for i in range(messages)
+    ]
     late = replies.pop(0) if out_of_order and messages > 1 else None
     note("alice", "receives Bob's replies" + (" except the first" if late else ""))
     for msg in replies:
         alice.decrypt(msg.serialized, rng=rng_a, tracer=trace_alice)
 
-    answer = alice.encrypt(b"answer", tracer=trace_alice)
+    answer = alice.encrypt(b"answer", rng=rng_a, tracer=trace_alice)
     note("bob", "receives Alice's answer")
     deliver_to_bob(answer)
     if late is not None:
