@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from client.crypto import pqxdh
+from client.crypto import pqxdh, spqr_braid
 from client.crypto import spqr_ratchet as pq
 from client.crypto.errors import (
     CryptoError,
@@ -241,6 +241,17 @@ class SessionState:
         ratchet, docs/spqr.md "One message, end to end"). Mutates this state: encryption
         cannot fail half-way. ``rng`` feeds SPQR's ML-KEM key generation and encapsulation."""
         spqr_state, pq_ratchet, pq_key = pq.send(self.spqr, kem=SPQR_KEM, code=SPQR_CODE, rng=rng)
+        if tracer is not NO_TRACE:
+            _trace_spqr(
+                tracer,
+                EventKind.SPQR_SEND,
+                self.spqr,
+                spqr_state,
+                pq_ratchet,
+                pq_key,
+                self.sender_chain.ratchet_key.public_key,
+                self.sender_chain.chain_key.index,
+            )
         self.spqr = spqr_state
         chain = self.sender_chain
         ck = chain.chain_key
@@ -445,6 +456,17 @@ class SessionState:
             step = True
         # SPQR's receive step, on the copy: committed below only if the MAC verifies.
         spqr_state, pq_salt = pq.receive(new.spqr, message.pq_ratchet, kem=SPQR_KEM, code=SPQR_CODE)
+        if tracer is not NO_TRACE:
+            _trace_spqr(
+                tracer,
+                EventKind.SPQR_RECEIVE,
+                new.spqr,
+                spqr_state,
+                message.pq_ratchet,
+                pq_salt,
+                their_key,
+                counter,
+            )
         if step:
             seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_salt)
             next_ck = ChainKey(next_key, ck.index + 1)
@@ -814,6 +836,61 @@ def _trace_kdf_rk(
             },
         )
     )
+
+
+def _trace_spqr(
+    tracer: Tracer,
+    kind: str,
+    before: pq.SpqrState,
+    after: pq.SpqrState,
+    field: bytes,
+    key: bytes | None,
+    ratchet_key: PublicKey,
+    counter: int,
+) -> None:
+    """Report one SPQR step (only when tracing): the field sent or received, decoded; the
+    Braid state before and after; the SPQR key (secret); and, when an epoch completed here,
+    the new chain epoch's root and seeds (secret)."""
+    public: dict[str, TraceValue] = {
+        "ratchet_key": ratchet_key.serialize(),
+        "counter": counter,
+        "spqr_version": after.version,
+        "pq_ratchet": field,
+        "state_before": repr(before.braid) if before.braid is not None else "none",
+        "state_after": repr(after.braid) if after.braid is not None else "none",
+    }
+    if field[:1] == b"\x01":
+        message, index = spqr_braid.decode_message(field)
+        public.update(
+            epoch=message.epoch,
+            index=index,
+            message_type=message.type.name,
+            chunk_index=None if message.chunk is None else message.chunk.index,
+        )
+    secret = {"spqr_key": key} if key is not None else {}
+    tracer(TraceEvent(kind, public, secret))
+    old_epoch = before.chain.current_epoch if before.chain is not None else 0
+    chain = after.chain
+    if chain is not None and chain.current_epoch > old_epoch:
+        newest = chain.links[-1]
+        tracer(
+            TraceEvent(
+                EventKind.SPQR_EPOCH,
+                {
+                    "epoch": chain.current_epoch,
+                    "how": "encapsulated, sending the first ct1 chunk"
+                    if kind == EventKind.SPQR_SEND
+                    else "decapsulated, all of ct2 received",
+                    "chain_epochs_kept": len(chain.links),
+                    "our_direction": "A2B" if chain.initiator else "B2A",
+                },
+                {
+                    "chain_next_root": chain.next_root,
+                    "our_chain_seed": newest.send.next,
+                    "their_chain_seed": newest.recv.next,
+                },
+            )
+        )
 
 
 def _prekey_message_fields(message: PreKeySignalMessage) -> dict[str, TraceValue]:
