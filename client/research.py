@@ -101,9 +101,12 @@ LEGEND: Final[tuple[tuple[str, str], ...]] = (
     ("DHR_n", "the ratchet Diffie-Hellman output that moves RK_n-1 to RK_n"),
     ("A1, A2, B1, ...", "ratchet key pairs of Alice and Bob; B0 is SPK_B, Bob's first"),
     ("CK_X.n", "chain key n of the chain on ratchet key X (CK_B0.0 is the second part of SK)"),
-    ("SPQR_auth", "third part of SK, the SPQR authentication key (no SPQR keys are mixed in)"),
+    ("SPQR_auth", "third part of SK, the SPQR authentication key (starts SPQR's chain)"),
+    ("SPQR_key[X.n]", "SPQR's key for message n of chain X: the salt of its message keys"),
+    ("pq_ratchet[X.n]", "SPQR message in field 5: version, epoch, index, type [, chunk]"),
+    ("SPQR_root_e", "SPQR chain root after epoch e; seed_A2B_e, seed_B2A_e its two chains"),
     ("MK_X.n", "message key seed n of chain X = HMAC-SHA256(CK_X.n, 0x01)"),
-    ("MK_X.n.*", "cipher_key (32) || mac_key (32) || iv (16) = HKDF(salt_0, MK_X.n, info, 80)"),
+    ("MK_X.n.*", "cipher_key || mac_key || iv = HKDF(SPQR_key[X.n] or salt_0, MK_X.n, info, 80)"),
     ("[X.n]", "the message sent with MK_X.n: plaintext, ciphertext, protobuf, MAC..."),
     ("MAC_input", "IK_sender || IK_receiver || version byte || protobuf (the MAC's input)"),
 )
@@ -221,19 +224,23 @@ def run_demo_conversation(
             ).plaintext
         return bob.decrypt(msg.serialized, rng=rng_b, tracer=trace_bob)
 
-    burst = [alice.encrypt(f"hello {i}".encode(), tracer=trace_alice) for i in range(messages)]
+    burst = [
+        alice.encrypt(f"hello {i}".encode(), rng=rng_a, tracer=trace_alice) for i in range(messages)
+    ]
     order = list(reversed(range(messages))) if out_of_order else list(range(messages))
     note("bob", f"receives Alice's messages in order {order}")
     for i in order:
         deliver_to_bob(burst[i])
 
-    replies = [bob.encrypt(f"reply {i}".encode(), tracer=trace_bob) for i in range(messages)]
+    replies = [
+        bob.encrypt(f"reply {i}".encode(), rng=rng_b, tracer=trace_bob) for i in range(messages)
+    ]
     late = replies.pop(0) if out_of_order and messages > 1 else None
     note("alice", "receives Bob's replies" + (" except the first" if late else ""))
     for msg in replies:
         alice.decrypt(msg.serialized, rng=rng_a, tracer=trace_alice)
 
-    answer = alice.encrypt(b"answer", tracer=trace_alice)
+    answer = alice.encrypt(b"answer", rng=rng_a, tracer=trace_alice)
     note("bob", "receives Alice's answer")
     deliver_to_bob(answer)
     if late is not None:
@@ -637,12 +644,86 @@ def _steps(events: Iterable[TraceEvent]) -> tuple[dict[str, TraceValue], list[_S
                 secret=True,
             )
             steps.append(step)
+        elif kind in (EventKind.SPQR_SEND, EventKind.SPQR_RECEIVE, EventKind.SPQR_EPOCH):
+            steps.append(_spqr_step(event, names))
         elif kind == EventKind.PREKEY_MESSAGE_RECEIVED:
             tag = _inner_tag(event, names)
             steps.append(_prekey_wire_step(event, names, tag, sent=False))
         else:
             steps.append(_info_step(event, names))
     return header, steps
+
+
+def _spqr_step(event: TraceEvent, names: _Names) -> _Step:
+    """SPQR's part of a message (its ``pq_ratchet`` field decoded, the Braid state before and
+    after, the SPQR key that salts the message keys) or an SPQR epoch completing (the new
+    chain epoch's root and seeds). The SPQR key carries the name the message-keys step uses
+    for its salt, and an epoch's root the same name on both sides, so :func:`verify`'s link
+    check ties them together."""
+    p = event.public
+
+    def text(name: str) -> str:
+        value = p.get(name)
+        return value.hex() if isinstance(value, bytes) else str(value)
+
+    if event.kind == EventKind.SPQR_EPOCH:
+        epoch = _int(p.get("epoch"))
+        step = _Step(
+            event.party,
+            event.kind,
+            f"SPQR epoch {epoch} completed here ({text('how')}): chain epoch {epoch} added",
+            f"SPQR_root_{epoch} || seed_A2B_{epoch} || seed_B2A_{epoch} = HKDF-SHA256("
+            f"salt = SPQR_root_{epoch - 1}, epoch secret {epoch}, info_add_epoch, 96)",
+        )
+        for key, value in p.items():
+            step.add(key, key, value)
+        ours = text("our_direction")
+        theirs = "B2A" if ours == "A2B" else "A2B"
+        step.add(
+            "chain_next_root",
+            f"SPQR_root_{epoch}",
+            event.secret.get("chain_next_root"),
+            secret=True,
+        )
+        step.add(
+            "our_chain_seed",
+            f"seed_{ours}_{epoch}",
+            event.secret.get("our_chain_seed"),
+            secret=True,
+        )
+        step.add(
+            "their_chain_seed",
+            f"seed_{theirs}_{epoch}",
+            event.secret.get("their_chain_seed"),
+            secret=True,
+        )
+        return step
+    sending = event.kind == EventKind.SPQR_SEND
+    ratchet_key = p.get("ratchet_key")
+    chain = names.ratchet(event.party, ratchet_key) if sending else names.chain(ratchet_key)
+    counter = _int(p.get("counter"))
+    what = "sent with" if sending else "received with"
+    detail = (
+        f"epoch {text('epoch')}, {text('message_type')}"
+        + (f" chunk {text('chunk_index')}" if p.get("chunk_index") is not None else "")
+        + f", index {text('index')}"
+        if "epoch" in p
+        else "no SPQR"
+    )
+    step = _Step(
+        event.party,
+        event.kind,
+        f"SPQR {what} message {counter} of chain {chain}: {detail}",
+        f"SPQR_key[{chain}.{counter}] = key {text('index')} of the "
+        f"{'sending' if sending else 'receiving'} SPQR chain, chain epoch "
+        f"{_int(p.get('epoch', 1)) - 1}",
+    )
+    step.add("pq_ratchet", f"pq_ratchet[{chain}.{counter}]", p.get("pq_ratchet"))
+    for name in ("state_before", "state_after"):
+        step.add(name, name, p.get(name))
+    if "spqr_key" in event.secret:
+        step.add("spqr_key", f"SPQR_key[{chain}.{counter}]", event.secret["spqr_key"], secret=True)
+    return step
 
 
 def _message_steps(event: TraceEvent, names: _Names) -> list[_Step]:

@@ -149,3 +149,24 @@ def test_the_recompute_by_hand_snippet_in_docs_protocol_runs(tmp_path: Path) -> 
         )
         assert result.returncode == 0, result.stderr
         assert "recomputed" in result.stdout
+
+
+def test_the_trace_shows_spqr_steps_and_their_keys_only_when_revealed() -> None:
+    hidden = records(ok(trace("--seed", "3", "--messages", "4", "--json")))
+    shown = records(ok(trace("--seed", "3", "--messages", "4", "--json", "--reveal-secrets")))
+    kinds = [r["kind"] for r in shown]
+    assert "spqr.send" in kinds and "spqr.receive" in kinds
+    # Bob encapsulates to Alice's first header: epoch 1 completes on his side.
+    epoch = next(r for r in shown if r["kind"] == "spqr.epoch")
+    assert epoch["party"] == "bob" and epoch["values"]["epoch"]["value"] == 1
+    assert len(value(shown, "SPQR_root_1")) == 64
+    assert value(hidden, "SPQR_root_1") == "<hidden>"
+    sent = next(r for r in shown if r["kind"] == "spqr.send")
+    assert "HDR chunk 0" in sent["title"]
+    # The SPQR key of a message is the salt its message keys step uses (same name, same value).
+    key = value(shown, "SPQR_key[A1.0]")
+    assert len(key) == 64 and value(hidden, "SPQR_key[A1.0]") == "<hidden>"
+    keys = next(r for r in shown if r["kind"] == "ratchet.message_keys")
+    assert keys["values"]["salt"]["name"] == "SPQR_key[A1.0]"
+    assert keys["values"]["salt"]["hex"] == key
+    assert "all OK" in ok(trace("--seed", "3", "--messages", "4", "--verify"))

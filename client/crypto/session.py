@@ -16,9 +16,12 @@ Invariants of this module (numbered so that tests and reviews can point at them)
    PreKeySignalMessage until the first message from the peer decrypts.
 4. **No I/O.** State goes back to the caller as bytes (``SessionRecord.to_bytes``); prekeys
    come in through the caller's :class:`PreKeySource`.
-5. **SPQR seam.** Message keys take an optional salt, and sessions keep the PQXDH SPQR auth
-   key. We send no ``pq_ratchet``; for received messages :mod:`client.crypto.spqr` derives
-   the salt of SPQR's first epoch (what libsignal >= 0.92 uses from its first message).
+5. **Triple ratchet.** Every session created now runs SPQR v1 (``docs/spqr.md``) next to the
+   Double Ratchet: each message we send carries a ``pq_ratchet`` field and its SPQR key salts
+   the message keys; a received field is processed on the copy of invariant 1, so the SPQR
+   state is committed only with the Double Ratchet's, after the MAC verified. Sessions
+   stored before SPQR (record format 1) keep an empty (version 0) SPQR state and work as
+   before.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from client.crypto import pqxdh, spqr
+from client.crypto import pqxdh, spqr_braid
+from client.crypto import spqr_ratchet as pq
 from client.crypto.errors import (
     CryptoError,
     DuplicateMessageError,
@@ -50,6 +54,8 @@ from client.crypto.protobuf import bytes_field, decode_fields, decode_repeated, 
 from client.crypto.ratchet import ChainKey, RootKey
 from client.crypto.ratchet.message_keys import aes_cbc_decrypt, aes_cbc_encrypt
 from client.crypto.ratchet.root_key import RATCHET_INFO
+from client.crypto.spqr_components import CODE as SPQR_CODE
+from client.crypto.spqr_components import KEM as SPQR_KEM
 from client.crypto.trace import NO_TRACE, EventKind, TraceEvent, Tracer, TraceValue
 from client.crypto.wire import (
     CIPHERTEXT_MESSAGE_CURRENT_VERSION,
@@ -87,9 +93,11 @@ MAX_RECEIVER_CHAINS: Final = 5
 """libsignal ``MAX_RECEIVER_CHAINS``: older chains (and their skipped keys) are dropped."""
 ARCHIVED_STATES_MAX_LENGTH: Final = 40
 """libsignal ``ARCHIVED_STATES_MAX_LENGTH``: archived sessions kept for late messages."""
-STATE_FORMAT_VERSION: Final = 1
+STATE_FORMAT_VERSION: Final = 2
 """Version of :meth:`SessionRecord.to_bytes`. Bump it on any incompatible change and keep
-reading every older version (tests/crypto/fixtures holds a v1 record)."""
+reading every older version (tests/crypto/fixtures holds a v1 and a v2 record). 2 added each
+session's SPQR state; a version-1 record's sessions read as SPQR version 0 (none)."""
+READABLE_FORMAT_VERSIONS: Final = (1, 2)
 
 
 class ReceiverChain:
@@ -160,6 +168,7 @@ class SessionState:
         "remote_registration_id",
         "root_key",
         "sender_chain",
+        "spqr",
         "version",
     )
 
@@ -178,6 +187,7 @@ class SessionState:
         alice_base_key: PublicKey,
         is_initiator: bool,
         pqr_auth_key: bytes,
+        spqr: pq.SpqrState = pq.VERSION_0,
         version: int = CIPHERTEXT_MESSAGE_CURRENT_VERSION,
     ) -> None:
         self.version = version
@@ -193,6 +203,7 @@ class SessionState:
         self.alice_base_key = alice_base_key
         self.is_initiator = is_initiator
         self.pqr_auth_key = pqr_auth_key
+        self.spqr = spqr
 
     def copy(self) -> SessionState:
         """A shallow copy: safe because chains are replaced, never mutated (invariant 1)."""
@@ -210,6 +221,7 @@ class SessionState:
         new.alice_base_key = self.alice_base_key
         new.is_initiator = self.is_initiator
         new.pqr_auth_key = self.pqr_auth_key
+        new.spqr = self.spqr
         return new
 
     def __repr__(self) -> str:
@@ -221,12 +233,29 @@ class SessionState:
 
     # --- encryption -----------------------------------------------------------------
 
-    def encrypt(self, plaintext: bytes, tracer: Tracer = NO_TRACE) -> CiphertextMessage:
+    def encrypt(
+        self, plaintext: bytes, tracer: Tracer = NO_TRACE, rng: Rng = default_rng
+    ) -> CiphertextMessage:
         """Encrypt one message with the sending chain and step it (Double Ratchet §3.4
-        RatchetEncrypt). Mutates this state: encryption cannot fail half-way."""
+        RatchetEncrypt), after SPQR's send step, whose key salts the message keys (triple
+        ratchet, docs/spqr.md "One message, end to end"). Mutates this state: encryption
+        cannot fail half-way. ``rng`` feeds SPQR's ML-KEM key generation and encapsulation."""
+        spqr_state, pq_ratchet, pq_key = pq.send(self.spqr, kem=SPQR_KEM, code=SPQR_CODE, rng=rng)
+        if tracer is not NO_TRACE:
+            _trace_spqr(
+                tracer,
+                EventKind.SPQR_SEND,
+                self.spqr,
+                spqr_state,
+                pq_ratchet,
+                pq_key,
+                self.sender_chain.ratchet_key.public_key,
+                self.sender_chain.chain_key.index,
+            )
+        self.spqr = spqr_state
         chain = self.sender_chain
         ck = chain.chain_key
-        seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, None)
+        seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_key)
         next_ck = ChainKey(next_key, ck.index + 1)
         body = aes_cbc_encrypt(cipher_key, iv, plaintext)
         pending = self.pending_pre_key
@@ -240,6 +269,7 @@ class SessionState:
                 body,
                 self.local_identity,
                 self.remote_identity,
+                pq_ratchet,
             )
             self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
             return CiphertextMessage(CiphertextMessageType.WHISPER, serialized)
@@ -251,11 +281,19 @@ class SessionState:
             ciphertext=body,
             sender_identity=self.local_identity,
             receiver_identity=self.remote_identity,
+            pq_ratchet=pq_ratchet,
         )
         self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
         if pending is None:
             self._trace_encrypt(
-                tracer, ck, seed, next_ck, (cipher_key, mac_key, iv), plaintext, message, None
+                tracer,
+                ck,
+                seed,
+                next_ck,
+                (cipher_key, mac_key, iv, pq_key),
+                plaintext,
+                message,
+                None,
             )
             return CiphertextMessage(CiphertextMessageType.WHISPER, message.serialized)
         prekey_message = PreKeySignalMessage(
@@ -269,7 +307,14 @@ class SessionState:
             message=message,
         )
         self._trace_encrypt(
-            tracer, ck, seed, next_ck, (cipher_key, mac_key, iv), plaintext, message, prekey_message
+            tracer,
+            ck,
+            seed,
+            next_ck,
+            (cipher_key, mac_key, iv, pq_key),
+            plaintext,
+            message,
+            prekey_message,
         )
         return CiphertextMessage(CiphertextMessageType.PREKEY, prekey_message.serialized)
 
@@ -279,7 +324,7 @@ class SessionState:
         ck: ChainKey,
         seed: bytes,
         next_ck: ChainKey,
-        keys: tuple[bytes, bytes, bytes],
+        keys: tuple[bytes, bytes, bytes, bytes | None],
         plaintext: bytes,
         message: SignalMessage,
         prekey_message: PreKeySignalMessage | None,
@@ -287,7 +332,7 @@ class SessionState:
         """Report one encryption with every input and output (only when tracing)."""
         if tracer is NO_TRACE:
             return
-        cipher_key, mac_key, iv = keys
+        cipher_key, mac_key, iv, pq_key = keys
         public: dict[str, TraceValue] = {
             "counter": ck.index,
             "previous_counter": message.previous_counter,
@@ -298,6 +343,7 @@ class SessionState:
             "receiver_identity": self.remote_identity.serialize(),
             "ciphertext": message.ciphertext,
             "serialized": message.serialized,
+            "pq_ratchet": message.pq_ratchet,
         }
         if prekey_message is not None:
             public.update(_prekey_message_fields(prekey_message))
@@ -309,6 +355,7 @@ class SessionState:
                     "chain_key": ck.key,
                     "message_key_seed": seed,
                     "next_chain_key": next_ck.key,
+                    **({"pq_salt": pq_key} if pq_key is not None else {}),
                     "cipher_key": cipher_key,
                     "mac_key": mac_key,
                     "iv": iv,
@@ -407,11 +454,19 @@ class SessionState:
                             tracer(TraceEvent(EventKind.SKIPPED_KEY_DROPPED, {"counter": oldest}))
                     ck = following
             step = True
-        pq_salt = (
-            spqr.message_key_salt(message.pq_ratchet, new.pqr_auth_key, not new.is_initiator)
-            if message.pq_ratchet
-            else None
-        )
+        # SPQR's receive step, on the copy: committed below only if the MAC verifies.
+        spqr_state, pq_salt = pq.receive(new.spqr, message.pq_ratchet, kem=SPQR_KEM, code=SPQR_CODE)
+        if tracer is not NO_TRACE:
+            _trace_spqr(
+                tracer,
+                EventKind.SPQR_RECEIVE,
+                new.spqr,
+                spqr_state,
+                message.pq_ratchet,
+                pq_salt,
+                their_key,
+                counter,
+            )
         if step:
             seed, next_key, cipher_key, mac_key, iv = ratchet_step(ck.key, pq_salt)
             next_ck = ChainKey(next_key, ck.index + 1)
@@ -420,6 +475,7 @@ class SessionState:
         if not message.verify_mac(mac_key, new.remote_identity, new.local_identity):
             raise InvalidMacError("message MAC does not verify")
         plaintext = aes_cbc_decrypt(cipher_key, iv, message.ciphertext)
+        new.spqr = spqr_state
         updated = ReceiverChain(their_key, next_ck, skipped)
         new.receiver_chains = (*chains[:position], updated, *chains[position + 1 :])
         # Invariant 3: the peer answered, so the session is acknowledged.
@@ -547,6 +603,9 @@ class SessionState:
             + bytes_field(11, self.alice_base_key.serialize())
         )
         out += bytes_field(12, self.pqr_auth_key) + uint_field(13, int(self.is_initiator))
+        spqr_bytes = pq.to_bytes(self.spqr)
+        if spqr_bytes:  # absent means version 0, as in a format-1 record
+            out += bytes_field(14, spqr_bytes)
         return out
 
     @classmethod
@@ -598,6 +657,7 @@ class SessionState:
                 alice_base_key=PublicKey.deserialize(_b(f, 11)),
                 pqr_auth_key=_b(f, 12),
                 is_initiator=bool(_i(f, 13)),
+                spqr=pq.from_bytes(_b(f, 14)) if 14 in f else pq.VERSION_0,
             )
         except (InvalidMessageError, InvalidKeyError, ValueError, KeyError) as exc:
             raise InvalidStateError(f"corrupt session state: {exc}") from exc
@@ -676,6 +736,15 @@ class PreKeyDecryptResult:
         )
 
 
+def _new_spqr(auth_key: bytes, *, initiator: bool) -> pq.SpqrState:
+    """A new session's SPQR: version 1, minimum version 1 (libsignal >= 0.92's choice, which
+    still talks to 0.90: docs/spqr.md "Version negotiation"), with the chain limits equal to
+    the Double Ratchet's, as libsignal sets them."""
+    return pq.initial_state(
+        auth_key, initiator, max_jump=MAX_FORWARD_JUMPS, max_ooo=MAX_MESSAGE_KEYS
+    )
+
+
 def initialize_initiator_state(
     *,
     our_identity: IdentityKeyPair,
@@ -711,6 +780,7 @@ def initialize_initiator_state(
         alice_base_key=base_key.public_key,
         is_initiator=True,
         pqr_auth_key=secrets.pqr_auth_key,
+        spqr=_new_spqr(secrets.pqr_auth_key, initiator=True),
     )
     if tracer is not NO_TRACE:
         tracer(
@@ -768,6 +838,61 @@ def _trace_kdf_rk(
     )
 
 
+def _trace_spqr(
+    tracer: Tracer,
+    kind: str,
+    before: pq.SpqrState,
+    after: pq.SpqrState,
+    field: bytes,
+    key: bytes | None,
+    ratchet_key: PublicKey,
+    counter: int,
+) -> None:
+    """Report one SPQR step (only when tracing): the field sent or received, decoded; the
+    Braid state before and after; the SPQR key (secret); and, when an epoch completed here,
+    the new chain epoch's root and seeds (secret)."""
+    public: dict[str, TraceValue] = {
+        "ratchet_key": ratchet_key.serialize(),
+        "counter": counter,
+        "spqr_version": after.version,
+        "pq_ratchet": field,
+        "state_before": repr(before.braid) if before.braid is not None else "none",
+        "state_after": repr(after.braid) if after.braid is not None else "none",
+    }
+    if field[:1] == b"\x01":
+        message, index = spqr_braid.decode_message(field)
+        public.update(
+            epoch=message.epoch,
+            index=index,
+            message_type=message.type.name,
+            chunk_index=None if message.chunk is None else message.chunk.index,
+        )
+    secret = {"spqr_key": key} if key is not None else {}
+    tracer(TraceEvent(kind, public, secret))
+    old_epoch = before.chain.current_epoch if before.chain is not None else 0
+    chain = after.chain
+    if chain is not None and chain.current_epoch > old_epoch:
+        newest = chain.links[-1]
+        tracer(
+            TraceEvent(
+                EventKind.SPQR_EPOCH,
+                {
+                    "epoch": chain.current_epoch,
+                    "how": "encapsulated, sending the first ct1 chunk"
+                    if kind == EventKind.SPQR_SEND
+                    else "decapsulated, all of ct2 received",
+                    "chain_epochs_kept": len(chain.links),
+                    "our_direction": "A2B" if chain.initiator else "B2A",
+                },
+                {
+                    "chain_next_root": chain.next_root,
+                    "our_chain_seed": newest.send.next,
+                    "their_chain_seed": newest.recv.next,
+                },
+            )
+        )
+
+
 def _prekey_message_fields(message: PreKeySignalMessage) -> dict[str, TraceValue]:
     """The header fields of a PreKeySignalMessage and its bytes, for the tracer."""
     return {
@@ -805,6 +930,7 @@ def initialize_responder_state(
         alice_base_key=their_base_key,
         is_initiator=False,
         pqr_auth_key=secrets.pqr_auth_key,
+        spqr=_new_spqr(secrets.pqr_auth_key, initiator=False),
     )
     if tracer is not NO_TRACE:
         tracer(
@@ -883,15 +1009,17 @@ class SessionRecord:
 
     # --- encryption / decryption --------------------------------------------------------
 
-    def encrypt(self, plaintext: bytes, *, tracer: Tracer = NO_TRACE) -> CiphertextMessage:
-        """Encrypt with the current session.
+    def encrypt(
+        self, plaintext: bytes, *, rng: Rng = default_rng, tracer: Tracer = NO_TRACE
+    ) -> CiphertextMessage:
+        """Encrypt with the current session (``rng`` feeds SPQR's ML-KEM steps).
 
         Raises:
             NoSessionError: there is no current session.
         """
         if self.current is None:
             raise NoSessionError("no current session to encrypt with")
-        return self.current.encrypt(plaintext, tracer)
+        return self.current.encrypt(plaintext, tracer, rng)
 
     def decrypt(
         self,
@@ -1057,7 +1185,7 @@ class SessionRecord:
         except InvalidMessageError as exc:
             raise InvalidStateError(f"corrupt session record: {exc}") from exc
         version = fields.get(1)
-        if version != STATE_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise InvalidStateError(f"unsupported session record format version {version!r}")
         current_raw = fields.get(2)
         if current_raw is not None and not isinstance(current_raw, bytes):

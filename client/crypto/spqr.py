@@ -1,6 +1,11 @@
 """The receive side of SPQR's first epoch: just enough post-quantum ratchet ("triple
 ratchet") to read the first messages of a libsignal sender that runs SPQR v1.
 
+No longer used by the session: :mod:`client.crypto.spqr_ratchet` (with
+:mod:`client.crypto.spqr_braid`) now runs the whole of SPQR in every session. It stays as an
+independent, minimal computation of the first epoch's keys, which the tests compare
+``spqr_ratchet`` against. The paragraph below describes the time before that.
+
 This is a seam for SPQR, not SPQR. libsignal >= 0.92 runs SPQR v1 in every
 session and, from its first message on, salts each message key with an SPQR key
 (``HKDF(salt = SPQR key, seed, "WhisperMessageKeys")``). Before any post-quantum KEM

@@ -50,6 +50,12 @@ class EventKind:
     SKIPPED_KEY_DROPPED: Final = "ratchet.skipped_key_dropped"
     DECRYPT_FAILED: Final = "ratchet.decrypt_failed"
     SESSION_ARCHIVED: Final = "session.archived"
+    SPQR_SEND: Final = "spqr.send"
+    """SPQR's send step for one message: its ``pq_ratchet`` field and the SPQR key."""
+    SPQR_RECEIVE: Final = "spqr.receive"
+    """SPQR's receive step for one message (reported before the MAC check, like DH steps)."""
+    SPQR_EPOCH: Final = "spqr.epoch"
+    """An ML-KEM Braid epoch completed on this side: a new epoch of the SPQR chain."""
     NOTE: Final = "note"
 
 

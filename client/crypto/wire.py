@@ -107,10 +107,14 @@ def encode_signal_message(
     ciphertext: bytes,
     sender_identity: PublicKey,
     receiver_identity: PublicKey,
+    pq_ratchet: bytes = b"",
 ) -> bytes:
-    """The bytes of :meth:`SignalMessage.create` without ``pq_ratchet`` or addresses (the
-    per-message encrypt path, which needs no message object)."""
+    """The bytes of :meth:`SignalMessage.create` without addresses (the per-message encrypt
+    path, which needs no message object). ``pq_ratchet`` (field 5) follows field 4, as prost
+    writes it."""
     body = _encode_body(ratchet_key, counter, previous_counter, ciphertext)
+    if pq_ratchet:
+        body += bytes_field(5, pq_ratchet)
     data = sender_identity._serialized + receiver_identity._serialized + body
     return body + hmac_sha256(mac_key, data)[:MAC_LENGTH]
 

@@ -5,8 +5,16 @@ bytes, so it cannot happen by accident. The KEM step uses ML-KEM-1024 KAT record
 key, ciphertext and shared secret), so these bytes do not depend on our own seeded
 encapsulation (``client/crypto/mlkem_encaps.py``), which has known-answer tests of its own.
 
-Also keeps the first saved-state format (v1) readable: ``fixtures/session_record_v1.bin`` was
-written by this transcript and must load, re-serialize identically and keep decrypting.
+Also keeps every saved-state format readable: ``fixtures/session_record_v1.bin`` (format 1,
+before SPQR) was written by this transcript when messages carried no SPQR; it must load and
+keep decrypting the message that followed it then (``session_record_v1_next_message.json``),
+and a record re-serialized from it (now format 2) must read back the same.
+``fixtures/session_record_v2.bin`` (format 2, with the SPQR state) is written by the current
+transcript and must load, re-serialize identically and decrypt the transcript's last message.
+
+The transcript changed when every message started carrying SPQR (issue 13): the ``pq_ratchet``
+field and the SPQR-salted message keys change every message's bytes, and SPQR's ML-KEM steps
+draw from each party's seeded rng, so ``encrypt`` is given it.
 
 Regenerate (only for an intended change, and say why in the commit):
 ``PARLEY_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/crypto/test_golden.py``. The v1 state
@@ -21,18 +29,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from client.crypto import pqxdh
+from client.crypto import pqxdh, spqr_ratchet
 from client.crypto.keys import IdentityKeyPair, KeyPair, KyberKeyPair, kyber_shared_secret
 from client.crypto.pqxdh import PreKeyBundle
 from client.crypto.session import (
     SessionRecord,
     initialize_initiator_state,
 )
+from client.crypto.wire import SignalMessage
 from tests.crypto.support import PreKeys, deterministic_rng
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GOLDEN = FIXTURES / "golden_transcript.json"
 STATE_V1 = FIXTURES / "session_record_v1.bin"
+STATE_V1_NEXT = FIXTURES / "session_record_v1_next_message.json"
+STATE_V2 = FIXTURES / "session_record_v2.bin"
 
 
 def _key(label: str) -> bytes:
@@ -89,8 +100,10 @@ def build_transcript(kem: dict[str, str]) -> tuple[dict[str, Any], bytes, Sessio
     }
     messages: list[dict[str, Any]] = out["messages"]
 
+    rngs = {"alice": rng_a, "bob": rng_b}
+
     def send(record: SessionRecord, who: str, text: str) -> bytes:
-        msg = record.encrypt(text.encode())
+        msg = record.encrypt(text.encode(), rng=rngs[who])
         messages.append({"from": who, "type": msg.type, "hex": msg.serialized.hex()})
         return msg.serialized
 
@@ -124,17 +137,30 @@ def test_golden_transcript_is_up_to_date() -> None:
     transcript, saved, _ = build_transcript(golden["kem"])
     if os.environ.get("PARLEY_REGENERATE_GOLDEN"):
         GOLDEN.write_text(json.dumps({"kem": golden["kem"], **transcript}, indent=1) + "\n")
-        if not STATE_V1.exists():
-            STATE_V1.write_bytes(saved)
+        if not STATE_V2.exists():
+            STATE_V2.write_bytes(saved)
         golden = _load()
     expected = {k: v for k, v in golden.items() if k != "kem"}
     assert transcript == expected
 
 
 def test_state_format_v1_fixture_still_loads_and_decrypts() -> None:
+    following = json.loads(STATE_V1_NEXT.read_text())
+    record = SessionRecord.from_bytes(STATE_V1.read_bytes())
+    assert record.current is not None and record.current.spqr == spqr_ratchet.VERSION_0
+    again = record.to_bytes()
+    assert SessionRecord.from_bytes(again).to_bytes() == again
+    assert record.decrypt(bytes.fromhex(following["hex"])) == following["plaintext"].encode()
+    # It keeps working: a reply without SPQR, as the session had none.
+    reply = record.encrypt(b"still here")
+    assert SignalMessage.parse(reply.serialized).pq_ratchet == b""
+
+
+def test_state_format_v2_fixture_loads_and_decrypts() -> None:
     golden = _load()
-    data = STATE_V1.read_bytes()
+    data = STATE_V2.read_bytes()
     record = SessionRecord.from_bytes(data)
     assert record.to_bytes() == data
+    assert record.current is not None and record.current.spqr.version == 1
     last = bytes.fromhex(golden["messages"][-1]["hex"])
     assert record.decrypt(last) == golden["last_message_plaintext"].encode()

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from client.crypto import spqr_ratchet
 from client.crypto.errors import (
     DuplicateMessageError,
     InvalidMacError,
@@ -154,6 +155,7 @@ def test_forged_message_with_new_ratchet_key_changes_nothing() -> None:
         ciphertext=msg.ciphertext,
         sender_identity=alice.identity.public_key,
         receiver_identity=bob.identity.public_key,
+        pq_ratchet=msg.pq_ratchet,  # a valid SPQR field: the MAC is what refuses it
     )
     before = bob.record.to_bytes()
     with pytest.raises(InvalidMacError):
@@ -255,7 +257,7 @@ def test_corrupt_or_unknown_state_is_refused() -> None:
     alice, _ = established_pair()
     data = alice.record.to_bytes()
     with pytest.raises(InvalidStateError, match="version"):
-        SessionRecord.from_bytes(b"\x08\x02" + data[2:])  # format version 2 does not exist
+        SessionRecord.from_bytes(b"\x08\x03" + data[2:])  # format version 3 does not exist
     with pytest.raises(InvalidStateError):
         SessionRecord.from_bytes(data[:-5])
     with pytest.raises(InvalidStateError):
@@ -306,3 +308,46 @@ def test_secret_types_do_not_print_their_bytes() -> None:
     for secret in secrets:
         assert secret.hex() not in text
         assert repr(secret) not in text
+
+
+# --- SPQR (triple ratchet, docs/spqr.md) -----------------------------------------------------
+
+
+def test_every_message_carries_spqr_and_real_epochs_complete() -> None:
+    alice, bob = established_pair()
+    for i in range(150):
+        for sender, receiver in ((alice, bob), (bob, alice)):
+            msg = sender.record.encrypt(b"ping %d" % i)
+            assert SignalMessage.parse(msg.serialized).pq_ratchet[0] == 1  # SPQR v1
+            assert receiver.receive(msg.type, msg.serialized) == b"ping %d" % i
+    for party in (alice, bob):
+        record = SessionRecord.from_bytes(party.record.to_bytes())
+        assert record.current is not None and record.current.spqr.chain is not None
+        assert record.current.spqr.chain.current_epoch >= 2
+        assert record.to_bytes() == party.record.to_bytes()
+
+
+def test_a_tampered_spqr_chunk_is_refused_and_changes_nothing() -> None:
+    alice, bob = established_pair()
+    msg = alice.record.encrypt(b"with a header chunk")
+    field = SignalMessage.parse(msg.serialized).pq_ratchet
+    assert field[3] == 1 and len(field) == 37  # Hdr, chunk index, 32 data bytes
+    tampered = field[:-1] + bytes([field[-1] ^ 1])
+    forged = msg.serialized.replace(field, tampered)
+    before = bob.record.to_bytes()
+    with pytest.raises(InvalidMacError):
+        bob.record.decrypt(forged)
+    assert bob.record.to_bytes() == before
+    assert bob.record.decrypt(msg.serialized) == b"with a header chunk"
+
+
+def test_a_message_without_spqr_is_refused_by_a_spqr_session() -> None:
+    alice, bob = established_pair()
+    state = alice.record.current
+    assert state is not None
+    state.spqr = spqr_ratchet.VERSION_0  # as a Parley without SPQR would send
+    msg = alice.record.encrypt(b"no spqr")
+    before = bob.record.to_bytes()
+    with pytest.raises(InvalidMessageError, match="version mismatch"):
+        bob.record.decrypt(msg.serialized)
+    assert bob.record.to_bytes() == before

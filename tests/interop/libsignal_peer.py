@@ -44,7 +44,8 @@ created in *this* peer process; ``remote`` is an :class:`Address`, any name + de
   ``agree(private, public) -> bytes`` (X25519), ``hkdf(length, ikm, info, salt) -> bytes``.
 * ``parse_message(type, body) -> dict``: libsignal's view of a message (version, counter,
   ``pq_ratchet`` bytes, prekey ids, ...), useful to compare wire encodings.
-* ``session_info(local, remote) -> dict``, ``archive_session``, ``delete_session``,
+* ``session_info(local, remote) -> dict``, ``session_record(local, remote) -> bytes | None``
+  (libsignal's serialized record), ``archive_session``, ``delete_session``,
   ``remote_identity(local, remote) -> bytes | None``, ``kyber_prekeys_used(local)``.
 * ``bench(kind, n, size=256) -> dict`` with ``kind`` in ``symmetric | dh | setup`` (timed in Node).
 
@@ -72,7 +73,8 @@ SPQR (observed with these packages; pinned by ``test_peer_selftest.py``)
       *before* checking the MAC. The raised message is generic (``"invalid PreKey message:
       decryption failed"``); the reason, ``"post-quantum ratchet error: Minimum version"``, is in
       ``LibsignalError.log`` (and so in ``str(error)``). A Parley client without SPQR therefore
-      cannot send anything 0.103 accepts.
+      cannot send anything 0.103 accepts. Parley sends SPQR v1 in every message since issue
+      13; ``test_spqr_interop.py`` holds long conversations with both versions in both roles.
     * 0.90 does not complain about a missing ``pq_ratchet``: it goes on to the MAC check (a
       stripped libsignal message then fails with ``MAC verification failed``), i.e. it is the
       version that can talk to a peer without SPQR.
@@ -481,6 +483,11 @@ class LibsignalPeer:
 
     def session_info(self, local: LocalRef, remote: Address | Identity) -> dict[str, Any]:
         return self.request("session_info", **_local(local), **_remote(remote))
+
+    def session_record(self, local: LocalRef, remote: Address | Identity) -> bytes | None:
+        """libsignal's serialized session record (``SessionRecord.serialize``), or None."""
+        r = self.request("session_record", **_local(local), **_remote(remote))["record"]
+        return None if r is None else _unb64(r)
 
     def archive_session(self, local: LocalRef, remote: Address | Identity) -> bool:
         return bool(self.request("archive_session", **_local(local), **_remote(remote))["existed"])

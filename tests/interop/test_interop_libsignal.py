@@ -2,15 +2,15 @@
 
 * libsignal 0.90: full conversations in both directions (Parley initiates / libsignal
   initiates), 30+ rounds each, with out-of-order and late delivery across DH ratchet steps.
-* libsignal current (0.103): it accepts our XEdDSA signatures and bundles, and we decrypt its
-  first messages (which it salts with SPQR first-epoch keys). It refuses anything we send,
-  because it requires SPQR ("Minimum version"); that limitation is pinned below.
+* libsignal current (0.103), which requires SPQR in every message: conversations in both
+  directions, as with 0.90 (Parley sends SPQR v1 in every message).
 * Byte level: libsignal's PreKeySignalMessage re-encodes to identical bytes with our encoder;
   signatures verify both ways; X25519 and HKDF agree.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 from collections.abc import Callable
@@ -27,7 +27,6 @@ from client.crypto.wire import PreKeySignalMessage, SignalMessage
 from tests.interop.libsignal_peer import (
     Address,
     Identity,
-    LibsignalError,
     LibsignalPeer,
 )
 from tests.interop.libsignal_peer import PreKeyBundle as PeerBundle
@@ -206,9 +205,9 @@ def test_libsignal_090_initiates_parley_answers(
     assert checked >= ROUNDS
 
 
-def test_current_libsignal_accepts_our_bundle_and_we_read_its_first_messages(
-    libsignal_current: LibsignalPeer,
-) -> None:
+def test_current_libsignal_initiates_parley_answers(libsignal_current: LibsignalPeer) -> None:
+    """libsignal >= 0.92 requires SPQR in every message ("Minimum version"); Parley sends it,
+    so 0.103 takes our replies and the conversation goes on both ways."""
     peer = libsignal_current
     alice = peer.new_identity("alice")
     bob = ParleyDevice()
@@ -219,25 +218,38 @@ def test_current_libsignal_accepts_our_bundle_and_we_read_its_first_messages(
     assert all(peer.parse_message(c)["signal_message"]["pq_ratchet"] for c in first)
     for i in (4, 1, 0, 5, 3, 2):
         assert bob.decrypt(first[i].type, first[i].body) == b"current %d" % i
-    # Documented limitation: libsignal >= 0.92 requires SPQR in every incoming message.
-    kind, data = bob.encrypt(b"reply without SPQR")
-    with pytest.raises(LibsignalError, match="Minimum version"):
-        peer.decrypt(alice, bob_address, kind, data)
+    checked = _converse(
+        _peer_send(peer, alice, bob_address),
+        _peer_receive(peer, alice, bob_address),
+        bob.encrypt,
+        bob.decrypt,
+        seed=5,
+    )
+    assert checked >= ROUNDS
 
 
-def test_current_libsignal_refuses_our_prekey_messages(libsignal_current: LibsignalPeer) -> None:
-    """Pins the same limitation from the other side (Parley as initiator)."""
+def test_parley_initiates_current_libsignal_answers(libsignal_current: LibsignalPeer) -> None:
+    """The same from the other side: 0.103 accepts our PreKey messages and what follows."""
     peer = libsignal_current
     bob = peer.new_identity("bob")
     alice = ParleyDevice()
+    alice_address = Address("parley-alice-current", 1)
     alice.record.process_prekey_bundle(
         _from_peer(peer.generate_bundle(bob)),
         our_identity=alice.identity,
         our_registration_id=alice.registration_id,
     )
-    kind, data = alice.encrypt(b"hello")
-    with pytest.raises(LibsignalError, match="Minimum version"):
-        peer.decrypt(bob, Address("parley-alice-current", 1), kind, data)
+    first = [alice.encrypt(b"hello %d" % i) for i in range(3)]
+    for i in (2, 0, 1):
+        assert peer.decrypt(bob, alice_address, *first[i]) == b"hello %d" % i
+    checked = _converse(
+        alice.encrypt,
+        alice.decrypt,
+        _peer_send(peer, bob, alice_address),
+        _peer_receive(peer, bob, alice_address),
+        seed=6,
+    )
+    assert checked >= ROUNDS
 
 
 def test_prekey_message_bytes_equal_libsignal_encoding(libsignal: LibsignalPeer) -> None:
@@ -280,7 +292,10 @@ def test_our_messages_parse_the_same_in_libsignal(libsignal_090: LibsignalPeer) 
     assert view["pre_key_id"] == ours.pre_key_id
     assert view["signed_pre_key_id"] == ours.signed_pre_key_id
     assert view["signal_message"]["counter"] == 0
-    assert view["signal_message"]["pq_ratchet"] == ""
+    # Every message carries SPQR: A's first is epoch 1, index 1, a header chunk (37 bytes).
+    assert base64.b64decode(view["signal_message"]["pq_ratchet"]) == ours.message.pq_ratchet
+    assert ours.message.pq_ratchet[:5] == bytes([1, 1, 1, 1, 0])
+    assert len(ours.message.pq_ratchet) == 37
 
 
 def test_xeddsa_both_ways(libsignal: LibsignalPeer) -> None:

@@ -482,6 +482,13 @@ const ops = {
     return out;
   },
 
+  // The serialized session record (for "unchanged after a rejected message" checks).
+  async session_record(req) {
+    const me = getIdentity(req);
+    const rec = await me.stores.sessions.getSession(remoteAddress(req));
+    return { record: rec ? b64(rec.serialize()) : null };
+  },
+
   async archive_session(req) {
     const me = getIdentity(req);
     const remote = remoteAddress(req);
