@@ -199,31 +199,18 @@ async def delivered_per_second(
 ) -> float:
     """Delivered (acknowledged) messages per second across all pairs (sent from `template_id`
     when given: the senders are then a business)."""
-    async with aio.insecure_channel(server.target) as channel:
-        work = [batches(p.receiver, per_pair, template_id) for p in pairs]
-        readies = [asyncio.Event() for _ in pairs]
-        receivers = [
-            asyncio.ensure_future(_receiver(channel, p.receiver, per_pair, r))
-            for p, r in zip(pairs, readies, strict=True)
-        ]
-        await asyncio.gather(*(r.wait() for r in readies))
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(_sender(channel, p.sender, w) for p, w in zip(pairs, work, strict=True))
-        )
-        await asyncio.gather(*receivers)
-        return len(pairs) * per_pair / (time.perf_counter() - started)
+    return await delivered_per_second_across([server], pairs, per_pair, template_id)
 
 
 async def delivered_per_second_across(
-    servers: Sequence[Server], pairs: Sequence[Pair], per_pair: int
+    servers: Sequence[Server], pairs: Sequence[Pair], per_pair: int, template_id: str = ""
 ) -> float:
     """`delivered_per_second` with the pairs spread over several replicas of one database,
     round-robin: pair i sends and receives through replica i mod n, as a load balancer that
     balances connections would place them."""
     channels = [aio.insecure_channel(s.target) for s in servers]
     try:
-        work = [batches(p.receiver, per_pair) for p in pairs]
+        work = [batches(p.receiver, per_pair, template_id) for p in pairs]
         readies = [asyncio.Event() for _ in pairs]
         on = [channels[i % len(channels)] for i in range(len(pairs))]
         receivers = [

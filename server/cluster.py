@@ -87,8 +87,11 @@ def _database(url: str) -> Iterator[str]:
         yield cluster.create_database()
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], log: Path) -> int:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> int:
+    """The port a `python -m server --log-format json` process bound, read from its
+    "listening on" log line in `log`; RuntimeError (with the log) if it exits or takes longer
+    than `timeout` seconds. The tests start their server processes with it too."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith("{"):
@@ -96,9 +99,9 @@ def _wait_listening(proc: subprocess.Popen[bytes], log: Path) -> int:
                 if str(record.get("msg", "")).startswith("listening on"):
                     return int(record["port"])
         if proc.poll() is not None:
-            raise SystemExit(f"parley cluster: a replica exited:\n{log.read_text()}")
-        time.sleep(0.05)
-    raise SystemExit(f"parley cluster: a replica did not start:\n{log.read_text()}")
+            raise RuntimeError(f"parley-server exited with {proc.returncode}:\n{log.read_text()}")
+        time.sleep(0.02)
+    raise RuntimeError(f"parley-server did not start within {timeout} s:\n{log.read_text()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             start_new_session=True,
                         )
                     )
-                bound = _wait_listening(replicas[-1], log)
+                try:
+                    bound = wait_for_port(replicas[-1], log, START_TIMEOUT_S)
+                except RuntimeError as exc:
+                    raise SystemExit(f"parley cluster: replica {i}: {exc}") from None
                 print(
                     f"parley cluster: replica {i} listening on {args.host}:{bound} (log {log})",
                     flush=True,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import REPO, _wait_for_port
+from server.cluster import wait_for_port
+from tests.tools import REPO
 
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -212,7 +213,7 @@ def test_readme_runs_as_written_on_a_clean_clone(tmp_path: Path) -> None:
             start_new_session=True,  # make and the server: one group to stop together
         )
     try:
-        port = _wait_for_port(server, log, timeout=600)  # includes the first install
+        port = wait_for_port(server, log, timeout=600)  # includes the first install
         _, script = _script(readme, port, _http_port(log))
         (tmp_path / "readme.sh").write_text(script)
         run = subprocess.run(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from server.cluster import wait_for_port
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -47,23 +47,9 @@ def server_process(
             cwd=REPO,
         )
     try:
-        port = _wait_for_port(proc, log, timeout)
+        port = wait_for_port(proc, log, timeout)
         yield proc, port
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-
-
-def _wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines():
-            if line.startswith("{"):
-                record = json.loads(line)
-                if str(record.get("msg", "")).startswith("listening on"):
-                    return int(record["port"])
-        if proc.poll() is not None:
-            raise RuntimeError(f"parley-server exited with {proc.returncode}:\n{log.read_text()}")
-        time.sleep(0.02)
-    raise RuntimeError(f"parley-server did not start within {timeout} s:\n{log.read_text()}")

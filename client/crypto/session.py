@@ -284,27 +284,19 @@ class SessionState:
             pq_ratchet=pq_ratchet,
         )
         self.sender_chain = SenderChain(chain.ratchet_key, next_ck)
-        if pending is None:
-            self._trace_encrypt(
-                tracer,
-                ck,
-                seed,
-                next_ck,
-                (cipher_key, mac_key, iv, pq_key),
-                plaintext,
-                message,
-                None,
+        prekey_message = (
+            None
+            if pending is None
+            else PreKeySignalMessage(
+                registration_id=self.local_registration_id,
+                pre_key_id=pending.pre_key_id,
+                signed_pre_key_id=pending.signed_pre_key_id,
+                kyber_pre_key_id=pending.kyber_pre_key_id,
+                kyber_ciphertext=pending.kyber_ciphertext,
+                base_key=pending.base_key,
+                identity_key=self.local_identity,
+                message=message,
             )
-            return CiphertextMessage(CiphertextMessageType.WHISPER, message.serialized)
-        prekey_message = PreKeySignalMessage(
-            registration_id=self.local_registration_id,
-            pre_key_id=pending.pre_key_id,
-            signed_pre_key_id=pending.signed_pre_key_id,
-            kyber_pre_key_id=pending.kyber_pre_key_id,
-            kyber_ciphertext=pending.kyber_ciphertext,
-            base_key=pending.base_key,
-            identity_key=self.local_identity,
-            message=message,
         )
         self._trace_encrypt(
             tracer,
@@ -316,6 +308,8 @@ class SessionState:
             message,
             prekey_message,
         )
+        if prekey_message is None:
+            return CiphertextMessage(CiphertextMessageType.WHISPER, message.serialized)
         return CiphertextMessage(CiphertextMessageType.PREKEY, prekey_message.serialized)
 
     def _trace_encrypt(

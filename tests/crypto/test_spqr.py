@@ -1,4 +1,4 @@
-"""The SPQR first-epoch receive key (client/crypto/spqr.py), recomputed with
+"""The SPQR first-epoch receive key (tests/crypto/spqr_first_epoch.py), recomputed with
 ``cryptography``'s HKDF from the derivation documented there."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from client.crypto import spqr
 from client.crypto.errors import InvalidMessageError
+from tests.crypto import spqr_first_epoch as spqr
 
 
 def _hkdf(ikm: bytes, info: bytes, length: int) -> bytes:

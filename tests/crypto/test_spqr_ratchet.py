@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from client.crypto import spqr, spqr_braid
+from client.crypto import spqr_braid
 from client.crypto import spqr_ratchet as pq
 from client.crypto.errors import (
     CryptoError,
@@ -21,6 +21,7 @@ from client.crypto.errors import (
     InvalidStateError,
     MessageTooFarAheadError,
 )
+from tests.crypto import spqr_first_epoch as spqr
 from tests.crypto.spqr_fakes import FakeKem, Gf256Code
 
 KEM = FakeKem()

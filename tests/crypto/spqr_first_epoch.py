@@ -1,5 +1,7 @@
-"""The receive side of SPQR's first epoch: just enough post-quantum ratchet ("triple
-ratchet") to read the first messages of a libsignal sender that runs SPQR v1.
+"""The receive side of SPQR's first epoch, written separately from `client.crypto.spqr_ratchet`:
+the tests' independent check of that module's first keys. (It was the protocol core's seam
+before SPQR was implemented: just enough post-quantum ratchet ("triple ratchet") to read the
+first messages of a libsignal sender that runs SPQR v1.)
 
 No longer used by the session: :mod:`client.crypto.spqr_ratchet` (with
 :mod:`client.crypto.spqr_braid`) now runs the whole of SPQR in every session. It stays as an
