@@ -154,7 +154,8 @@ class SqlMessages:
         out: list[Positioned] = []
         for r in rows:
             device = (r.account_id, r.device_id)
-            out.append(r._replace(seq=next_of[device]))
+            # `seq` is both row types' last field: a slice, not `_replace` (a dict round trip).
+            out.append(type(r)(*r[:-1], next_of[device]))
             next_of[device] += 1
         return out
 
