@@ -97,6 +97,9 @@ def connect(
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        # Takes effect on a new, empty file only (an existing one keeps its mode until a
+        # VACUUM): lets the expiry sweep give free pages back (reclaim_free_pages).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -199,6 +202,7 @@ def _open_writer(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connec
         conn = connect(path, synchronous=synchronous, busy_timeout_ms=STARTUP_BUSY_TIMEOUT_MS)
         migrations.migrate(conn)
         _limit_size(conn, path, max_bytes)
+        _note_vacuum_mode(conn, path)
         # Prove the write lock can be had now (a migrated database needs no write to start).
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("COMMIT")
@@ -212,6 +216,19 @@ def _open_writer(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connec
             conn.close()
         raise
     return conn
+
+
+def _note_vacuum_mode(conn: sqlite3.Connection, path: Path) -> None:
+    """A file made before auto_vacuum=INCREMENTAL keeps its free pages (new rows reuse them,
+    the file never shrinks): say once how to convert it, which needs the server stopped."""
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+        log.warning(
+            "%s does not give free space back to the disk (it predates auto_vacuum="
+            "INCREMENTAL); to convert it, stop the server and run: sqlite3 %s"
+            " 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'",
+            path,
+            path,
+        )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
