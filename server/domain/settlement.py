@@ -41,8 +41,9 @@ from server.domain.ports import Store, Transaction
 
 log = logging.getLogger(__name__)
 
-# Rows expired per write job: bounds how long one expiry job holds the writer.
-EXPIRY_BATCH = 10_000
+# Rows of each kind one sweep job expires or forgets: bounds how long it holds the writer
+# (a few milliseconds; sends queued meanwhile wait that long). A backlog takes more jobs.
+EXPIRY_BATCH = 2_000
 NOT_DELIVERED = "not delivered: no device of the recipient received it in time"
 
 
