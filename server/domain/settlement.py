@@ -181,7 +181,7 @@ def _statuses_for(
     return tx.insert_statuses(
         [
             StatusRow(
-                status_id=ids.next(now),
+                status_id=status_id,
                 account_id=m.sender_account_id,
                 device_id=m.sender_device_id,
                 message_id=m.message_id,
@@ -191,6 +191,6 @@ def _statuses_for(
                 at=now,
                 reason=reason,
             )
-            for m in settled
+            for status_id, m in zip(ids.many(now, len(settled)), settled, strict=True)
         ]
     )
