@@ -23,7 +23,9 @@ Rules this module keeps (docs/architecture.md, "Storage"):
 8. The WAL is copied back into the database file by a checkpoint thread of its own (PASSIVE:
    it never blocks the writer), not by whichever COMMIT crosses SQLite's auto-checkpoint
    threshold: that commit would pay for the copy and the database file's fsync, and every
-   message of its group would wait for them (the tail of the send-to-receive latency).
+   message of its group would wait for them. The writer's auto-checkpoint stays, at a higher
+   threshold, for what the thread cannot do under steady load: copy the last frames so that
+   the WAL starts over.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ FILE_MODE = 0o600
 # Rule 8: while writes go on, the checkpoint thread copies the WAL back this often; each
 # checkpoint moves what was committed since the last one (about a thousand pages at full load).
 CHECKPOINT_INTERVAL = 0.1
+# Under a steady stream of commits the thread never copies the very last frames (new ones keep
+# coming), so the WAL is never started over and grows. Past this many frames (16 MiB of 4 KiB
+# pages) SQLite's own auto-checkpoint in the writer's commit finishes the copy: only the tail
+# the thread has not reached, and its next transaction starts the WAL from the beginning.
+WAL_RESET_FRAMES = 4096
 
 
 @dataclass
@@ -272,8 +279,11 @@ class Database:
         self._reader_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
         self._closed = False
-        # Rule 8: the writer never checkpoints; the checkpoint thread does, after writes.
-        self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
+        # Rule 8: the checkpoint thread copies the WAL back after writes; the writer only
+        # finishes the copy when the WAL passes WAL_RESET_FRAMES (SQLite's default is 1,000).
+        # Once the WAL starts over, its file is cut back to that many frames' worth of bytes.
+        self._writer_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_RESET_FRAMES}")
+        self._writer_conn.execute(f"PRAGMA journal_size_limit={WAL_RESET_FRAMES * 4096}")
         self._wrote = threading.Event()
         self._stopping = threading.Event()
         self._checkpointer = threading.Thread(
