@@ -37,7 +37,8 @@ def draw(results: dict[str, Any], out: Path) -> None:
         (line,) = _steps(
             left, run["bin_s"], run["timeline_per_s"], f"{name}: {run['per_s']:,.0f}/s overall"
         )
-        if run.get("sent_per_s"):
+        if key == "sustained" and run.get("sent_per_s"):
+            # Sent next to delivered: a gap between them is a backlog building up.
             _steps(left, run["bin_s"], run["sent_per_s"], f"{name}: sent", line.get_color(), ":")
     storage = results.get("ceilings", {}).get("storage_delivered_per_s")
     if storage:
