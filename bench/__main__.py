@@ -83,7 +83,7 @@ def short_runs(results: Results, sizes: Sizes) -> None:
 def sustained_run(results: Results, sizes: Sizes) -> None:
     """The short many-pairs run's load for `sustained_seconds` (then until all delivered),
     with the database's size at the end: what the store holds after the run (settled
-    messages are kept a day for request-id retries)."""
+    messages are kept a while for request-id retries, so it grows with the traffic)."""
     with fresh_server(2 * sizes.many_pairs) as server:
         pairs = asyncio.run(mb.make_pairs(server, sizes.many_pairs))
         run = asyncio.run(deliver([server], pairs, seconds=sizes.sustained_seconds))

@@ -34,6 +34,7 @@ from grpc import aio
 from parley.v1 import messaging_pb2 as mpb
 
 from bench.accounts import create_database, prefill_accounts
+from bench.delivery import request_id, run_prefix
 from bench.messaging_bench import IN_FLIGHT, Account, batches, temp_database
 from bench.sizes import BATCH, PAYLOAD_BYTES
 from bench.stats import latency_summary
@@ -109,6 +110,7 @@ def storage_ceiling(messages: int) -> float:
         conn = connect(database, synchronous="FULL")
         ids = IdGenerator(SqliteTransaction(conn).max_message_id())
         body = os.urandom(PAYLOAD_BYTES)
+        prefix = run_prefix()
         elapsed = 0.0
         for first in range(0, messages, BATCH):
             elapsed += _deliver_batch(
@@ -117,6 +119,8 @@ def storage_ceiling(messages: int) -> float:
                 sender.account_id,
                 recipient.account_id,
                 body,
+                prefix,
+                first,
                 min(BATCH, messages - first),
             )
         conn.close()
@@ -126,18 +130,26 @@ def storage_ceiling(messages: int) -> float:
 
 
 def _deliver_batch(
-    conn: sqlite3.Connection, ids: IdGenerator, a: str, b: str, body: bytes, count: int
+    conn: sqlite3.Connection,
+    ids: IdGenerator,
+    a: str,
+    b: str,
+    body: bytes,
+    prefix: str,
+    first: int,
+    count: int,
 ) -> float:
-    """The rows of `count` messages from a to b, through send, ack and status ack; returns
+    """The rows of messages `first`.. `first + count` from a to b (request ids in order, as
+    the bench's senders make them), through send, ack and status ack; returns
     the seconds spent in the three transactions. The rows are made before the clock runs:
     the server makes them on its event loop while its writer thread commits other jobs, so
     only the SQL is the storage's cost."""
     tx = SqliteTransaction(conn)
     now = time.time()
     sent, envelopes = [], []
-    for _ in range(count):
+    for i in range(first, first + count):
         message_id = ids.block(now, 2)
-        request = str(uuid.uuid4())
+        request = request_id(prefix, i)
         sent.append(MessageRow(message_id, a, 1, b, request, os.urandom(32), now, PENDING))
         envelopes.append(
             EnvelopeRow(message_id + 1, b, 1, message_id, a, 1, now, 0, 2, body, 0, "")
