@@ -296,7 +296,7 @@ async def deliver(
         )
         total = sum(s.sent for s in sends)
         tally.all_sent(total)
-        await _until(tally.done, streams)
+        await _until(tally, streams)
         elapsed = time.perf_counter() - started
         if tally.failures:
             raise RuntimeError(tally.failures[0])
@@ -306,11 +306,32 @@ async def deliver(
         await close_all(streams, channels)
 
 
-async def _until(done: asyncio.Event, streams: Sequence[asyncio.Task[None]]) -> None:
-    """Wait for `done`, but fail at once if a stream ended (an error, or the server went)."""
-    waiter = asyncio.ensure_future(done.wait())
-    finished, _ = await asyncio.wait([waiter, *streams], return_when=asyncio.FIRST_COMPLETED)
-    if waiter not in finished:
-        waiter.cancel()
-        ended = next(iter(finished))
-        raise RuntimeError(f"a stream ended before every status came back: {ended.exception()!r}")
+# A run fails, rather than waiting for ever, when no DELIVERED status has come back for this
+# long: with several replicas a lost signal costs at most the streams' 5 s poll.
+STALL_SECONDS = 60.0
+
+
+async def _until(tally: Tally, streams: Sequence[asyncio.Task[None]]) -> None:
+    """Wait for every status, but fail at once if a stream ended (an error, or the server
+    went), and fail after STALL_SECONDS without progress, saying how many are missing."""
+    waiter = asyncio.ensure_future(tally.done.wait())
+    seen = -1
+    while True:
+        finished, _ = await asyncio.wait(
+            [waiter, *streams], timeout=STALL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter in finished:
+            return
+        if finished:
+            waiter.cancel()
+            ended = next(iter(finished))
+            raise RuntimeError(
+                f"a stream ended before every status came back: {ended.exception()!r}"
+            )
+        if tally.delivered == seen:
+            waiter.cancel()
+            raise RuntimeError(
+                f"no DELIVERED status for {STALL_SECONDS:.0f} s: {tally.delivered} of"
+                f" {tally.expected} came back"
+            )
+        seen = tally.delivered
