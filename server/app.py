@@ -87,6 +87,13 @@ SERVICE_NAMES = (
 CANCELLED_CALLS_WAIT = 2.0
 # Seconds between checks that a shared database (PostgreSQL) answers, for the health service.
 PROBE_INTERVAL = 2.0
+# Calls that arrived but that the application has not taken yet (grpc.aio takes them one at a
+# time, as fast as the event loop turns): gRPC core's defaults (1,000, shedding at random up to
+# 3,000) cancelled calls of a client firing more than a thousand at once, before any servicer
+# or log line saw them (docs/architecture.md, "Calls in flight"). A queued call costs its
+# request and a few KiB; its bytes are bounded by HTTP/2 flow control per connection.
+PENDING_CALLS = 20_000
+PENDING_CALLS_HARD_LIMIT = 40_000
 
 
 class StartupError(Exception):
@@ -362,6 +369,8 @@ async def _assemble(
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_HARD_LIMIT),
         ],
     )
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(registry), server)
