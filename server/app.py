@@ -197,6 +197,8 @@ class ParleyServer:
     http_port: int | None = None
     # Where other replicas' signals go (server.domain.signals), when replicas share the db.
     signals: Dispatcher | None = None
+    # Told that the server stops, so the calls the grace period cuts are not logged as abnormal.
+    interceptor: ParleyInterceptor | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -284,6 +286,8 @@ class ParleyServer:
         self.status_feed.close()
         if self.landing is not None:
             await self.landing.stop()
+        if self.interceptor is not None:
+            self.interceptor.stopping = True
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         await _finish_cancelled_calls()
         self.db.close()
@@ -355,17 +359,16 @@ async def _assemble(
         verification_gate,
         shared_limits=db.shared,
     )
+    interceptor = ParleyInterceptor(
+        authenticator,
+        ACCOUNT_OPEN_METHODS,
+        {
+            ADMIN_SERVICE: OperatorGate(settings.admin_token),
+            **dict.fromkeys(BILLING_OPERATOR_METHODS, OperatorGate(settings.admin_token)),
+        },
+    )
     server = aio.server(
-        interceptors=[
-            ParleyInterceptor(
-                authenticator,
-                ACCOUNT_OPEN_METHODS,
-                {
-                    ADMIN_SERVICE: OperatorGate(settings.admin_token),
-                    **dict.fromkeys(BILLING_OPERATOR_METHODS, OperatorGate(settings.admin_token)),
-                },
-            )
-        ],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
@@ -467,6 +470,7 @@ async def _assemble(
     return ParleyServer(
         server, port, db, health_servicer, settings, mailbox, support, links, landing,
         status_feed=status_feed,
+        interceptor=interceptor,
         signals=Dispatcher(
             db.node,
             mailbox.fanout,

@@ -108,6 +108,9 @@ class ParleyInterceptor(_Interceptor):
         self._others: Mapping[str, CallAuthenticator] = dict(authenticators or {})
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._undecodable = UndecodableLog()
+        # Set by the server as it stops: the calls cut at the end of the grace period are
+        # the shutdown's doing, expected, and not logged as abnormal (rule 4).
+        self.stopping = False
 
     async def intercept_service(
         self,
@@ -204,7 +207,7 @@ class ParleyInterceptor(_Interceptor):
                     await self._authenticate_with(auth, context)
                 return await inner(decode(raw), context)
             except asyncio.CancelledError:
-                _log_cancelled(method, context, peer, normal=False)
+                _log_cancelled(method, context, peer, normal=self.stopping)
                 raise
             except Exception as exc:
                 await _abort(context, exc, method)
@@ -243,7 +246,9 @@ class ParleyInterceptor(_Interceptor):
                 if lease is None or not lease.revoked:
                     # The client went away or the server is stopping: a server stream's normal
                     # end, a client stream's abnormal one (it ends by half-closing).
-                    _log_cancelled(method, context, peer, normal=not client_streams)
+                    _log_cancelled(
+                        method, context, peer, normal=self.stopping or not client_streams
+                    )
                     raise
                 task = asyncio.current_task()
                 if task is not None:
@@ -310,14 +315,14 @@ def _log_cancelled(
 ) -> None:
     """Rule 4: a cancelled call, at WARNING unless cancelling is how this call ends. gRPC
     cancels the handler for a client that cancelled, a connection that broke, a deadline that
-    passed and a server that stops past its grace period; only the deadline leaves a trace
-    (no time remaining), so the others share one reason."""
+    passed and a server that stops past its grace period (`normal` then); only the deadline
+    leaves a trace (no time remaining), so the others share one reason."""
     remaining = context.time_remaining()
     if remaining is not None and remaining <= DEADLINE_SLACK:
         code, why = grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed first"
     else:
         code = grpc.StatusCode.CANCELLED
-        why = "the client cancelled it or its connection broke (or the server stopped)"
+        why = "the client cancelled it or its connection broke"
     level = logging.DEBUG if normal else logging.WARNING
     if log.isEnabledFor(level):
         log.log(
