@@ -51,6 +51,7 @@ class Outbox:
         self._waiting: dict[str, asyncio.Future[mpb.SendMessageResponse]] = {}
         self._stream: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a send queued or answered: the stream's writer looks
+        self._sent: set[str] = set()  # request ids the stream took and has not answered
         self.streamed = 0  # sends that went through the stream (for tests and metrics)
 
     async def send(self, request: mpb.SendMessageRequest) -> mpb.SendMessageResponse:
@@ -82,11 +83,15 @@ class Outbox:
             self._changed.set()
 
     async def _run(self) -> None:
-        """One SendMessageStream, open while sends wait for it (rule 3)."""
+        """One SendMessageStream, open while sends wait for it (rule 3). The sends it took and
+        did not answer fail with its error (rule 1); sends still queued when it ends go on a
+        stream of their own."""
         call = self._stub.SendMessageStream(self._requests(), metadata=self._metadata())
+        error: ParleyError = Unavailable("the send stream ended before answering this send")
         try:
             async for response in call:
                 result = response.result
+                self._sent.discard(result.request_id)
                 answer = self._waiting.get(result.request_id)
                 if answer is None or answer.done():
                     continue
@@ -95,37 +100,36 @@ class Outbox:
                 else:
                     answer.set_result(result.response)
         except grpc.RpcError as exc:
-            self._fail(from_rpc_error(exc))
+            error = from_rpc_error(exc)
         finally:
-            self._stream = None
             call.cancel()
-            # A send queued as the stream ended gets a stream of its own.
+            for request_id in self._sent:
+                answer = self._waiting.get(request_id)
+                if answer is not None and not answer.done():
+                    answer.set_exception(error)
+            self._sent.clear()
+            self._stream = None
             if not self._queue.empty():
                 self._stream = asyncio.create_task(self._run())
-            else:
-                self._fail(None)
 
     async def _requests(self) -> AsyncIterator[mpb.SendMessageStreamRequest]:
         while True:
             self._changed.clear()
             if not self._queue.empty():
-                yield mpb.SendMessageStreamRequest(request=self._queue.get_nowait())
+                request = self._queue.get_nowait()
+                self._sent.add(request.request_id)
+                yield mpb.SendMessageStreamRequest(request=request)
             elif not self._waiting:
                 return  # nothing queued nor unanswered: half-close (rule 3)
             else:
                 await self._changed.wait()
 
-    def _fail(self, error: ParleyError | None) -> None:
-        """Sends the stream took and did not answer fail with the stream's error; their caller
-        may send them again with the same request_id (rule 1)."""
-        for answer in self._waiting.values():
-            if not answer.done():
-                answer.set_exception(
-                    error or Unavailable("the send stream ended before answering this send")
-                )
-
     async def close(self) -> None:
+        """Stop sending: every send not answered yet fails (the client is closing)."""
         if self._stream is not None:
             self._stream.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stream
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_exception(Unavailable("the client closed before this send went out"))

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any, cast
 
+import grpc
 import pytest
+from grpc import aio
 from parley.v1 import messaging_pb2 as mpb
 
 from client.api import DeliveryUpdate, TextMessage
@@ -105,3 +108,68 @@ def test_queued_sends_go_on_one_stream_with_a_bound_in_flight(
     assert calls(caplog, "SendMessageStream") >= 1
     # "first" and its probe for other devices of Alice's, and the first of the twenty
     assert calls(caplog, "SendMessage") <= 3
+
+
+class _FakeMessaging:
+    """A MessagingService stub whose unary send waits until released, whose first send
+    stream answers one send, takes a second and breaks (UNAVAILABLE), and whose later streams
+    answer all."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.streams = 0
+
+    async def _unary(self, request: mpb.SendMessageRequest) -> mpb.SendMessageResponse:
+        await self.release.wait()
+        return mpb.SendMessageResponse(message_id=1, stored=True)
+
+    def SendMessage(self, request: mpb.SendMessageRequest, metadata: object) -> object:
+        return self._unary(request)
+
+    def SendMessageStream(self, requests: Any, metadata: object) -> Any:
+        self.streams += 1
+        return _FakeCall(requests, broken=self.streams == 1)
+
+
+class _FakeCall:
+    def __init__(self, requests: Any, *, broken: bool) -> None:
+        self._requests = requests
+        self._broken = broken
+
+    def cancel(self) -> bool:
+        return True
+
+    async def __aiter__(self) -> Any:
+        taken = 0
+        async for item in self._requests:
+            taken += 1
+            if self._broken and taken == 2:
+                raise aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, aio.Metadata(), aio.Metadata(), "gone", None
+                )
+            yield mpb.SendMessageStreamResponse(
+                result=mpb.SendResult(
+                    request_id=item.request.request_id,
+                    response=mpb.SendMessageResponse(message_id=taken + 100, stored=True),
+                )
+            )
+
+
+def test_a_broken_send_stream_fails_the_sends_it_took_and_the_queued_go_on() -> None:
+    """The send the broken stream took and did not answer fails with its status (its caller
+    sends it again, same request_id); the ones still queued go on a new stream, and nobody
+    waits forever (before, a send taken by a stream that broke while others were queued
+    waited for an answer that would never come)."""
+
+    async def body() -> list[str]:
+        fake = _FakeMessaging()
+        outbox = Outbox(cast(Any, fake), lambda: (), in_flight=2)
+        requests = [mpb.SendMessageRequest(request_id=f"r{i}") for i in range(6)]
+        tasks = [asyncio.ensure_future(outbox.send(r)) for r in requests]
+        done = await asyncio.wait_for(asyncio.gather(*tasks[1:], return_exceptions=True), 10)
+        fake.release.set()
+        await tasks[0]
+        return [type(r).__name__ for r in done]
+
+    outcomes = asyncio.run(body())
+    assert outcomes == ["SendMessageResponse", "Unavailable", *["SendMessageResponse"] * 3]
