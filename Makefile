@@ -24,7 +24,8 @@ help:
 	@echo "make install  everything make test needs (the dev extra)"
 	@echo "make protos   regenerate the Python stubs, descriptor set and API reference from protos/"
 	@echo "make docs     regenerate docs/api-reference.md from the .proto comments"
-	@echo "make bench    run the benchmarks"
+	@echo "make bench    the benchmarks, ceilings measured in the same run (about 5 min;"
+	@echo "              ARGS=--quick: every section scaled down, under 2 min); bench/results.{json,png}"
 	@echo "make format   apply ruff's formatting"
 
 $(BIN)/python:
@@ -79,7 +80,7 @@ docs: $(DEV)
 	$(BIN)/python protos/apidoc.py
 
 bench: $(DEV)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 format: $(DEV)
 	$(BIN)/ruff format .

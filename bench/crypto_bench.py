@@ -33,9 +33,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
@@ -45,11 +47,13 @@ from client.crypto.errors import MissingPreKeyError  # noqa: E402
 from client.crypto.keys import IdentityKeyPair, KeyPair, KyberKeyPair  # noqa: E402
 from client.crypto.pqxdh import PreKeyBundle  # noqa: E402
 from client.crypto.session import SessionRecord  # noqa: E402
+from client.store import ClientStore  # noqa: E402
 
 MESSAGE = os.urandom(256)
 SYMMETRIC_ROUNDS = 10_000
 DH_ROUNDS = 2_000
 SETUPS = 300
+DISK_ROUNDS = 2_000
 WORKERS = 2
 REPEATS = 3
 """The development VM has two cores; one worker per core measures the parallel rate."""
@@ -118,23 +122,93 @@ def _pair() -> tuple[SessionRecord, SessionRecord]:
     return alice, bob
 
 
+class _Party(Protocol):
+    """One side of a conversation with one peer device."""
+
+    def encrypt(self, plaintext: bytes) -> bytes: ...
+
+    def decrypt(self, message: bytes) -> bytes: ...
+
+
+class _InMemory:
+    """The session record stays a Python object between messages (no load, no save)."""
+
+    def __init__(self, record: SessionRecord) -> None:
+        self.record = record
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        return self.record.encrypt(plaintext).serialized
+
+    def decrypt(self, message: bytes) -> bytes:
+        return self.record.decrypt(message)
+
+
+class _Stored:
+    """The reference client's way: the record lives in its store (client/store.py) and every
+    message loads it, runs, and saves it back in one transaction, as ``ParleyClient._encrypt``
+    and the receive path do (the encrypt side also reads the peer's trusted identity, as
+    ``_usable_record`` does; libsignal's store is asked the same on each encrypt)."""
+
+    PEER = "peer-account"
+
+    def __init__(self, record: SessionRecord, path: Path) -> None:
+        self.store = ClientStore(path, clock=time.time)
+        self.store.store_session(self.PEER, 1, record.to_bytes())
+
+    def _load(self) -> SessionRecord:
+        raw = self.store.load_session(self.PEER, 1)
+        assert raw is not None
+        return SessionRecord.from_bytes(raw)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        with self.store.transaction():
+            record = self._load()
+            self.store.identity(self.PEER, 1)
+            message = record.encrypt(plaintext).serialized
+            self.store.store_session(self.PEER, 1, record.to_bytes())
+        return message
+
+    def decrypt(self, message: bytes) -> bytes:
+        with self.store.transaction():
+            record = self._load()
+            plaintext = record.decrypt(message)
+            self.store.store_session(self.PEER, 1, record.to_bytes())
+        return plaintext
+
+
+def _exchange(alice: _Party, bob: _Party, rounds: int, turn_around: bool) -> float:
+    """Encrypt + decrypt per second: Alice keeps sending (symmetric steps), or with
+    ``turn_around`` the sides alternate so every decrypt takes a DH ratchet step."""
+    start = time.perf_counter()
+    for i in range(rounds):
+        sender, receiver = (bob, alice) if turn_around and i % 2 else (alice, bob)
+        receiver.decrypt(sender.encrypt(MESSAGE))
+    return rounds / (time.perf_counter() - start)
+
+
 def bench_symmetric(rounds: int = SYMMETRIC_ROUNDS) -> float:
     alice, bob = _pair()
-    start = time.perf_counter()
-    for _ in range(rounds):
-        bob.decrypt(alice.encrypt(MESSAGE).serialized)
-    return rounds / (time.perf_counter() - start)
+    return _exchange(_InMemory(alice), _InMemory(bob), rounds, turn_around=False)
 
 
 def bench_dh_ratchet(rounds: int = DH_ROUNDS) -> float:
     alice, bob = _pair()
-    start = time.perf_counter()
-    for i in range(rounds):
-        if i % 2:
-            alice.decrypt(bob.encrypt(MESSAGE).serialized)
-        else:
-            bob.decrypt(alice.encrypt(MESSAGE).serialized)
-    return rounds / (time.perf_counter() - start)
+    return _exchange(_InMemory(alice), _InMemory(bob), rounds, turn_around=True)
+
+
+def bench_stored(folder: Path, rounds: int, turn_around: bool = False) -> float:
+    """As bench_symmetric (or bench_dh_ratchet), with both records in client stores in
+    ``folder``: a store on tmpfs costs the SQL and the record's codec but no disk, like
+    libsignal's in-memory store; on a disk each message also waits for two fsyncs."""
+    alice, bob = _pair()
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        a = _Stored(alice, Path(tmp) / "alice.db")
+        b = _Stored(bob, Path(tmp) / "bob.db")
+        try:
+            return _exchange(a, b, rounds, turn_around)
+        finally:
+            a.store.close()
+            b.store.close()
 
 
 def bench_setup(setups: int = SETUPS) -> float:
@@ -170,24 +244,45 @@ def _parallel(kind: str) -> float:
         return float(sum(pool.map(_call, [kind] * WORKERS)))
 
 
-def run(parallel: bool = True) -> dict[str, float]:
+def memory_folder() -> Path:
+    """A memory-backed folder (tmpfs) for the like-for-like stores, else the temporary one."""
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def run(parallel: bool = True, scale: float = 1.0) -> dict[str, float]:
     """Run the benchmarks and return ``{name: operations per second}``.
 
     The single-process figures are per core; with ``parallel`` the symmetric and setup
     benchmarks also run in one process per core (``*_2proc``), the machine's throughput.
+    ``scale`` multiplies the iteration counts. ``*_stored_memory`` keep the sessions in the
+    client's store on tmpfs, loaded and saved around every encrypt and decrypt (the like for
+    like of libsignal's store); ``symmetric_msgs_per_s_stored_disk`` has that store on the
+    disk at synchronous=FULL, as the reference client runs.
     """
+
+    def n(base: int) -> int:
+        return max(10, int(base * scale))
+
+    shm = memory_folder()
     results = {
-        "symmetric_msgs_per_s": _best(bench_symmetric),
-        "dh_ratchet_msgs_per_s": _best(bench_dh_ratchet),
-        "setups_per_s": _best(bench_setup),
+        "symmetric_msgs_per_s": _best(lambda: bench_symmetric(n(SYMMETRIC_ROUNDS))),
+        "dh_ratchet_msgs_per_s": _best(lambda: bench_dh_ratchet(n(DH_ROUNDS))),
+        "setups_per_s": _best(lambda: bench_setup(n(SETUPS))),
+        "symmetric_msgs_per_s_stored_memory": _best(lambda: bench_stored(shm, n(SYMMETRIC_ROUNDS))),
+        "dh_ratchet_msgs_per_s_stored_memory": _best(
+            lambda: bench_stored(shm, n(DH_ROUNDS), turn_around=True)
+        ),
+        "symmetric_msgs_per_s_stored_disk": bench_stored(
+            Path(tempfile.gettempdir()), n(DISK_ROUNDS)
+        ),
     }
     if parallel:
         results[f"symmetric_msgs_per_s_{WORKERS}proc"] = _parallel("symmetric")
         results[f"setups_per_s_{WORKERS}proc"] = _parallel("setup")
-    for name, value in results.items():
-        print(f"{name:>28}: {value:10,.0f}")
     return results
 
 
 if __name__ == "__main__":
-    run()
+    for name, value in run().items():
+        print(f"{name:>36}: {value:10,.0f}")

@@ -1,32 +1,86 @@
-"""A trivial grpc.aio server for the ceilings: what bare gRPC in Python does on this machine.
+"""A trivial grpc.aio server for the ceilings: what bare gRPC in Python does on this machine
+with the very messages Parley's calls carry.
 
 Run as a process (`python -m bench.echo_server`), it prints its port and serves two generic
-methods with raw-bytes payloads: a unary echo and a server stream of N small messages.
+methods. `Stream` writes N copies of a `ReceiveMessagesResponse` holding one full stream batch
+(BATCH envelopes of PAYLOAD_BYTES, as Parley's stream sends under load), serialised per write
+as any protobuf server must. `Unary` parses a `SendMessagesRequest` and answers a
+`SendMessagesResponse` with one result per request, as `SendMessages` does. Neither touches a
+database or runs a rule: the difference to Parley's figures is what Parley itself costs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
+from parley.v1 import messaging_pb2 as mpb
+
+from bench.sizes import BATCH, PAYLOAD_BYTES
 
 SERVICE = "bench.Echo"
-PAYLOAD = b"x" * 64
+
+
+def stream_batch() -> mpb.ReceiveMessagesResponse:
+    """One stream write as Parley's server makes it under load: BATCH envelopes."""
+    sender = str(uuid.uuid4())
+    now = Timestamp(seconds=1_800_000_000, nanos=123_456_789)
+    return mpb.ReceiveMessagesResponse(
+        envelopes=mpb.EnvelopeBatch(
+            envelopes=[
+                mpb.Envelope(
+                    envelope_id=(1 << 40) + 2 * i + 1,
+                    message_id=(1 << 40) + 2 * i,
+                    sender_account_id=sender,
+                    sender_device_id=1,
+                    server_timestamp=now,
+                    client_timestamp_ms=1_800_000_000_000,
+                    content_type=mpb.CONTENT_TYPE_WHISPER,
+                    content=os.urandom(PAYLOAD_BYTES),
+                )
+                for i in range(BATCH)
+            ]
+        )
+    )
+
+
+def send_results(count: int) -> bytes:
+    """The answer to a SendMessages call of `count` sends, serialised once."""
+    now = Timestamp(seconds=1_800_000_000, nanos=123_456_789)
+    return mpb.SendMessagesResponse(
+        results=[
+            mpb.SendResult(
+                request_id=str(uuid.uuid4()),
+                response=mpb.SendMessageResponse(
+                    message_id=(1 << 40) + i, server_timestamp=now, stored=True
+                ),
+            )
+            for i in range(count)
+        ]
+    ).SerializeToString()
+
+
+_BATCH = stream_batch()
+_RESULTS = send_results(BATCH)
 
 
 async def _unary(request: bytes, context: Any) -> bytes:
-    return request
+    mpb.SendMessagesRequest.FromString(request)
+    return _RESULTS
 
 
 async def _stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
     (count,) = struct.unpack(">I", request[:4])
     for _ in range(count):
-        yield PAYLOAD
+        yield _BATCH.SerializeToString()
 
 
 def _identity(b: bytes) -> bytes:

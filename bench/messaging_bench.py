@@ -1,13 +1,11 @@
-"""Messaging throughput and latency against a real `parley-server` process over loopback.
+"""A real `parley-server` process over loopback, its accounts, and send-to-receive latency.
 
 The server runs in its own process (its own interpreter and GIL) on a temporary SQLite file with
 the default durability (synchronous=FULL); the clients run in this process with grpc.aio.
+Delivered throughput (with the DELIVERED status back at the sender) is `bench.delivery`'s.
 
-* `throughput`: delivered messages/s, counting sent → committed → streamed → acknowledged: every
-  sender sends batches (SendMessages, 100 per call, a few calls in flight) to its receiver,
-  which streams and acknowledges in batches; the clock stops at the last acknowledgement.
-* `latency`: one sender offers single SendMessage calls at a fixed rate; send-to-receive latency
-  is measured on the shared monotonic clock.
+* `latency`: one sender offers single sends on a SendMessageStream at a fixed rate; the
+  receiver, in another process, measures send-to-receive latency on the shared monotonic clock.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 from parley.v1 import account_pb2 as apb
@@ -41,12 +40,12 @@ from parley.v1 import billing_pb2 as blpb
 from parley.v1 import business_pb2 as bpb
 from parley.v1 import messaging_pb2 as mpb
 
+from bench.sizes import BATCH, PAYLOAD_BYTES
+from bench.stats import latency_summary
 from tests import tools
 from tests.keys_helper import DeviceKeyMaker
 
 TEST_CODE = "123456"
-PAYLOAD_BYTES = 256
-BATCH = 500
 IN_FLIGHT = 4
 ACK_INTERVAL = 0.05
 
@@ -147,86 +146,10 @@ def batches(to: Account, count: int, template_id: str = "") -> list[mpb.SendMess
     ]
 
 
-async def _sender(channel: aio.Channel, me: Account, work: list[mpb.SendMessagesRequest]) -> None:
-    messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-    queue = list(reversed(work))
-
-    async def worker() -> None:
-        while queue:
-            reply = await messaging.SendMessages(queue.pop(), metadata=me.metadata)
-            bad = [r for r in reply.results if r.code != 0]
-            if bad:
-                raise RuntimeError(f"send failed: {bad[0].message}")
-
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-
-
-async def _receiver(channel: aio.Channel, me: Account, count: int, ready: asyncio.Event) -> None:
-    messaging = messaging_pb2_grpc.MessagingServiceStub(channel)
-    call = messaging.ReceiveMessages(mpb.ReceiveMessagesRequest(), metadata=me.metadata)
-    received = 0
-    acks: list[asyncio.Task[mpb.AcknowledgeMessagesResponse]] = []
-    async for event in call:
-        if event.HasField("queue_empty"):
-            ready.set()
-            continue
-        envelopes = event.envelopes.envelopes
-        if not envelopes:
-            continue
-        received += len(envelopes)
-        acks.append(
-            asyncio.ensure_future(
-                messaging.AcknowledgeMessages(
-                    mpb.AcknowledgeMessagesRequest(envelope_ids=[e.envelope_id for e in envelopes]),
-                    metadata=me.metadata,
-                )
-            )
-        )
-        if received >= count:
-            break
-    await asyncio.gather(*acks)
-    call.cancel()
-
-
 @dataclass
 class Pair:
     sender: Account
     receiver: Account
-
-
-async def delivered_per_second(
-    server: Server, pairs: Sequence[Pair], per_pair: int, template_id: str = ""
-) -> float:
-    """Delivered (acknowledged) messages per second across all pairs (sent from `template_id`
-    when given: the senders are then a business)."""
-    return await delivered_per_second_across([server], pairs, per_pair, template_id)
-
-
-async def delivered_per_second_across(
-    servers: Sequence[Server], pairs: Sequence[Pair], per_pair: int, template_id: str = ""
-) -> float:
-    """`delivered_per_second` with the pairs spread over several replicas of one database,
-    round-robin: pair i sends and receives through replica i mod n, as a load balancer that
-    balances connections would place them."""
-    channels = [aio.insecure_channel(s.target) for s in servers]
-    try:
-        work = [batches(p.receiver, per_pair, template_id) for p in pairs]
-        readies = [asyncio.Event() for _ in pairs]
-        on = [channels[i % len(channels)] for i in range(len(pairs))]
-        receivers = [
-            asyncio.ensure_future(_receiver(ch, p.receiver, per_pair, r))
-            for ch, p, r in zip(on, pairs, readies, strict=True)
-        ]
-        await asyncio.gather(*(r.wait() for r in readies))
-        started = time.perf_counter()
-        await asyncio.gather(
-            *(_sender(ch, p.sender, w) for ch, p, w in zip(on, pairs, work, strict=True))
-        )
-        await asyncio.gather(*receivers)
-        return len(pairs) * per_pair / (time.perf_counter() - started)
-    finally:
-        for ch in channels:
-            await ch.close(None)
 
 
 def cpu_seconds(pids: Sequence[int], children_of: Sequence[int] = ()) -> float:
@@ -294,11 +217,14 @@ def _receive_latencies(
     pipe.send(asyncio.run(main()))
 
 
-async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> dict[str, float]:
-    """p50/p99 send-to-receive latency (ms) of sends offered one by one at `rate` per second.
+async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> dict[str, Any]:
+    """Send-to-receive latency (p50/p99/p99.9 in ms, and its CDF) of sends offered one by one
+    at `rate` per second for `seconds`.
 
     The sender keeps one SendMessageStream open (a stream message per send); the receiver runs
-    in another process, as another device would.
+    in another process, as another device would. Each send is stamped with the moment it was
+    due, not the moment it went out: a sender held back (by flow control, or by a busy core)
+    does not hide that wait from the figure.
     """
     count = int(rate * seconds)
     context = multiprocessing.get_context("spawn")
@@ -324,10 +250,11 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
             start = time.monotonic()
             padding = os.urandom(PAYLOAD_BYTES - 8)
             for i in range(count):
-                delay = start + i / rate - time.monotonic()
+                due = start + i / rate
+                delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                stamp = struct.pack(">d", time.monotonic())
+                stamp = struct.pack(">d", due)
                 request = send_request(pair.receiver, stamp + padding)
                 await sends.write(mpb.SendMessageStreamRequest(request=request))
             await sends.done_writing()
@@ -336,61 +263,82 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
             raise RuntimeError(f"{len(failures)} sends failed: {failures[0]}")
         if not ours.poll(60):
             raise RuntimeError("the receiving process did not get every message")
-        latencies = sorted(ours.recv())
+        latencies = ours.recv()
     finally:
         receiver.join(10)
         if receiver.is_alive():
             receiver.kill()
-    return {
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "offered_per_s": rate,
-    }
+    return {**latency_summary(latencies), "offered_per_s": rate}
 
 
 BENCH_ADMIN_TOKEN = "bench-operator-token"
 
 
+BUSINESS_FLAGS = (
+    "--admin-token",
+    BENCH_ADMIN_TOKEN,
+    "--business-send-rate",
+    "100000000/60s",
+    "--business-tiers",
+    "100000,unlimited",
+)
+"""A server for business sends: the operator token, and the business's rate and tier limits
+raised (their defaults, 80/s and 250 new users a day, are policy, not the path's cost)."""
+
+
 async def business_pair(server: Server, first: int) -> tuple[Pair, str]:
     """A business with an approved UTILITY template, and a user opted in to UTILITY: the pair
-    and the template id (the server must run with --admin-token BENCH_ADMIN_TOKEN)."""
+    and the template id (the server must run with BUSINESS_FLAGS)."""
     async with aio.insecure_channel(server.target) as channel:
         shop = await register(channel, first, apb.ACCOUNT_KIND_BUSINESS)
         user = await register(channel, first + 1)
-        business = business_pb2_grpc.BusinessServiceStub(channel)
-        created = await business.CreateTemplate(
-            bpb.CreateTemplateRequest(
-                name="bench_notice",
-                language="en",
-                category=mpb.MESSAGE_CATEGORY_UTILITY,
-                content=bpb.TemplateContent(body="Your order {{1}} has shipped."),
-            ),
-            metadata=shop.metadata,
-        )
-        template_id = created.template.template_id
-        await admin_pb2_grpc.AdminServiceStub(channel).ReviewTemplate(
-            adm.ReviewTemplateRequest(
-                template_id=template_id, decision=adm.REVIEW_DECISION_APPROVE
-            ),
-            metadata=(("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),),
-        )
-        await business.OptIn(
-            bpb.OptInRequest(
-                business_account_id=shop.account_id, categories=[mpb.MESSAGE_CATEGORY_UTILITY]
-            ),
-            metadata=user.metadata,
-        )
-        # Every template send is billed (UTILITY outside the window): its price is reserved on
-        # send and captured on the ack, so the business needs money for the whole run.
-        await billing_pb2_grpc.BillingServiceStub(channel).TopUp(
-            blpb.TopUpRequest(
-                business_account_id=shop.account_id,
-                amount_micros=1_000_000 * 1_000_000,
-                reference="bench",
-            ),
-            metadata=(("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),),
-        )
+        template_id = await ready_business(channel, shop, [user])
     return Pair(shop, user), template_id
+
+
+async def ready_business(channel: aio.Channel, shop: Account, users: Sequence[Account]) -> str:
+    """Make `shop` able to send a template to `users`: an approved UTILITY template (its id is
+    returned), each user opted in to UTILITY, and money for every send of a run."""
+    business = business_pb2_grpc.BusinessServiceStub(channel)
+    created = await business.CreateTemplate(
+        bpb.CreateTemplateRequest(
+            name="bench_notice",
+            language="en",
+            category=mpb.MESSAGE_CATEGORY_UTILITY,
+            content=bpb.TemplateContent(body="Your order {{1}} has shipped."),
+        ),
+        metadata=shop.metadata,
+    )
+    template_id = created.template.template_id
+    operator = (("authorization", f"Bearer {BENCH_ADMIN_TOKEN}"),)
+    await admin_pb2_grpc.AdminServiceStub(channel).ReviewTemplate(
+        adm.ReviewTemplateRequest(template_id=template_id, decision=adm.REVIEW_DECISION_APPROVE),
+        metadata=operator,
+    )
+    gate = asyncio.Semaphore(32)
+
+    async def opt_in(user: Account) -> None:
+        async with gate:
+            await business.OptIn(
+                bpb.OptInRequest(
+                    business_account_id=shop.account_id,
+                    categories=[mpb.MESSAGE_CATEGORY_UTILITY],
+                ),
+                metadata=user.metadata,
+            )
+
+    await asyncio.gather(*(opt_in(u) for u in users))
+    # Every template send is billed (UTILITY outside the window): its price is reserved on
+    # send and captured on the ack, so the business needs money for the whole run.
+    await billing_pb2_grpc.BillingServiceStub(channel).TopUp(
+        blpb.TopUpRequest(
+            business_account_id=shop.account_id,
+            amount_micros=1_000_000 * 1_000_000,
+            reference="bench",
+        ),
+        metadata=operator,
+    )
+    return template_id
 
 
 async def make_pairs(server: Server, n: int, first: int = 0) -> list[Pair]:

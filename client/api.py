@@ -75,6 +75,7 @@ from client.errors import (
     from_rpc_error,
 )
 from client.outbox import Outbox
+from client.request_ids import time_ordered_request_id
 from client.store import (
     ClientStore,
     Connection,
@@ -784,7 +785,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         return int(self.clock.now() * 1000)
 
     def _new_request_id(self) -> str:
-        return str(uuid.UUID(bytes=self.rng(16), version=4))
+        return time_ordered_request_id(self._now_ms(), self.rng(10))
 
     # --- registration and linking ------------------------------------------------------------
 

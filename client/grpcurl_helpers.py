@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO, TypeVar
@@ -39,6 +39,7 @@ from parley.v1 import key_pb2 as kpb
 from parley.v1 import messaging_pb2 as mpb
 
 from client.api import DeliveryUpdate, Event, ParleyClient, ParleyClientError
+from client.request_ids import time_ordered_request_id
 
 __all__ = ["DEFAULT_ONE_TIME_KEYS", "add_parser", "run"]
 
@@ -243,7 +244,7 @@ async def _encrypt(client: ParleyClient, args: argparse.Namespace, out: TextIO) 
     if not messages:
         raise HelperError(f"no session with any device of {account_id}: pass fresh --bundles")
     request = mpb.SendMessageRequest(
-        request_id=str(uuid.uuid4()),
+        request_id=time_ordered_request_id(timestamp_ms, os.urandom(10)),
         recipient_account_id=account_id,
         messages=[messages[d] for d in sorted(messages)],
         client_timestamp_ms=timestamp_ms,

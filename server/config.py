@@ -95,6 +95,7 @@ class Settings:
     max_batch: int = MessagingPolicy.max_batch
     send_rate: Rate = MessagingPolicy.send_rate
     envelope_ttl: float = MessagingPolicy.envelope_ttl
+    idempotency_window: float = MessagingPolicy.idempotency_window
     # How often expired envelopes are swept: a minute past the TTL is close enough, and a
     # sweep of nothing costs one indexed read.
     expiry_interval: float = 60.0
@@ -144,6 +145,7 @@ class Settings:
             max_batch=self.max_batch,
             send_rate=self.send_rate,
             envelope_ttl=self.envelope_ttl,
+            idempotency_window=self.idempotency_window,
             keepalive_interval=self.keepalive_interval,
             stream_buffer_bytes=self.stream_buffer_bytes,
         )
@@ -231,6 +233,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_batch", int, "sends per SendMessages call and ids per AcknowledgeMessages call"),
     Option("send_rate", Rate.parse, "messages a device may send, e.g. 6000/min (bursts too)"),
     Option("envelope_ttl", float, "seconds an undelivered envelope is kept before it fails"),
+    Option(
+        "idempotency_window",
+        float,
+        "seconds a send's request_id is remembered after the send: a retry within it gets the "
+        "first answer",
+    ),
     Option("expiry_interval", float, "seconds between sweeps for expired envelopes"),
     Option("keepalive_interval", float, "seconds of silence before a stream gets a keep-alive"),
     Option(

@@ -58,3 +58,15 @@ def test_bad_nodes_and_blocks_are_refused() -> None:
         IdGenerator(node=NODES)
     with pytest.raises(ValueError, match="block"):
         IdGenerator().block(0.0, 0)
+
+
+def test_many_ids_come_in_increasing_order_across_blocks() -> None:
+    ids = IdGenerator(node=5)
+    now = 1_800_000_000.0
+    before = ids.next(now)
+    many = ids.many(now, 40_000)  # more than one block (16,384) holds
+    assert len(many) == len(set(many)) == 40_000
+    assert many == sorted(many) and many[0] > before
+    assert all((i >> (SEQUENCE_BITS - NODE_BITS)) & (NODES - 1) == 5 for i in many)
+    assert ids.next(now) > many[-1]
+    assert ids.many(now, 0) == []

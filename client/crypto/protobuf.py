@@ -19,6 +19,7 @@ __all__ = [
     "WIRE_VARINT",
     "bytes_field",
     "decode_fields",
+    "decode_with_repeated",
     "uint_field",
     "varint",
 ]
@@ -46,14 +47,23 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+# The keys of fields 1-15 (one byte each), made once: saved session state is written for
+# every message, field by field.
+_VARINT_KEYS: Final = tuple(varint(n << 3 | WIRE_VARINT) for n in range(16))
+_LEN_KEYS: Final = tuple(varint(n << 3 | WIRE_LEN) for n in range(16))
+
+
 def uint_field(number: int, value: int) -> bytes:
     """A varint field (``uint32``/``uint64``/``bool``)."""
-    return varint(number << 3 | WIRE_VARINT) + varint(value)
+    key = _VARINT_KEYS[number] if number < 16 else varint(number << 3 | WIRE_VARINT)
+    return key + (_SMALL_VARINTS[value] if 0 <= value < 0x80 else varint(value))
 
 
 def bytes_field(number: int, value: bytes) -> bytes:
     """A length-delimited field (``bytes``/``string``/embedded message)."""
-    return varint(number << 3 | WIRE_LEN) + varint(len(value)) + value
+    key = _LEN_KEYS[number] if number < 16 else varint(number << 3 | WIRE_LEN)
+    size = len(value)
+    return key + (_SMALL_VARINTS[size] if size < 0x80 else varint(size)) + value
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -82,7 +92,20 @@ def decode_fields(data: bytes) -> dict[int, int | bytes]:
     Raises:
         InvalidMessageError: malformed protobuf.
     """
+    return decode_with_repeated(data, 0)[0]
+
+
+def decode_with_repeated(data: bytes, number: int) -> tuple[dict[int, int | bytes], list[bytes]]:
+    """`decode_fields`, and every length-delimited value of field `number` in order (a repeated
+    field), in one pass over `data`: saved session state is read once per message, and its
+    records hold repeated fields (stored keys, chains) next to singular ones. `number` 0
+    collects nothing.
+
+    Raises:
+        InvalidMessageError: malformed protobuf.
+    """
     fields: dict[int, int | bytes] = {}
+    repeated: list[bytes] = []
     pos = 0
     end = len(data)
     while pos < end:
@@ -92,16 +115,16 @@ def decode_fields(data: bytes) -> dict[int, int | bytes]:
             pos += 1
         else:
             key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
+        field, wire_type = key >> 3, key & 7
+        if field == 0:
             raise InvalidMessageError("protobuf field number 0")
         if wire_type == WIRE_VARINT:
             if pos < end and data[pos] < 0x80:
-                fields[number] = data[pos]
+                fields[field] = data[pos]
                 pos += 1
             else:
                 value, pos = _read_varint(data, pos)
-                fields[number] = value
+                fields[field] = value
         elif wire_type == WIRE_LEN:
             if pos < end and data[pos] < 0x80:
                 length = data[pos]
@@ -110,7 +133,10 @@ def decode_fields(data: bytes) -> dict[int, int | bytes]:
                 length, pos = _read_varint(data, pos)
             if pos + length > end:
                 raise InvalidMessageError("truncated protobuf length-delimited field")
-            fields[number] = data[pos : pos + length]
+            value_bytes = data[pos : pos + length]
+            if field == number:
+                repeated.append(value_bytes)
+            fields[field] = value_bytes
             pos += length
         elif wire_type == WIRE_I64:
             pos += 8
@@ -120,34 +146,4 @@ def decode_fields(data: bytes) -> dict[int, int | bytes]:
             raise InvalidMessageError(f"unsupported protobuf wire type {wire_type}")
         if pos > end:
             raise InvalidMessageError("truncated protobuf fixed-width field")
-    return fields
-
-
-def decode_repeated(data: bytes, number: int) -> list[bytes]:
-    """All length-delimited values of field ``number`` (for repeated fields in saved state).
-
-    Raises:
-        InvalidMessageError: malformed protobuf.
-    """
-    values: list[bytes] = []
-    pos = 0
-    end = len(data)
-    while pos < end:
-        key, pos = _read_varint(data, pos)
-        num, wire_type = key >> 3, key & 7
-        if wire_type == WIRE_VARINT:
-            _, pos = _read_varint(data, pos)
-        elif wire_type == WIRE_LEN:
-            length, pos = _read_varint(data, pos)
-            if pos + length > end:
-                raise InvalidMessageError("truncated protobuf length-delimited field")
-            if num == number:
-                values.append(data[pos : pos + length])
-            pos += length
-        elif wire_type == WIRE_I64:
-            pos += 8
-        elif wire_type == WIRE_I32:
-            pos += 4
-        else:
-            raise InvalidMessageError(f"unsupported protobuf wire type {wire_type}")
-    return values
+    return fields, repeated

@@ -50,7 +50,7 @@ from client.crypto.keys import (
     Rng,
     default_rng,
 )
-from client.crypto.protobuf import bytes_field, decode_fields, decode_repeated, uint_field
+from client.crypto.protobuf import bytes_field, decode_fields, decode_with_repeated, uint_field
 from client.crypto.ratchet import ChainKey, RootKey
 from client.crypto.ratchet.message_keys import aes_cbc_decrypt, aes_cbc_encrypt
 from client.crypto.ratchet.root_key import RATCHET_INFO
@@ -610,13 +610,13 @@ class SessionState:
             InvalidStateError: corrupt data.
         """
         try:
-            f = decode_fields(data)
+            f, chains = decode_with_repeated(data, 7)
             s = decode_fields(_b(f, 6))
             receiver_chains = []
-            for raw in decode_repeated(data, 7):
-                c = decode_fields(raw)
+            for raw in chains:
+                c, keys = decode_with_repeated(raw, 4)
                 skipped: dict[int, bytes] = {}
-                for raw_key in decode_repeated(raw, 4):
+                for raw_key in keys:
                     k = decode_fields(raw_key)
                     skipped[_i(k, 1)] = _b(k, 2)
                 receiver_chains.append(
@@ -634,9 +634,7 @@ class SessionState:
                     kyber_ciphertext=_b(p, 5),
                     base_key=PublicKey.deserialize(_b(p, 3)),
                 )
-            sender_pair = KeyPair.from_private_bytes(_b(s, 2))
-            if sender_pair.public_key.serialize() != _b(s, 1):
-                raise InvalidStateError("sender ratchet key pair does not match")
+            sender_pair = KeyPair.from_saved(_b(s, 2), _b(s, 1))
             return cls(
                 version=_i(f, 1),
                 local_identity=PublicKey.deserialize(_b(f, 2)),
@@ -1174,8 +1172,7 @@ class SessionRecord:
             InvalidStateError: corrupt data or an unknown (newer) format version.
         """
         try:
-            fields = decode_fields(data)
-            previous_raw = decode_repeated(data, 3)
+            fields, previous_raw = decode_with_repeated(data, 3)
         except InvalidMessageError as exc:
             raise InvalidStateError(f"corrupt session record: {exc}") from exc
         version = fields.get(1)

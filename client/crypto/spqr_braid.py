@@ -36,7 +36,7 @@ from client.crypto.keys import Rng
 from client.crypto.protobuf import (
     bytes_field,
     decode_fields,
-    decode_repeated,
+    decode_with_repeated,
     uint_field,
     varint,
 )
@@ -836,9 +836,9 @@ def state_from_bytes(data: bytes) -> State:
                 kwargs[f.name] = Outgoing(_bytes(body, 1), _int(body, 2))
             elif f.name == "receiving":
                 raw = _bytes(top, number)
-                body = decode_fields(raw)
+                body, items = decode_with_repeated(raw, 2)
                 chunks = []
-                for item in decode_repeated(raw, 2):
+                for item in items:
                     if len(item) != 2 + CHUNK_SIZE:
                         raise InvalidStateError("corrupt SPQR chunk in state")
                     chunks.append(Chunk(int.from_bytes(item[:2], "big"), item[2:]))

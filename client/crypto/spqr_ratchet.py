@@ -27,7 +27,7 @@ from client.crypto.errors import (
 )
 from client.crypto.kdf import hkdf_sha256
 from client.crypto.keys import Rng
-from client.crypto.protobuf import bytes_field, decode_fields, decode_repeated, uint_field
+from client.crypto.protobuf import bytes_field, decode_fields, decode_with_repeated, uint_field
 
 __all__ = [
     "DEFAULT_MAX_JUMP",
@@ -316,12 +316,12 @@ def _half_bytes(half: _Half) -> bytes:
 
 
 def _half_from(raw: bytes) -> _Half:
-    f = decode_fields(raw)
+    f, items = decode_with_repeated(raw, 3)
     ctr, nxt = f.get(1, 0), f.get(2, b"")
     if not isinstance(ctr, int) or not isinstance(nxt, bytes) or len(nxt) not in (0, 32):
         raise InvalidStateError("corrupt SPQR chain direction")
     stored = {}
-    for item in decode_repeated(raw, 3):
+    for item in items:
         if len(item) != 36:
             raise InvalidStateError("corrupt SPQR stored key")
         stored[int.from_bytes(item[:4], "big")] = item[4:]
@@ -391,9 +391,9 @@ def from_bytes(data: bytes) -> SpqrState:
         chain = None
         if 3 in f:
             raw = _bytes(f, 3)
-            c = decode_fields(raw)
+            c, items = decode_with_repeated(raw, 7)
             links = []
-            for item in decode_repeated(raw, 7):
+            for item in items:
                 parts = decode_fields(item)
                 links.append(_Link(_half_from(_bytes(parts, 1)), _half_from(_bytes(parts, 2))))
             chain = Chain(

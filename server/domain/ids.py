@@ -41,6 +41,16 @@ class IdGenerator:
     def next(self, now: float) -> int:
         return self.block(now, 1)
 
+    def many(self, now: float, count: int) -> list[int]:
+        """`count` ids in increasing order, in as few blocks as the span allows (a batch's
+        rows take one lock, not one per row)."""
+        out: list[int] = []
+        while len(out) < count:
+            n = min(count - len(out), _COUNTER_SPAN)
+            first = self.block(now, n)
+            out.extend(range(first, first + n))
+        return out
+
     def block(self, now: float, count: int) -> int:
         """Reserve `count` consecutive ids (at most 16,384); return the first."""
         if not 0 < count <= _COUNTER_SPAN:

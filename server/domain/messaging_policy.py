@@ -25,6 +25,11 @@ class MessagingPolicy:
     # An undelivered envelope is kept 30 days, then fails: a phone off for a month still gets
     # its messages, and the server never holds ciphertext forever.
     envelope_ttl: float = 30 * 86_400.0
+    # A send's request_id is remembered this long after the send (and while the message is
+    # pending): a retry within it gets the first answer, never a second copy. Retries come
+    # seconds after a failure, or after a reconnect; a window of minutes, not a day, keeps what
+    # delivered traffic leaves on disk bounded by the window instead of by the traffic.
+    idempotency_window: float = 300.0
     # Envelopes per stream message and per page read from the database.
     stream_batch: int = 500
     # Seconds of silence before a stream gets a keep-alive: below the 60 s idle timeout of

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from server.domain import validation
 from server.domain.admission import DeferredWrite, Draft, RequestIdRace, SendJob
-from server.domain.billing import PriceBook, month_key, windows_at
+from server.domain.billing import PriceBook, TableVersion, month_key, windows_at
 from server.domain.billing_model import (
     Charge,
     ChargeState,
@@ -47,7 +47,7 @@ from server.domain.errors import FailedPrecondition
 from server.domain.model import AccountKind, MessageCategory, MessageRow
 from server.domain.money import format_amount
 from server.domain.ports import Transaction
-from server.domain.pricing import FreeReason, SendFacts, quote
+from server.domain.pricing import FreeReason, Quote, SendFacts, Window, quote
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ BLOCKED_REASON = "not delivered: the recipient does not accept messages from you
 # Quotes that count towards the month's allowance and volume tiers: what the business would
 # pay for, not what a window made free.
 _COUNTED = (FreeReason.BILLABLE, FreeReason.ALLOWANCE)
+_RESERVED = int(ChargeState.RESERVED)
 
 Wake = Callable[[Iterable[str]], None]
 
@@ -101,6 +102,44 @@ class Reserve(NamedTuple):
         )
 
 
+class _ToRecipient:
+    """What the prices of a job's messages to one person in one category depend on, read once
+    per job: the person's country, the windows open between them, the month's counts (kept
+    up to date as the job admits messages that are not stored yet), and the price itself once
+    it no longer depends on the count."""
+
+    __slots__ = ("country", "counts", "price", "totals", "windows")
+
+    def __init__(
+        self, country: str, windows: frozenset[Window], counts: list[int], totals: list[int]
+    ) -> None:
+        self.country = country
+        self.windows = windows
+        # [of the category, of it to this country] this month, and the category's total as
+        # this job counts it (shared by the job's recipients in the category).
+        self.counts = counts
+        self.totals = totals
+        self.price: Quote | None = None
+
+
+class _JobMeter:
+    """One send job's metering at one send time: the table in force, the month, the money
+    available, and a `_ToRecipient` per (person, category). A batch sends many messages to few
+    people, so a message's own work is a dictionary lookup, a quote when the count matters,
+    and its charge."""
+
+    __slots__ = ("available", "month", "recipients", "totals", "usage", "version")
+
+    def __init__(self, version: TableVersion, month: str) -> None:
+        self.version = version
+        self.month = month
+        self.available: int | None = None
+        # (person, category) -> its facts; None for a recipient that is not priced
+        self.recipients: dict[tuple[str, int], _ToRecipient | None] = {}
+        self.totals: dict[int, list[int]] = {}
+        self.usage: dict[tuple[int, str], list[int]] = {}
+
+
 class MeteringRule:
     """Admission rule 8: price, and hold the price of, each business message to a person
     (steps 1-2). After `BusinessRule`, whose stamp gives the category. The facts a price
@@ -121,62 +160,79 @@ class MeteringRule:
         business = job.caller.account_id
         if job.account_kind(business) != AccountKind.BUSINESS:
             return ()
+        message = draft.message
+        now = message.server_ts
+        meters: dict[float, _JobMeter] = job.memo("metering", "", dict)
+        meter = meters.get(now)
+        if meter is None:
+            meter = meters[now] = _JobMeter(self._book.in_force(now), month_key(now))
+        stamp = job.stamps.get(message.message_id)
+        category = stamp[0] if stamp else int(MessageCategory.SERVICE)
         user = r.recipient_account_id
-        if job.account_kind(user) != AccountKind.PERSON:
+        try:
+            to = meter.recipients[user, category]
+        except KeyError:
+            to = meter.recipients[user, category] = self._recipient(job, meter, user, category, now)
+        if to is None:
             return ()
+        table = meter.version.table
+        price = to.price
+        if price is None:
+            price = quote(
+                table,
+                SendFacts(
+                    MessageCategory(category), to.country, to.windows, to.totals[0], to.counts[1]
+                ),
+            )
+            if to.totals[0] >= table.allowances.get(price.category, 0) and (
+                (price.category, to.country) not in table.tiers
+            ):
+                # Past the allowance and without tiers, the count no longer matters: the price
+                # is the same for the job's later messages to this person in this category.
+                to.price = price
+        if meter.available is None:
+            meter.available = job.tx.get_balance(business).available
+        if price.amount > meter.available:
+            raise FailedPrecondition(
+                f"insufficient balance: need {format_amount(price.amount, price.currency)},"
+                f" available {format_amount(meter.available, price.currency)}"
+                f" ({price.explanation}); ask the operator for a top-up (GetBalance shows what"
+                " is reserved)"
+            )
+        meter.available -= price.amount
+        counted = price.reason in _COUNTED
+        if counted:
+            to.totals[0] += 1
+            to.counts[1] += 1
+        charge = Charge(
+            message.message_id, business, user, category, price.country, price.amount,
+            int(price.reason), meter.version.version, _RESERVED, now, None, None, None,
+            price.explanation,
+        )  # fmt: skip
+        return (Reserve(charge, counted, meter.month),)
+
+    @staticmethod
+    def _recipient(
+        job: SendJob, meter: _JobMeter, user: str, category: int, now: float
+    ) -> _ToRecipient | None:
+        """The facts of a job's messages to `user` in `category`; None when they are not
+        priced (a business's messages to a person are)."""
+        if job.account_kind(user) != AccountKind.PERSON:
+            return None
         tx = job.tx
         recipient = job.memo("account", user, lambda: tx.get_account(user))
         if recipient is None:  # deleted concurrently: the recipient rule saw it
-            return ()
-        stamp = job.stamps.get(draft.message.message_id)
-        category = MessageCategory(stamp[0]) if stamp else MessageCategory.SERVICE
-        now = draft.message.server_ts
-        country = job.memo("country", user, lambda: validation.country_of(recipient.phone_number))
+            return None
+        business = job.caller.account_id
+        country = validation.country_of(recipient.phone_number)
         windows = job.memo("billing-windows", user, lambda: windows_at(tx, business, user, now))
-        month = job.memo("month", "", lambda: month_key(now))  # a job's drafts share `now`
-        # [of the category, of it to this country] this month: read once, then counted here
-        # as the job admits messages that are not stored yet.
-        counts: list[int] = job.memo(
-            "month-usage",
-            f"{int(category)}/{country}/{month}",
-            lambda: list(tx.month_usage(business, month, int(category), country)),
-        )
-        totals: list[int] = job.memo("month-total", f"{int(category)}/{month}", lambda: [counts[0]])
-        version = self._book.in_force(now)
-        table = version.table
-        if (
-            totals[0] >= table.allowances.get(category, 0)
-            and (category, country) not in table.tiers
-        ):
-            # Past the allowance and without tiers, the count no longer matters: the price is
-            # the same for every message of the job to this recipient and category.
-            price = job.memo(
-                "price",
-                f"{version.version}/{int(category)}/{user}",
-                lambda: quote(table, SendFacts(category, country, windows, totals[0], counts[1])),
+        usage = meter.usage.get((category, country))
+        if usage is None:
+            usage = meter.usage[category, country] = list(
+                tx.month_usage(business, meter.month, category, country)
             )
-        else:
-            price = quote(table, SendFacts(category, country, windows, totals[0], counts[1]))
-        available: list[int] = job.memo(
-            "available", "", lambda: [tx.get_balance(business).available]
-        )
-        if price.amount > available[0]:
-            raise FailedPrecondition(
-                f"insufficient balance: need {format_amount(price.amount, price.currency)},"
-                f" available {format_amount(available[0], price.currency)} ({price.explanation});"
-                " ask the operator for a top-up (GetBalance shows what is reserved)"
-            )
-        available[0] -= price.amount
-        counted = price.reason in _COUNTED
-        if counted:
-            totals[0] += 1
-            counts[1] += 1
-        charge = Charge(
-            draft.message.message_id, business, user, int(category), price.country,
-            price.amount, int(price.reason), version.version, int(ChargeState.RESERVED), now,
-            None, None, None, price.explanation,
-        )  # fmt: skip
-        return (Reserve(charge, counted, month),)
+        totals = meter.totals.setdefault(category, [usage[0]])
+        return _ToRecipient(country, windows, usage, totals)
 
 
 def _events(

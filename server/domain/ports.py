@@ -263,7 +263,20 @@ class MessageWrites(Protocol):
         """Ids of up to `limit` PENDING messages sent before `before_id`."""
         ...
 
-    def delete_settled_messages(self, settled_before: float) -> int: ...
+    def delete_settled_messages(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` settled messages sent before `before_id` (their request ids are
+        forgotten: the idempotency window is over); how many."""
+        ...
+
+    def expire_statuses(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` delivery statuses queued before `before_id`, acknowledged by
+        no device of their sender in time; how many."""
+        ...
+
+    def reclaim_free_pages(self) -> int:
+        """Give free pages back to the file system when they are many (SQLite's incremental
+        vacuum; PostgreSQL's autovacuum does this itself); how many were given back."""
+        ...
 
 
 class ReadTransaction(

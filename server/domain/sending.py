@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -428,7 +428,16 @@ class BusinessRule:
         r = draft.request
         business, user = job.caller.account_id, r.recipient_account_id
         now = draft.message.server_ts
-        key = f"{user}/{r.template_id}/{r.category}/{r.template_name}/{r.online_only}"
+        key = (user, r.template_id, r.category, r.template_name, r.online_only, now)
+        # Drafts like one admitted before in this job without a deferred write (the usual
+        # batch: one template to one person) take only a token: the verdict and the
+        # conversation's start are what they were for that draft.
+        quiet: dict[Hashable, tuple[int, str, str]] = job.memo("quiet", "", dict)
+        stamp = quiet.get(key)
+        if stamp is not None:
+            self._rate.take_in(cast(Transaction, job.tx), business)
+            job.stamps[draft.message.message_id] = stamp
+            return ()
         verdict = job.memo("verdict", key, lambda: _try(lambda: self._admissible(draft, job)))
         if isinstance(verdict, DomainError):
             raise verdict
@@ -448,6 +457,11 @@ class BusinessRule:
         else:
             self._rate.take_in(cast(Transaction, job.tx), business)
         job.stamp(draft, int(category), facts.name if facts else "", r.template_id)
+        if not writes and not r.online_only and category != MessageCategory.MARKETING:
+            # Nothing this draft asked for changes the next one's answer: a conversation
+            # needed no start (or its start is remembered), and only MARKETING records each
+            # message.
+            quiet[key] = job.stamps[draft.message.message_id]
         # The job's deferred writes are applied after every draft was checked, so what this
         # draft counts is added to the job's memos: its later drafts see it without a read.
         for write in writes:

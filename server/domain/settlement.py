@@ -12,8 +12,11 @@ Rules kept here, and what enforces each one with concurrent writers:
    an acknowledgement racing expiry yields one status, never two.
 4. Either way the sending device gets one delivery status, queued in the same transaction
    (dropped if that device no longer exists), and fanned out after the commit.
-5. Settled messages are kept IDEMPOTENCY_RETENTION so a retried request_id still gets its
-   first result (admission rule 2), then deleted.
+5. A message is kept while it is pending and for the idempotency window after it was sent
+   (`MessagingPolicy.idempotency_window`), so a retried request_id still gets its first
+   result (admission rule 2); then the sweep deletes it. A delivery status no device of its
+   sender acknowledged within the envelope TTL is deleted too: what a delivered message leaves
+   behind is bounded by the window, not by the traffic.
 6. A business message's charge settles with it, in the same transaction: captured when the
    message is delivered, released when it expires or the recipient blocks the business
    (`server.domain.metering`, steps 3-4). A block settles the business's messages still on
@@ -38,10 +41,9 @@ from server.domain.ports import Store, Transaction
 
 log = logging.getLogger(__name__)
 
-# Rows expired per write job: bounds how long one expiry job holds the writer.
-EXPIRY_BATCH = 10_000
-# Settled messages are kept this long so request_id retries keep returning the first result.
-IDEMPOTENCY_RETENTION = 86_400.0
+# Rows of each kind one sweep job expires or forgets: bounds how long it holds the writer
+# (a few milliseconds; sends queued meanwhile wait that long). A backlog takes more jobs.
+EXPIRY_BATCH = 2_000
 NOT_DELIVERED = "not delivered: no device of the recipient received it in time"
 
 
@@ -106,14 +108,17 @@ class Settlement:
         return acked, removed
 
     async def expire(self) -> int:
-        """Delete expired envelopes; settle their undelivered messages as failed."""
+        """Delete expired envelopes and settle their undelivered messages as failed; forget
+        messages past the idempotency window and statuses past the TTL (rule 5); give free
+        pages back. Returns the number of expired envelopes and failed messages."""
         now = self._clock.now()
         cutoff = IdGenerator.floor(now - self.policy.envelope_ttl)
+        forget = IdGenerator.floor(now - self.policy.idempotency_window)
         ids = self._ids
         total = 0
         while True:
 
-            def job(tx: Transaction) -> tuple[int, list[StatusRow], set[str]]:
+            def job(tx: Transaction) -> tuple[int, int, list[StatusRow], set[str]]:
                 # All copies of a message share its send time, so they expire with it. A message
                 # still pending at that age was acknowledged by no device: its envelopes expired,
                 # or went with a removed device or a deleted account.
@@ -123,15 +128,19 @@ class Settlement:
                 )
                 statuses = _statuses_for(tx, failed, MessageState.FAILED, now, ids, NOT_DELIVERED)
                 billed = metering.settle(tx, _business(failed), False, now)
-                tx.delete_settled_messages(now - IDEMPOTENCY_RETENTION)
+                swept = tx.delete_settled_messages(forget, EXPIRY_BATCH)
+                swept += tx.expire_statuses(cutoff, EXPIRY_BATCH)
                 tx.delete_full_buckets(now)
-                return max(count, len(failed)), statuses, billed
+                swept += tx.reclaim_free_pages()
+                return max(count, len(failed)), swept, statuses, billed
 
-            count, statuses, billed = await self._db.write(job)
+            count, swept, statuses, billed = await self._db.write(job)
             self._fanout.notify_statuses(statuses)
             self.wake(billed)
             total += count
-            if count < EXPIRY_BATCH:
+            # Another round while any part filled its batch: each job stays short (the
+            # writer serves sends between them), and a day's backlog still clears in one sweep.
+            if count < EXPIRY_BATCH and swept < EXPIRY_BATCH:
                 return total
 
     async def run_expiry(self, interval: float) -> None:
@@ -190,7 +199,7 @@ def _statuses_for(
     return tx.insert_statuses(
         [
             StatusRow(
-                status_id=ids.next(now),
+                status_id=status_id,
                 account_id=m.sender_account_id,
                 device_id=m.sender_device_id,
                 message_id=m.message_id,
@@ -200,6 +209,6 @@ def _statuses_for(
                 at=now,
                 reason=reason,
             )
-            for m in settled
+            for status_id, m in zip(ids.many(now, len(settled)), settled, strict=True)
         ]
     )

@@ -41,6 +41,7 @@ _LEDGER_INSERT = (
     " at, note"
 )
 _RESERVED = int(ChargeState.RESERVED)
+_new = tuple.__new__  # a row from a tuple without the named constructor's Python-level call
 
 
 class SqlBilling:
@@ -352,18 +353,17 @@ class SqlBilling:
                 (business, n),
             ).fetchone()
             next_of[business] = int(last) - n + 1
-        numbered = []
+        numbered: list[StatusEventRow] = []
+        values: list[tuple[object, ...]] = []
         for r in rows:
-            sequence = next_of[r.business_account_id]
-            next_of[r.business_account_id] = sequence + 1
-            numbered.append(r._replace(sequence=sequence))
-        insert_rows(
-            conn,
-            f"status_events ({_EVENT_COLUMNS})",
-            6,
-            [(r.business_account_id, r.sequence, r.kind, r.message_id, r.at, r.detail)
-             for r in numbered],
-        )  # fmt: skip
+            business = r.business_account_id
+            sequence = next_of[business]
+            next_of[business] = sequence + 1
+            values.append((business, sequence, r.kind, r.message_id, r.at, r.detail))
+            numbered.append(
+                _new(StatusEventRow, (business, sequence, r.kind, r.message_id, r.at, 0, r.detail))
+            )
+        insert_rows(conn, f"status_events ({_EVENT_COLUMNS})", 6, values)
         return numbered
 
 

@@ -20,6 +20,12 @@ Rules this module keeps (docs/architecture.md, "Storage"):
    connection they are given, so a rolled-back run leaves nothing behind. Whether writes
    currently commit is published as `writable` / `on_write_health` (the health service).
 7. Files are created 0600: they hold phone numbers, token hashes and message metadata.
+8. The WAL is copied back into the database file by a checkpoint thread of its own (PASSIVE:
+   it never blocks the writer), not by whichever COMMIT crosses SQLite's auto-checkpoint
+   threshold: that commit would pay for the copy and the database file's fsync, and every
+   message of its group would wait for them. The writer's auto-checkpoint stays, at a higher
+   threshold, for what the thread cannot do under steady load: copy the last frames so that
+   the WAL starts over.
 """
 
 from __future__ import annotations
@@ -66,6 +72,14 @@ CACHE_KIB = 64 * 1024
 MMAP_BYTES = 256 * 1024 * 1024
 # The database, its -wal/-shm (SQLite gives them the database's mode) and the lock file.
 FILE_MODE = 0o600
+# Rule 8: while writes go on, the checkpoint thread copies the WAL back this often; each
+# checkpoint moves what was committed since the last one (about a thousand pages at full load).
+CHECKPOINT_INTERVAL = 0.1
+# Under a steady stream of commits the thread never copies the very last frames (new ones keep
+# coming), so the WAL is never started over and grows. Past this many frames (16 MiB of 4 KiB
+# pages) SQLite's own auto-checkpoint in the writer's commit finishes the copy: only the tail
+# the thread has not reached, and its next transaction starts the WAL from the beginning.
+WAL_RESET_FRAMES = 4096
 
 
 @dataclass
@@ -97,6 +111,9 @@ def connect(
     )
     try:
         conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        # Takes effect on a new, empty file only (an existing one keeps its mode until a
+        # VACUUM): lets the expiry sweep give free pages back (reclaim_free_pages).
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -199,6 +216,7 @@ def _open_writer(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connec
         conn = connect(path, synchronous=synchronous, busy_timeout_ms=STARTUP_BUSY_TIMEOUT_MS)
         migrations.migrate(conn)
         _limit_size(conn, path, max_bytes)
+        _note_vacuum_mode(conn, path)
         # Prove the write lock can be had now (a migrated database needs no write to start).
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("COMMIT")
@@ -212,6 +230,19 @@ def _open_writer(path: Path, synchronous: str, max_bytes: int) -> sqlite3.Connec
             conn.close()
         raise
     return conn
+
+
+def _note_vacuum_mode(conn: sqlite3.Connection, path: Path) -> None:
+    """A file made before auto_vacuum=INCREMENTAL keeps its free pages (new rows reuse them,
+    the file never shrinks): say once how to convert it, which needs the server stopped."""
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
+        log.warning(
+            "%s does not give free space back to the disk (it predates auto_vacuum="
+            "INCREMENTAL); to convert it, stop the server and run: sqlite3 %s"
+            " 'PRAGMA auto_vacuum=INCREMENTAL; VACUUM;'",
+            path,
+            path,
+        )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -248,7 +279,18 @@ class Database:
         self._reader_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="sqlite-reader")
         self._closed = False
+        # Rule 8: the checkpoint thread copies the WAL back after writes; the writer only
+        # finishes the copy when the WAL passes WAL_RESET_FRAMES (SQLite's default is 1,000).
+        # Once the WAL starts over, its file is cut back to that many frames' worth of bytes.
+        self._writer_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_RESET_FRAMES}")
+        self._writer_conn.execute(f"PRAGMA journal_size_limit={WAL_RESET_FRAMES * 4096}")
+        self._wrote = threading.Event()
+        self._stopping = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+        )
         self._writer.start()
+        self._checkpointer.start()
 
     # -- public API -------------------------------------------------------------------------
 
@@ -308,6 +350,8 @@ class Database:
         self._closed = True
         self._jobs.put(_STOP)
         self._writer.join()
+        self._stopping.set()
+        self._checkpointer.join()
         self._readers.shutdown(wait=True)
         try:
             with self._reader_lock:
@@ -343,6 +387,30 @@ class Database:
                 raise
             raise storage from exc
 
+    def _checkpoint_loop(self) -> None:
+        """Rule 8: a PASSIVE checkpoint after writes, at most every CHECKPOINT_INTERVAL. It
+        copies the frames no reader needs and never waits for the writer; once it has copied
+        them all, the writer's next transaction starts the WAL over from its beginning."""
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stopping.wait(CHECKPOINT_INTERVAL):
+                if not self._wrote.is_set():
+                    continue
+                self._wrote.clear()
+                try:
+                    if conn is None:
+                        conn = connect(self.path, synchronous=self._synchronous)
+                        # It reads the WAL and writes the file; it needs no cache of its own.
+                        conn.execute("PRAGMA cache_size=-1024")
+                        conn.execute("PRAGMA mmap_size=0")
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # a full or failing disk: the writer reports it
+                    log.debug("checkpoint of %s failed: %s", self.path, exc)
+                    self._wrote.set()  # the frames are still to copy: try again next time
+        finally:
+            if conn is not None:
+                conn.close()
+
     def _write_loop(self) -> None:
         tx = SqliteTransaction(self._writer_conn)
         stopping = False
@@ -361,6 +429,7 @@ class Database:
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
             self._commit_batch(tx, batch)
+            self._wrote.set()
 
     def _commit_batch(self, tx: SqliteTransaction, batch: list[_Job]) -> None:
         conn = tx.connection

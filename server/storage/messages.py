@@ -154,7 +154,8 @@ class SqlMessages:
         out: list[Positioned] = []
         for r in rows:
             device = (r.account_id, r.device_id)
-            out.append(r._replace(seq=next_of[device]))
+            # `seq` is both row types' last field: a slice, not `_replace` (a dict round trip).
+            out.append(type(r)(*r[:-1], next_of[device]))
             next_of[device] += 1
         return out
 
@@ -322,7 +323,22 @@ class SqlMessages:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
-    def delete_settled_messages(self, settled_before: float) -> int:
+    def delete_settled_messages(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` settled messages sent before `before_id`: a range of the
+        primary key (ids are time-ordered), not a scan of the table."""
         return self.connection.execute(
-            f"DELETE FROM messages WHERE state != {PENDING} AND settled_at < ?", (settled_before,)
+            "DELETE FROM messages WHERE message_id IN ("
+            f" SELECT message_id FROM messages WHERE message_id < ? AND state != {PENDING}"
+            " ORDER BY message_id LIMIT ?)",
+            (before_id, limit),
+        ).rowcount
+
+    def expire_statuses(self, before_id: int, limit: int) -> int:
+        """Delete up to `limit` delivery statuses queued before `before_id` (a primary-key
+        range: status ids are time-ordered); how many."""
+        return self.connection.execute(
+            "DELETE FROM delivery_statuses WHERE status_id IN ("
+            " SELECT status_id FROM delivery_statuses WHERE status_id < ?"
+            " ORDER BY status_id LIMIT ?)",
+            (before_id, limit),
         ).rowcount

@@ -99,3 +99,23 @@ def test_the_modulus_check() -> None:
     # The last coefficient of the last polynomial: the top 12 bits.
     assert not key_vector_in_range(ML_KEM_768, bytes(1150) + b"\x10\xd0")
     assert not key_vector_in_range(ML_KEM_768, bytes(1151))
+
+
+def test_the_modulus_check_agrees_with_the_coefficients_for_every_kind_of_triple() -> None:
+    """The check matches byte patterns; here it is held to the definition, coefficient by
+    coefficient, for every (b1, b2) and the three kinds of b0 that matter (0, 1, 255: only
+    whether b0 is zero changes c0's verdict when the low nibble of b1 is 0xD)."""
+
+    def by_definition(triple: bytes) -> bool:
+        c0 = triple[0] | (triple[1] & 0x0F) << 8
+        c1 = triple[1] >> 4 | triple[2] << 4
+        return c0 < 3329 and c1 < 3329
+
+    zeros = bytes(1152 - 3)
+    for b1 in range(256):
+        for b2 in range(256):
+            for b0 in (0, 1, 255):
+                triple = bytes((b0, b1, b2))
+                expected = by_definition(triple)
+                assert key_vector_in_range(ML_KEM_768, triple + zeros) is expected, triple.hex()
+                assert key_vector_in_range(ML_KEM_768, zeros + triple) is expected, triple.hex()

@@ -194,7 +194,12 @@ class SendMessageRequest(_message.Message):
     BUSINESS_FIELD_NUMBER: _builtins.int
     CHAT_LINK_CODE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-chosen UUID; a retry with the same id returns the first response (AIP-155)."""
+    """Client-chosen UUID; a retry with the same id returns the first response (AIP-155), for
+    the server's idempotency window after the send (--idempotency-window, 5 minutes) and
+    while the message is pending. Prefer a time-ordered UUIDv7 (RFC 9562): the server's
+    index of request ids then takes each at its right edge; random v4 ids work but cost a
+    page write each at high send rates.
+    """
     recipient_account_id: _builtins.str
     """The recipient account (may be the sender's own account, for sync copies)."""
     client_timestamp_ms: _builtins.int

@@ -40,6 +40,11 @@ _RESERVED = int(ChargeState.RESERVED)
 
 class PostgresTransaction(Statements):
     connection: PgConnection
+
+    def reclaim_free_pages(self) -> int:
+        """Nothing to do here: PostgreSQL's autovacuum gives dead rows' space back."""
+        return 0
+
     day_sql = "to_char(to_timestamp(sent_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
     open_pair_index = ""
     lock_row = " FOR UPDATE"

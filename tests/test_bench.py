@@ -1,0 +1,81 @@
+"""`make bench`'s harness at tiny sizes, so that it cannot rot between benchmark runs.
+
+Every section but the replicas (PostgreSQL) and libsignal (Node.js), which their own tests
+exercise, runs against real servers with counts far below `--quick`'s; the test checks that
+each section recorded its figures, that the goals were judged, and that the plot is a PNG. It
+asserts nothing about speed: on a shared machine any such threshold would flap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from bench import report
+from bench.__main__ import SECTIONS, run
+from bench.sizes import QUICK
+
+TINY = replace(
+    QUICK,
+    name="tiny",
+    stream_ceiling_writes=4,
+    unary_ceiling_calls=4,
+    storage_ceiling_messages=1_000,
+    commit_samples=50,
+    pair_messages=600,
+    many_pairs=2,
+    many_pair_messages=300,
+    sustained_seconds=1.5,
+    latency_seconds=0.3,
+    stored_envelopes=1_000,
+    full_path_messages=5,
+    crypto_scale=0.01,
+    connected=(10, 20),
+    unary_samples=20,
+    fanout_users=10,
+)
+SKIPPED = {"replicas", "libsignal"}
+
+
+def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path) -> None:
+    sections = [(name, f) for name, f in SECTIONS if f.__name__ not in SKIPPED]
+    out = tmp_path / "results.json"
+    results = run(TINY, sections, out)
+
+    assert "errors" not in results, results.get("errors")
+    saved = json.loads(out.read_text())
+    assert saved["mode"] == "tiny"
+    assert set(saved["ceilings"]) == {
+        "grpc_stream_msgs_per_s",
+        "grpc_unary_msgs_per_s",
+        "storage_delivered_per_s",
+    }
+    for key in ("p50_ms", "p99_ms", "p999_ms", "cdf_ms"):
+        assert key in saved["disk"] and key in saved["latency"]
+    assert saved["latency"]["samples"] == 300
+    delivery = saved["delivery"]
+    for key in ("one_pair", "many_pairs", "sustained"):
+        assert delivery[key]["messages"] > 0 and delivery[key]["timeline_per_s"]
+    assert delivery["sustained"]["database_bytes"] > 0
+    assert set(saved["business"]) == {"template_per_s", "plain_per_s"}
+    assert saved["stored"]["envelopes"] == 1_000
+    assert saved["full_path"]["per_s"] > 0
+    assert set(saved["connected"]["levels"]) == {"10", "20"}
+    assert saved["fanout"]["users"] == 10
+    assert "symmetric_msgs_per_s_stored_memory" in saved["crypto"]["parley"]
+    judged = {g["figure"] for g in saved["goals"]}
+    assert "sustained / short run" in judged and "PQXDH setups/s" in judged
+    assert "goals (each from this run)" in report.table(saved)
+
+    with Image.open(out.with_suffix(".png")) as image:
+        assert image.format == "PNG" and image.size[0] > 500
+        image.verify()
+
+
+def test_the_latency_goal_follows_the_disk_only_when_it_is_slow() -> None:
+    assert report.latency_goal_ms(None) == 10.0
+    assert report.latency_goal_ms(2.9) == 10.0
+    assert report.latency_goal_ms(5.0) == 15.0

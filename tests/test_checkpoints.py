@@ -1,0 +1,69 @@
+"""The WAL is checkpointed by a thread of its own, never by a commit (database.py, rule 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from server.storage.database import CHECKPOINT_INTERVAL, WAL_RESET_FRAMES, Database
+from server.storage.transaction import SqliteTransaction
+
+pytestmark = pytest.mark.sqlite_only
+
+MARKER = b"checkpointed-by-the-thread-" * 4
+
+
+def _write(db: Database, value: bytes) -> None:
+    def job(tx: SqliteTransaction) -> None:
+        tx.connection.execute("CREATE TABLE IF NOT EXISTS probe (v BLOB)")
+        tx.connection.execute("INSERT INTO probe VALUES (?)", (value,))
+
+    asyncio.run(db.write(job))
+
+
+def test_commits_leave_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    db = Database(path)
+    try:
+        (threshold,) = db._writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert threshold == WAL_RESET_FRAMES  # not SQLite's 1,000: the thread does the copying
+        _write(db, MARKER)
+        # Committed means in the WAL; the thread copies it into the database file soon after.
+        deadline = time.monotonic() + 50 * CHECKPOINT_INTERVAL
+        while MARKER not in path.read_bytes():
+            assert time.monotonic() < deadline, "the WAL was not checkpointed"
+            time.sleep(CHECKPOINT_INTERVAL / 4)
+        assert MARKER in (tmp_path / "c.db-wal").read_bytes()  # and the commit wrote the WAL
+    finally:
+        db.close()
+
+
+def test_under_steady_writes_the_wal_starts_over_instead_of_growing(tmp_path: Path) -> None:
+    """Commits that never pause keep the thread from copying the last frames; the writer then
+    finishes the copy between groups and the WAL starts over, cut back to its limit."""
+    path = tmp_path / "busy.db"
+    db = Database(path, synchronous="NORMAL")
+    chunk = bytes(64 * 1024)
+    rounds, per_round = 96, 16  # 96 MiB in jobs that never leave the writer idle
+
+    def insert(tx: SqliteTransaction) -> None:
+        tx.connection.execute("INSERT INTO blobs VALUES (?)", (chunk,))
+
+    async def write_steadily() -> int:
+        await db.write(lambda tx: tx.connection.execute("CREATE TABLE blobs (v BLOB)"))
+        largest = 0
+        for _ in range(rounds):
+            await asyncio.gather(*(db.write(insert) for _ in range(per_round)))
+            wal = path.with_name("busy.db-wal")
+            largest = max(largest, wal.stat().st_size)
+        return largest
+
+    try:
+        largest = asyncio.run(write_steadily())
+    finally:
+        db.close()
+    # Without the writer's part the WAL holds everything written: 96 MiB and more.
+    assert largest <= 2 * WAL_RESET_FRAMES * 4096, f"the WAL grew to {largest} bytes"
