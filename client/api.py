@@ -10,9 +10,10 @@ Rules this module keeps:
    would reuse a message key for the next message. Saving first costs at most a skipped key
    on the peer's side.
 2. **Persist, then acknowledge.** A received envelope's session state, the message and the
-   envelope id are committed in one transaction, and only then acknowledged. An envelope
-   redelivered after a crash is recognised by its id and acknowledged without being shown
-   twice.
+   envelope id are committed in one transaction, and only then acknowledged, on the receiving
+   stream itself (ReceiveMessageStream), at most ``MAX_UNSENT_ACKS`` messages of ids ahead of
+   what the stream has sent. An envelope redelivered after a crash is recognised by its id and
+   acknowledged without being shown twice.
 3. **One request_id per logical send.** Retries after a MismatchedDevices answer or a lost
    connection reuse it, so the server queues the message at most once (AIP-155).
 4. **Trust on first use.** A peer device's first identity key is recorded; a changed one stops
@@ -73,6 +74,7 @@ from client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from client.outbox import Outbox
 from client.request_ids import time_ordered_request_id
 from client.store import (
     ClientStore,
@@ -151,7 +153,15 @@ ALONE_RECHECK: Final = 60.0
 """A send whose device list is wrong is retried after fixing it; more rounds than this means
 the account's devices keep changing under us, and the caller should hear about it."""
 MAX_ACK_IDS: Final = 1000
-"""AcknowledgeMessages takes at most this many ids of each kind per call."""
+"""An acknowledgement (a call, or a message of ReceiveMessageStream) takes at most this many ids
+of each kind."""
+MAX_UNSENT_ACKS: Final = 16
+"""Acknowledgement messages waiting to go out on the receiving stream before the client stops
+reading events: a server that stops reading acknowledgements stops the client too, instead of
+growing its memory."""
+ACK_FLUSH_TIMEOUT: Final = 10.0
+"""Seconds a receiver that stops waits for its last acknowledgements to be applied (it half-
+closes the stream and reads to its end); past that they are left to a redelivery."""
 REGISTRATION_ID_MAX: Final = 16380
 """libsignal registration ids are 14 bits; 16380 is the largest value it generates."""
 FINGERPRINT_ITERATIONS: Final = 5200
@@ -564,6 +574,26 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
         yield ids[start : start + size]
 
 
+async def _finish(
+    call: aio.StreamStreamCall[mpb.ReceiveMessageStreamRequest, mpb.ReceiveMessageStreamResponse],
+    acks: asyncio.Queue[mpb.ReceiveMessageStreamRequest | None],
+) -> None:
+    """Half-close a receiving stream and read it to its end, so that the server applies every
+    acknowledgement sent (events after the half-close are left to a redelivery); cancel it
+    when that fails or takes longer than ACK_FLUSH_TIMEOUT."""
+    if call.done():
+        return
+    try:
+        async with asyncio.timeout(ACK_FLUSH_TIMEOUT):
+            await acks.put(None)
+            async for _ in call:
+                pass
+    except (grpc.RpcError, TimeoutError):
+        log.info("the receiving stream did not end cleanly; unapplied acks are redelivered")
+    finally:
+        call.cancel()
+
+
 # --- the client ------------------------------------------------------------------------------
 
 
@@ -614,6 +644,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         self._accounts = account_pb2_grpc.AccountServiceStub(self._channel)
         self._keys = key_pb2_grpc.KeyServiceStub(self._channel)
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(self._channel)
+        self._outbox = Outbox(self._messaging, self._metadata)
         self._prekeys = _StorePreKeys(store)
         # Until when we take "no other device of ours" for granted after the server said so
         # (an empty sync send): saves a round trip per message on single-device accounts.
@@ -684,6 +715,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
             raise
 
     async def close(self) -> None:
+        await self._outbox.close()
         await self._channel.close(None)
         self.store.close()
 
@@ -1267,7 +1299,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 chat_link_code=chat_link_code,
             )
             try:
-                reply = await _rpc(self._messaging.SendMessage(request, metadata=self._metadata()))
+                reply = await self._outbox.send(request)
                 if not messages:  # a sync copy with no other device to go to
                     self._alone_until = self.clock.now() + ALONE_RECHECK
                     return None
@@ -1565,38 +1597,47 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
     # --- receiving -------------------------------------------------------------------------
 
     async def receive(self, *, until_empty: bool = False) -> AsyncGenerator[Event, None]:
-        """Open the ReceiveMessages stream and yield decoded events as they arrive.
+        """Open a ReceiveMessageStream and yield decoded events as they arrive.
 
-        Each envelope is decrypted, its session state and message committed, and the batch
-        then acknowledged (rule 2) before its events are yielded. With ``until_empty`` the
-        stream ends after the QueueEmpty marker (scripts, tests).
+        Each envelope is decrypted and its session state and message committed; the batch's
+        ids are then acknowledged on the same stream (rule 2) before its events are yielded.
+        With ``until_empty`` the stream ends after the QueueEmpty marker (scripts, tests).
+        However the reading ends, the stream is half-closed and read to its end (at most
+        ``ACK_FLUSH_TIMEOUT``), so every acknowledgement sent is applied by then.
 
         Raises:
             client.errors.ParleyError: the stream failed (``Unavailable``: the server went
                 away, retry; ``Aborted``: another receiver of this device took over).
         """
-        call = self._messaging.ReceiveMessages(
-            mpb.ReceiveMessagesRequest(), metadata=self._metadata()
-        )
+        acks: asyncio.Queue[mpb.ReceiveMessageStreamRequest | None] = asyncio.Queue(MAX_UNSENT_ACKS)
+
+        async def outgoing() -> AsyncGenerator[mpb.ReceiveMessageStreamRequest, None]:
+            while (ack := await acks.get()) is not None:
+                yield ack
+
+        call = self._messaging.ReceiveMessageStream(outgoing(), metadata=self._metadata())
         held: set[tuple[str, int]] = set()
+        finished = False
         try:
             async for response in call:
                 which = response.WhichOneof("event")
                 if which == "envelopes":
                     events: list[Event] = []
-                    acks: list[int] = []
+                    processed: list[int] = []
                     for envelope in response.envelopes.envelopes:
                         event, ack = await self._process(envelope, held)
                         if ack:
-                            acks.append(envelope.envelope_id)
+                            processed.append(envelope.envelope_id)
                         if event is not None:
                             events.append(event)
-                    await self._acknowledge(acks, [])
+                    for chunk in _chunks(processed, MAX_ACK_IDS):
+                        await acks.put(mpb.ReceiveMessageStreamRequest(envelope_ids=chunk))
                     for event in events:
                         yield event
                 elif which == "statuses":
                     statuses = list(response.statuses.statuses)
-                    await self._acknowledge([], [s.status_id for s in statuses])
+                    for chunk in _chunks([s.status_id for s in statuses], MAX_ACK_IDS):
+                        await acks.put(mpb.ReceiveMessageStreamRequest(status_ids=chunk))
                     for status in statuses:
                         yield DeliveryUpdate.from_proto(
                             status, self.phone_number_of(status.recipient_account_id)
@@ -1604,27 +1645,14 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 elif which == "queue_empty":
                     yield QueueEmpty()
                     if until_empty:
-                        return
+                        break
+            await _finish(call, acks)
+            finished = True
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
-            call.cancel()
-
-    async def _acknowledge(self, envelope_ids: list[int], status_ids: list[int]) -> None:
-        for chunk in _chunks(envelope_ids, MAX_ACK_IDS):
-            await _rpc(
-                self._messaging.AcknowledgeMessages(
-                    mpb.AcknowledgeMessagesRequest(envelope_ids=list(chunk)),
-                    metadata=self._metadata(),
-                )
-            )
-        for chunk in _chunks(status_ids, MAX_ACK_IDS):
-            await _rpc(
-                self._messaging.AcknowledgeMessages(
-                    mpb.AcknowledgeMessagesRequest(status_ids=list(chunk)),
-                    metadata=self._metadata(),
-                )
-            )
+            if not finished:
+                await _finish(call, acks)
 
     async def _process(
         self, envelope: mpb.Envelope, held: set[tuple[str, int]]

@@ -258,12 +258,29 @@ def from_rpc_error(error: grpc.RpcError) -> ParleyError:
     code: grpc.StatusCode = call.code() if hasattr(call, "code") else grpc.StatusCode.UNKNOWN
     message: str = (call.details() if hasattr(call, "details") else None) or code.name.lower()
     status = rich_status(error)
-    if code == grpc.StatusCode.FAILED_PRECONDITION and status is not None:
-        detail = _mismatch(status)
-        if detail is not None:
-            return MismatchedDevices(message, detail=detail, code=code, status=status)
+    mismatch = _mismatch(status) if status is not None else None
+    wait = _retry_after(status) if status is not None else None
+    return _typed(code, message, status, mismatch, wait)
+
+
+def from_send_result(result: mpb.SendResult) -> ParleyError:
+    """The typed error for a refused item of a batched or streamed send (``result.code`` is
+    not 0): the same classes a refused SendMessage raises."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == result.code), grpc.StatusCode.UNKNOWN)
+    mismatch = result.mismatched_devices if result.HasField("mismatched_devices") else None
+    return _typed(code, result.message or code.name.lower(), None, mismatch, None)
+
+
+def _typed(
+    code: grpc.StatusCode,
+    message: str,
+    status: status_pb2.Status | None,
+    mismatch: mpb.MismatchedDevices | None,
+    retry_after: float | None,
+) -> ParleyError:
+    if code == grpc.StatusCode.FAILED_PRECONDITION and mismatch is not None:
+        return MismatchedDevices(message, detail=mismatch, code=code, status=status)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        wait = _retry_after(status) if status is not None else None
-        return RateLimited(message, retry_after=wait, code=code, status=status)
+        return RateLimited(message, retry_after=retry_after, code=code, status=status)
     cls = _BY_CODE.get(code, ServerError)
     return cls(message, code=code, status=status)

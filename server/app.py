@@ -87,6 +87,13 @@ SERVICE_NAMES = (
 CANCELLED_CALLS_WAIT = 2.0
 # Seconds between checks that a shared database (PostgreSQL) answers, for the health service.
 PROBE_INTERVAL = 2.0
+# Calls that arrived but that the application has not taken yet (grpc.aio takes them one at a
+# time, as fast as the event loop turns): gRPC core's defaults (1,000, shedding at random up to
+# 3,000) cancelled calls of a client firing more than a thousand at once, before any servicer
+# or log line saw them (docs/architecture.md, "Calls in flight"). A queued call costs its
+# request and a few KiB; its bytes are bounded by HTTP/2 flow control per connection.
+PENDING_CALLS = 20_000
+PENDING_CALLS_HARD_LIMIT = 40_000
 
 
 class StartupError(Exception):
@@ -190,6 +197,8 @@ class ParleyServer:
     http_port: int | None = None
     # Where other replicas' signals go (server.domain.signals), when replicas share the db.
     signals: Dispatcher | None = None
+    # Told that the server stops, so the calls the grace period cuts are not logged as abnormal.
+    interceptor: ParleyInterceptor | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -277,6 +286,8 @@ class ParleyServer:
         self.status_feed.close()
         if self.landing is not None:
             await self.landing.stop()
+        if self.interceptor is not None:
+            self.interceptor.stopping = True
         await self.grpc_server.stop(self.settings.shutdown_grace if grace is None else grace)
         await _finish_cancelled_calls()
         self.db.close()
@@ -348,20 +359,21 @@ async def _assemble(
         verification_gate,
         shared_limits=db.shared,
     )
+    interceptor = ParleyInterceptor(
+        authenticator,
+        ACCOUNT_OPEN_METHODS,
+        {
+            ADMIN_SERVICE: OperatorGate(settings.admin_token),
+            **dict.fromkeys(BILLING_OPERATOR_METHODS, OperatorGate(settings.admin_token)),
+        },
+    )
     server = aio.server(
-        interceptors=[
-            ParleyInterceptor(
-                authenticator,
-                ACCOUNT_OPEN_METHODS,
-                {
-                    ADMIN_SERVICE: OperatorGate(settings.admin_token),
-                    **dict.fromkeys(BILLING_OPERATOR_METHODS, OperatorGate(settings.admin_token)),
-                },
-            )
-        ],
+        interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_HARD_LIMIT),
         ],
     )
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(registry), server)
@@ -458,6 +470,7 @@ async def _assemble(
     return ParleyServer(
         server, port, db, health_servicer, settings, mailbox, support, links, landing,
         status_feed=status_feed,
+        interceptor=interceptor,
         signals=Dispatcher(
             db.node,
             mailbox.fanout,

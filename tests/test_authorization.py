@@ -364,6 +364,17 @@ def _received(w: World, caller: str, outcome: Outcome) -> None:
         assert w.owner_envelope not in envelopes
 
 
+def _acknowledged_on_stream(w: World, caller: str, outcome: Outcome) -> None:
+    """Only the owner's ack deletes the owner's envelope; nobody else receives it (the call
+    ends at the half-close, so the owner may or may not have been sent its backlog first)."""
+    received = [e.envelope_id for ev in outcome[1] for e in ev.envelopes.envelopes]
+    if caller == "owner":
+        assert w.pending_for_owner() == []
+    else:
+        assert w.owner_envelope not in received
+        assert w.pending_for_owner() == [w.owner_envelope]
+
+
 def _acknowledged(w: World, caller: str, outcome: Outcome) -> None:
     acked = outcome[1].acknowledged_envelopes
     assert acked == (1 if caller == "owner" else 0)
@@ -613,6 +624,10 @@ SPECS: dict[str, Spec] = {
     ),
     "MessagingService.ReceiveMessages": Spec(
         lambda w, c: mpb.ReceiveMessagesRequest(), expect(ALL_OK, _received)
+    ),
+    "MessagingService.ReceiveMessageStream": Spec(
+        lambda w, c: mpb.ReceiveMessageStreamRequest(envelope_ids=[w.owner_envelope]),
+        expect(ALL_OK, _acknowledged_on_stream),
     ),
     "MessagingService.AcknowledgeMessages": Spec(
         lambda w, c: mpb.AcknowledgeMessagesRequest(envelope_ids=[w.owner_envelope]),

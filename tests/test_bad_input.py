@@ -314,6 +314,26 @@ MESSAGING_CASES: list[tuple[str, Call, grpc.StatusCode]] = [
         ),
         UNAUTH,
     ),
+    (
+        "receive stream: anonymous",
+        lambda w: list(
+            w.messaging.ReceiveMessageStream(
+                iter([mpb.ReceiveMessageStreamRequest(envelope_ids=[1])]), timeout=10
+            )
+        ),
+        UNAUTH,
+    ),
+    (
+        "receive stream: an ack of id 0",
+        lambda w: list(
+            w.messaging.ReceiveMessageStream(
+                iter([mpb.ReceiveMessageStreamRequest(envelope_ids=[0])]),
+                timeout=10,
+                metadata=w.laptop.metadata,
+            )
+        ),
+        INVALID,
+    ),
     ("ack: nothing", ack(), INVALID),
     ("ack: too many", ack(envelope_ids=list(range(1, 1002))), INVALID),
     (
@@ -391,6 +411,7 @@ def test_bad_input(world: World, call: Call, expected: grpc.StatusCode) -> None:
                 "SendMessages": "send batch:",
                 "SendMessageStream": "send stream:",
                 "ReceiveMessages": "receive:",
+                "ReceiveMessageStream": "receive stream:",
                 "AcknowledgeMessages": "ack:",
             },
         ),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
@@ -150,7 +150,7 @@ class Fanout:
         self._connections: dict[tuple[str, int], _Connection] = {}
         self._closing = False
 
-    async def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
+    async def stream(self, caller: Principal) -> AsyncGenerator[StreamEvent, None]:
         """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
         if self._closing:
             raise Unavailable(SHUTTING_DOWN)

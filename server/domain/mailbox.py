@@ -4,7 +4,8 @@ A thin facade over the three parts of the send and receive path, so the servicer
 call per RPC:
 
     send:    admission rules -> deferred writes -> commit (the envelopes) -> fan-out
-    receive: fan-out (this server's open streams, backed by the database)
+    receive: fan-out (this server's open streams, backed by the database), with the
+             acknowledgements on the same stream if the client sends them there (ack_stream)
     settle:  acknowledgement or expiry -> delivery status -> fan-out
 
 * `admission` (`server.domain.admission`) decides whether a send is stored, by rules;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 
+from server.domain import ack_stream
 from server.domain.admission import (
     RACE_ATTEMPTS,
     Admission,
@@ -154,6 +156,13 @@ class Mailbox:
     def stream(self, caller: Principal) -> AsyncIterator[StreamEvent]:
         """The device's events: stored backlog, QueueEmpty, then live events and keep-alives."""
         return self.fanout.stream(caller)
+
+    def stream_with_acks(
+        self, caller: Principal, acks: AsyncIterator[ack_stream.Ack]
+    ) -> AsyncIterator[StreamEvent]:
+        """The device's events, as `stream`, while the acknowledgements it sends on the same
+        stream are applied in groups (`server.domain.ack_stream`)."""
+        return ack_stream.receive(self.fanout, self.settlement, caller, acks)
 
     async def acknowledge(
         self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]

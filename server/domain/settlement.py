@@ -64,15 +64,32 @@ class Settlement:
         self._fanout = fanout
         # Wakes the status event streams of businesses whose messages settled (after commit).
         self.wake: metering.Wake = wake or (lambda businesses: None)
+        # Write jobs made by acknowledgements, for operators and tests: acknowledgements on a
+        # stream are coalesced, so this grows much slower than the acknowledgements sent.
+        self.ack_jobs = 0
+        # The most ids a ReceiveMessageStream held read and not yet applied (its bound).
+        self.peak_unapplied = 0
 
-    async def acknowledge(
-        self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
-    ) -> tuple[int, int]:
+    def check_acks(
+        self, envelope_ids: Sequence[int], status_ids: Sequence[int], per: str = "call"
+    ) -> None:
+        """The shape of one acknowledgement (a call, or a message of a stream `per` names)."""
         if not envelope_ids and not status_ids:
             raise InvalidArgument("nothing to acknowledge: give envelope_ids or status_ids")
         limit = self.policy.max_batch
         if len(envelope_ids) > limit or len(status_ids) > limit:
-            raise InvalidArgument(f"at most {limit} envelope ids and {limit} status ids per call")
+            raise InvalidArgument(
+                f"{len(envelope_ids)} envelope ids and {len(status_ids)} status ids in one "
+                f"{per}; at most {limit} of each: split them"
+            )
+
+    def note_unapplied(self, count: int) -> None:
+        self.peak_unapplied = max(self.peak_unapplied, count)
+
+    async def acknowledge(
+        self, caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
+    ) -> tuple[int, int]:
+        self.check_acks(envelope_ids, status_ids)
         now = self._clock.now()
         ids = self._ids
 
@@ -84,6 +101,7 @@ class Settlement:
             removed = tx.delete_statuses(caller.account_id, caller.device_id, status_ids)
             return len(message_ids), removed, statuses, billed
 
+        self.ack_jobs += 1
         acked, removed, statuses, billed = await self._db.write(as_caller(caller, job))
         self._fanout.notify_statuses(statuses)
         self.wake(billed)

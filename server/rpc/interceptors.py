@@ -20,6 +20,11 @@ Rules kept here, for every Parley RPC, present and future:
    ends at once with UNAUTHENTICATED, whether it is waiting, reading or about to write.
 3. Errors become statuses in one place (`server.rpc.errors`); anything unexpected is INTERNAL
    with an incident id in the log, never UNKNOWN.
+4. A call that ends abnormally is logged at WARNING, one line: the method, the peer, the caller
+   if known, the status and why (the client cancelled or went away, its deadline passed, a bug:
+   INTERNAL, at ERROR with the incident id). Refusals with a domain status and the ends a call
+   is made for are not: a server stream that only the client can end (ReceiveMessages) ends
+   when it cancels or its deadline passes, and that is its normal end (DEBUG).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ log = logging.getLogger("parley.rpc")
 
 _PRINCIPAL: contextvars.ContextVar[object] = contextvars.ContextVar("parley_principal")
 PARLEY_PREFIX = "/parley."
+# The server's copy of a deadline runs from when the call's headers arrived, so the client,
+# whose clock started first, gives up a little earlier: a call cancelled this close to its
+# deadline was cancelled by it (rule 4).
+DEADLINE_SLACK = 0.2
 
 
 class CallAuthenticator(Protocol):
@@ -99,6 +108,9 @@ class ParleyInterceptor(_Interceptor):
         self._others: Mapping[str, CallAuthenticator] = dict(authenticators or {})
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
         self._undecodable = UndecodableLog()
+        # Set by the server as it stops: the calls cut at the end of the grace period are
+        # the shutdown's doing, expected, and not logged as abnormal (rule 4).
+        self.stopping = False
 
     async def intercept_service(
         self,
@@ -189,10 +201,14 @@ class ParleyInterceptor(_Interceptor):
     ) -> Callable[..., Awaitable[Any]]:
         async def behavior(raw: bytes, context: aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
+            peer = context.peer()  # gone once the call is cancelled
             try:
                 if auth is not None:
                     await self._authenticate_with(auth, context)
                 return await inner(decode(raw), context)
+            except asyncio.CancelledError:
+                _log_cancelled(method, context, peer, normal=self.stopping)
+                raise
             except Exception as exc:
                 await _abort(context, exc, method)
             finally:
@@ -213,6 +229,7 @@ class ParleyInterceptor(_Interceptor):
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            peer = context.peer()
             lease: Lease | None = None
             try:
                 if needs_auth:
@@ -227,7 +244,12 @@ class ParleyInterceptor(_Interceptor):
                         lease.check()
             except asyncio.CancelledError:
                 if lease is None or not lease.revoked:
-                    raise  # the client went away or the server is stopping
+                    # The client went away or the server is stopping: a server stream's normal
+                    # end, a client stream's abnormal one (it ends by half-closing).
+                    _log_cancelled(
+                        method, context, peer, normal=self.stopping or not client_streams
+                    )
+                    raise
                 task = asyncio.current_task()
                 if task is not None:
                     task.uncancel()
@@ -262,12 +284,55 @@ async def _abort(context: aio.ServicerContext[Any, Any], exc: Exception, method:
             errors.status_code(exc), exc.message, trailing_metadata=errors.trailing_metadata(exc)
         )
     incident = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s (incident %s)", method, incident, exc_info=exc)
+    log.error(
+        "unexpected error in %s (incident %s)",
+        method,
+        incident,
+        exc_info=exc,
+        extra={**_who(context.peer()), "code": grpc.StatusCode.INTERNAL.name},
+    )
     await context.abort(
         grpc.StatusCode.INTERNAL,
         f"internal server error (incident {incident}); the request may be retried, and the "
         "operator can find the cause in the server log",
     )
+
+
+def _who(peer: str) -> dict[str, object]:
+    """The peer and, once authenticated, the calling device: what an operator looks for."""
+    who: dict[str, object] = {"peer": peer}
+    principal = _PRINCIPAL.get(None)
+    if isinstance(principal, Principal):
+        who["account_id"] = principal.account_id
+        who["device_id"] = principal.device_id
+    elif isinstance(principal, Operator):
+        who["caller"] = "operator"
+    return who
+
+
+def _log_cancelled(
+    method: str, context: aio.ServicerContext[Any, Any], peer: str, *, normal: bool
+) -> None:
+    """Rule 4: a cancelled call, at WARNING unless cancelling is how this call ends. gRPC
+    cancels the handler for a client that cancelled, a connection that broke, a deadline that
+    passed and a server that stops past its grace period (`normal` then); only the deadline
+    leaves a trace (no time remaining), so the others share one reason."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK:
+        code, why = grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed first"
+    else:
+        code = grpc.StatusCode.CANCELLED
+        why = "the client cancelled it or its connection broke"
+    level = logging.DEBUG if normal else logging.WARNING
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "%s ended %s before it finished: %s",
+            method,
+            code.name,
+            why,
+            extra={**_who(peer), "method": method, "code": code.name, "reason": why},
+        )
 
 
 def _log_call(method: str, started: float, context: aio.ServicerContext[Any, Any]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from grpc import aio
 from parley.v1 import messaging_pb2 as pb
 from parley.v1 import messaging_pb2_grpc
 
+from server.domain.ack_stream import Ack
 from server.domain.admission import Copy, MismatchedDevicesError, SendReceipt, SendRequest
 from server.domain.errors import DomainError
 from server.domain.fanout import Envelopes, KeepAlive, QueueEmpty, StreamEvent
@@ -84,19 +85,26 @@ def _status(s: StatusRow) -> pb.DeliveryStatus:
     )
 
 
-def _event(event: StreamEvent) -> pb.ReceiveMessagesResponse:
+_Response = TypeVar("_Response", pb.ReceiveMessagesResponse, pb.ReceiveMessageStreamResponse)
+
+
+def _event(event: StreamEvent, response: type[_Response]) -> _Response:
+    """One stream event as either receive RPC's response (they share their fields)."""
     if isinstance(event, Envelopes):
         batch = pb.EnvelopeBatch(
             envelopes=[_envelope(e, event.online_only) for e in event.envelopes]
         )
-        return pb.ReceiveMessagesResponse(envelopes=batch)
+        return response(envelopes=batch)
     if isinstance(event, QueueEmpty):
-        return pb.ReceiveMessagesResponse(queue_empty=pb.QueueEmpty())
+        return response(queue_empty=pb.QueueEmpty())
     if isinstance(event, KeepAlive):
-        return pb.ReceiveMessagesResponse(keep_alive=pb.KeepAlive())
-    return pb.ReceiveMessagesResponse(
-        statuses=pb.DeliveryStatusBatch(statuses=[_status(s) for s in event.statuses])
-    )
+        return response(keep_alive=pb.KeepAlive())
+    return response(statuses=pb.DeliveryStatusBatch(statuses=[_status(s) for s in event.statuses]))
+
+
+async def _acks(requests: AsyncIterator[pb.ReceiveMessageStreamRequest]) -> AsyncIterator[Ack]:
+    async for r in requests:
+        yield Ack(list(r.envelope_ids), list(r.status_ids))
 
 
 def _result(entry: pb.SendResult, request_id: str, result: SendReceipt | DomainError) -> None:
@@ -198,7 +206,13 @@ class MessagingServicer(messaging_pb2_grpc.MessagingServiceServicer):
         self, request: pb.ReceiveMessagesRequest, context: Context
     ) -> AsyncIterator[pb.ReceiveMessagesResponse]:
         async for event in self._mailbox.stream(caller()):
-            yield _event(event)
+            yield _event(event, pb.ReceiveMessagesResponse)
+
+    async def ReceiveMessageStream(
+        self, requests: AsyncIterator[pb.ReceiveMessageStreamRequest], context: Context
+    ) -> AsyncIterator[pb.ReceiveMessageStreamResponse]:
+        async for event in self._mailbox.stream_with_acks(caller(), _acks(requests)):
+            yield _event(event, pb.ReceiveMessageStreamResponse)
 
     async def AcknowledgeMessages(
         self, request: pb.AcknowledgeMessagesRequest, context: Context

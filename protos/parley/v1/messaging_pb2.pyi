@@ -747,6 +747,85 @@ class AcknowledgeMessagesRequest(_message.Message):
 Global___AcknowledgeMessagesRequest: _TypeAlias = AcknowledgeMessagesRequest  # noqa: Y015
 
 @_typing.final
+class ReceiveMessageStreamRequest(_message.Message):
+    """ReceiveMessageStreamRequest acknowledges envelopes and statuses received on the stream (or on
+    an earlier one), like an AcknowledgeMessagesRequest. Send it once what the ids name is
+    durably stored: an acknowledged envelope is deleted and never sent again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_IDS_FIELD_NUMBER: _builtins.int
+    STATUS_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelope_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Envelope ids to delete (at most 1000 per message)."""
+
+    @_builtins.property
+    def status_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Delivery status ids to delete (at most 1000 per message)."""
+
+    def __init__(
+        self,
+        *,
+        envelope_ids: _abc.Iterable[_builtins.int] | None = ...,
+        status_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelope_ids", b"envelope_ids", "status_ids", b"status_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveMessageStreamRequest: _TypeAlias = ReceiveMessageStreamRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveMessageStreamResponse(_message.Message):
+    """ReceiveMessageStreamResponse is one event of a ReceiveMessageStream: the events of
+    ReceiveMessagesResponse, with the same field numbers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPES_FIELD_NUMBER: _builtins.int
+    QUEUE_EMPTY_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def envelopes(self) -> Global___EnvelopeBatch:
+        """A batch of envelopes, in server order."""
+
+    @_builtins.property
+    def queue_empty(self) -> Global___QueueEmpty:
+        """Every envelope stored when the stream opened has been sent."""
+
+    @_builtins.property
+    def keep_alive(self) -> Global___KeepAlive:
+        """Nothing happened for a while; the stream is alive."""
+
+    @_builtins.property
+    def statuses(self) -> Global___DeliveryStatusBatch:
+        """Delivery statuses of messages this account sent."""
+
+    def __init__(
+        self,
+        *,
+        envelopes: Global___EnvelopeBatch | None = ...,
+        queue_empty: Global___QueueEmpty | None = ...,
+        keep_alive: Global___KeepAlive | None = ...,
+        statuses: Global___DeliveryStatusBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "event", b"event", "keep_alive", b"keep_alive", "queue_empty", b"queue_empty", "statuses", b"statuses"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "event", b"event", "keep_alive", b"keep_alive", "queue_empty", b"queue_empty", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["envelopes", "queue_empty", "keep_alive", "statuses"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___ReceiveMessageStreamResponse: _TypeAlias = ReceiveMessageStreamResponse  # noqa: Y015
+
+@_typing.final
 class AcknowledgeMessagesResponse(_message.Message):
     """AcknowledgeMessagesResponse reports what was deleted."""
 

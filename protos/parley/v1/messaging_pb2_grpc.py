@@ -68,6 +68,11 @@ class MessagingServiceStub:
                 request_serializer=parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesResponse.FromString,
                 _registered_method=True)
+        self.ReceiveMessageStream = channel.stream_stream(
+                '/parley.v1.MessagingService/ReceiveMessageStream',
+                request_serializer=parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -135,6 +140,24 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveMessageStream(self, request_iterator, context):
+        """ReceiveMessageStream is ReceiveMessages with the acknowledgements on the same stream: the
+        server sends the same events, and the client sends the ids it has durably processed, as
+        often as it likes, instead of one AcknowledgeMessages call per batch. Each acknowledgement
+        means what AcknowledgeMessages means (ids unknown or already acknowledged are ignored).
+        Acknowledgements that arrive while the server is writing earlier ones are written together;
+        while more than a few thousand ids wait, the server stops reading the stream, so a client
+        writing faster is held back by flow control. The stream ends as ReceiveMessages does
+        (ABORTED when another stream of the device replaces it, UNAUTHENTICATED when the device is
+        removed, UNAVAILABLE when the server stops), or with OK when the client half-closes: every
+        acknowledgement sent before the half-close is applied before the call ends. A malformed
+        message (no id, an id 0, more than 1000 ids of a kind) ends it with INVALID_ARGUMENT, after
+        the acknowledgements before it are applied.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +185,11 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeMessages,
                     request_deserializer=parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesRequest.FromString,
                     response_serializer=parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesResponse.SerializeToString,
+            ),
+            'ReceiveMessageStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ReceiveMessageStream,
+                    request_deserializer=parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +336,33 @@ class MessagingService:
             '/parley.v1.MessagingService/AcknowledgeMessages',
             parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesRequest.SerializeToString,
             parley_dot_v1_dot_messaging__pb2.AcknowledgeMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveMessageStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/parley.v1.MessagingService/ReceiveMessageStream',
+            parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamRequest.SerializeToString,
+            parley_dot_v1_dot_messaging__pb2.ReceiveMessageStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

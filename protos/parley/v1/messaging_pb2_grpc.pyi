@@ -75,6 +75,20 @@ class MessagingServiceStub:
     """AcknowledgeMessages deletes received envelopes and delivery statuses for good. The first
     acknowledgement of a message by any device of the recipient marks it delivered.
     """
+    ReceiveMessageStream: _grpc.StreamStreamMultiCallable[_messaging_pb2.ReceiveMessageStreamRequest, _messaging_pb2.ReceiveMessageStreamResponse]
+    """ReceiveMessageStream is ReceiveMessages with the acknowledgements on the same stream: the
+    server sends the same events, and the client sends the ids it has durably processed, as
+    often as it likes, instead of one AcknowledgeMessages call per batch. Each acknowledgement
+    means what AcknowledgeMessages means (ids unknown or already acknowledged are ignored).
+    Acknowledgements that arrive while the server is writing earlier ones are written together;
+    while more than a few thousand ids wait, the server stops reading the stream, so a client
+    writing faster is held back by flow control. The stream ends as ReceiveMessages does
+    (ABORTED when another stream of the device replaces it, UNAUTHENTICATED when the device is
+    removed, UNAVAILABLE when the server stops), or with OK when the client half-closes: every
+    acknowledgement sent before the half-close is applied before the call ends. A malformed
+    message (no id, an id 0, more than 1000 ids of a kind) ends it with INVALID_ARGUMENT, after
+    the acknowledgements before it are applied.
+    """
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -122,6 +136,20 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     AcknowledgeMessages: _aio.UnaryUnaryMultiCallable[_messaging_pb2.AcknowledgeMessagesRequest, _messaging_pb2.AcknowledgeMessagesResponse]  # type: ignore[assignment]
     """AcknowledgeMessages deletes received envelopes and delivery statuses for good. The first
     acknowledgement of a message by any device of the recipient marks it delivered.
+    """
+    ReceiveMessageStream: _aio.StreamStreamMultiCallable[_messaging_pb2.ReceiveMessageStreamRequest, _messaging_pb2.ReceiveMessageStreamResponse]  # type: ignore[assignment]
+    """ReceiveMessageStream is ReceiveMessages with the acknowledgements on the same stream: the
+    server sends the same events, and the client sends the ids it has durably processed, as
+    often as it likes, instead of one AcknowledgeMessages call per batch. Each acknowledgement
+    means what AcknowledgeMessages means (ids unknown or already acknowledged are ignored).
+    Acknowledgements that arrive while the server is writing earlier ones are written together;
+    while more than a few thousand ids wait, the server stops reading the stream, so a client
+    writing faster is held back by flow control. The stream ends as ReceiveMessages does
+    (ABORTED when another stream of the device replaces it, UNAUTHENTICATED when the device is
+    removed, UNAVAILABLE when the server stops), or with OK when the client half-closes: every
+    acknowledgement sent before the half-close is applied before the call ends. A malformed
+    message (no id, an id 0, more than 1000 ids of a kind) ends it with INVALID_ARGUMENT, after
+    the acknowledgements before it are applied.
     """
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +225,26 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.AcknowledgeMessagesResponse, _abc.Awaitable[_messaging_pb2.AcknowledgeMessagesResponse]]:
         """AcknowledgeMessages deletes received envelopes and delivery statuses for good. The first
         acknowledgement of a message by any device of the recipient marks it delivered.
+        """
+
+    @_abc_1.abstractmethod
+    def ReceiveMessageStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_messaging_pb2.ReceiveMessageStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_messaging_pb2.ReceiveMessageStreamResponse], _abc.AsyncIterator[_messaging_pb2.ReceiveMessageStreamResponse]]:
+        """ReceiveMessageStream is ReceiveMessages with the acknowledgements on the same stream: the
+        server sends the same events, and the client sends the ids it has durably processed, as
+        often as it likes, instead of one AcknowledgeMessages call per batch. Each acknowledgement
+        means what AcknowledgeMessages means (ids unknown or already acknowledged are ignored).
+        Acknowledgements that arrive while the server is writing earlier ones are written together;
+        while more than a few thousand ids wait, the server stops reading the stream, so a client
+        writing faster is held back by flow control. The stream ends as ReceiveMessages does
+        (ABORTED when another stream of the device replaces it, UNAUTHENTICATED when the device is
+        removed, UNAVAILABLE when the server stops), or with OK when the client half-closes: every
+        acknowledgement sent before the half-close is applied before the call ends. A malformed
+        message (no id, an id 0, more than 1000 ids of a kind) ends it with INVALID_ARGUMENT, after
+        the acknowledgements before it are applied.
         """
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
