@@ -416,8 +416,9 @@ async def _link(client: ParleyClient, args: argparse.Namespace, out: TextIO) -> 
         code = await client.create_linking_code()
         _emit(
             args,
+            # `--code=`: a code may begin with "-", which argparse would take for an option.
             f"linking code: {code}\non the new device run: parley --profile NEW_DIR link"
-            f" --code {code}",
+            f" --code={code}",
             {"linking_code": code},
             out,
         )

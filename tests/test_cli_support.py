@@ -34,7 +34,7 @@ def test_support_commands(cli_server: LiveServer, tmp_path: Path) -> None:
     ok(parley(server, shop, "register", SHOP, "--code", CODES[SHOP], "--business"))
     for agent in (ann, bob):
         (code,) = lines(ok(parley(server, shop, "link", "--json")))
-        ok(parley(server, agent, "link", "--code", code["linking_code"]))
+        ok(parley(server, agent, "link", f"--code={code['linking_code']}"))
     ok(parley(server, user, "register", USER, "--code", CODES[USER]))
 
     # The primary device makes its linked devices agents; an agent cannot.

@@ -108,7 +108,8 @@ def test_linking_a_second_device_with_the_cli(cli_server: LiveServer, tmp_path: 
     phone, laptop = tmp_path / "phone", tmp_path / "laptop"
     ok(parley(server, phone, "register", ALICE, "--code", CODES[ALICE]))
     (code,) = lines(ok(parley(server, phone, "link", "--json")))
-    (joined,) = lines(ok(parley(server, laptop, "link", "--code", code["linking_code"], "--json")))
+    joining = f"--code={code['linking_code']}"
+    (joined,) = lines(ok(parley(server, laptop, "link", joining, "--json")))
     assert joined["device_id"] == 2
     devices = lines(ok(parley(server, laptop, "devices", "--json")))
     assert [(d["device_id"], d["this_device"]) for d in devices] == [(1, False), (2, True)]

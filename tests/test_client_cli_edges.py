@@ -10,6 +10,9 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from client.cli import UsageError, build_parser
 from tests.conftest import LiveServer
 from tests.test_client_cli import ALICE, BOB, CODES, cli_server, failed, lines, ok, parley
 from tests.tools import tool
@@ -130,7 +133,7 @@ def test_sending_to_yourself_without_another_device_says_so(
     )
     laptop = tmp_path / "laptop"
     (code,) = lines(ok(parley(cli_server, alice, "link", "--json")))
-    ok(parley(cli_server, laptop, "link", "--code", code["linking_code"]))
+    ok(parley(cli_server, laptop, "link", f"--code={code['linking_code']}"))
     (sent,) = lines(ok(parley(cli_server, alice, "send", ALICE, "note to self", "--json")))
     assert sent["device_ids"] == [2]
 
@@ -197,3 +200,12 @@ def test_an_exposed_profile_is_used_with_a_warning(cli_server: LiveServer, tmp_p
         json.loads(x) for x in parley(cli_server, alice, "--json", "devices").stderr.splitlines()
     ]
     assert f"chmod 700 {alice}" in warning["warning"]
+
+
+def test_a_linking_code_that_begins_with_a_dash_is_taken_as_printed() -> None:
+    """Codes are URL-safe base64, so one in 64 begins with "-": the printed command uses
+    `--code=CODE`, which argparse never takes for an option."""
+    args = build_parser().parse_args(["--profile", "p", "link", "--code=-Zx9_abc"])
+    assert args.code == "-Zx9_abc"
+    with pytest.raises(UsageError, match="expected one argument"):  # the old hint's `--code CODE`
+        build_parser().parse_args(["--profile", "p", "link", "--code", "-Zx9_abc"])
