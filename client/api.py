@@ -655,6 +655,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         # conversation with it is open (learnt from the MismatchedDevices detail's
         # support_devices); their sessions and identities are kept for when it closes.
         self._outside_support: dict[str, set[int]] = {}
+        # One session setup per peer at a time: concurrent first sends to a peer would each
+        # fetch its bundles (spending a one-time prekey of every device, and the bundle rate).
+        self._setups: dict[str, asyncio.Lock] = {}
 
     @staticmethod
     def _resolve_connection(
@@ -1239,6 +1242,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         then reports it missing and the send repairs it).
         """
         out: dict[int, mpb.OutgoingMessage] = {}
+        device_ids = list(device_ids)
+        if not device_ids:  # a sync copy with no other device: no transaction to open
+            return out
         with self.store.transaction():
             for device_id in device_ids:
                 record = self._usable_record(account_id, device_id)
@@ -1253,6 +1259,18 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 )
                 self.store.store_session(account_id, device_id, record.to_bytes())
         return out
+
+    def _session_devices(self, account_id: str) -> list[int]:
+        """The devices of ``account_id`` we hold a session with and send to: not this device,
+        not those a live-support conversation leaves out (``_encrypt`` skips the sessions
+        that are not usable)."""
+        own = account_id == self.account_id
+        left_out = self._outside_support.get(account_id, set())
+        return [
+            d
+            for d in self.store.session_devices(account_id)
+            if not (own and d == self.device_id) and d not in left_out
+        ]
 
     async def _send_content(
         self,
@@ -1270,19 +1288,18 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         business metadata (a business's sends)."""
         own = account_id == self.account_id
         plaintext = content.SerializeToString()
-        left_out = self._outside_support.get(account_id, set())
-        devices = [
-            d
-            for d in self.store.session_devices(account_id)
-            if not (own and d == self.device_id)
-            and d not in left_out
-            and self._usable_record(account_id, d)
-        ]
-        if not devices and not own:
-            if not await self._account_devices(account_id):
-                return None
-            devices.extend(await self._fetch_sessions(account_id, 0))
-        messages = self._encrypt(account_id, devices, plaintext)
+        # Encrypting tells which sessions are usable (it loads each record once, in its
+        # transaction): only when none is, the sessions are set up, once per peer at a time.
+        messages = self._encrypt(account_id, self._session_devices(account_id), plaintext)
+        if not messages and not own:
+            async with self._setups.setdefault(account_id, asyncio.Lock()):
+                # A concurrent send may have set the sessions up while this one waited.
+                messages = self._encrypt(account_id, self._session_devices(account_id), plaintext)
+                if not messages:
+                    if not await self._account_devices(account_id):
+                        return None
+                    fresh = await self._fetch_sessions(account_id, 0)
+                    messages = self._encrypt(account_id, fresh, plaintext)
         # To our own account an empty list is sent as it is: the server either confirms we have
         # no other device (nothing stored) or names the devices we did not know of.
         if not messages and (not own or self.clock.now() < self._alone_until):
@@ -1624,8 +1641,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 if which == "envelopes":
                     events: list[Event] = []
                     processed: list[int] = []
-                    for envelope in response.envelopes.envelopes:
-                        event, ack = await self._process(envelope, held)
+                    for envelope, event, ack in await self._process_batch(
+                        list(response.envelopes.envelopes), held
+                    ):
                         if ack:
                             processed.append(envelope.envelope_id)
                         if event is not None:
@@ -1653,6 +1671,40 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         finally:
             if not finished:
                 await _finish(call, acks)
+
+    async def _process_batch(
+        self, envelopes: list[mpb.Envelope], held: set[tuple[str, int]]
+    ) -> list[tuple[mpb.Envelope, Event | None, bool]]:
+        """``_process`` for a stream batch, with one commit (one fsync) for the envelopes that
+        need no call to the server, instead of one each.
+
+        The transaction spans no ``await``, so no other task of this client writes inside
+        it; each envelope keeps its own savepoint (``_process_once``), so one that fails
+        rolls back alone. An envelope naming a template to fetch ends the run: what came
+        before commits, that one goes through ``_process`` (which fetches), the rest go on.
+        """
+        out: list[tuple[mpb.Envelope, Event | None, bool]] = []
+        fetched: set[int] = set()  # positions that went through _process: named already
+        i = 0
+        while i < len(envelopes):
+            with self.store.transaction():
+                while i < len(envelopes):
+                    try:
+                        event, ack = self._process_once(envelopes[i], held, set())
+                    except _TemplateNeeded:
+                        break
+                    out.append((envelopes[i], event, ack))
+                    i += 1
+            if i < len(envelopes):
+                event, ack = await self._process(envelopes[i], held)
+                fetched.add(len(out))
+                out.append((envelopes[i], event, ack))
+                i += 1
+        for k, (envelope, event, ack) in enumerate(out):
+            if isinstance(event, RenderedTemplateMessage) and k not in fetched:  # as _process
+                name = await self._verified_name(event.sender_account_id)
+                out[k] = (envelope, dataclasses.replace(event, business_name=name), ack)
+        return out
 
     async def _process(
         self, envelope: mpb.Envelope, held: set[tuple[str, int]]

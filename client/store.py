@@ -396,6 +396,9 @@ class ClientStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._depth = 0
+        # The committed local identity, once read: it is asked for by every call the client
+        # makes (its token) and changes only through this store's own writes below.
+        self._identity: LocalIdentity | None = None
         try:
             migrate(self._conn)
         except BaseException:
@@ -452,11 +455,16 @@ class ClientStore:
     # --- local identity ---------------------------------------------------------------
 
     def local_identity(self) -> LocalIdentity | None:
+        if self._identity is not None:
+            return self._identity
         row = self._conn.execute(
             "SELECT identity_private, registration_id, account_id, device_id, auth_token,"
             " server, phone_number, created_at FROM local_identity"
         ).fetchone()
-        return LocalIdentity(*row) if row else None
+        identity = LocalIdentity(*row) if row else None
+        if self._depth == 0:  # committed: a transaction that wrote it may still roll back
+            self._identity = identity
+        return identity
 
     def require_identity(self) -> LocalIdentity:
         """The local identity, or a :class:`StoreError` saying how to get one."""
@@ -474,6 +482,7 @@ class ClientStore:
             raise StoreError(
                 f"profile {self.path.parent} is already registered; use another --profile"
             )
+        self._identity = None
         self._conn.execute(
             "INSERT INTO local_identity (singleton, identity_private, registration_id,"
             " account_id, device_id, auth_token, server, phone_number, created_at)"
@@ -491,6 +500,7 @@ class ClientStore:
         )
 
     def set_phone_number(self, phone_number: str) -> None:
+        self._identity = None
         self._conn.execute("UPDATE local_identity SET phone_number = ?", (phone_number,))
 
     def holds_state(self) -> bool:

@@ -320,3 +320,27 @@ def test_a_first_message_built_on_a_rotated_signed_prekey_still_decrypts(
             await bob.close()
 
     asyncio.run(body())
+
+
+def test_concurrent_first_sends_to_a_peer_set_its_session_up_once(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """Ten sends to a peer with no session yet, all at once: one bundle fetch (one one-time
+    prekey of the peer spent), every message delivered, in one session."""
+
+    async def body() -> None:
+        alice = await registered(server, tmp_path / "alice", ALICE)
+        bob = await registered(server, tmp_path / "bob", BOB)
+        try:
+            sent = [f"at once {i}" for i in range(10)]
+            await asyncio.gather(*(alice.send(BOB, text) for text in sent))
+            got = texts(await drain(bob))
+            assert sorted(got) == sorted(sent)
+            # Each fetch would have spent one of Bob's one-time prekeys (and Kyber prekeys).
+            assert bob.store.count_one_time_pre_keys() == 99
+            assert bob.store.count_one_time_kyber_pre_keys() == 99
+        finally:
+            await alice.close()
+            await bob.close()
+
+    asyncio.run(body())
