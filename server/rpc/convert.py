@@ -17,9 +17,19 @@ R = TypeVar("R")
 M = TypeVar("M")
 
 
+_last_timestamp: tuple[float, timestamp_pb2.Timestamp] = (-1.0, timestamp_pb2.Timestamp())
+
+
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(round(seconds * 1e6))  # floats hold microseconds exactly
+    """The proto Timestamp of `seconds`. The last one made is kept: a batch's envelopes,
+    results and statuses carry one time (the batch's), and a field assignment copies the
+    message, so callers never share it. Not thread-safe by design: the event loop's only."""
+    global _last_timestamp
+    last, ts = _last_timestamp
+    if seconds != last:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromMicroseconds(round(seconds * 1e6))  # floats hold microseconds exactly
+        _last_timestamp = (seconds, ts)
     return ts
 
 
