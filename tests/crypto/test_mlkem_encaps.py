@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 
 from client.crypto.keys import KyberKeyPair, deterministic_rng, kyber_shared_secret
 from client.crypto.mlkem_encaps import (
+    _IN_RANGE_TRIPLES,
     ML_KEM_512,
     ML_KEM_768,
     ML_KEM_1024,
@@ -117,5 +118,10 @@ def test_the_modulus_check_agrees_with_the_coefficients_for_every_kind_of_triple
             for b0 in (0, 1, 255):
                 triple = bytes((b0, b1, b2))
                 expected = by_definition(triple)
-                assert key_vector_in_range(ML_KEM_768, triple + zeros) is expected, triple.hex()
-                assert key_vector_in_range(ML_KEM_768, zeros + triple) is expected, triple.hex()
+                # The pattern of one triple (the check is a run of them)...
+                assert (_IN_RANGE_TRIPLES.fullmatch(triple) is not None) is expected, triple.hex()
+        # ...and the whole check, with the triple first and last in a key vector.
+        for triple in (bytes((0, b1, 0xD0)), bytes((1, b1, 0xCF)), bytes((0, b1, 0xD1))):
+            expected = by_definition(triple)
+            assert key_vector_in_range(ML_KEM_768, triple + zeros) is expected, triple.hex()
+            assert key_vector_in_range(ML_KEM_768, zeros + triple) is expected, triple.hex()
