@@ -1682,9 +1682,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         it; each envelope keeps its own savepoint (``_process_once``), so one that fails
         rolls back alone. An envelope naming a template to fetch ends the run: what came
         before commits, that one goes through ``_process`` (which fetches), the rest go on.
+        A template message shows its business's verified name (asked after the commits).
         """
         out: list[tuple[mpb.Envelope, Event | None, bool]] = []
-        fetched: set[int] = set()  # positions that went through _process: named already
         i = 0
         while i < len(envelopes):
             with self.store.transaction():
@@ -1697,11 +1697,10 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                     i += 1
             if i < len(envelopes):
                 event, ack = await self._process(envelopes[i], held)
-                fetched.add(len(out))
                 out.append((envelopes[i], event, ack))
                 i += 1
         for k, (envelope, event, ack) in enumerate(out):
-            if isinstance(event, RenderedTemplateMessage) and k not in fetched:  # as _process
+            if isinstance(event, RenderedTemplateMessage):
                 name = await self._verified_name(event.sender_account_id)
                 out[k] = (envelope, dataclasses.replace(event, business_name=name), ack)
         return out
@@ -1724,9 +1723,6 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 refetched.add(need.template_id)
                 await self._refetch_template(need.template_id)
                 continue
-            if isinstance(event, RenderedTemplateMessage):
-                name = await self._verified_name(event.sender_account_id)
-                event = dataclasses.replace(event, business_name=name)
             return event, ack
 
     async def _refetch_template(self, template_id: str) -> None:
