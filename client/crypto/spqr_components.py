@@ -41,7 +41,9 @@ class MlKem768:
         if len(seed) != _SEED_SIZE:
             raise ValueError(f"ML-KEM key generation takes a {_SEED_SIZE}-byte seed")
         key = mlkem.MLKEM768PrivateKey.from_seed_bytes(seed)
-        header, ek = incremental.split_encapsulation_key(key.public_key().public_bytes_raw())
+        header, ek = incremental.split_encapsulation_key(
+            key.public_key().public_bytes_raw(), from_keygen=True
+        )
         return KemKeys(header, ek, bytes(seed))
 
     def encaps1(self, header: bytes, randomness: bytes) -> tuple[bytes, bytes, bytes]:

@@ -12,7 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client.crypto.errors import InvalidKeyError, InvalidMessageError, InvalidStateError
-from client.crypto.mlkem_encaps import ML_KEM_512, ML_KEM_768, ML_KEM_1024, encapsulate_internal
+from client.crypto.mlkem_encaps import (
+    ML_KEM_512,
+    ML_KEM_768,
+    ML_KEM_1024,
+    encapsulate_internal,
+    key_vector_in_range,
+)
 from client.crypto.mlkem_incremental import (
     HEADER_LENGTH,
     STATE_LENGTH,
@@ -141,6 +147,24 @@ def test_a_coefficient_not_below_q_is_refused_even_with_a_matching_hash() -> Non
     # q - 1 is in range: the check is exact.
     edge = _with_coefficient(key_vector, 5, 3328)
     check_key_vector(rho + hashlib.sha3_256(edge + rho).digest(), edge)
+
+
+def test_own_keys_skip_the_modulus_check_because_openssl_makes_and_imports_only_keys_in_range() -> (
+    None
+):
+    """`from_keygen=True` (SPQR's key generation) trusts OpenSSL: every key it generates is in
+    range, and it refuses to import one that is not, so the check could only fail for bytes
+    that never came from it."""
+    for seed in (b"own-1", b"own-2", b"own-3"):
+        _, ek = _key(seed)
+        assert key_vector_in_range(ML_KEM_768, ek[:1152])
+        assert split_encapsulation_key(ek, from_keygen=True) == split_encapsulation_key(ek)
+    _, ek = _key(b"range")
+    bad_ek = _with_coefficient(ek[:1152], 0, 3329) + ek[1152:]
+    with pytest.raises(ValueError):
+        mlkem.MLKEM768PublicKey.from_public_bytes(bad_ek)
+    # The flag is a promise about where the bytes came from, not a check.
+    split_encapsulation_key(bad_ek, from_keygen=True)
 
 
 def test_wrong_lengths_are_refused() -> None:
