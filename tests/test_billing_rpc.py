@@ -629,21 +629,18 @@ def _sent_and_delivered(shop: str, person: str, first: int, count: int) -> Any:
 
     def job(tx: Transaction) -> list[StatusEventRow]:
         tx.top_up(shop, 100 * USD, f"wire-{first}", 1.0, "")
-        rows: list[StatusEventRow] = []
+        earlier = tx.status_events_after(shop, 0, 1_000_000)
+        after = earlier[-1].event.sequence if earlier else 0
         for message in range(first, first + count):
             charge = _charge(
                 message, shop, person, MARKETING, "DE", 89_000, FreeReason.BILLABLE, 2.0
             )
             assert tx.reserve(charge, 2.0).accepted
-            rows += tx.append_status_events(
-                [StatusEventRow(shop, 0, StatusKind.SENT, message, 2.0, 0, "")]
-            )
+            tx.append_status_events(shop, StatusKind.SENT, [message], 2.0)
             if message % 2 == 0:
                 assert tx.settle_charges([message], ChargeState.CAPTURED, 3.0)
-                rows += tx.append_status_events(
-                    [StatusEventRow(shop, 0, StatusKind.DELIVERED, message, 3.0, 0, "")]
-                )
-        return rows
+                tx.append_status_events(shop, StatusKind.DELIVERED, [message], 3.0)
+        return [v.event for v in tx.status_events_after(shop, after, 1_000_000)]
 
     return job
 

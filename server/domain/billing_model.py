@@ -116,7 +116,7 @@ class StatusKind(IntEnum):
 
 
 class StatusEventRow(NamedTuple):
-    """One status event; `sequence` is assigned by `append_status_events`, and
+    """One status event as read; `sequence` was assigned by `append_status_events`, and
     `ledger_entry_id` (a DELIVERED event's capture) is read from the ledger, never stored."""
 
     business_account_id: str
@@ -227,6 +227,14 @@ class BillingWrites(Protocol):
         """Count `n` messages towards the month's allowance and tiers."""
         ...
 
-    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
-        """Number and store the events (B5); the rows with their sequences."""
+    def append_status_events(
+        self,
+        business_account_id: str,
+        kind: StatusKind,
+        message_ids: list[int],
+        at: float,
+        detail: str = "",
+    ) -> None:
+        """Store an event of `kind` at `at` for each of the business's messages, numbered in
+        the order given (B5)."""
         ...

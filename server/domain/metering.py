@@ -40,7 +40,6 @@ from server.domain.billing_model import (
     Charge,
     ChargeState,
     SettledCharge,
-    StatusEventRow,
     StatusKind,
 )
 from server.domain.errors import FailedPrecondition
@@ -92,14 +91,11 @@ class Reserve(NamedTuple):
                 counted[key] = counted.get(key, 0) + 1
         for (business, month, category, country), n in counted.items():
             tx.count_usage(business, month, category, country, n)
-        tx.append_status_events(
-            [
-                StatusEventRow(
-                    c.business_account_id, 0, int(StatusKind.SENT), c.message_id, c.sent_at, 0, ""
-                )
-                for c in charges
-            ]
-        )
+        sent: dict[tuple[str, float], list[int]] = {}
+        for c in charges:
+            sent.setdefault((c.business_account_id, c.sent_at), []).append(c.message_id)
+        for (business, at), ids in sent.items():
+            tx.append_status_events(business, StatusKind.SENT, ids, at)
 
 
 class _ToRecipient:
@@ -236,13 +232,16 @@ class MeteringRule:
 
 
 def _events(
-    settled: Sequence[SettledCharge], kind: StatusKind, at: float, reason: str
-) -> list[StatusEventRow]:
+    tx: Transaction, settled: Sequence[SettledCharge], kind: StatusKind, at: float, reason: str
+) -> set[str]:
+    """The events of charges that just settled, per business; the businesses."""
     # A DELIVERED event's ledger entry is read from the ledger (billing_model StatusEventRow).
-    return [
-        StatusEventRow(c.business_account_id, 0, int(kind), c.message_id, at, 0, reason)
-        for c in settled
-    ]
+    ids: dict[str, list[int]] = {}
+    for c in settled:
+        ids.setdefault(c.business_account_id, []).append(c.message_id)
+    for business, messages in ids.items():
+        tx.append_status_events(business, kind, messages, at, reason)
+    return set(ids)
 
 
 def settle(
@@ -256,8 +255,7 @@ def settle(
     state = ChargeState.CAPTURED if delivered else ChargeState.RELEASED
     moved = tx.settle_charges(ids, state, at)
     kind = StatusKind.DELIVERED if delivered else StatusKind.EXPIRED
-    tx.append_status_events(_events(moved, kind, at, "" if delivered else reason or EXPIRED_REASON))
-    return {c.business_account_id for c in moved}
+    return _events(tx, moved, kind, at, "" if delivered else reason or EXPIRED_REASON)
 
 
 def release_blocked(
@@ -275,5 +273,4 @@ def release_blocked(
         return set()
     messages = failed(pending)
     moved = tx.settle_charges([m.message_id for m in messages], ChargeState.RELEASED, at)
-    tx.append_status_events(_events(moved, StatusKind.FAILED, at, BLOCKED_REASON))
-    return {c.business_account_id for c in moved}
+    return _events(tx, moved, StatusKind.FAILED, at, BLOCKED_REASON)

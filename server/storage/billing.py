@@ -8,7 +8,8 @@ overdraw a balance nor charge a message twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from server.domain.billing_model import (
     Balance,
@@ -24,7 +25,6 @@ from server.domain.billing_model import (
     StatusKind,
 )
 from server.storage.errors import StorageConflict
-from server.storage.messages import insert_rows
 from server.storage.sql import SqlConnection
 
 _ENTRY_COLUMNS = (
@@ -41,7 +41,21 @@ _LEDGER_INSERT = (
     " at, note"
 )
 _RESERVED = int(ChargeState.RESERVED)
-_new = tuple.__new__  # a row from a tuple without the named constructor's Python-level call
+
+
+class _Priced(Protocol):
+    """A charge, or what settling one moved: whose it is, for which message, how much."""
+
+    @property
+    def business_account_id(self) -> str: ...
+    @property
+    def message_id(self) -> int: ...
+    @property
+    def amount(self) -> int: ...
+
+
+_Row = TypeVar("_Row", bound=_Priced)
+_Key = TypeVar("_Key")
 
 
 class SqlBilling:
@@ -223,12 +237,11 @@ class SqlBilling:
 
     def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
         """Record a send job's charges and hold their amounts: per business one conditional
-        UPDATE of the total (B1), then the RESERVE entries (one per message, each with the
-        balance after it, computed from the one UPDATE's result) and the charges in a few
-        multi-row INSERTs. False, with nothing written, when a business's balance is short of
-        its total."""
+        UPDATE of the total (B1), then the charges and the RESERVE entries (one per priced
+        message, each with the balance after it). False, with nothing written, when a
+        business's balance is short of its total."""
         conn = self.connection
-        entries: list[tuple[object, ...]] = []
+        held: list[tuple[str, list[Charge], Balance]] = []
         for business, group in sorted(_by_business(charges).items()):
             total = sum(c.amount for c in group)
             if not total:
@@ -240,23 +253,22 @@ class SqlBilling:
             ).fetchone()
             if r is None:
                 return False
-            available, reserved = int(r[0]) + total, int(r[1]) - total
-            for c in group:
-                if c.amount:
-                    available, reserved = available - c.amount, reserved + c.amount
-                    entries.append(
-                        (business, int(EntryKind.RESERVE), -c.amount, available, reserved,
-                         c.message_id, None, at, "")
-                    )  # fmt: skip
+            held.append((business, group, Balance(int(r[0]) + total, int(r[1]) - total)))
         # A new message cannot have a reservation already: the unique (message_id, kind) key
         # turns such a bug into an error that rolls the job back.
-        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
-        insert_rows(
-            conn,
-            f"charges ({_CHARGE_COLUMNS})",
-            len(Charge._fields),
-            charges,  # new charges: RESERVED, with no ledger entry named yet
-        )
+        for business, group, before in held:
+            self._entries(business, EntryKind.RESERVE, group, before, at)
+        # New charges: RESERVED, with no ledger entry named yet. A job's charges differ
+        # mostly by message id: each run of charges alike but for it is one INSERT ... SELECT
+        # over the list of ids, not 14 bound values per message.
+        columns = _CHARGE_COLUMNS.split(", ", 1)[1]
+        shape = ", ".join(_CHARGE_CASTS)
+        for row, ids in _runs(charges, lambda c: c[1:]):
+            conn.execute(
+                f"INSERT INTO charges (message_id, {columns})"
+                f" SELECT value, {shape} FROM {self._EACH} ORDER BY key",
+                (*row, self._list(ids)),
+            )
         return True
 
     def settle_charges(
@@ -264,39 +276,63 @@ class SqlBilling:
     ) -> list[SettledCharge]:
         if not message_ids:
             return []
-        conn = self.connection
         moved = self._move_charges(message_ids, state, at)
         if not moved:
             return []
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
-        entries: list[tuple[object, ...]] = []
-        by_business: dict[str, list[SettledCharge]] = {}
-        for c in moved:
-            by_business.setdefault(c.business_account_id, []).append(c)
-        for business, group in sorted(by_business.items()):
+        for business, group in sorted(_by_business(moved).items()):
             total = sum(c.amount for c in group)
             if not total:
                 continue
-            r = conn.execute(
+            r = self.connection.execute(
                 "UPDATE balances SET available = available + ?, reserved = reserved - ?"
                 " WHERE business_account_id = ? RETURNING available, reserved",
                 (0 if capture else total, total, business),
             ).fetchone()
-            available = int(r[0]) - (0 if capture else total)
-            reserved = int(r[1]) + total
-            for c in group:
-                if c.amount:
-                    available += 0 if capture else c.amount
-                    reserved -= c.amount
-                    entries.append(
-                        (business, int(kind), c.amount, available, reserved, c.message_id,
-                         None, at, "")
-                    )  # fmt: skip
-        # B2's last line: a second CAPTURE or RELEASE of a message violates the unique key and
-        # rolls the whole job back.
-        insert_rows(conn, f"ledger ({_LEDGER_INSERT})", 9, entries)
+            before = Balance(int(r[0]) - (0 if capture else total), int(r[1]) + total)
+            # B2's last line: a second CAPTURE or RELEASE of a message violates the unique
+            # key and rolls the whole job back.
+            self._entries(business, kind, group, before, at)
         return moved
+
+    def _entries(
+        self,
+        business_account_id: str,
+        kind: EntryKind,
+        charges: Sequence[_Priced],
+        before: Balance,
+        at: float,
+    ) -> None:
+        """The ledger entries of one business's money movement just made: one per priced
+        charge, in the given order, each with the balance after it, from `before` on. A run
+        of charges of the same amount is one INSERT ... SELECT over its message ids (the
+        balance after the k-th is `before` moved k times), not nine bound values per entry."""
+        per_available, per_reserved, sign = _MOVES[kind]
+        available, reserved = before
+        for amount, ids in _runs(charges, _amount):
+            if not amount:
+                continue
+            self.connection.execute(
+                f"INSERT INTO ledger ({_LEDGER_INSERT})"
+                f" SELECT CAST(? AS TEXT), {int(kind)}, CAST(? AS BIGINT),"
+                " CAST(? AS BIGINT) + CAST(? AS BIGINT) * (key + 1),"
+                " CAST(? AS BIGINT) + CAST(? AS BIGINT) * (key + 1),"
+                f" value, NULL, CAST(? AS DOUBLE PRECISION), '' FROM {self._EACH} ORDER BY key",
+                (business_account_id, sign * amount, available, per_available * amount,
+                 reserved, per_reserved * amount, at, self._list(ids)),
+            )  # fmt: skip
+            available += per_available * amount * len(ids)
+            reserved += per_reserved * amount * len(ids)
+
+    # The FROM item of a list of ids bound as one value: columns `value` (an id) and `key`
+    # (its position, from 0). SQLite reads a JSON array; PostgreSQL overrides both with an
+    # array and unnest.
+    _EACH = "json_each(?)"
+
+    @staticmethod
+    def _list(ids: list[int]) -> object:
+        return json.dumps(ids)
 
     def _move_charges(
         self, message_ids: list[int], state: ChargeState, at: float
@@ -336,39 +372,73 @@ class SqlBilling:
             (business_account_id, month, category, country, n),
         )
 
-    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
-        if not rows:
-            return []
-        conn = self.connection
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r.business_account_id] = counts.get(r.business_account_id, 0) + 1
-        next_of: dict[str, int] = {}
-        for business, n in sorted(counts.items()):
-            (last,) = conn.execute(
-                "INSERT INTO status_event_counters (business_account_id, last_sequence)"
-                " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
-                " SET last_sequence = status_event_counters.last_sequence + excluded.last_sequence"
-                " RETURNING last_sequence",
-                (business, n),
-            ).fetchone()
-            next_of[business] = int(last) - n + 1
-        numbered: list[StatusEventRow] = []
-        values: list[tuple[object, ...]] = []
-        for r in rows:
-            business = r.business_account_id
-            sequence = next_of[business]
-            next_of[business] = sequence + 1
-            values.append((business, sequence, r.kind, r.message_id, r.at, r.detail))
-            numbered.append(
-                _new(StatusEventRow, (business, sequence, r.kind, r.message_id, r.at, 0, r.detail))
-            )
-        insert_rows(conn, f"status_events ({_EVENT_COLUMNS})", 6, values)
-        return numbered
+    def append_status_events(
+        self,
+        business_account_id: str,
+        kind: StatusKind,
+        message_ids: list[int],
+        at: float,
+        detail: str = "",
+    ) -> None:
+        if not message_ids:
+            return
+        n = len(message_ids)
+        (last,) = self.connection.execute(
+            "INSERT INTO status_event_counters (business_account_id, last_sequence)"
+            " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
+            " SET last_sequence = status_event_counters.last_sequence + excluded.last_sequence"
+            " RETURNING last_sequence",
+            (business_account_id, n),
+        ).fetchone()
+        # Numbered from the counter's old value on, in the order given (B5); one INSERT ...
+        # SELECT over the ids rather than six bound values per event.
+        self.connection.execute(
+            f"INSERT INTO status_events ({_EVENT_COLUMNS})"
+            f" SELECT CAST(? AS TEXT), CAST(? AS BIGINT) + key, {int(kind)}, value,"
+            f" CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT) FROM {self._EACH}",
+            (business_account_id, int(last) - n + 1, at, detail, self._list(message_ids)),
+        )
 
 
-def _by_business(charges: Sequence[Charge]) -> dict[str, list[Charge]]:
-    out: dict[str, list[Charge]] = {}
+def _by_business(charges: Sequence[_Row]) -> dict[str, list[_Row]]:
+    out: dict[str, list[_Row]] = {}
     for c in charges:
         out.setdefault(c.business_account_id, []).append(c)
     return out
+
+
+def _amount(c: _Priced) -> int:
+    return c.amount
+
+
+def _runs(rows: Sequence[_Row], shape: Callable[[_Row], _Key]) -> list[tuple[_Key, list[int]]]:
+    """`rows` cut into runs of consecutive rows of the same shape: each run's shape and its
+    message ids, in order."""
+    runs: list[tuple[_Key, list[int]]] = []
+    ids: list[int] = []
+    current: _Key | None = None
+    for r in rows:
+        key = shape(r)
+        if key != current:
+            ids = []
+            runs.append((key, ids))
+            current = key
+        ids.append(r.message_id)
+    return runs
+
+
+# Every column of a charge but its message id, cast to its type: a value bound in a SELECT's
+# list has none of its own on PostgreSQL (SQLite takes the casts as no-ops).
+_CHARGE_CASTS = (
+    "CAST(? AS TEXT)", "CAST(? AS TEXT)", "CAST(? AS BIGINT)", "CAST(? AS TEXT)",
+    "CAST(? AS BIGINT)", "CAST(? AS BIGINT)", "CAST(? AS BIGINT)", "CAST(? AS BIGINT)",
+    "CAST(? AS DOUBLE PRECISION)", "CAST(? AS DOUBLE PRECISION)", "CAST(? AS BIGINT)",
+    "CAST(? AS BIGINT)", "CAST(? AS TEXT)",
+)  # fmt: skip
+# For each kind of movement: how each entry moves (available, reserved) by its charge's
+# amount, and the sign of its amount (billing_model.LedgerEntry).
+_MOVES = {
+    EntryKind.RESERVE: (-1, 1, -1),
+    EntryKind.CAPTURE: (0, -1, 1),
+    EntryKind.RELEASE: (1, -1, 1),
+}

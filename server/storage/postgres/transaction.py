@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.domain.billing_model import ChargeState, SettledCharge, StatusEventRow
+from server.domain.billing_model import ChargeState, SettledCharge, StatusKind
 from server.domain.model import MessageRow, SignedKey
 from server.domain.replicas_model import (
     ALL_DEVICES,
@@ -74,11 +74,17 @@ class PostgresTransaction(Statements):
         self._signal(Kind.STREAM, account_id, device_id, epoch)
         return epoch
 
-    def append_status_events(self, rows: list[StatusEventRow]) -> list[StatusEventRow]:
-        numbered = super().append_status_events(rows)
-        for business in sorted({r.business_account_id for r in numbered}):
-            self._signal(Kind.FEED, business, STATUS_EVENTS)
-        return numbered
+    def append_status_events(
+        self,
+        business_account_id: str,
+        kind: StatusKind,
+        message_ids: list[int],
+        at: float,
+        detail: str = "",
+    ) -> None:
+        super().append_status_events(business_account_id, kind, message_ids, at, detail)
+        if message_ids:
+            self._signal(Kind.FEED, business_account_id, STATUS_EVENTS)
 
     def append_event(self, row: EventRow) -> int:
         sequence = super().append_event(row)
@@ -136,6 +142,16 @@ class PostgresTransaction(Statements):
         return sorted((MessageRow._make(r) for r in rows), key=lambda m: m.message_id)
 
     # -- billing ----------------------------------------------------------------------------
+
+    # A list of ids bound as one array, with each one's position from 0 (SqlBilling._EACH).
+    _EACH = (
+        "(SELECT value, ordinality - 1 AS key"
+        " FROM unnest(CAST(? AS BIGINT[])) WITH ORDINALITY AS ids(value, ordinality)) AS ids"
+    )
+
+    @staticmethod
+    def _list(ids: list[int]) -> object:
+        return ids
 
     def _move_charges(
         self, message_ids: list[int], state: ChargeState, at: float
