@@ -138,7 +138,8 @@ def goals(r: dict[str, Any]) -> list[Goal]:
     )
     check(
         "business templates / plain sends",
-        _ratio(_get(r, "business", "template_per_s"), _get(r, "business", "plain_per_s")),
+        _get(r, "business", "ratio")
+        or _ratio(_get(r, "business", "template_per_s"), _get(r, "business", "plain_per_s")),
         f">= {TEMPLATE_RATIO_GOAL}",
         lambda v: v >= TEMPLATE_RATIO_GOAL,
         "x",
@@ -231,6 +232,13 @@ def table(r: dict[str, Any]) -> str:
     b = r.get("business", {})
     t.row("plain sends, one pair", b.get("plain_per_s"), "same server, same run")
     t.row("business template sends, billed", b.get("template_per_s"), "every sending rule")
+    if b.get("ratios"):
+        shown = ", ".join(f"{x:.2f}" for x in b["ratios"])
+        t.text(
+            f"  template / plain, round by round: {shown} (median {b['ratio']:.2f}); server CPU"
+            f" per message {b['plain_cpu_us']:.0f} us plain, {b['template_cpu_us']:.0f} us"
+            " template"
+        )
     t.row("one pair, stored envelopes", _get(r, "stored", "per_s"), "")
     if _get(r, "stored", "envelopes"):
         t.text(f"  {r['stored']['envelopes']:,} undelivered envelopes stored for another device")

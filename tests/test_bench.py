@@ -60,7 +60,10 @@ def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path)
     for key in ("one_pair", "many_pairs", "sustained"):
         assert delivery[key]["messages"] > 0 and delivery[key]["timeline_per_s"]
     assert delivery["sustained"]["database_bytes"] > 0
-    assert set(saved["business"]) == {"template_per_s", "plain_per_s"}
+    business = saved["business"]
+    assert len(business["ratios"]) == 3 and min(business["ratios"]) > 0
+    assert min(business["ratios"]) <= business["ratio"] <= max(business["ratios"])
+    assert business["plain_cpu_us"] > 0 and business["template_cpu_us"] > 0
     assert saved["stored"]["envelopes"] == 1_000
     assert saved["full_path"]["per_s"] > 0
     assert set(saved["connected"]["levels"]) == {"10", "20"}
