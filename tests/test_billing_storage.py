@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from server.domain.billing_model import Balance, Charge, ChargeState, EntryKind
+from server.domain.billing_model import Balance, Charge, ChargeRun, ChargeState, EntryKind
 from server.storage.database import connect
 from server.storage.migrations import migrate
 from server.storage.transaction import SqliteTransaction
@@ -67,12 +67,13 @@ def test_a_charge_is_captured_or_released_once(tmp_path: Path) -> None:
     tx.reserve(charge(2, 10_000), 2.0)
     tx.reserve(charge(3, 0), 2.0)  # free: recorded, no money held
     captured = tx.settle_charges([1, 3], ChargeState.CAPTURED, 3.0)
-    assert [c.message_id for c in captured] == [1, 3]
+    # By business and amount: the free one (0) and the priced one.
+    assert sorted(captured) == [(SHOP, 0, [3]), (SHOP, 40_000, [1])]
     # A second ack, a release racing the capture, a replay after a crash: nothing moves.
     assert tx.settle_charges([1, 3], ChargeState.CAPTURED, 4.0) == []
     assert tx.settle_charges([1], ChargeState.RELEASED, 4.0) == []
     released = tx.settle_charges([2], ChargeState.RELEASED, 5.0)
-    assert [c.message_id for c in released] == [2]
+    assert released == [(SHOP, 10_000, [2])]
     assert tx.get_balance(SHOP) == Balance(60_000, 0)
     kinds = [EntryKind(e.kind).name for e in tx.ledger_page(SHOP, 0, 10)]
     assert kinds == ["TOP_UP", "RESERVE", "RESERVE", "CAPTURE", "RELEASE"]
@@ -138,6 +139,29 @@ class Ledger(RuleBasedStateMachine):
         if result.accepted:
             self.pending.add(message_id)
 
+    @rule(amounts=st.lists(st.sampled_from([0, 5_000, 15_000, 89_000]), min_size=1, max_size=8))
+    def reserve_a_job(self, amounts: list[int]) -> None:
+        """A send job: consecutive messages of one price share their charge (a run), as
+        `MeteringRule` hands them over; all are held together or none is."""
+        before = self.tx.get_balance(SHOP)
+        runs: list[ChargeRun] = []
+        for amount in amounts:
+            message_id = self.next_message
+            self.next_message += 1
+            if runs and runs[-1].charge.amount == amount:
+                runs[-1].message_ids.append(message_id)
+            else:
+                runs.append(ChargeRun(charge(0, amount), [message_id]))
+        accepted = self.tx.reserve_many(runs, 2.0)
+        assert accepted == (before.available >= sum(amounts))
+        ids = [m for run in runs for m in run.message_ids]
+        stored = [self.tx.get_charge(m) for m in ids]
+        if accepted:
+            assert [c.amount if c else None for c in stored] == amounts
+            self.pending.update(ids)
+        else:
+            assert stored == [None] * len(ids)
+
     @precondition(lambda self: self.pending or self.settled)
     @rule(data=st.data(), capture=st.booleans())
     def settle(self, data: st.DataObject, capture: bool) -> None:
@@ -145,12 +169,17 @@ class Ledger(RuleBasedStateMachine):
         ids = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4))
         state = ChargeState.CAPTURED if capture else ChargeState.RELEASED
         moved = self.tx.settle_charges(ids, state, 3.0)
-        assert {c.message_id for c in moved} == set(ids) & self.pending
-        for c in moved:
-            self.pending.discard(c.message_id)
-            self.settled.add(c.message_id)
-            if capture:
-                self.captured += c.amount
+        moved_ids = [m for run in moved for m in run.message_ids]
+        assert sorted(moved_ids) == sorted(set(ids) & self.pending)
+        for run in moved:
+            assert run.business_account_id == SHOP and run.message_ids == sorted(run.message_ids)
+            for message_id in run.message_ids:
+                charge = self.tx.get_charge(message_id)
+                assert charge is not None and charge.amount == run.amount
+                self.pending.discard(message_id)
+                self.settled.add(message_id)
+                if capture:
+                    self.captured += run.amount
 
     @invariant()
     def the_books_balance(self) -> None:

@@ -98,12 +98,22 @@ class Charge(NamedTuple):
     explanation: str = ""
 
 
-class SettledCharge(NamedTuple):
-    """What `settle_charges` moved: enough to write the events and wake the streams."""
+class ChargeRun(NamedTuple):
+    """Charges of a send job alike but for their message ids (a batch of one template to one
+    person at one price): `charge` holds their common values (its own message_id is not
+    used), `message_ids` the messages, in order. Stored as one charge per message."""
 
-    message_id: int
+    charge: Charge
+    message_ids: list[int]
+
+
+class SettledRun(NamedTuple):
+    """Charges that `settle_charges` moved, of one business and one amount: enough to write
+    the events and wake the streams."""
+
     business_account_id: str
     amount: int
+    message_ids: list[int]
 
 
 class StatusKind(IntEnum):
@@ -204,7 +214,7 @@ class BillingWrites(Protocol):
         call made it."""
         ...
 
-    def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
+    def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a job's charges and hold their amounts (B1, one conditional UPDATE per
         business for its total); False, with nothing written, when a balance is short."""
         ...
@@ -216,9 +226,10 @@ class BillingWrites(Protocol):
 
     def settle_charges(
         self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[SettledCharge]:
+    ) -> list[SettledRun]:
         """Capture (CAPTURED) or release (RELEASED) the charges of these messages that are
-        still RESERVED (B2), with their ledger entries; the ones moved, by message id."""
+        still RESERVED (B2), with their ledger entries; the ones moved, by business and
+        amount."""
         ...
 
     def count_usage(

@@ -38,8 +38,9 @@ from server.domain.admission import DeferredWrite, Draft, RequestIdRace, SendJob
 from server.domain.billing import PriceBook, TableVersion, month_key, windows_at
 from server.domain.billing_model import (
     Charge,
+    ChargeRun,
     ChargeState,
-    SettledCharge,
+    SettledRun,
     StatusKind,
 )
 from server.domain.errors import FailedPrecondition
@@ -68,10 +69,13 @@ class BalanceRace(RequestIdRace):
 
 class Reserve(NamedTuple):
     """The deferred write of a priced message: its charge, the held amount, the month's count
-    and the SENT event, together with the envelopes or not at all. A job's reservations are
-    applied together (`apply_many`): a few statements for the batch, not a few per message."""
+    and the SENT event, together with the envelopes or not at all. `charge` holds the price
+    and is shared by the job's messages priced alike (its message_id is not used). A job's
+    reservations are applied together (`apply_many`): a few statements for the batch, not a
+    few per message."""
 
     charge: Charge
+    message_id: int
     counts: bool
     month: str
 
@@ -80,22 +84,32 @@ class Reserve(NamedTuple):
 
     @classmethod
     def apply_many(cls, tx: Transaction, writes: Sequence[Reserve]) -> None:
-        charges = [w.charge for w in writes]
-        if not tx.reserve_many(charges, charges[0].sent_at):
+        # Consecutive messages priced alike (the same charge object) are one run: what a
+        # message adds here is its id.
+        runs: list[ChargeRun] = []
+        firsts: list[Reserve] = []
+        shape: Charge | None = None
+        ids: list[int] = []
+        for w in writes:
+            if w.charge is not shape:
+                shape = w.charge
+                ids = []
+                runs.append(ChargeRun(shape, ids))
+                firsts.append(w)
+            ids.append(w.message_id)
+        if not tx.reserve_many(runs, runs[0].charge.sent_at):
             raise BalanceRace()
         counted: dict[tuple[str, str, int, str], int] = {}
-        for w in writes:
-            if w.counts:
-                c = w.charge
-                key = (c.business_account_id, w.month, c.category, c.country)
-                counted[key] = counted.get(key, 0) + 1
+        sent: dict[tuple[str, float], list[int]] = {}
+        for (c, messages), first in zip(runs, firsts, strict=True):
+            if first.counts:  # alike in price, alike in what counts
+                key = (c.business_account_id, first.month, c.category, c.country)
+                counted[key] = counted.get(key, 0) + len(messages)
+            sent.setdefault((c.business_account_id, c.sent_at), []).extend(messages)
         for (business, month, category, country), n in counted.items():
             tx.count_usage(business, month, category, country, n)
-        sent: dict[tuple[str, float], list[int]] = {}
-        for c in charges:
-            sent.setdefault((c.business_account_id, c.sent_at), []).append(c.message_id)
-        for (business, at), ids in sent.items():
-            tx.append_status_events(business, StatusKind.SENT, ids, at)
+        for (business, at), messages in sent.items():
+            tx.append_status_events(business, StatusKind.SENT, messages, at)
 
 
 class _ToRecipient:
@@ -104,7 +118,7 @@ class _ToRecipient:
     up to date as the job admits messages that are not stored yet), and the price itself once
     it no longer depends on the count."""
 
-    __slots__ = ("country", "counts", "price", "totals", "windows")
+    __slots__ = ("charge", "country", "counts", "price", "totals", "windows")
 
     def __init__(
         self, country: str, windows: frozenset[Window], counts: list[int], totals: list[int]
@@ -116,6 +130,8 @@ class _ToRecipient:
         self.counts = counts
         self.totals = totals
         self.price: Quote | None = None
+        # The charge of `price`, shared by the messages it prices.
+        self.charge: Charge | None = None
 
 
 class _JobMeter:
@@ -173,19 +189,25 @@ class MeteringRule:
             return ()
         table = meter.version.table
         price = to.price
-        if price is None:
+        charge = to.charge
+        if price is None or charge is None:
             price = quote(
                 table,
                 SendFacts(
                     MessageCategory(category), to.country, to.windows, to.totals[0], to.counts[1]
                 ),
             )
+            charge = Charge(
+                0, business, user, category, price.country, price.amount, int(price.reason),
+                meter.version.version, _RESERVED, now, None, None, None, price.explanation,
+            )  # fmt: skip
             if to.totals[0] >= table.allowances.get(price.category, 0) and (
                 (price.category, to.country) not in table.tiers
             ):
                 # Past the allowance and without tiers, the count no longer matters: the price
-                # is the same for the job's later messages to this person in this category.
-                to.price = price
+                # (and its charge) is the same for the job's later messages to this person in
+                # this category.
+                to.price, to.charge = price, charge
         if meter.available is None:
             meter.available = job.tx.get_balance(business).available
         if price.amount > meter.available:
@@ -200,12 +222,7 @@ class MeteringRule:
         if counted:
             to.totals[0] += 1
             to.counts[1] += 1
-        charge = Charge(
-            message.message_id, business, user, category, price.country, price.amount,
-            int(price.reason), meter.version.version, _RESERVED, now, None, None, None,
-            price.explanation,
-        )  # fmt: skip
-        return (Reserve(charge, counted, meter.month),)
+        return (Reserve(charge, message.message_id, counted, meter.month),)
 
     @staticmethod
     def _recipient(
@@ -232,15 +249,16 @@ class MeteringRule:
 
 
 def _events(
-    tx: Transaction, settled: Sequence[SettledCharge], kind: StatusKind, at: float, reason: str
+    tx: Transaction, settled: Sequence[SettledRun], kind: StatusKind, at: float, reason: str
 ) -> set[str]:
-    """The events of charges that just settled, per business; the businesses."""
+    """The events of charges that just settled, per business in message order; the
+    businesses."""
     # A DELIVERED event's ledger entry is read from the ledger (billing_model StatusEventRow).
     ids: dict[str, list[int]] = {}
-    for c in settled:
-        ids.setdefault(c.business_account_id, []).append(c.message_id)
+    for run in settled:
+        ids.setdefault(run.business_account_id, []).extend(run.message_ids)
     for business, messages in ids.items():
-        tx.append_status_events(business, kind, messages, at, reason)
+        tx.append_status_events(business, kind, sorted(messages), at, reason)
     return set(ids)
 
 

@@ -8,18 +8,18 @@ overdraw a balance nor charge a message twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Sequence
 
 from server.domain.billing_model import (
     Balance,
     Charge,
+    ChargeRun,
     ChargeState,
     EntryKind,
     LedgerEntry,
     PriceTableRow,
     Reservation,
-    SettledCharge,
+    SettledRun,
     StatusEventRow,
     StatusEventView,
     StatusKind,
@@ -41,21 +41,6 @@ _LEDGER_INSERT = (
     " at, note"
 )
 _RESERVED = int(ChargeState.RESERVED)
-
-
-class _Priced(Protocol):
-    """A charge, or what settling one moved: whose it is, for which message, how much."""
-
-    @property
-    def business_account_id(self) -> str: ...
-    @property
-    def message_id(self) -> int: ...
-    @property
-    def amount(self) -> int: ...
-
-
-_Row = TypeVar("_Row", bound=_Priced)
-_Key = TypeVar("_Key")
 
 
 class SqlBilling:
@@ -232,18 +217,22 @@ class SqlBilling:
         ), True  # fmt: skip
 
     def reserve(self, charge: Charge, at: float) -> Reservation:
-        accepted = self.reserve_many([charge], at)
+        accepted = self.reserve_many([ChargeRun(charge, [charge.message_id])], at)
         return Reservation(accepted, self.get_balance(charge.business_account_id), None)
 
-    def reserve_many(self, charges: Sequence[Charge], at: float) -> bool:
+    def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a send job's charges and hold their amounts: per business one conditional
-        UPDATE of the total (B1), then the charges and the RESERVE entries (one per priced
-        message, each with the balance after it). False, with nothing written, when a
-        business's balance is short of its total."""
+        UPDATE of the total (B1), then the RESERVE entries (one per priced message, each with
+        the balance after it) and the charges. Each run (charges alike but for the message
+        id) is one INSERT ... SELECT over its list of ids, not 9-14 bound values per row.
+        False, with nothing written, when a business's balance is short of its total."""
         conn = self.connection
-        held: list[tuple[str, list[Charge], Balance]] = []
-        for business, group in sorted(_by_business(charges).items()):
-            total = sum(c.amount for c in group)
+        by_business: dict[str, list[tuple[int, list[int]]]] = {}
+        for c, ids in runs:
+            by_business.setdefault(c.business_account_id, []).append((c.amount, ids))
+        held: list[tuple[str, list[tuple[int, list[int]]], Balance]] = []
+        for business, group in sorted(by_business.items()):
+            total = sum(amount * len(ids) for amount, ids in group)
             if not total:
                 continue
             r = conn.execute(
@@ -258,31 +247,32 @@ class SqlBilling:
         # turns such a bug into an error that rolls the job back.
         for business, group, before in held:
             self._entries(business, EntryKind.RESERVE, group, before, at)
-        # New charges: RESERVED, with no ledger entry named yet. A job's charges differ
-        # mostly by message id: each run of charges alike but for it is one INSERT ... SELECT
-        # over the list of ids, not 14 bound values per message.
+        # New charges: RESERVED, with no ledger entry named yet.
         columns = _CHARGE_COLUMNS.split(", ", 1)[1]
         shape = ", ".join(_CHARGE_CASTS)
-        for row, ids in _runs(charges, lambda c: c[1:]):
+        for c, ids in runs:
             conn.execute(
                 f"INSERT INTO charges (message_id, {columns})"
                 f" SELECT value, {shape} FROM {self._EACH} ORDER BY key",
-                (*row, self._list(ids)),
+                (*c[1:], self._list(ids)),
             )
         return True
 
     def settle_charges(
         self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[SettledCharge]:
+    ) -> list[SettledRun]:
         if not message_ids:
             return []
         moved = self._move_charges(message_ids, state, at)
-        if not moved:
-            return []
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
-        for business, group in sorted(_by_business(moved).items()):
-            total = sum(c.amount for c in group)
+        by_business: dict[str, list[tuple[int, list[int]]]] = {}
+        for run in moved:
+            by_business.setdefault(run.business_account_id, []).append(
+                (run.amount, run.message_ids)
+            )
+        for business, group in sorted(by_business.items()):
+            total = sum(amount * len(ids) for amount, ids in group)
             if not total:
                 continue
             r = self.connection.execute(
@@ -300,17 +290,17 @@ class SqlBilling:
         self,
         business_account_id: str,
         kind: EntryKind,
-        charges: Sequence[_Priced],
+        runs: Sequence[tuple[int, list[int]]],
         before: Balance,
         at: float,
     ) -> None:
         """The ledger entries of one business's money movement just made: one per priced
-        charge, in the given order, each with the balance after it, from `before` on. A run
-        of charges of the same amount is one INSERT ... SELECT over its message ids (the
-        balance after the k-th is `before` moved k times), not nine bound values per entry."""
+        message of the runs (amount, message ids), in order, each with the balance after it,
+        from `before` on. A run is one INSERT ... SELECT over its ids (the balance after its
+        k-th is the balance before it moved k times), not nine bound values per entry."""
         per_available, per_reserved, sign = _MOVES[kind]
         available, reserved = before
-        for amount, ids in _runs(charges, _amount):
+        for amount, ids in runs:
             if not amount:
                 continue
             self.connection.execute(
@@ -336,27 +326,27 @@ class SqlBilling:
 
     def _move_charges(
         self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[SettledCharge]:
+    ) -> list[SettledRun]:
         """Settle the still-reserved charges among `message_ids` to `state`; those that moved,
-        by message id."""
-        # The callers' batches are bounded (a batch of acks, an expiry batch), well within
-        # SQLite's limit on bound parameters. The rows come back as one JSON value (RETURNING
-        # would step once per row, see insert_rows), then one conditional UPDATE moves them.
-        marks = ",".join("?" * len(message_ids))
-        where = f"state = {_RESERVED} AND message_id IN ({marks})"
-        (found,) = self.connection.execute(
-            "SELECT json_group_array(json_array(message_id, business_account_id, amount))"
-            f" FROM charges WHERE {where}",
-            message_ids,
-        ).fetchone()
-        moved = sorted(SettledCharge._make(row) for row in json.loads(found))
-        if not moved:
+        by business and amount, each run's ids in order."""
+        # The charges come back grouped (a batch of acks settles few businesses' messages at
+        # few prices), each group's ids as one JSON value, then one conditional UPDATE moves
+        # them.
+        where = f"state = {_RESERVED} AND message_id IN (SELECT value FROM {self._EACH})"
+        ids = self._list(message_ids)
+        found = self.connection.execute(
+            "SELECT business_account_id, amount, json_group_array(message_id) FROM charges"
+            f" WHERE {where} GROUP BY business_account_id, amount",
+            (ids,),
+        ).fetchall()
+        if not found:
             return []
+        moved = [SettledRun(str(b), int(a), sorted(json.loads(group))) for b, a, group in found]
         changed = self.connection.execute(
-            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}",
-            (int(state), at, *message_ids),
+            f"UPDATE charges SET state = ?, settled_at = ? WHERE {where}", (int(state), at, ids)
         ).rowcount
-        if changed != len(moved):  # another writer moved some in between (B2)
+        if changed != sum(len(run.message_ids) for run in moved):
+            # another writer moved some in between (B2)
             raise StorageConflict(
                 "a charge was settled by another writer at the same moment; retry"
             )
@@ -398,33 +388,6 @@ class SqlBilling:
             f" CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT) FROM {self._EACH}",
             (business_account_id, int(last) - n + 1, at, detail, self._list(message_ids)),
         )
-
-
-def _by_business(charges: Sequence[_Row]) -> dict[str, list[_Row]]:
-    out: dict[str, list[_Row]] = {}
-    for c in charges:
-        out.setdefault(c.business_account_id, []).append(c)
-    return out
-
-
-def _amount(c: _Priced) -> int:
-    return c.amount
-
-
-def _runs(rows: Sequence[_Row], shape: Callable[[_Row], _Key]) -> list[tuple[_Key, list[int]]]:
-    """`rows` cut into runs of consecutive rows of the same shape: each run's shape and its
-    message ids, in order."""
-    runs: list[tuple[_Key, list[int]]] = []
-    ids: list[int] = []
-    current: _Key | None = None
-    for r in rows:
-        key = shape(r)
-        if key != current:
-            ids = []
-            runs.append((key, ids))
-            current = key
-        ids.append(r.message_id)
-    return runs
 
 
 # Every column of a charge but its message id, cast to its type: a value bound in a SELECT's

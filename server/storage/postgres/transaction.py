@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from server.domain.billing_model import ChargeState, SettledCharge, StatusKind
+from server.domain.billing_model import ChargeState, SettledRun, StatusKind
 from server.domain.model import MessageRow, SignedKey
 from server.domain.replicas_model import (
     ALL_DEVICES,
@@ -155,14 +155,17 @@ class PostgresTransaction(Statements):
 
     def _move_charges(
         self, message_ids: list[int], state: ChargeState, at: float
-    ) -> list[SettledCharge]:
+    ) -> list[SettledRun]:
         rows = self.connection.execute(
             "UPDATE charges SET state = ?, settled_at = ?"
             f" WHERE state = {_RESERVED} AND message_id = ANY(?)"
-            " RETURNING message_id, business_account_id, amount",
+            " RETURNING business_account_id, amount, message_id",
             (int(state), at, message_ids),
         ).fetchall()
-        return sorted(SettledCharge._make(r) for r in rows)
+        runs: dict[tuple[str, int], list[int]] = {}
+        for business, amount, message_id in sorted(rows):
+            runs.setdefault((business, amount), []).append(message_id)
+        return [SettledRun(b, a, ids) for (b, a), ids in runs.items()]
 
     # -- keys -------------------------------------------------------------------------------
 
