@@ -31,7 +31,8 @@ chunk indices determine the value; fewer do not.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -245,11 +246,14 @@ def _evaluate(log_weights: list[int], ys: list[int]) -> int:
 
 
 def _elements(data: bytes) -> list[int]:
-    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+    """The big-endian 16-bit field elements of ``data`` (even length). ``struct`` does it in
+    C: a key vector's 576 elements took ~90 us one ``int.from_bytes`` at a time, and an
+    encoder is built for every message that carries a chunk of a payload not cached."""
+    return list(struct.unpack(f">{len(data) // 2}H", data))
 
 
-def _pack(elements: Iterable[int]) -> bytes:
-    return b"".join(e.to_bytes(2, "big") for e in elements)
+def _pack(elements: Sequence[int]) -> bytes:
+    return struct.pack(f">{len(elements)}H", *elements)
 
 
 class ChunkEncoder:
