@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from server.domain.billing_model import Balance, Charge, ChargeRun, ChargeState, EntryKind
+from server.storage.billing import LONG_RUN
 from server.storage.database import connect
 from server.storage.migrations import migrate
 from server.storage.transaction import SqliteTransaction
@@ -139,19 +140,25 @@ class Ledger(RuleBasedStateMachine):
         if result.accepted:
             self.pending.add(message_id)
 
-    @rule(amounts=st.lists(st.sampled_from([0, 5_000, 15_000, 89_000]), min_size=1, max_size=8))
-    def reserve_a_job(self, amounts: list[int]) -> None:
-        """A send job: consecutive messages of one price share their charge (a run), as
-        `MeteringRule` hands them over; all are held together or none is."""
+    @rule(
+        shape=st.lists(
+            st.tuples(st.sampled_from([0, 500, 1_500, 8_900]), st.integers(1, LONG_RUN + 3)),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def reserve_a_job(self, shape: list[tuple[int, int]]) -> None:
+        """A send job: runs of messages sharing their charge, as `MeteringRule` hands them
+        over, short ones (rows of one INSERT) and long ones (one INSERT ... SELECT each)
+        mixed; all are held together or none is."""
         before = self.tx.get_balance(SHOP)
         runs: list[ChargeRun] = []
-        for amount in amounts:
-            message_id = self.next_message
-            self.next_message += 1
-            if runs and runs[-1].charge.amount == amount:
-                runs[-1].message_ids.append(message_id)
-            else:
-                runs.append(ChargeRun(charge(0, amount), [message_id]))
+        amounts: list[int] = []
+        for amount, count in shape:
+            ids = list(range(self.next_message, self.next_message + count))
+            self.next_message += count
+            runs.append(ChargeRun(charge(0, amount), ids))
+            amounts += [amount] * count
         accepted = self.tx.reserve_many(runs, 2.0)
         assert accepted == (before.available >= sum(amounts))
         ids = [m for run in runs for m in run.message_ids]

@@ -25,6 +25,7 @@ from server.domain.billing_model import (
     StatusKind,
 )
 from server.storage.errors import StorageConflict
+from server.storage.messages import insert_rows
 from server.storage.sql import SqlConnection
 
 _ENTRY_COLUMNS = (
@@ -41,6 +42,9 @@ _LEDGER_INSERT = (
     " at, note"
 )
 _RESERVED = int(ChargeState.RESERVED)
+# A run of charges alike (but for the message id) at least this long is written by one INSERT
+# ... SELECT over its ids; shorter ones go into one multi-row INSERT with the job's other rows.
+LONG_RUN = 8
 
 
 class SqlBilling:
@@ -223,8 +227,9 @@ class SqlBilling:
     def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a send job's charges and hold their amounts: per business one conditional
         UPDATE of the total (B1), then the RESERVE entries (one per priced message, each with
-        the balance after it) and the charges. Each run (charges alike but for the message
-        id) is one INSERT ... SELECT over its list of ids, not 9-14 bound values per row.
+        the balance after it) and the charges. Each long run (charges alike but for the
+        message id) is one INSERT ... SELECT over its list of ids, not 9-14 bound values per
+        row.
         False, with nothing written, when a business's balance is short of its total."""
         conn = self.connection
         by_business: dict[str, list[tuple[int, list[int]]]] = {}
@@ -247,15 +252,22 @@ class SqlBilling:
         # turns such a bug into an error that rolls the job back.
         for business, group, before in held:
             self._entries(business, EntryKind.RESERVE, group, before, at)
-        # New charges: RESERVED, with no ledger entry named yet.
+        # New charges: RESERVED, with no ledger entry named yet. A long run is one INSERT ...
+        # SELECT over its ids; the short ones (a job to many people: one message each) are
+        # rows of one multi-row INSERT, as a statement per message would cost more.
         columns = _CHARGE_COLUMNS.split(", ", 1)[1]
         shape = ", ".join(_CHARGE_CASTS)
+        rows: list[tuple[object, ...]] = []
         for c, ids in runs:
+            if len(ids) < LONG_RUN:
+                rows.extend((m, *c[1:]) for m in ids)
+                continue
             conn.execute(
                 f"INSERT INTO charges (message_id, {columns})"
                 f" SELECT value, {shape} FROM {self._EACH} ORDER BY key",
                 (*c[1:], self._list(ids)),
             )
+        insert_rows(conn, f"charges ({_CHARGE_COLUMNS})", len(Charge._fields), rows)
         return True
 
     def settle_charges(
@@ -296,13 +308,25 @@ class SqlBilling:
     ) -> None:
         """The ledger entries of one business's money movement just made: one per priced
         message of the runs (amount, message ids), in order, each with the balance after it,
-        from `before` on. A run is one INSERT ... SELECT over its ids (the balance after its
-        k-th is the balance before it moved k times), not nine bound values per entry."""
+        from `before` on. A long run is one INSERT ... SELECT over its ids (the balance after
+        its k-th is the balance before it moved k times), not nine bound values per entry;
+        short runs' entries are rows of a multi-row INSERT, written before the next long run
+        so that entry ids follow the balances."""
         per_available, per_reserved, sign = _MOVES[kind]
         available, reserved = before
+        rows: list[tuple[object, ...]] = []  # the short runs' entries, written in order
         for amount, ids in runs:
             if not amount:
                 continue
+            if len(ids) < LONG_RUN:
+                for m in ids:
+                    available += per_available * amount
+                    reserved += per_reserved * amount
+                    rows.append((business_account_id, int(kind), sign * amount, available,
+                                 reserved, m, None, at, ""))  # fmt: skip
+                continue
+            insert_rows(self.connection, f"ledger ({_LEDGER_INSERT})", 9, rows)
+            rows = []
             self.connection.execute(
                 f"INSERT INTO ledger ({_LEDGER_INSERT})"
                 f" SELECT CAST(? AS TEXT), {int(kind)}, CAST(? AS BIGINT),"
@@ -314,6 +338,7 @@ class SqlBilling:
             )  # fmt: skip
             available += per_available * amount * len(ids)
             reserved += per_reserved * amount * len(ids)
+        insert_rows(self.connection, f"ledger ({_LEDGER_INSERT})", 9, rows)
 
     # The FROM item of a list of ids bound as one value: columns `value` (an id) and `key`
     # (its position, from 0). SQLite reads a JSON array; PostgreSQL overrides both with an
