@@ -251,6 +251,9 @@ def test_the_stream_ends_as_receive_messages_does(server: LiveServer) -> None:
     first.ack([envelope.envelope_id])
     _wait_for_peak(server, 1, settle=0)  # read, not applied: its write is held
     second = Stream(server, bob)  # a newer stream of the device replaces it: ABORTED
+    # Its backlog (the envelope, whose ack is still held) has come: the server has taken the
+    # stream over. Before that, the half-close below could end the first stream normally.
+    assert [e.envelope_id for e in second.until_empty()] == [envelope.envelope_id]
     server.run(lambda s: gate())
     with pytest.raises(grpc.RpcError) as info:
         first.half_close()
