@@ -108,7 +108,7 @@ class Reserve(NamedTuple):
             sent.setdefault((c.business_account_id, c.sent_at), []).extend(messages)
         for (business, month, category, country), n in counted.items():
             tx.count_usage(business, month, category, country, n)
-        for (business, at), messages in sent.items():
+        for (business, at), messages in sorted(sent.items()):
             tx.append_status_events(business, StatusKind.SENT, messages, at)
 
 
@@ -257,7 +257,7 @@ def _events(
     ids: dict[str, list[int]] = {}
     for run in settled:
         ids.setdefault(run.business_account_id, []).extend(run.message_ids)
-    for business, messages in ids.items():
+    for business, messages in sorted(ids.items()):  # counters locked in business order
         tx.append_status_events(business, kind, sorted(messages), at, reason)
     return set(ids)
 
