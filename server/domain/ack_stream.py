@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,7 @@ class _Pending:
 
 
 def _take(ids: dict[int, None], limit: int) -> list[int]:
-    taken = list(ids)[:limit] if len(ids) > limit else list(ids)
+    taken = list(itertools.islice(ids, limit))
     for i in taken:
         del ids[i]
     return taken

@@ -8,7 +8,7 @@ overdraw a balance nor charge a message twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from server.domain.billing_model import (
     Balance,
@@ -232,12 +232,11 @@ class SqlBilling:
         row.
         False, with nothing written, when a business's balance is short of its total."""
         conn = self.connection
-        by_business: dict[str, list[tuple[int, list[int]]]] = {}
-        for c, ids in runs:
-            by_business.setdefault(c.business_account_id, []).append((c.amount, ids))
-        held: list[tuple[str, list[tuple[int, list[int]]], Balance]] = []
-        for business, group in sorted(by_business.items()):
-            total = sum(amount * len(ids) for amount, ids in group)
+        held: list[tuple[str, _Runs, Balance]] = []
+        for business, group in _by_business(
+            (c.business_account_id, c.amount, ids) for c, ids in runs
+        ):
+            total = _total(group)
             if not total:
                 continue
             r = conn.execute(
@@ -278,13 +277,8 @@ class SqlBilling:
         moved = self._move_charges(message_ids, state, at)
         capture = state is ChargeState.CAPTURED
         kind = EntryKind.CAPTURE if capture else EntryKind.RELEASE
-        by_business: dict[str, list[tuple[int, list[int]]]] = {}
-        for run in moved:
-            by_business.setdefault(run.business_account_id, []).append(
-                (run.amount, run.message_ids)
-            )
-        for business, group in sorted(by_business.items()):
-            total = sum(amount * len(ids) for amount, ids in group)
+        for business, group in _by_business(moved):
+            total = _total(group)
             if not total:
                 continue
             r = self.connection.execute(
@@ -302,7 +296,7 @@ class SqlBilling:
         self,
         business_account_id: str,
         kind: EntryKind,
-        runs: Sequence[tuple[int, list[int]]],
+        runs: _Runs,
         before: Balance,
         at: float,
     ) -> None:
@@ -413,6 +407,23 @@ class SqlBilling:
             f" CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT) FROM {self._EACH}",
             (business_account_id, int(last) - n + 1, at, detail, self._list(message_ids)),
         )
+
+
+# One business's runs of a money movement: (amount, message ids), in order.
+_Runs = list[tuple[int, list[int]]]
+
+
+def _by_business(runs: Iterable[tuple[str, int, list[int]]]) -> list[tuple[str, _Runs]]:
+    """(business, amount, ids) runs grouped by business, businesses in order: their balances
+    are locked in that order by every writer (no deadlock between two jobs)."""
+    out: dict[str, _Runs] = {}
+    for business, amount, ids in runs:
+        out.setdefault(business, []).append((amount, ids))
+    return sorted(out.items())
+
+
+def _total(runs: _Runs) -> int:
+    return sum(amount * len(ids) for amount, ids in runs)
 
 
 # Every column of a charge but its message id, cast to its type: a value bound in a SELECT's
