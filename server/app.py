@@ -31,6 +31,7 @@ from parley.v1 import (
     messaging_pb2_grpc,
 )
 
+from server import heap
 from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.admission import RULES
@@ -484,6 +485,7 @@ async def _assemble(
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     server = await build_server(settings)
+    heap.settle()
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
