@@ -3,8 +3,9 @@ decrypts, persists and acknowledges (client.api.ParleyClient on both ends).
 
 The sender's app sends up to IN_FLIGHT messages at once, as a chat app's outbox does when the
 user (or a bot) writes faster than the network answers: each `send` encrypts with the one
-session and commits it to the sender's SQLite store before the ciphertext leaves, and the
-client streams the queued sends on one SendMessageStream. The receiver decrypts and commits a
+session and commits it to the sender's SQLite store before the ciphertext leaves (the sends
+of a moment share one commit, client/group_commit.py), and the client streams the queued
+sends on one SendMessageStream. The receiver decrypts and commits a
 stream batch in one transaction and acknowledges it on its ReceiveMessageStream. Both clients
 run in this one process (one core), the server in another. The clock stops when the receiver
 has shown the last message.

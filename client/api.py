@@ -8,7 +8,7 @@ Rules this module keeps:
 1. **Session state is saved before the network sees a ciphertext.** Encrypting advances the
    ratchet; if the new state were saved only after SendMessage returned, a crash in between
    would reuse a message key for the next message. Saving first costs at most a skipped key
-   on the peer's side.
+   on the peer's side. The sends of a moment share the commit (``client.group_commit``).
 2. **Persist, then acknowledge.** A received envelope's session state, the message and the
    envelope id are committed in one transaction, and only then acknowledged, on the receiving
    stream itself (ReceiveMessageStream), at most ``MAX_UNSENT_ACKS`` messages of ids ahead of
@@ -74,6 +74,7 @@ from client.errors import (
     Unavailable,
     from_rpc_error,
 )
+from client.group_commit import GroupCommit
 from client.outbox import Outbox
 from client.request_ids import time_ordered_request_id
 from client.store import (
@@ -645,6 +646,8 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         self._keys = key_pb2_grpc.KeyServiceStub(self._channel)
         self._messaging = messaging_pb2_grpc.MessagingServiceStub(self._channel)
         self._outbox = Outbox(self._messaging, self._metadata)
+        self._commits = GroupCommit(store, self._outbox.busy)
+        self._identity_pair: tuple[bytes, IdentityKeyPair] | None = None
         self._prekeys = _StorePreKeys(store)
         # Until when we take "no other device of ours" for granted after the server said so
         # (an empty sync send): saves a round trip per message on single-device accounts.
@@ -720,7 +723,10 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
     async def close(self) -> None:
         await self._outbox.close()
         await self._channel.close(None)
-        self.store.close()
+        try:
+            self._commits.flush()
+        finally:
+            self.store.close()
 
     async def __aenter__(self) -> ParleyClient:
         return self
@@ -744,7 +750,12 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         return self.identity.device_id
 
     def _identity_key_pair(self) -> IdentityKeyPair:
-        return IdentityKeyPair.from_private_bytes(self.identity.identity_private)
+        """Our identity key pair, derived once per identity (its public half costs two
+        curve operations, and every PreKeySignalMessage received asks for it)."""
+        private = self.identity.identity_private
+        if self._identity_pair is None or self._identity_pair[0] != private:
+            self._identity_pair = (private, IdentityKeyPair.from_private_bytes(private))
+        return self._identity_pair[1]
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.identity.auth_token}"),)
@@ -1148,8 +1159,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
     # --- sessions --------------------------------------------------------------------------
 
     def _load_record(self, account_id: str, device_id: int) -> SessionRecord | None:
-        raw = self.store.load_session(account_id, device_id)
-        return SessionRecord.from_bytes(raw) if raw is not None else None
+        return self.store.session(account_id, device_id, SessionRecord)
 
     def _usable_record(self, account_id: str, device_id: int) -> SessionRecord | None:
         """A session we may encrypt with: current, and with the identity we trust."""
@@ -1202,7 +1212,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                         our_registration_id=self.identity.registration_id,
                         rng=self.rng,
                     )
-                    self.store.store_session(account_id, pb.device_id, record.to_bytes())
+                    self.store.save_session(account_id, pb.device_id, record)
             except UntrustedIdentityError:
                 self.store.record_pending_identity(account_id, pb.device_id, pb.identity_key)
                 raise
@@ -1233,19 +1243,20 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
     def _encrypt(
         self, account_id: str, device_ids: Iterable[int], plaintext: bytes
     ) -> dict[int, mpb.OutgoingMessage]:
-        """Encrypt for each device and save every advanced session (rule 1: before the
-        ciphertext leaves this process).
+        """Encrypt for each device and save every advanced session (rule 1: the caller
+        awaits ``self._commits.wait()`` before the ciphertext leaves this process).
 
         Load, encrypt and save happen in one write transaction, so that a ``parley listen``
         decrypting on the same profile in another process cannot interleave and lose a
-        ratchet step. A device whose session vanished meanwhile is left out (the server
-        then reports it missing and the send repairs it).
+        ratchet step; its commit is shared with the other sends of the moment
+        (``client.group_commit``). A device whose session vanished meanwhile is left out
+        (the server then reports it missing and the send repairs it).
         """
         out: dict[int, mpb.OutgoingMessage] = {}
         device_ids = list(device_ids)
         if not device_ids:  # a sync copy with no other device: no transaction to open
             return out
-        with self.store.transaction():
+        with self.store.transaction(durable=False):
             for device_id in device_ids:
                 record = self._usable_record(account_id, device_id)
                 if record is None or record.current is None:
@@ -1257,7 +1268,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                     content_type=message.type,  # type: ignore[arg-type]
                     content=message.serialized,
                 )
-                self.store.store_session(account_id, device_id, record.to_bytes())
+                self.store.save_session(account_id, device_id, record)
         return out
 
     def _session_devices(self, account_id: str) -> list[int]:
@@ -1306,6 +1317,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
             return None
         request_id = self._new_request_id()
         for attempt in range(1, MAX_SEND_ATTEMPTS + 1):
+            await self._commits.wait()  # the sessions these ciphertexts advanced (rule 1)
             request = mpb.SendMessageRequest(
                 request_id=request_id,
                 recipient_account_id=account_id,
@@ -1440,14 +1452,16 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 # The message itself went out; failing the call now would invite a resend.
                 sync_error = exc.message if isinstance(exc, ParleyError) else str(exc)
                 log.warning("the sync copy to our other devices failed")
-        self.store.add_message(
-            incoming=False,
-            peer_account_id=account_id,
-            sender_account_id=self.account_id,
-            sender_device_id=self.device_id,
-            timestamp_ms=timestamp_ms,
-            text=text,
-        )
+        with self.store.transaction(durable=False):
+            self.store.add_message(
+                incoming=False,
+                peer_account_id=account_id,
+                sender_account_id=self.account_id,
+                sender_device_id=self.device_id,
+                timestamp_ms=timestamp_ms,
+                text=text,
+            )
+        await self._commits.wait()
         return SentMessage(
             request_id=sent.request_id,
             message_id=sent.reply.message_id,
@@ -1805,7 +1819,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         with self.store.transaction():
             if new_identity is not None:
                 self.store.check_identity(account_id, device_id, new_identity)
-            self.store.store_session(account_id, device_id, record.to_bytes())
+            self.store.save_session(account_id, device_id, record)
             if used_pre_key is not None:
                 self.store.remove_one_time_pre_key(used_pre_key)
             if used_kyber is not None:

@@ -54,6 +54,10 @@ class Outbox:
         self._sent: set[str] = set()  # request ids the stream took and has not answered
         self.streamed = 0  # sends that went through the stream (for tests and metrics)
 
+    def busy(self) -> bool:
+        """Whether sends are waiting for their answers."""
+        return self._busy > 0
+
     async def send(self, request: mpb.SendMessageRequest) -> mpb.SendMessageResponse:
         """Send one message; raises the typed error of a refused send (rule 1)."""
         self._busy += 1

@@ -36,7 +36,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol, Self, TypeVar
 
 __all__ = [
     "DB_FILENAME",
@@ -53,6 +53,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("parley.client")
+
+
+class SavedRecord(Protocol):
+    """What the store keeps decoded between a save and the next load (``SessionRecord``):
+    the store holds bytes and does not import the crypto core."""
+
+    def to_bytes(self) -> bytes: ...
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self: ...
+
+
+_Record = TypeVar("_Record", bound=SavedRecord)
 
 DB_FILENAME: Final = "parley-client.db"
 """Name of the SQLite file inside a profile directory."""
@@ -396,6 +409,9 @@ class ClientStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._depth = 0
+        # Session records as last saved, decoded (see :meth:`session`).
+        self._decoded: dict[tuple[str, int], SavedRecord] = {}
+        self._data_version = -1  # what another connection's commit changes (see session)
         # The committed local identity, once read: it is asked for by every call the client
         # makes (its token) and changes only through this store's own writes below.
         self._identity: LocalIdentity | None = None
@@ -404,6 +420,7 @@ class ClientStore:
         except BaseException:
             self._conn.close()
             raise
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     @classmethod
     def open_profile(cls, directory: Path | str, *, clock: Callable[[], float]) -> ClientStore:
@@ -426,28 +443,58 @@ class ClientStore:
         self.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes atomically; nested use joins the outer transaction (a savepoint)."""
-        if self._depth == 0:
+    def transaction(self, *, durable: bool = True) -> Iterator[None]:
+        """Group writes atomically; nested use joins the outer transaction (a savepoint).
+
+        ``durable=False`` leaves the transaction open when the block ends, for a group
+        commit (``client.group_commit``): its writes are committed by the next
+        :meth:`commit`, or by the next durable transaction, which commits them too. Until
+        then nothing may depend on them. A block that fails rolls back its own writes
+        only, never those of earlier blocks still waiting for their commit.
+        """
+        outer = self._depth == 0
+        savepoint = None
+        if outer and not self._conn.in_transaction:
             self._conn.execute("BEGIN IMMEDIATE")
         else:
-            self._conn.execute(f"SAVEPOINT sp{self._depth}")
+            savepoint = f"sp{self._depth}"
+            self._conn.execute(f"SAVEPOINT {savepoint}")
         self._depth += 1
         try:
             yield
         except BaseException:
             self._depth -= 1
-            if self._depth == 0:
+            self._decoded.clear()  # decoded sessions may hold what is being rolled back
+            if savepoint is None:
                 self._conn.execute("ROLLBACK")
             else:
-                self._conn.execute(f"ROLLBACK TO sp{self._depth}")
-                self._conn.execute(f"RELEASE sp{self._depth}")
+                self._conn.execute(f"ROLLBACK TO {savepoint}")
+                self._conn.execute(f"RELEASE {savepoint}")
             raise
         self._depth -= 1
-        if self._depth == 0:
+        if savepoint is not None:
+            self._conn.execute(f"RELEASE {savepoint}")
+        if outer and durable:
+            self.commit()
+
+    @property
+    def pending(self) -> bool:
+        """Writes of ``transaction(durable=False)`` blocks wait for :meth:`commit`."""
+        return self._depth == 0 and self._conn.in_transaction
+
+    def commit(self) -> None:
+        """Commit the writes waiting since ``transaction(durable=False)`` blocks, all of
+        them with one fsync; nothing to do when none wait. If the commit fails, they are
+        rolled back and the error raised: none of them may be taken as durable."""
+        if not self.pending:
+            return
+        try:
             self._conn.execute("COMMIT")
-        else:
-            self._conn.execute(f"RELEASE sp{self._depth}")
+        except BaseException:
+            self._decoded.clear()
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def _now(self) -> float:
         return self._clock()
@@ -462,7 +509,7 @@ class ClientStore:
             " server, phone_number, created_at FROM local_identity"
         ).fetchone()
         identity = LocalIdentity(*row) if row else None
-        if self._depth == 0:  # committed: a transaction that wrote it may still roll back
+        if not self._conn.in_transaction:  # committed: a transaction may still roll back
             self._identity = identity
         return identity
 
@@ -690,7 +737,41 @@ class ClientStore:
         ).fetchone()
         return bytes(row[0]) if row else None
 
+    def session(self, account_id: str, device_id: int, kind: type[_Record]) -> _Record | None:
+        """The session with a peer device as a ``kind`` (``kind.from_bytes`` of the record),
+        or None.
+
+        Decoding a record (a few KiB, most of it SPQR's state) costs as much as a ratchet
+        step, so the object :meth:`save_session` saved last is handed back as long as its
+        row cannot have changed under it: no other connection committed since (``PRAGMA
+        data_version``, so a ``parley listen`` on the same profile in another process is
+        seen), no rollback here, no other write of the row. The caller may change the object
+        in place: what it changes is saved by :meth:`save_session` or undone by a rollback,
+        which drops every object kept.
+        """
+        version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._decoded.clear()
+            self._data_version = version
+        key = (account_id, device_id)
+        kept = self._decoded.get(key)
+        if isinstance(kept, kind):
+            return kept
+        raw = self.load_session(account_id, device_id)
+        if raw is None:
+            return None
+        record = kind.from_bytes(raw)
+        self._decoded[key] = record
+        return record
+
+    def save_session(self, account_id: str, device_id: int, record: SavedRecord) -> None:
+        """Save ``record`` (its ``to_bytes``) and keep the object for :meth:`session`."""
+        self.store_session(account_id, device_id, record.to_bytes())
+        self._decoded[(account_id, device_id)] = record
+
     def store_session(self, account_id: str, device_id: int, record: bytes) -> None:
+        """Save a record's bytes (an object kept for :meth:`session` is dropped)."""
+        self._decoded.pop((account_id, device_id), None)
         self._conn.execute(
             "INSERT INTO sessions (account_id, device_id, record, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(account_id, device_id) DO UPDATE SET record = excluded.record,"
@@ -699,6 +780,7 @@ class ClientStore:
         )
 
     def delete_session(self, account_id: str, device_id: int) -> None:
+        self._decoded.pop((account_id, device_id), None)
         self._conn.execute(
             "DELETE FROM sessions WHERE account_id = ? AND device_id = ?", (account_id, device_id)
         )
