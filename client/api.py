@@ -75,6 +75,7 @@ from client.errors import (
     from_rpc_error,
 )
 from client.group_commit import GroupCommit
+from client.inbox import ReadAhead
 from client.outbox import Outbox
 from client.request_ids import time_ordered_request_id
 from client.store import (
@@ -577,21 +578,23 @@ def _chunks(ids: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 
 async def _finish(
     call: aio.StreamStreamCall[mpb.ReceiveMessageStreamRequest, mpb.ReceiveMessageStreamResponse],
+    reader: ReadAhead,
     acks: asyncio.Queue[mpb.ReceiveMessageStreamRequest | None],
 ) -> None:
     """Half-close a receiving stream and read it to its end, so that the server applies every
     acknowledgement sent (events after the half-close are left to a redelivery); cancel it
     when that fails or takes longer than ACK_FLUSH_TIMEOUT."""
     if call.done():
+        reader.cancel()
         return
     try:
         async with asyncio.timeout(ACK_FLUSH_TIMEOUT):
             await acks.put(None)
-            async for _ in call:
-                pass
+            await reader.drain()
     except (grpc.RpcError, TimeoutError):
         log.info("the receiving stream did not end cleanly; unapplied acks are redelivered")
     finally:
+        reader.cancel()
         call.cancel()
 
 
@@ -1271,6 +1274,12 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 self.store.save_session(account_id, device_id, record)
         return out
 
+    async def committed(self) -> None:
+        """Return once everything this client has written is on disk: the commit it shares
+        with the other sends of the moment (``client.group_commit``). For a caller that
+        encrypts through ``_encrypt`` and hands the ciphertext out itself (rule 1)."""
+        await self._commits.wait()
+
     def _session_devices(self, account_id: str) -> list[int]:
         """The devices of ``account_id`` we hold a session with and send to: not this device,
         not those a live-support conversation leaves out (``_encrypt`` skips the sessions
@@ -1632,6 +1641,8 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
 
         Each envelope is decrypted and its session state and message committed; the batch's
         ids are then acknowledged on the same stream (rule 2) before its events are yielded.
+        The stream is read ahead (``client.inbox``): the batches that arrived meanwhile are
+        decrypted, committed and acknowledged together.
         With ``until_empty`` the stream ends after the QueueEmpty marker (scripts, tests).
         However the reading ends, the stream is half-closed and read to its end (at most
         ``ACK_FLUSH_TIMEOUT``), so every acknowledgement sent is applied by then.
@@ -1647,17 +1658,15 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 yield ack
 
         call = self._messaging.ReceiveMessageStream(outgoing(), metadata=self._metadata())
+        reader = ReadAhead(call)
         held: set[tuple[str, int]] = set()
         finished = False
         try:
-            async for response in call:
-                which = response.WhichOneof("event")
-                if which == "envelopes":
+            while (response := await reader.next()) is not None:
+                if isinstance(response, list):  # envelopes, of one or more stream messages
                     events: list[Event] = []
                     processed: list[int] = []
-                    for envelope, event, ack in await self._process_batch(
-                        list(response.envelopes.envelopes), held
-                    ):
+                    for envelope, event, ack in await self._process_batch(response, held):
                         if ack:
                             processed.append(envelope.envelope_id)
                         if event is not None:
@@ -1666,7 +1675,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                         await acks.put(mpb.ReceiveMessageStreamRequest(envelope_ids=chunk))
                     for event in events:
                         yield event
-                elif which == "statuses":
+                    continue
+                which = response.WhichOneof("event")
+                if which == "statuses":
                     statuses = list(response.statuses.statuses)
                     for chunk in _chunks([s.status_id for s in statuses], MAX_ACK_IDS):
                         await acks.put(mpb.ReceiveMessageStreamRequest(status_ids=chunk))
@@ -1678,13 +1689,13 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                     yield QueueEmpty()
                     if until_empty:
                         break
-            await _finish(call, acks)
+            await _finish(call, reader, acks)
             finished = True
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
             if not finished:
-                await _finish(call, acks)
+                await _finish(call, reader, acks)
 
     async def _process_batch(
         self, envelopes: list[mpb.Envelope], held: set[tuple[str, int]]
@@ -1692,16 +1703,18 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
         """``_process`` for a stream batch, with one commit (one fsync) for the envelopes that
         need no call to the server, instead of one each.
 
-        The transaction spans no ``await``, so no other task of this client writes inside
-        it; each envelope keeps its own savepoint (``_process_once``), so one that fails
-        rolls back alone. An envelope naming a template to fetch ends the run: what came
-        before commits, that one goes through ``_process`` (which fetches), the rest go on.
+        The block spans no ``await``, so no other task of this client writes inside it; its
+        commit is shared with this client's other writers of the moment and awaited before
+        the batch is acknowledged (``client.group_commit``). Each envelope keeps its own
+        savepoint (``_process_once``), so one that fails rolls back alone. An envelope
+        naming a template to fetch ends the run: what came before commits, that one goes
+        through ``_process`` (which fetches), the rest go on.
         A template message shows its business's verified name (asked after the commits).
         """
         out: list[tuple[mpb.Envelope, Event | None, bool]] = []
         i = 0
         while i < len(envelopes):
-            with self.store.transaction():
+            with self.store.transaction(durable=False):
                 while i < len(envelopes):
                     try:
                         event, ack = self._process_once(envelopes[i], held, set())
@@ -1709,6 +1722,9 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                         break
                     out.append((envelopes[i], event, ack))
                     i += 1
+            # On disk before any of it is acknowledged (rule 2); while envelopes keep coming,
+            # at most one commit per interval, the stream read ahead meanwhile.
+            await self._commits.wait(spaced=True)
             if i < len(envelopes):
                 event, ack = await self._process(envelopes[i], held)
                 out.append((envelopes[i], event, ack))

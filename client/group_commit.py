@@ -56,14 +56,17 @@ class GroupCommit:
         self._turns = 0
         self.commits = 0  # commits made (for tests and metrics)
 
-    async def wait(self) -> None:
-        """Return once this client's writes so far are committed (rule 1)."""
+    async def wait(self, *, spaced: bool = False) -> None:
+        """Return once this client's writes so far are committed (rule 1). ``spaced``: the
+        caller is one of a stream of writers even when no send is in flight (the receive
+        path, while envelopes keep coming): commits are spaced by ``BUSY_INTERVAL``."""
         if not self._store.pending:
             return
         loop = asyncio.get_running_loop()
         if not self._waiters:
             self._seen, self._turns = 0, 0
-            wait = self._last + BUSY_INTERVAL - loop.time() if self._busy() else 0.0
+            busy = spaced or self._busy()
+            wait = self._last + BUSY_INTERVAL - loop.time() if busy else 0.0
             if wait > 0:
                 loop.call_later(wait, self._turn)
             else:

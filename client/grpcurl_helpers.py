@@ -257,6 +257,7 @@ async def _encrypt(client: ParleyClient, args: argparse.Namespace, out: TextIO) 
         timestamp_ms=timestamp_ms,
         text=args.text,
     )
+    await client.committed()  # the advanced sessions and the history row, before it leaves
     out.write(request_json(request))
     out.flush()
 

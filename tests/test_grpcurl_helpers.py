@@ -7,6 +7,7 @@ as strings); docs/grpcurl.md's test drives the same helpers with the real grpcur
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from parley.v1 import key_pb2 as kpb
 from parley.v1 import key_pb2_grpc, messaging_pb2_grpc
 from parley.v1 import messaging_pb2 as mpb
 
+from client import grpcurl_helpers
 from client.cli import main
+from client.store import DB_FILENAME
 from tests.conftest import Device, LiveServer, register
 
 ALICE = "+14155550123"
@@ -144,6 +147,43 @@ def test_encrypt_to_fetches_bundles_with_the_saved_token(
     send(server, alice, body)
     left = keys(server).GetPreKeyCount(kpb.GetPreKeyCountRequest(), metadata=bob.metadata)
     assert left.count.pre_key_count == 2  # the fetch took one of Bob's three one-time keys
+
+
+def test_encrypt_prints_the_request_only_once_its_session_and_history_are_committed(
+    capsys: pytest.CaptureFixture[str],
+    server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule 1 of client.api for the helper too: the ciphertext leaves (is printed) only once
+    the session it advanced is on disk, as another connection to the profile sees it."""
+    alice, bob = register(server, ALICE), register(server, BOB)
+    upload(capsys, server, tmp_path / "alice", alice)
+    upload(capsys, server, tmp_path / "bob", bob)
+    seen: list[tuple[int, int]] = []
+    printer = grpcurl_helpers.request_json
+
+    def printed_after_commit(message: mpb.SendMessageRequest) -> str:
+        conn = sqlite3.connect(tmp_path / "alice" / DB_FILENAME)
+        try:
+            sessions = conn.execute(
+                "SELECT count(*) FROM sessions WHERE account_id = ?", (bob.account_id,)
+            ).fetchone()[0]
+            history = conn.execute(
+                "SELECT count(*) FROM messages WHERE text = 'committed first'"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+        seen.append((sessions, history))
+        return printer(message)
+
+    monkeypatch.setattr(grpcurl_helpers, "request_json", printed_after_commit)
+    ok(
+        helper(
+            capsys, server, tmp_path / "alice", "encrypt", "--to", bob.account_id, "committed first"
+        )
+    )
+    assert seen == [(1, 1)]
 
 
 def test_helpers_say_what_is_wrong(
