@@ -243,6 +243,9 @@ def table(r: dict[str, Any]) -> str:
     if _get(r, "stored", "envelopes"):
         t.text(f"  {r['stored']['envelopes']:,} undelivered envelopes stored for another device")
     t.row("full path, real encryption, durable clients", _get(r, "full_path", "per_s"), "")
+    if _get(r, "full_path", "rounds"):
+        shown = ", ".join(f"{x:,.0f}" for x in r["full_path"]["rounds"])
+        t.text(f"  round by round: {shown}/s (the median is the figure)")
 
     rep = r.get("replicas", {})
     t.section(f"replicas: delivered msgs/s, {rep.get('pairs', '?')} pairs")
