@@ -14,7 +14,9 @@ Rules this module keeps:
    acknowledges an envelope only after the transaction holding its session state and its
    message committed, so a crash can redeliver an envelope but never lose one.
 3. **One transaction per logical step.** :meth:`ClientStore.transaction` groups writes; the
-   methods below also work on their own (autocommit) outside one.
+   methods below also work on their own (autocommit) outside one. Sends share their commit
+   (``transaction(durable=False)`` and ``client.group_commit``): while such a commit is
+   pending, a write made outside a transaction joins it and is committed with it.
 4. **Trust on first use.** The first identity key seen for a peer device is recorded; a
    different key later raises :class:`UntrustedIdentityError` until :meth:`trust_identity`
    accepts it explicitly.
@@ -519,7 +521,7 @@ class ClientStore:
         if identity is None:
             raise StoreError(
                 f"profile {self.path.parent} is not registered: run `parley register <phone>`"
-                " or `parley link --code CODE` first"
+                " or `parley link --code=CODE` first"
             )
         return identity
 
