@@ -10,6 +10,7 @@ link wrote no row naming the user and that no row ties the user to the link.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,15 @@ def test_link_cap_is_one_conditional_insert(links_server: LiveServer) -> None:
             assert tx.insert_link(row, 3)
         assert not tx.insert_link(LinkRow("x" * 16, user.account_id, "", "", 9.0, 0, 0), 3)
         assert [r.code for r in tx.links_of(user.account_id)] == [f"{i:016d}" for i in range(3)]
+
+
+def test_codes_and_tokens_never_begin_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chat link's code, a linking code and a device token are typed or pasted into command
+    lines (`parley chat-link delete CODE`), where a leading "-" reads as an option: a draw that
+    begins with one is drawn again."""
+    from server.domain import auth, links
+
+    draws = iter(["-leading-dash", "_fine-as-it-is", "-again", "abcdefghijklmnop"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda nbytes: next(draws))
+    assert links.new_code() == "_fine-as-it-is"
+    assert auth.new_token() == "abcdefghijklmnop"

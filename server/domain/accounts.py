@@ -41,6 +41,7 @@ from server.domain.auth import (
     as_caller,
     hash_token,
     new_token,
+    typeable_secret,
 )
 from server.domain.clock import Clock
 from server.domain.codes import AllowAll, ClientInfo, CodeSender, VerificationGate
@@ -358,7 +359,7 @@ class AccountRegistry:
     async def create_linking_code(self, caller: Principal) -> tuple[str, float]:
         if not caller.is_primary:
             raise PermissionDenied("only the primary device (device 1) can link new devices")
-        code = secrets.token_urlsafe(LINKING_CODE_BYTES)
+        code = typeable_secret(LINKING_CODE_BYTES)
         now = self._clock.now()
         expires_at = now + self.policy.linking_code_ttl
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import re
-import secrets
 import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import segno
 
 from server.domain import validation
-from server.domain.auth import Principal, as_caller, ensure_current
+from server.domain.auth import Principal, as_caller, ensure_current, typeable_secret
 from server.domain.clock import Clock
 from server.domain.directory_model import (
     DirectoryReadTransaction,
@@ -73,7 +72,7 @@ QR_SCALE = 10
 
 
 def new_code() -> str:
-    return secrets.token_urlsafe(CODE_BYTES)
+    return typeable_secret(CODE_BYTES)
 
 
 def check_code(code: str, *, field: str = "code") -> str:
