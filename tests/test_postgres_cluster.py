@@ -115,10 +115,13 @@ def test_the_server_does_not_run_as_root(
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert postgres_cluster.socket_dir.stat().st_uid == expected
     assert stat.S_IMODE(postgres_cluster.socket_dir.stat().st_mode) == 0o700
-    # The postmaster (setpriv execs it: the pid we started) and a backend serving us.
-    backend = int(str(one(postgres_url, "SELECT pg_backend_pid()")))
+    # The postmaster (setpriv execs it: the pid we started) and a backend serving us, read
+    # while its connection is open (the backend exits with it).
     assert _uids(postgres_cluster.pid) == [expected] * 4
-    assert _uids(backend) == [expected] * 4
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        assert _uids(int(row[0])) == [expected] * 4
 
 
 def _listening_tcp_inodes() -> set[str]:
