@@ -1274,10 +1274,19 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 self.store.save_session(account_id, device_id, record)
         return out
 
-    async def committed(self) -> None:
-        """Return once everything this client has written is on disk: the commit it shares
-        with the other sends of the moment (``client.group_commit``). For a caller that
-        encrypts through ``_encrypt`` and hands the ciphertext out itself (rule 1)."""
+    async def record_sent(self, account_id: str, timestamp_ms: int, text: str) -> None:
+        """Keep a message this device sent in the history, and return once it is on disk
+        with everything written before it: the sessions ``_encrypt`` advanced too (rule 1),
+        for a caller that hands the ciphertext out itself (``parley grpcurl encrypt``)."""
+        with self.store.transaction(durable=False):
+            self.store.add_message(
+                incoming=False,
+                peer_account_id=account_id,
+                sender_account_id=self.account_id,
+                sender_device_id=self.device_id,
+                timestamp_ms=timestamp_ms,
+                text=text,
+            )
         await self._commits.wait()
 
     def _session_devices(self, account_id: str) -> list[int]:
@@ -1461,16 +1470,7 @@ class ParleyClient(ConsentCalls, ChatLinkCalls):
                 # The message itself went out; failing the call now would invite a resend.
                 sync_error = exc.message if isinstance(exc, ParleyError) else str(exc)
                 log.warning("the sync copy to our other devices failed")
-        with self.store.transaction(durable=False):
-            self.store.add_message(
-                incoming=False,
-                peer_account_id=account_id,
-                sender_account_id=self.account_id,
-                sender_device_id=self.device_id,
-                timestamp_ms=timestamp_ms,
-                text=text,
-            )
-        await self._commits.wait()
+        await self.record_sent(account_id, timestamp_ms, text)
         return SentMessage(
             request_id=sent.request_id,
             message_id=sent.reply.message_id,

@@ -249,15 +249,7 @@ async def _encrypt(client: ParleyClient, args: argparse.Namespace, out: TextIO) 
         messages=[messages[d] for d in sorted(messages)],
         client_timestamp_ms=timestamp_ms,
     )
-    client.store.add_message(
-        incoming=False,
-        peer_account_id=account_id,
-        sender_account_id=client.account_id,
-        sender_device_id=client.device_id,
-        timestamp_ms=timestamp_ms,
-        text=args.text,
-    )
-    await client.committed()  # the advanced sessions and the history row, before it leaves
+    await client.record_sent(account_id, timestamp_ms, args.text)  # on disk before it leaves
     out.write(request_json(request))
     out.flush()
 

@@ -413,7 +413,6 @@ class ClientStore:
         self._depth = 0
         # Session records as last saved, decoded (see :meth:`session`).
         self._decoded: dict[tuple[str, int], SavedRecord] = {}
-        self._data_version = -1  # what another connection's commit changes (see session)
         # The committed local identity, once read: it is asked for by every call the client
         # makes (its token) and changes only through this store's own writes below.
         self._identity: LocalIdentity | None = None
@@ -422,7 +421,8 @@ class ClientStore:
         except BaseException:
             self._conn.close()
             raise
-        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        # What another connection's commit changes (see session).
+        self._data_version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     @classmethod
     def open_profile(cls, directory: Path | str, *, clock: Callable[[], float]) -> ClientStore:
