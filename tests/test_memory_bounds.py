@@ -27,6 +27,7 @@ MIB = 1024 * 1024
 ENVELOPE = 256 * 1024  # the default --max-envelope-bytes
 PER_BATCH = 16  # 4 MiB per SendMessages call
 VOLUME = 96 * MIB  # pushed by each phase: more than a connection's 64 MiB page cache
+BUFFER = 8 * MIB  # the default --stream-buffer-bytes
 NUMBERS = {"+14155550123": "111111", "+442079460123": "222222", "+33612345678": "333333"}
 
 
@@ -127,8 +128,9 @@ def _send_volume(channel: grpc.Channel, sender: Peer, to: Peer) -> None:
 def test_a_stalled_reader_holds_a_bounded_number_of_bytes(tmp_path: Path) -> None:
     """A device whose stream is open but never read: 96 MiB sent to it grow the server by less
     than 40 MiB (the 8 MiB --stream-buffer-bytes, one ~1 MiB page, gRPC's buffers), and what it
-    held is released when the stream ends. It grew by the whole volume when the buffer was
-    bounded by envelope count."""
+    held is given back when the stream ends: less than the buffer's 8 MiB stays. It grew by the
+    whole volume when the buffer was bounded by envelope count, and kept up to 27 MiB after the
+    end while glibc served large envelopes from its shared heap (server.heap.map_large_blocks)."""
     with live_server(tmp_path) as (pid, channel):
         alice, bob, carol = (_peer(channel, n) for n in NUMBERS)
         _send_volume(channel, alice, carol)  # the control: nobody is connected
@@ -148,9 +150,9 @@ def test_a_stalled_reader_holds_a_bounded_number_of_bytes(tmp_path: Path) -> Non
         # The server lets go once it has seen the cancel and its stream task ended; on a loaded
         # machine that takes longer than on an idle one, so wait for it (the bound is the same).
         deadline = time.monotonic() + 10
-        while (after := _rss_anon(pid)) - before >= 24 * MIB and time.monotonic() < deadline:
+        while (after := _rss_anon(pid)) - before >= BUFFER and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert after - before < 24 * MIB, f"{(after - before) / MIB:.0f} MiB kept after the end"
+        assert after - before < BUFFER, f"{(after - before) / MIB:.0f} MiB kept after the end"
 
 
 def test_an_unread_send_stream_is_held_back_not_buffered(tmp_path: Path) -> None:
