@@ -32,7 +32,6 @@ mapping costs a few microseconds, per batch of small messages or per large envel
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import platform
 
@@ -52,8 +51,9 @@ def map_large_blocks() -> bool:
     the C library is glibc and took the setting (other allocators keep their own rules)."""
     if platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    # The C library the process already runs on, not a search for one (find_library runs
+    # ldconfig, ~2 ms of start-up).
+    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def settle() -> None:

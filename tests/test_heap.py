@@ -73,7 +73,7 @@ class MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
         "fordblks", "keepcost")]
 
-libc = ctypes.CDLL("libc.so.6")
+libc = ctypes.CDLL(None)  # the C library the process runs on, as server.heap loads it
 libc.mallinfo2.restype = MallInfo2
 if sys.argv[1] == "fixed":
     assert heap.map_large_blocks()
