@@ -219,3 +219,60 @@ def test_an_unstored_online_send_may_not_ask_for_writes(server: LiveServer) -> N
     typing = send_request([bob], b"typing", online_only=True)
     err = failure(lambda: stub(server).SendMessage(typing, metadata=alice.device.metadata))
     assert err.code().name == "INTERNAL"
+
+
+TEMPLATE_ID = "0b6d5e4c-3a10-4c1e-9f7a-2b6d5e4c3a10"
+UNSTAMPED_TS = 17  # client_timestamp_ms of sends the stamping test rule leaves alone
+OTHER_TS = 19  # ... and of those it stamps as another template
+
+
+class StampTemplate:
+    """Plays the business rule: stamps each send naming TEMPLATE_ID with the category and name
+    it decides, as the server's rule does from the approved template."""
+
+    def prepare(self, job: SendJob, drafts: Sequence[Draft]) -> None:
+        pass
+
+    def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
+        r = draft.request
+        if r.template_id and r.client_ts_ms != UNSTAMPED_TS:
+            if r.client_ts_ms == OTHER_TS:
+                job.stamp(draft, int(MessageCategory.MARKETING), "spring_sale", r.template_id)
+            else:
+                job.stamp(draft, int(MessageCategory.UTILITY), "order_update", r.template_id)
+        return ()
+
+
+def test_the_stored_rows_carry_what_the_rules_stamped_whatever_was_predicted(
+    server: LiveServer,
+) -> None:
+    """A draft of a template a rule stamped before is made with that stamp (so the job need not
+    remake its rows); the rows stored are still what this job's rules decided: the same stamp,
+    another one, or none (the request's own metadata)."""
+    alice, bob = member(server, ALICE), member(server, BOB)
+    use_rules(server, with_extra(StampTemplate()))
+    utility, marketing = int(MessageCategory.UTILITY), int(MessageCategory.MARKETING)
+    unset = int(MessageCategory.UNSPECIFIED)
+    cases = [  # (client_timestamp_ms, the stamp its rows must carry)
+        (1234, (utility, "order_update", TEMPLATE_ID)),  # learnt here
+        (1234, (utility, "order_update", TEMPLATE_ID)),  # predicted, and right
+        (UNSTAMPED_TS, (unset, "", TEMPLATE_ID)),  # predicted, but no rule stamped it
+        (OTHER_TS, (marketing, "spring_sale", TEMPLATE_ID)),  # predicted otherwise
+        (1234, (utility, "order_update", TEMPLATE_ID)),
+    ]
+    for ts, stamp in cases:
+        request = send_request(
+            [bob], b"templated", business=mpb.BusinessMetadata(template_id=TEMPLATE_ID)
+        )
+        request.client_timestamp_ms = ts
+        sent = stub(server).SendMessage(request, metadata=alice.device.metadata)
+        message = rows(
+            server,
+            f"SELECT category, template_name FROM messages WHERE message_id = {sent.message_id}",
+        )
+        envelope = rows(
+            server,
+            "SELECT category, template_name, template_id FROM envelopes"
+            f" WHERE message_id = {sent.message_id}",
+        )
+        assert (message, envelope) == ([stamp[:2]], [stamp]), ts

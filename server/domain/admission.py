@@ -230,12 +230,22 @@ def _support_set_message(outside: list[int], expected: list[int]) -> str:
 _new = tuple.__new__
 
 
+# (category, template name, template id): the business metadata of a message's rows.
+Stamp = tuple[int, str, str]
+# Templates whose stamp an admission remembers (`Admission.draft`); past this many it starts
+# over, so a business that sends many templates costs a bounded amount of memory.
+MAX_KNOWN_TEMPLATES = 10_000
+
+
 class Draft(NamedTuple):
-    """A send with its rows made, waiting for the rules inside a job."""
+    """A send with its rows made, waiting for the rules inside a job. `stamp` is the business
+    metadata the rows were made with when it was predicted (`Admission.draft`), else None:
+    the rows then hold the request's own."""
 
     request: SendRequest
     message: MessageRow
     envelopes: list[EnvelopeRow]
+    stamp: Stamp | None = None
 
     @property
     def to_self(self) -> bool:
@@ -247,10 +257,14 @@ class Draft(NamedTuple):
         # Built from slices with tuple.__new__, not `_replace` (a dict round trip) nor the
         # named constructor (a Python-level call): this runs for every business message.
         stamp = (category, template_name, template_id)
-        return Draft(
-            self.request,
-            _new(MessageRow, self.message[:8] + stamp[:2]),
-            [_new(EnvelopeRow, e[:10] + stamp + e[13:]) for e in self.envelopes],
+        return _new(
+            Draft,
+            (
+                self.request,
+                _new(MessageRow, self.message[:8] + stamp[:2]),
+                [_new(EnvelopeRow, e[:10] + stamp + e[13:]) for e in self.envelopes],
+                stamp,
+            ),
         )
 
 
@@ -263,7 +277,8 @@ class SendJob:
     tx: ReadTransaction
     _memo: dict[tuple[str, Hashable], object] = field(default_factory=dict)
     # message id -> (category, template name, template id) a rule decided for that draft.
-    stamps: dict[int, tuple[int, str, str]] = field(default_factory=dict)
+    stamps: dict[int, Stamp] = field(default_factory=dict)
+    _caller_kind: int | None = field(default=-1, init=False)  # -1: not read yet
 
     def memo(self, kind: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` once per job for (kind, key): per-job caches of the rules."""
@@ -287,6 +302,14 @@ class SendJob:
             return None if account is None else account.kind
 
         return self.memo("kind", account_id, load)
+
+    def caller_kind(self) -> int | None:
+        """The sender's account kind: `account_kind` of the caller, asked by several rules for
+        every draft, so kept in a field."""
+        kind = self._caller_kind
+        if kind == -1:
+            kind = self._caller_kind = self.account_kind(self.caller.account_id)
+        return kind
 
     def recipient_devices(self, account_id: str) -> dict[int, int] | None:
         """device id -> registration id of the account's receiving devices, None if there is
@@ -508,6 +531,10 @@ class Admission:
         self.policy = policy
         self._ids = ids
         self.rules = tuple(rules)
+        # template id -> the stamp a rule last gave a draft of it. An approved template's
+        # category and name never change (server.domain.templates), so a draft's rows are
+        # made with it, and a job rebuilds them only where a rule decided otherwise.
+        self._known: dict[str, Stamp] = {}
 
     def validate(self, caller: Principal, r: SendRequest) -> None:
         """The checks that need no database: shape, sizes, enums."""
@@ -542,13 +569,15 @@ class Admission:
             raise InvalidArgument("business.category is not a known MessageCategory")
         if len(r.template_name) > MAX_TEMPLATE_NAME:
             raise InvalidArgument(f"business.template_name is longer than {MAX_TEMPLATE_NAME}")
-        if r.template_id:
+        if r.template_id and r.template_id not in self._known:  # known ids were checked
             validation.uuid_string(r.template_id, field="business.template_id")
 
     def draft(self, caller: Principal, r: SendRequest, now: float) -> Draft:
         """The send's rows, made on the event loop: ids come from one block, so envelope ids
         still grow in commit order (jobs run in the order they are queued)."""
         message_id = self._ids.block(now, 1 + len(r.copies))
+        stamp = self._known.get(r.template_id) if r.template_id else None
+        category, template_name, template_id = stamp or (r.category, r.template_name, r.template_id)
         envelopes = [
             EnvelopeRow(
                 message_id + 1 + k,
@@ -561,9 +590,9 @@ class Admission:
                 r.client_ts_ms,
                 c.content_type,
                 c.content,
-                r.category,
-                r.template_name,
-                r.template_id,
+                category,
+                template_name,
+                template_id,
             )
             for k, c in enumerate(r.copies)
         ]
@@ -576,10 +605,10 @@ class Admission:
             r.fingerprint(),
             now,
             _SYNC if r.recipient_account_id == caller.account_id else _PENDING,
-            r.category,
-            r.template_name,
+            category,
+            template_name,
         )
-        return Draft(r, message, envelopes)
+        return Draft(r, message, envelopes, stamp)
 
     def _admit(self, job: SendJob, drafts: Sequence[Draft]) -> list[Admitted | Outcome]:
         """Run every rule on every draft: a refusal or an answer, or the draft with its
@@ -603,8 +632,23 @@ class Admission:
                 out.append((answer.receipt, nothing))
                 continue
             stamp = job.stamps.get(draft.message.message_id)
-            out.append(Admitted(draft if stamp is None else draft.with_business(*stamp), writes))
+            if stamp != draft.stamp:  # the rows are remade only when the prediction missed
+                if stamp is None:  # no rule stamped it: the request's own metadata
+                    r = draft.request
+                    draft = draft.with_business(r.category, r.template_name, r.template_id)
+                else:
+                    draft = draft.with_business(*stamp)
+                    self._learn(draft.request.template_id, stamp)
+            out.append(Admitted(draft, writes))
         return out
+
+    def _learn(self, template_id: str, stamp: Stamp) -> None:
+        """Remember the stamp a rule gave a draft of `template_id`, for the next drafts."""
+        if not template_id:
+            return
+        if len(self._known) >= MAX_KNOWN_TEMPLATES:
+            self._known.clear()
+        self._known[template_id] = stamp
 
     def store_job(
         self, caller: Principal, drafts: Sequence[Draft]

@@ -60,6 +60,7 @@ _COUNTED = (FreeReason.BILLABLE, FreeReason.ALLOWANCE)
 _RESERVED = int(ChargeState.RESERVED)
 
 Wake = Callable[[Iterable[str]], None]
+_new = tuple.__new__
 
 
 class BalanceRace(RequestIdRace):
@@ -167,19 +168,24 @@ class MeteringRule:
 
     def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
         r = draft.request
-        if not self.enabled or draft.to_self or r.online_only:
-            return ()
-        business = job.caller.account_id
-        if job.account_kind(business) != AccountKind.BUSINESS:
+        if not self.enabled or r.online_only:
             return ()
         message = draft.message
+        stamp = job.stamps.get(message.message_id)
+        if stamp is None:
+            # The business rule stamps every send of a business but those to itself, so this
+            # is a person's send, a business's to itself, or a business's without that rule.
+            if draft.to_self or job.caller_kind() != AccountKind.BUSINESS:
+                return ()
+            category = int(MessageCategory.SERVICE)
+        else:
+            category = stamp[0]
+        business = job.caller.account_id
         now = message.server_ts
         meters: dict[float, _JobMeter] = job.memo("metering", "", dict)
         meter = meters.get(now)
         if meter is None:
             meter = meters[now] = _JobMeter(self._book.in_force(now), month_key(now))
-        stamp = job.stamps.get(message.message_id)
-        category = stamp[0] if stamp else int(MessageCategory.SERVICE)
         user = r.recipient_account_id
         try:
             to = meter.recipients[user, category]
@@ -222,7 +228,8 @@ class MeteringRule:
         if counted:
             to.totals[0] += 1
             to.counts[1] += 1
-        return (Reserve(charge, message.message_id, counted, meter.month),)
+        # tuple.__new__, not the named constructor (a Python-level call): one per message.
+        return (_new(Reserve, (charge, message.message_id, counted, meter.month)),)
 
     @staticmethod
     def _recipient(

@@ -73,6 +73,9 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated_at)
         self._lock = threading.Lock()
         self._calls = 0
+        # The rate's figures as `check` uses them: it runs for every message a business sends.
+        self._capacity = float(rate.count)
+        self._per_token = rate.period / rate.count
 
     async def take(self, key: str, cost: int = 1) -> None:
         """Take `cost` tokens for `key` or raise ResourceExhausted with the wait until then."""
@@ -117,7 +120,7 @@ class RateLimiter:
 
     def _bucket(self) -> tuple[str, float, float]:
         """(name, capacity, seconds per token) of this limiter's shared buckets."""
-        return self._what, float(self.rate.count), self.rate.period / self.rate.count
+        return self._what, self._capacity, self._per_token
 
     def _not_too_many(self, cost: int) -> None:
         if cost > self.rate.count:
@@ -135,15 +138,16 @@ class RateLimiter:
 
     def check(self, key: str, cost: int = 1) -> None:
         """`take` from the in-memory buckets (a limiter that is not shared)."""
-        self._not_too_many(cost)
+        capacity = self._capacity
+        if cost > capacity:
+            self._not_too_many(cost)
         now = self._clock.now()
-        per_token = self.rate.period / self.rate.count
         with self._lock:
             self._calls += 1
             if self._calls % _SWEEP_EVERY == 0:
                 self._sweep(now)
-            tokens, updated = self._buckets.get(key, (float(self.rate.count), now))
-            tokens, wait = refill(float(self.rate.count), per_token, tokens, updated, now, cost)
+            tokens, updated = self._buckets.get(key) or (capacity, now)
+            tokens, wait = refill(capacity, self._per_token, tokens, updated, now, cost)
             if wait > 0:
                 self._buckets[key] = (tokens, now)
                 raise self._refusal(wait)
@@ -152,10 +156,9 @@ class RateLimiter:
     def refund(self, key: str, cost: int = 1) -> None:
         """Give back tokens taken by `check` for a request that turned out not to count."""
         now = self._clock.now()
-        per_token = self.rate.period / self.rate.count
         with self._lock:
-            tokens, updated = self._buckets.get(key, (float(self.rate.count), now))
-            tokens = min(float(self.rate.count), tokens + (now - updated) / per_token + cost)
+            tokens, updated = self._buckets.get(key) or (self._capacity, now)
+            tokens = min(self._capacity, tokens + (now - updated) / self._per_token + cost)
             self._buckets[key] = (tokens, now)
 
     def _sweep(self, now: float) -> None:

@@ -88,7 +88,7 @@ from server.domain.ratelimit import Buckets, Rate, RateLimiter
 from server.domain.sending_model import TemplateFacts
 
 if TYPE_CHECKING:  # admission imports this module; only its types are needed here
-    from server.domain.admission import DeferredWrite, Draft, SendJob
+    from server.domain.admission import DeferredWrite, Draft, SendJob, Stamp
 
 HOUR = 3600
 DAY = 86_400.0
@@ -330,8 +330,7 @@ class BusinessRule:
         if draft.to_self:
             return ()
         r = draft.request
-        sender = job.caller.account_id
-        if job.account_kind(sender) != AccountKind.BUSINESS:
+        if job.caller_kind() != AccountKind.BUSINESS:
             if r.template_id:
                 raise InvalidArgument(
                     "business.template_id is set, but only business accounts send templates;"
@@ -339,6 +338,7 @@ class BusinessRule:
                 )
             if r.online_only or job.account_kind(r.recipient_account_id) != AccountKind.BUSINESS:
                 return ()
+            sender = job.caller.account_id
             return (OpenWindow(r.recipient_account_id, sender, draft.message.server_ts),)
         return self._business_send(draft, job)
 
@@ -432,7 +432,7 @@ class BusinessRule:
         # Drafts like one admitted before in this job without a deferred write (the usual
         # batch: one template to one person) take only a token: the verdict and the
         # conversation's start are what they were for that draft.
-        quiet: dict[Hashable, tuple[int, str, str]] = job.memo("quiet", "", dict)
+        quiet: dict[Hashable, Stamp] = job.memo("quiet", "", dict)
         stamp = quiet.get(key)
         if stamp is not None:
             self._rate.take_in(cast(Transaction, job.tx), business)
