@@ -242,7 +242,10 @@ def event_text(e: bpb.StatusEvent, recipient: str) -> str:
     head = f"#{e.sequence} {kind} message {e.message_id} to {recipient} at {_utc(e.at)}"
     p = e.pricing
     if e.kind == bpb.STATUS_EVENT_KIND_SENT:
-        cost = pricing_text(p) + (" (reserved)" if p.billable else "")
+        cost = pricing_text(p)
+        if p.billable:  # held by its send's reservation, named when the server says which
+            entry = f", ledger entry {p.ledger_entry_id}" if p.ledger_entry_id else ""
+            cost += f" (reserved{entry})"
     elif e.kind == bpb.STATUS_EVENT_KIND_DELIVERED:
         cost = "charged " + pricing_text(p) if p.billable else pricing_text(p)
         if p.ledger_entry_id:

@@ -34,6 +34,7 @@ from server.config import load
 from server.domain.billing_model import (
     Charge,
     ChargeState,
+    EntryKind,
     StatusEventRow,
     StatusKind,
 )
@@ -662,7 +663,17 @@ def test_status_events_backlog_live_wake_up_and_resume_without_gap_or_duplicate(
     assert (sent.kind, sent.message_id, sent.recipient_account_id) == (
         pb.STATUS_EVENT_KIND_SENT, 1, person.account_id,
     )  # fmt: skip
-    assert sent.pricing.billable and sent.pricing.ledger_entry_id == 0
+    # A SENT event names the RESERVE entry holding its price (here one per message: a send
+    # of one), which says how many messages' prices it holds.
+    reserve = write(
+        server,
+        lambda tx: tx.connection.execute(
+            "SELECT entry_id, kind, amount, message_id, message_count FROM ledger"
+            " WHERE entry_id = (SELECT reserve_entry FROM charges WHERE message_id = 1)"
+        ).fetchone(),
+    )
+    assert sent.pricing.billable and sent.pricing.ledger_entry_id == reserve[0] != 0
+    assert tuple(reserve[1:]) == (int(EntryKind.RESERVE), -89_000, None, 1)
     assert (delivered.kind, delivered.message_id) == (pb.STATUS_EVENT_KIND_DELIVERED, 2)
     pricing = delivered.pricing
     assert (pricing.amount_micros, pricing.currency, pricing.country, pricing.category) == (

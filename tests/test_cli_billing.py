@@ -176,7 +176,7 @@ def test_balances_prices_and_events_read_as_amounts_not_micros() -> None:
         "charged 0.089 USD: MARKETING to DE, price table v2, ledger entry 41"
     )
     assert event(bpb.STATUS_EVENT_KIND_SENT, charged) == head % "SENT" + (
-        "0.089 USD: MARKETING to DE, price table v2 (reserved)"
+        "0.089 USD: MARKETING to DE, price table v2 (reserved, ledger entry 41)"
     )
     assert event(bpb.STATUS_EVENT_KIND_DELIVERED, free) == head % "DELIVERED" + (
         "free (inside the 24-hour customer-service window): SERVICE to US, price table v2"

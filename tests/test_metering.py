@@ -240,6 +240,44 @@ def test_the_first_ack_captures_and_nothing_after_it_charges_again(world: World)
     ]
 
 
+def test_a_send_job_holds_its_prices_with_one_reserve_entry_that_each_charge_names(
+    world: World,
+) -> None:
+    """One RESERVE entry per send job: the sum of its priced messages, their count and the
+    balance after it; every charge (and so every SENT event) names it, and each message is
+    still captured by a ledger entry of its own."""
+    world.top_up(1_000_000)
+    users = [ANA, BEN, ANA, BEN, ANA]
+    now = world.clock.now()
+    for user in (ANA, BEN):
+        world.run(world.db.write(lambda tx, u=user: tx.open_window(SHOP, u, now)))  # type: ignore[misc]
+    requests = [
+        SendRequest(str(uuid.uuid4()), u, [Copy(d, 100 + d, 2, b"c") for d in DEVICES[u]])
+        for u in users
+    ]
+    results = world.run(world.mailbox.send_many(principal(SHOP), requests))
+    sent = [r.message_id for r in results if not isinstance(r, DomainError)]
+    assert len(sent) == 5
+    total = sum(PRICE[u] for u in users)
+    reserves = world.q(
+        "SELECT entry_id, amount, available_after, reserved_after, message_id, message_count"
+        " FROM ledger WHERE kind = ?",
+        int(EntryKind.RESERVE),
+    )
+    assert [r[1:] for r in reserves] == [(-total, 1_000_000 - total, total, None, 5)]
+    entry = reserves[0][0]
+    assert {world.charge(m).reserve_entry for m in sent} == {entry}
+    views = world.run(world.db.read(lambda tx: tx.status_events_after(SHOP, 0, 100)))
+    assert {v.charge.reserve_entry for v in views} == {entry}
+    # A second job holds its own.
+    again = world.send(BEN)
+    assert isinstance(again, int) and world.charge(again).reserve_entry not in (None, entry)
+    for user in (ANA, BEN):
+        world.ack(user, 1)
+    assert world.balance() == (1_000_000 - total - PRICE[BEN], 0)
+    assert all(world.captures(m) == 1 for m in [*sent, again])
+
+
 def test_concurrent_acks_from_two_devices_capture_once(world: World) -> None:
     world.top_up(1_000_000)
     sent = [world.send(BEN) for _ in range(20)]

@@ -71,10 +71,13 @@ class LedgerEntry(NamedTuple):
     amount: int
     available_after: int
     reserved_after: int
-    message_id: int | None
+    message_id: int | None  # CAPTURE, RELEASE (and RESERVE entries of one message, before v14)
     reference: str | None
     at: float
     note: str
+    # RESERVE: how many messages' prices it holds (those of one send job; each charge names
+    # its entry). None on other entries.
+    message_count: int | None = None
 
 
 class Charge(NamedTuple):
@@ -216,7 +219,8 @@ class BillingWrites(Protocol):
 
     def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a job's charges and hold their amounts (B1, one conditional UPDATE per
-        business for its total); False, with nothing written, when a balance is short."""
+        business for its total, and one RESERVE entry for it that the priced charges name);
+        False, with nothing written, when a balance is short."""
         ...
 
     def reserve(self, charge: Charge, at: float) -> Reservation:

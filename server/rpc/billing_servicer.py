@@ -95,6 +95,8 @@ def entry_to_proto(entry: LedgerEntry) -> pb.LedgerEntry:
         reference=entry.reference or "",
         at=timestamp(entry.at),
         note=entry.note,
+        # A reservation written per message (before schema 14) held one message's price.
+        message_count=entry.message_count or (1 if entry.message_id else 0),
     )
 
 
@@ -116,16 +118,19 @@ def usage_to_proto(row: UsageCounts) -> pb.UsageRow:
 
 def event_to_proto(view: StatusEventView, currency: str) -> pb.StatusEvent:
     event, charge = view
-    delivered = event.kind == StatusKind.DELIVERED
+    if event.kind == StatusKind.DELIVERED:
+        entry = event.ledger_entry_id  # the CAPTURE that charged it
+    elif event.kind == StatusKind.SENT:
+        entry = charge.reserve_entry or 0  # the RESERVE that holds its price
+    else:
+        entry = 0  # released: in the ledger, but nothing charged
     return pb.StatusEvent(
         sequence=event.sequence,
         kind=cast(pb.StatusEventKind.ValueType, event.kind),
         message_id=event.message_id,
         recipient_account_id=charge.recipient_account_id,
         at=timestamp(event.at),
-        # The ledger entry that charged it: on DELIVERED only (SENT's reservation and a
-        # release are in the ledger, but charged nothing).
-        pricing=charge_to_proto(charge, currency, event.ledger_entry_id if delivered else 0),
+        pricing=charge_to_proto(charge, currency, entry),
         reason=event.detail,
     )
 

@@ -30,7 +30,7 @@ from server.storage.sql import SqlConnection
 
 _ENTRY_COLUMNS = (
     "entry_id, business_account_id, kind, amount, available_after, reserved_after, message_id,"
-    " reference, at, note"
+    " reference, at, note, message_count"
 )
 _CHARGE_COLUMNS = (
     "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
@@ -42,6 +42,7 @@ _LEDGER_INSERT = (
     " at, note"
 )
 _RESERVED = int(ChargeState.RESERVED)
+_RESERVE_ENTRY = Charge._fields.index("reserve_entry")
 # A run of charges alike (but for the message id) at least this long is written by one INSERT
 # ... SELECT over its ids; shorter ones go into one multi-row INSERT with the job's other rows.
 LONG_RUN = 8
@@ -226,13 +227,13 @@ class SqlBilling:
 
     def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a send job's charges and hold their amounts: per business one conditional
-        UPDATE of the total (B1), then the RESERVE entries (one per priced message, each with
-        the balance after it) and the charges. Each long run (charges alike but for the
-        message id) is one INSERT ... SELECT over its list of ids, not 9-14 bound values per
-        row.
+        UPDATE of the total (B1) and one RESERVE entry for it (with the balance after it and
+        the number of priced messages), then the charges, each naming its entry. Each long run
+        (charges alike but for the message id) is one INSERT ... SELECT over its list of ids,
+        not 14 bound values per row.
         False, with nothing written, when a business's balance is short of its total."""
         conn = self.connection
-        held: list[tuple[str, _Runs, Balance]] = []
+        entries: dict[str, int] = {}
         for business, group in _by_business(
             (c.business_account_id, c.amount, ids) for c, ids in runs
         ):
@@ -246,25 +247,31 @@ class SqlBilling:
             ).fetchone()
             if r is None:
                 return False
-            held.append((business, group, Balance(int(r[0]) + total, int(r[1]) - total)))
-        # A new message cannot have a reservation already: the unique (message_id, kind) key
-        # turns such a bug into an error that rolls the job back.
-        for business, group, before in held:
-            self._entries(business, EntryKind.RESERVE, group, before, at)
-        # New charges: RESERVED, with no ledger entry named yet. A long run is one INSERT ...
-        # SELECT over its ids; the short ones (a job to many people: one message each) are
-        # rows of one multi-row INSERT, as a statement per message would cost more.
+            priced = sum(len(ids) for amount, ids in group if amount)
+            (entries[business],) = conn.execute(
+                f"INSERT INTO ledger ({_LEDGER_INSERT}, message_count)"
+                " VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, '', ?) RETURNING entry_id",
+                (business, int(EntryKind.RESERVE), -total, int(r[0]), int(r[1]), at, priced),
+            ).fetchone()
+        # New charges: RESERVED, a priced one naming its job's RESERVE entry (a free one none).
+        # A long run is one INSERT ... SELECT over its ids; the short ones (a job to many
+        # people: one message each) are rows of one multi-row INSERT, as a statement per
+        # message would cost more. The charges' primary key keeps one reservation per message.
         columns = _CHARGE_COLUMNS.split(", ", 1)[1]
         shape = ", ".join(_CHARGE_CASTS)
         rows: list[tuple[object, ...]] = []
         for c, ids in runs:
+            entry = entries.get(c.business_account_id) if c.amount else None
+            values = (*c[1:_RESERVE_ENTRY], entry, *c[_RESERVE_ENTRY + 1 :])
             if len(ids) < LONG_RUN:
-                rows.extend((m, *c[1:]) for m in ids)
+                rows.extend((m, *values) for m in ids)
                 continue
+            # No ORDER BY: each row is keyed by its own message id, so the order they go in
+            # does not matter, and sorting them would cost a temporary B-tree.
             conn.execute(
                 f"INSERT INTO charges (message_id, {columns})"
-                f" SELECT value, {shape} FROM {self._EACH} ORDER BY key",
-                (*c[1:], self._list(ids)),
+                f" SELECT value, {shape} FROM {self._EACH}",
+                (*values, self._list(ids)),
             )
         insert_rows(conn, f"charges ({_CHARGE_COLUMNS})", len(Charge._fields), rows)
         return True
@@ -437,7 +444,6 @@ _CHARGE_CASTS = (
 # For each kind of movement: how each entry moves (available, reserved) by its charge's
 # amount, and the sign of its amount (billing_model.LedgerEntry).
 _MOVES = {
-    EntryKind.RESERVE: (-1, 1, -1),
     EntryKind.CAPTURE: (0, -1, 1),
     EntryKind.RELEASE: (1, -1, 1),
 }

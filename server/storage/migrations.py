@@ -579,6 +579,13 @@ def _v13_rate_buckets(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v14_reservations_per_send(conn: sqlite3.Connection) -> None:
+    """A send's reservation is one ledger entry for all its priced messages (each charge names
+    it in reserve_entry): the entry says how many. NULL on every other entry, and on the
+    reservations of one message each written before."""
+    _run_script(conn, "ALTER TABLE ledger ADD COLUMN message_count INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -609,6 +616,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         _v12_stream_positions,
     ),
     Migration(13, "rate limits shared by replicas: token buckets", _v13_rate_buckets),
+    Migration(
+        14,
+        "a send's reservation is one ledger entry with its message count",
+        _v14_reservations_per_send,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

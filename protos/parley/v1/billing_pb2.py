@@ -26,21 +26,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.v1 import messaging_pb2 as parley_dot_v1_dot_messaging__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/billing.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19parley/v1/messaging.proto\"`\n\x08PriceRow\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x04\"\x92\x01\n\nPriceTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.parley.v1.PriceRow\x12\x0c\n\x04json\x18\x05 \x01(\t\"=\n\x13GetPriceListRequest\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x14GetPriceListResponse\x12&\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x15.parley.v1.PriceTable\x12#\n\x04next\x18\x02 \x01(\x0b\x32\x15.parley.v1.PriceTable\"_\n\x11QuotePriceRequest\x12\x1c\n\x14recipient_account_id\x18\x01 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\"\xfa\x01\n\x07Pricing\x12\x10\n\x08\x62illable\x18\x01 \x01(\x08\x12*\n\x0b\x66ree_reason\x18\x02 \x01(\x0e\x32\x15.parley.v1.FreeReason\x12,\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x15\n\ramount_micros\x18\x05 \x01(\x04\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x1b\n\x13price_table_version\x18\x07 \x01(\x04\x12\x13\n\x0b\x65xplanation\x18\x08 \x01(\t\x12\x17\n\x0fledger_entry_id\x18\t \x01(\x04\"9\n\x12QuotePriceResponse\x12#\n\x07pricing\x18\x01 \x01(\x0b\x32\x12.parley.v1.Pricing\"\x13\n\x11GetBalanceRequest\"Y\n\x12GetBalanceResponse\x12\x18\n\x10\x61vailable_micros\x18\x01 \x01(\x04\x12\x17\n\x0freserved_micros\x18\x02 \x01(\x04\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\xfc\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.parley.v1.LedgerEntryKind\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x1e\n\x16\x61vailable_after_micros\x18\x04 \x01(\x04\x12\x1d\n\x15reserved_after_micros\x18\x05 \x01(\x04\x12\x12\n\nmessage_id\x18\x06 \x01(\x04\x12\x11\n\treference\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\t \x01(\t\"A\n\x18ListLedgerEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x19ListLedgerEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.parley.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x0cTopUpRequest\x12\x1b\n\x13\x62usiness_account_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x04\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"G\n\rTopUpResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.parley.v1.LedgerEntry\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"V\n\x14SetPriceTableRequest\x12\x0c\n\x04toml\x18\x01 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x15SetPriceTableResponse\x12$\n\x05table\x18\x01 \x01(\x0b\x32\x15.parley.v1.PriceTable\"\xa6\x01\n\x15GetUsageReportRequest\x12\r\n\x05month\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08group_by\x18\x04 \x01(\x0e\x32\x18.parley.v1.UsageGrouping\"\xf3\x01\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x04\x12\x11\n\tdelivered\x18\x03 \x01(\x04\x12\x10\n\x08\x62illable\x18\x04 \x01(\x04\x12\x1b\n\x13\x66ree_service_window\x18\x05 \x01(\x04\x12\x19\n\x11\x66ree_entry_window\x18\x06 \x01(\x04\x12\x16\n\x0e\x66ree_allowance\x18\x07 \x01(\x04\x12\x15\n\rnot_delivered\x18\x08 \x01(\x04\x12\x0f\n\x07pending\x18\t \x01(\x04\x12\x16\n\x0e\x63harged_micros\x18\n \x01(\x04\x12\x17\n\x0freserved_micros\x18\x0b \x01(\x04\"\xf9\x01\n\x16GetUsageReportResponse\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.parley.v1.UsageRow\x12\"\n\x05total\x18\x05 \x01(\x0b\x32\x13.parley.v1.UsageRow\x12\x1e\n\x16ledger_captured_micros\x18\x06 \x01(\x04\x12\x12\n\nreconciled\x18\x07 \x01(\x08\"\xd8\x01\n\x0bStatusEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.parley.v1.StatusEventKind\x12\x12\n\nmessage_id\x18\x03 \x01(\x04\x12\x1c\n\x14recipient_account_id\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07pricing\x18\x06 \x01(\x0b\x32\x12.parley.v1.Pricing\x12\x0e\n\x06reason\x18\x07 \x01(\t\"+\n\x19StreamStatusEventsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\"&\n\x14StatusEventsCaughtUp\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\"\x17\n\x15StatusEventsKeepAlive\"\xbb\x01\n\x1aStreamStatusEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.parley.v1.StatusEventH\x00\x12\x34\n\tcaught_up\x18\x02 \x01(\x0b\x32\x1f.parley.v1.StatusEventsCaughtUpH\x00\x12\x36\n\nkeep_alive\x18\x03 \x01(\x0b\x32 .parley.v1.StatusEventsKeepAliveH\x00\x42\x06\n\x04kind*\x82\x01\n\nFreeReason\x12\x1b\n\x17\x46REE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46REE_REASON_SERVICE_WINDOW\x10\x01\x12\x1c\n\x18\x46REE_REASON_ENTRY_WINDOW\x10\x02\x12\x19\n\x15\x46REE_REASON_ALLOWANCE\x10\x03*\xd1\x01\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_KIND_TOP_UP\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_KIND_RESERVE\x10\x02\x12\x1d\n\x19LEDGER_ENTRY_KIND_CAPTURE\x10\x03\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x04\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x05*\x80\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x01\x12\x1b\n\x17USAGE_GROUPING_CATEGORY\x10\x02\x12\x1a\n\x16USAGE_GROUPING_COUNTRY\x10\x03*\xae\x01\n\x0fStatusEventKind\x12!\n\x1dSTATUS_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATUS_EVENT_KIND_SENT\x10\x01\x12\x1f\n\x1bSTATUS_EVENT_KIND_DELIVERED\x10\x02\x12\x1c\n\x18STATUS_EVENT_KIND_FAILED\x10\x03\x12\x1d\n\x19STATUS_EVENT_KIND_EXPIRED\x10\x04\x32\xa3\x05\n\x0e\x42illingService\x12O\n\x0cGetPriceList\x12\x1e.parley.v1.GetPriceListRequest\x1a\x1f.parley.v1.GetPriceListResponse\x12I\n\nQuotePrice\x12\x1c.parley.v1.QuotePriceRequest\x1a\x1d.parley.v1.QuotePriceResponse\x12I\n\nGetBalance\x12\x1c.parley.v1.GetBalanceRequest\x1a\x1d.parley.v1.GetBalanceResponse\x12^\n\x11ListLedgerEntries\x12#.parley.v1.ListLedgerEntriesRequest\x1a$.parley.v1.ListLedgerEntriesResponse\x12:\n\x05TopUp\x12\x17.parley.v1.TopUpRequest\x1a\x18.parley.v1.TopUpResponse\x12R\n\rSetPriceTable\x12\x1f.parley.v1.SetPriceTableRequest\x1a .parley.v1.SetPriceTableResponse\x12U\n\x0eGetUsageReport\x12 .parley.v1.GetUsageReportRequest\x1a!.parley.v1.GetUsageReportResponse\x12\x63\n\x12StreamStatusEvents\x12$.parley.v1.StreamStatusEventsRequest\x1a%.parley.v1.StreamStatusEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/billing.proto\x12\tparley.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19parley/v1/messaging.proto\"`\n\x08PriceRow\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x0f\n\x07\x63ountry\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x04\"\x92\x01\n\nPriceTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.parley.v1.PriceRow\x12\x0c\n\x04json\x18\x05 \x01(\t\"=\n\x13GetPriceListRequest\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x14GetPriceListResponse\x12&\n\x07\x63urrent\x18\x01 \x01(\x0b\x32\x15.parley.v1.PriceTable\x12#\n\x04next\x18\x02 \x01(\x0b\x32\x15.parley.v1.PriceTable\"_\n\x11QuotePriceRequest\x12\x1c\n\x14recipient_account_id\x18\x01 \x01(\t\x12,\n\x08\x63\x61tegory\x18\x02 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\"\xfa\x01\n\x07Pricing\x12\x10\n\x08\x62illable\x18\x01 \x01(\x08\x12*\n\x0b\x66ree_reason\x18\x02 \x01(\x0e\x32\x15.parley.v1.FreeReason\x12,\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32\x1a.parley.v1.MessageCategory\x12\x0f\n\x07\x63ountry\x18\x04 \x01(\t\x12\x15\n\ramount_micros\x18\x05 \x01(\x04\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x1b\n\x13price_table_version\x18\x07 \x01(\x04\x12\x13\n\x0b\x65xplanation\x18\x08 \x01(\t\x12\x17\n\x0fledger_entry_id\x18\t \x01(\x04\"9\n\x12QuotePriceResponse\x12#\n\x07pricing\x18\x01 \x01(\x0b\x32\x12.parley.v1.Pricing\"\x13\n\x11GetBalanceRequest\"Y\n\x12GetBalanceResponse\x12\x18\n\x10\x61vailable_micros\x18\x01 \x01(\x04\x12\x17\n\x0freserved_micros\x18\x02 \x01(\x04\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\x93\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.parley.v1.LedgerEntryKind\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x1e\n\x16\x61vailable_after_micros\x18\x04 \x01(\x04\x12\x1d\n\x15reserved_after_micros\x18\x05 \x01(\x04\x12\x12\n\nmessage_id\x18\x06 \x01(\x04\x12\x11\n\treference\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\t \x01(\t\x12\x15\n\rmessage_count\x18\n \x01(\r\"A\n\x18ListLedgerEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x19ListLedgerEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.parley.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"c\n\x0cTopUpRequest\x12\x1b\n\x13\x62usiness_account_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x04\x12\x11\n\treference\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"G\n\rTopUpResponse\x12%\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x16.parley.v1.LedgerEntry\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x08\"V\n\x14SetPriceTableRequest\x12\x0c\n\x04toml\x18\x01 \x01(\t\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x15SetPriceTableResponse\x12$\n\x05table\x18\x01 \x01(\x0b\x32\x15.parley.v1.PriceTable\"\xa6\x01\n\x15GetUsageReportRequest\x12\r\n\x05month\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x08group_by\x18\x04 \x01(\x0e\x32\x18.parley.v1.UsageGrouping\"\xf3\x01\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x04\x12\x11\n\tdelivered\x18\x03 \x01(\x04\x12\x10\n\x08\x62illable\x18\x04 \x01(\x04\x12\x1b\n\x13\x66ree_service_window\x18\x05 \x01(\x04\x12\x19\n\x11\x66ree_entry_window\x18\x06 \x01(\x04\x12\x16\n\x0e\x66ree_allowance\x18\x07 \x01(\x04\x12\x15\n\rnot_delivered\x18\x08 \x01(\x04\x12\x0f\n\x07pending\x18\t \x01(\x04\x12\x16\n\x0e\x63harged_micros\x18\n \x01(\x04\x12\x17\n\x0freserved_micros\x18\x0b \x01(\x04\"\xf9\x01\n\x16GetUsageReportResponse\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12!\n\x04rows\x18\x04 \x03(\x0b\x32\x13.parley.v1.UsageRow\x12\"\n\x05total\x18\x05 \x01(\x0b\x32\x13.parley.v1.UsageRow\x12\x1e\n\x16ledger_captured_micros\x18\x06 \x01(\x04\x12\x12\n\nreconciled\x18\x07 \x01(\x08\"\xd8\x01\n\x0bStatusEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.parley.v1.StatusEventKind\x12\x12\n\nmessage_id\x18\x03 \x01(\x04\x12\x1c\n\x14recipient_account_id\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x07pricing\x18\x06 \x01(\x0b\x32\x12.parley.v1.Pricing\x12\x0e\n\x06reason\x18\x07 \x01(\t\"+\n\x19StreamStatusEventsRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\"&\n\x14StatusEventsCaughtUp\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x04\"\x17\n\x15StatusEventsKeepAlive\"\xbb\x01\n\x1aStreamStatusEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x16.parley.v1.StatusEventH\x00\x12\x34\n\tcaught_up\x18\x02 \x01(\x0b\x32\x1f.parley.v1.StatusEventsCaughtUpH\x00\x12\x36\n\nkeep_alive\x18\x03 \x01(\x0b\x32 .parley.v1.StatusEventsKeepAliveH\x00\x42\x06\n\x04kind*\x82\x01\n\nFreeReason\x12\x1b\n\x17\x46REE_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46REE_REASON_SERVICE_WINDOW\x10\x01\x12\x1c\n\x18\x46REE_REASON_ENTRY_WINDOW\x10\x02\x12\x19\n\x15\x46REE_REASON_ALLOWANCE\x10\x03*\xd1\x01\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_KIND_TOP_UP\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_KIND_RESERVE\x10\x02\x12\x1d\n\x19LEDGER_ENTRY_KIND_CAPTURE\x10\x03\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x04\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x05*\x80\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x16\n\x12USAGE_GROUPING_DAY\x10\x01\x12\x1b\n\x17USAGE_GROUPING_CATEGORY\x10\x02\x12\x1a\n\x16USAGE_GROUPING_COUNTRY\x10\x03*\xae\x01\n\x0fStatusEventKind\x12!\n\x1dSTATUS_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16STATUS_EVENT_KIND_SENT\x10\x01\x12\x1f\n\x1bSTATUS_EVENT_KIND_DELIVERED\x10\x02\x12\x1c\n\x18STATUS_EVENT_KIND_FAILED\x10\x03\x12\x1d\n\x19STATUS_EVENT_KIND_EXPIRED\x10\x04\x32\xa3\x05\n\x0e\x42illingService\x12O\n\x0cGetPriceList\x12\x1e.parley.v1.GetPriceListRequest\x1a\x1f.parley.v1.GetPriceListResponse\x12I\n\nQuotePrice\x12\x1c.parley.v1.QuotePriceRequest\x1a\x1d.parley.v1.QuotePriceResponse\x12I\n\nGetBalance\x12\x1c.parley.v1.GetBalanceRequest\x1a\x1d.parley.v1.GetBalanceResponse\x12^\n\x11ListLedgerEntries\x12#.parley.v1.ListLedgerEntriesRequest\x1a$.parley.v1.ListLedgerEntriesResponse\x12:\n\x05TopUp\x12\x17.parley.v1.TopUpRequest\x1a\x18.parley.v1.TopUpResponse\x12R\n\rSetPriceTable\x12\x1f.parley.v1.SetPriceTableRequest\x1a .parley.v1.SetPriceTableResponse\x12U\n\x0eGetUsageReport\x12 .parley.v1.GetUsageReportRequest\x1a!.parley.v1.GetUsageReportResponse\x12\x63\n\x12StreamStatusEvents\x12$.parley.v1.StreamStatusEventsRequest\x1a%.parley.v1.StreamStatusEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FREEREASON']._serialized_start=2959
-  _globals['_FREEREASON']._serialized_end=3089
-  _globals['_LEDGERENTRYKIND']._serialized_start=3092
-  _globals['_LEDGERENTRYKIND']._serialized_end=3301
-  _globals['_USAGEGROUPING']._serialized_start=3304
-  _globals['_USAGEGROUPING']._serialized_end=3432
-  _globals['_STATUSEVENTKIND']._serialized_start=3435
-  _globals['_STATUSEVENTKIND']._serialized_end=3609
+  _globals['_FREEREASON']._serialized_start=2982
+  _globals['_FREEREASON']._serialized_end=3112
+  _globals['_LEDGERENTRYKIND']._serialized_start=3115
+  _globals['_LEDGERENTRYKIND']._serialized_end=3324
+  _globals['_USAGEGROUPING']._serialized_start=3327
+  _globals['_USAGEGROUPING']._serialized_end=3455
+  _globals['_STATUSEVENTKIND']._serialized_start=3458
+  _globals['_STATUSEVENTKIND']._serialized_end=3632
   _globals['_PRICEROW']._serialized_start=98
   _globals['_PRICEROW']._serialized_end=194
   _globals['_PRICETABLE']._serialized_start=197
@@ -60,35 +60,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETBALANCERESPONSE']._serialized_start=939
   _globals['_GETBALANCERESPONSE']._serialized_end=1028
   _globals['_LEDGERENTRY']._serialized_start=1031
-  _globals['_LEDGERENTRY']._serialized_end=1283
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1285
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1350
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1352
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1445
-  _globals['_TOPUPREQUEST']._serialized_start=1447
-  _globals['_TOPUPREQUEST']._serialized_end=1546
-  _globals['_TOPUPRESPONSE']._serialized_start=1548
-  _globals['_TOPUPRESPONSE']._serialized_end=1619
-  _globals['_SETPRICETABLEREQUEST']._serialized_start=1621
-  _globals['_SETPRICETABLEREQUEST']._serialized_end=1707
-  _globals['_SETPRICETABLERESPONSE']._serialized_start=1709
-  _globals['_SETPRICETABLERESPONSE']._serialized_end=1770
-  _globals['_GETUSAGEREPORTREQUEST']._serialized_start=1773
-  _globals['_GETUSAGEREPORTREQUEST']._serialized_end=1939
-  _globals['_USAGEROW']._serialized_start=1942
-  _globals['_USAGEROW']._serialized_end=2185
-  _globals['_GETUSAGEREPORTRESPONSE']._serialized_start=2188
-  _globals['_GETUSAGEREPORTRESPONSE']._serialized_end=2437
-  _globals['_STATUSEVENT']._serialized_start=2440
-  _globals['_STATUSEVENT']._serialized_end=2656
-  _globals['_STREAMSTATUSEVENTSREQUEST']._serialized_start=2658
-  _globals['_STREAMSTATUSEVENTSREQUEST']._serialized_end=2701
-  _globals['_STATUSEVENTSCAUGHTUP']._serialized_start=2703
-  _globals['_STATUSEVENTSCAUGHTUP']._serialized_end=2741
-  _globals['_STATUSEVENTSKEEPALIVE']._serialized_start=2743
-  _globals['_STATUSEVENTSKEEPALIVE']._serialized_end=2766
-  _globals['_STREAMSTATUSEVENTSRESPONSE']._serialized_start=2769
-  _globals['_STREAMSTATUSEVENTSRESPONSE']._serialized_end=2956
-  _globals['_BILLINGSERVICE']._serialized_start=3612
-  _globals['_BILLINGSERVICE']._serialized_end=4287
+  _globals['_LEDGERENTRY']._serialized_end=1306
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1308
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1373
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1375
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1468
+  _globals['_TOPUPREQUEST']._serialized_start=1470
+  _globals['_TOPUPREQUEST']._serialized_end=1569
+  _globals['_TOPUPRESPONSE']._serialized_start=1571
+  _globals['_TOPUPRESPONSE']._serialized_end=1642
+  _globals['_SETPRICETABLEREQUEST']._serialized_start=1644
+  _globals['_SETPRICETABLEREQUEST']._serialized_end=1730
+  _globals['_SETPRICETABLERESPONSE']._serialized_start=1732
+  _globals['_SETPRICETABLERESPONSE']._serialized_end=1793
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_start=1796
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_end=1962
+  _globals['_USAGEROW']._serialized_start=1965
+  _globals['_USAGEROW']._serialized_end=2208
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_start=2211
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_end=2460
+  _globals['_STATUSEVENT']._serialized_start=2463
+  _globals['_STATUSEVENT']._serialized_end=2679
+  _globals['_STREAMSTATUSEVENTSREQUEST']._serialized_start=2681
+  _globals['_STREAMSTATUSEVENTSREQUEST']._serialized_end=2724
+  _globals['_STATUSEVENTSCAUGHTUP']._serialized_start=2726
+  _globals['_STATUSEVENTSCAUGHTUP']._serialized_end=2764
+  _globals['_STATUSEVENTSKEEPALIVE']._serialized_start=2766
+  _globals['_STATUSEVENTSKEEPALIVE']._serialized_end=2789
+  _globals['_STREAMSTATUSEVENTSRESPONSE']._serialized_start=2792
+  _globals['_STREAMSTATUSEVENTSRESPONSE']._serialized_end=2979
+  _globals['_BILLINGSERVICE']._serialized_start=3635
+  _globals['_BILLINGSERVICE']._serialized_end=4310
 # @@protoc_insertion_point(module_scope)

@@ -333,7 +333,10 @@ class Pricing(_message.Message):
     customer-service window".
     """
     ledger_entry_id: _builtins.int
-    """The ledger entry that charged it (DELIVERED events of billable messages; 0 otherwise)."""
+    """The ledger entry of its money: on SENT of a billable message the RESERVE that holds its
+    price (one per send, shared by the send's messages), on DELIVERED the CAPTURE that charged
+    it; 0 otherwise.
+    """
     def __init__(
         self,
         *,
@@ -441,6 +444,7 @@ class LedgerEntry(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
     """Increasing with time."""
     kind: Global___LedgerEntryKind.ValueType
@@ -454,11 +458,17 @@ class LedgerEntry(_message.Message):
     reserved_after_micros: _builtins.int
     """Reserved after this entry."""
     message_id: _builtins.int
-    """RESERVE, CAPTURE, RELEASE: the message."""
+    """CAPTURE, RELEASE: the message. 0 on a RESERVE, which holds the prices of all the priced
+    messages of one send (message_count); their SENT events name it (Pricing.ledger_entry_id).
+    """
     reference: _builtins.str
     """TOP_UP, ADJUSTMENT: the operator's reference."""
     note: _builtins.str
     """The operator's note."""
+    message_count: _builtins.int
+    """The messages it is about: on a RESERVE, the priced messages of the send whose prices it
+    holds (amount_micros is their sum); 1 on CAPTURE and RELEASE; 0 on TOP_UP and ADJUSTMENT.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When."""
@@ -475,10 +485,11 @@ class LedgerEntry(_message.Message):
         reference: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         note: _builtins.str = ...,
+        message_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "at", b"at", "available_after_micros", b"available_after_micros", "entry_id", b"entry_id", "kind", b"kind", "message_id", b"message_id", "note", b"note", "reference", b"reference", "reserved_after_micros", b"reserved_after_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "at", b"at", "available_after_micros", b"available_after_micros", "entry_id", b"entry_id", "kind", b"kind", "message_count", b"message_count", "message_id", b"message_id", "note", b"note", "reference", b"reference", "reserved_after_micros", b"reserved_after_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -841,8 +852,8 @@ class StatusEvent(_message.Message):
 
     @_builtins.property
     def pricing(self) -> Global___Pricing:
-        """The price: on SENT as quoted (reserved), on DELIVERED as charged (with the ledger entry),
-        on FAILED and EXPIRED as released (nothing charged).
+        """The price: on SENT as quoted (reserved, with the send's RESERVE entry), on DELIVERED as
+        charged (with the CAPTURE entry), on FAILED and EXPIRED as released (nothing charged).
         """
 
     def __init__(
