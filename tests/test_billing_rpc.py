@@ -636,8 +636,7 @@ def _sent_and_delivered(shop: str, person: str, first: int, count: int) -> Any:
             charge = _charge(
                 message, shop, person, MARKETING, "DE", 89_000, FreeReason.BILLABLE, 2.0
             )
-            assert tx.reserve(charge, 2.0).accepted
-            tx.append_status_events(shop, StatusKind.SENT, [message], 2.0)
+            assert tx.reserve(charge, 2.0).accepted  # the charge is its SENT event
             if message % 2 == 0:
                 assert tx.settle_charges([message], ChargeState.CAPTURED, 3.0)
                 tx.append_status_events(shop, StatusKind.DELIVERED, [message], 3.0)

@@ -16,7 +16,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from server.domain.billing_model import Balance, Charge, ChargeRun, ChargeState, EntryKind
+from server.domain.billing_model import (
+    Balance,
+    Charge,
+    ChargeRun,
+    ChargeState,
+    EntryKind,
+    StatusKind,
+)
 from server.storage.billing import LONG_RUN
 from server.storage.database import connect
 from server.storage.migrations import migrate
@@ -91,6 +98,43 @@ def test_the_ledger_refuses_a_second_capture_of_a_message(tmp_path: Path) -> Non
     conn.execute("UPDATE charges SET state = 0 WHERE message_id = 1")  # the bug
     with pytest.raises(sqlite3.IntegrityError):
         tx.settle_charges([1], ChargeState.CAPTURED, 4.0)
+
+
+def test_sent_events_are_the_charges_merged_with_the_rows_written_before(
+    tmp_path: Path,
+) -> None:
+    """A charge is its message's SENT event, numbered from the business's counter like the
+    appended events; a SENT event stored as a row of its own (before schema 15) still reads in
+    its place. Every event once, in sequence order, across both and across pages."""
+    conn, tx = _tx(tmp_path / "b.db")
+    tx.top_up(SHOP, 1_000_000, "r", 1.0, "")
+    # Before: a charge without a sequence, and its SENT event as a row.
+    tx.reserve(charge(1, 10_000), 2.0)
+    conn.execute("UPDATE charges SET sent_sequence = NULL WHERE message_id = 1")
+    conn.execute("UPDATE status_event_counters SET last_sequence = 0")
+    tx.append_status_events(SHOP, StatusKind.SENT, [1], 2.0)
+    # After: a run long enough for INSERT ... SELECT, a short one, then outcomes.
+    long_ids = list(range(10, 10 + LONG_RUN))
+    assert tx.reserve_many([ChargeRun(charge(0, 10_000), long_ids)], 3.0)
+    assert tx.reserve_many([ChargeRun(charge(0, 0), [5, 6])], 3.0)
+    tx.settle_charges([1, 10], ChargeState.CAPTURED, 4.0)
+    tx.append_status_events(SHOP, StatusKind.DELIVERED, [1, 10], 4.0)
+    want = [
+        (1, StatusKind.SENT, 1),
+        *((2 + k, StatusKind.SENT, m) for k, m in enumerate(long_ids)),
+        (2 + LONG_RUN, StatusKind.SENT, 5),
+        (3 + LONG_RUN, StatusKind.SENT, 6),
+        (4 + LONG_RUN, StatusKind.DELIVERED, 1),
+        (5 + LONG_RUN, StatusKind.DELIVERED, 10),
+    ]
+    views = tx.status_events_after(SHOP, 0, 100)
+    assert [(v.event.sequence, v.event.kind, v.event.message_id) for v in views] == want
+    assert all(v.charge.message_id == v.event.message_id for v in views)
+    # Paged from any cursor: the same events, none twice, none skipped.
+    for cursor in range(len(want)):
+        for size in (1, 2, 3):
+            page = tx.status_events_after(SHOP, cursor, size)
+            assert [v.event.sequence for v in page] == [s for s, _, _ in want[cursor:][:size]]
 
 
 def test_month_usage_by_category_and_country(tmp_path: Path) -> None:

@@ -23,10 +23,13 @@ B4. Every read is indexed: balances and charges by primary key, the ledger by
     (business, entry_id), the price tables by effective time, the month's usage by its primary
     key, a business's pending charges to one recipient by a partial index, status events by
     (business, sequence).
-B5. `append_status_events` numbers a business's events from a counter row bumped by one
-    upsert per business and job, which holds the row until commit: a business's events commit
-    in sequence order, without gaps, with any number of writers; UNIQUE (message_id, kind)
-    refuses a second event of a kind for a message.
+B5. A business's status events are numbered from a counter row bumped by one upsert per
+    business and job, which holds the row until commit: a business's events commit in
+    sequence order, without gaps, with any number of writers. A SENT event is its charge
+    (`reserve_many` gives each new charge its `sent_sequence`; the charge's primary key makes
+    it one per message); the others are rows appended by `append_status_events`, where UNIQUE
+    (message_id, kind) refuses a second event of a kind for a message. `status_events_after`
+    reads both, merged by sequence.
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ class Charge(NamedTuple):
     settle_entry: int | None
     # Why it costs what it costs, in words (pricing.Quote.explanation).
     explanation: str = ""
+    # The sequence of its SENT status event: the charge *is* that event (B5), numbered by
+    # `reserve_many` from the business's counter. None on charges stored before schema 15,
+    # whose SENT events are rows of their own.
+    sent_sequence: int | None = None
 
 
 class ChargeRun(NamedTuple):
@@ -129,7 +136,7 @@ class StatusKind(IntEnum):
 
 
 class StatusEventRow(NamedTuple):
-    """One status event as read; `sequence` was assigned by `append_status_events`, and
+    """One status event as read; `sequence` was assigned from the business's counter (B5), and
     `ledger_entry_id` (a DELIVERED event's capture) is read from the ledger, never stored."""
 
     business_account_id: str
@@ -220,7 +227,8 @@ class BillingWrites(Protocol):
     def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a job's charges and hold their amounts (B1, one conditional UPDATE per
         business for its total, and one RESERVE entry for it that the priced charges name);
-        False, with nothing written, when a balance is short."""
+        each charge is its message's SENT event, numbered in the order given (B5). False,
+        with nothing written, when a balance is short."""
         ...
 
     def reserve(self, charge: Charge, at: float) -> Reservation:

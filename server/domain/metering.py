@@ -6,7 +6,7 @@ The money path, and what enforces each step with concurrent writers (billing_mod
    in the send's own transaction, from metadata only: the category the sending rules stamped
    (the template's, or SERVICE), the recipient's country (its phone number), the windows
    open between them, and the business's count of the month. It gets a charge row (amount 0
-   when free, with the reason) and a SENT status event.
+   when free, with the reason), which is its SENT status event (numbered in it, B5).
 2. **Reserved, or refused.** A billable price is held (available -> reserved) by one
    conditional UPDATE (`available >= amount`, B1) in the same transaction that stores the
    envelopes (`MeteringRule` returns it as a deferred write). When the balance is short the
@@ -69,8 +69,8 @@ class BalanceRace(RequestIdRace):
 
 
 class Reserve(NamedTuple):
-    """The deferred write of a priced message: its charge, the held amount, the month's count
-    and the SENT event, together with the envelopes or not at all. `charge` holds the price
+    """The deferred write of a priced message: its charge (its SENT event), the held amount
+    and the month's count, together with the envelopes or not at all. `charge` holds the price
     and is shared by the job's messages priced alike (its message_id is not used). A job's
     reservations are applied together (`apply_many`): a few statements for the batch, not a
     few per message."""
@@ -101,16 +101,12 @@ class Reserve(NamedTuple):
         if not tx.reserve_many(runs, runs[0].charge.sent_at):
             raise BalanceRace()
         counted: dict[tuple[str, str, int, str], int] = {}
-        sent: dict[tuple[str, float], list[int]] = {}
         for (c, messages), first in zip(runs, firsts, strict=True):
             if first.counts:  # alike in price, alike in what counts
                 key = (c.business_account_id, first.month, c.category, c.country)
                 counted[key] = counted.get(key, 0) + len(messages)
-            sent.setdefault((c.business_account_id, c.sent_at), []).extend(messages)
         for (business, month, category, country), n in counted.items():
             tx.count_usage(business, month, category, country, n)
-        for (business, at), messages in sorted(sent.items()):
-            tx.append_status_events(business, StatusKind.SENT, messages, at)
 
 
 class _ToRecipient:

@@ -34,7 +34,8 @@ _ENTRY_COLUMNS = (
 )
 _CHARGE_COLUMNS = (
     "message_id, business_account_id, recipient_account_id, category, country, amount, reason,"
-    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry, explanation"
+    " table_version, state, sent_at, settled_at, reserve_entry, settle_entry, explanation,"
+    " sent_sequence"
 )
 _EVENT_COLUMNS = "business_account_id, sequence, kind, message_id, at, detail"
 _LEDGER_INSERT = (
@@ -43,6 +44,7 @@ _LEDGER_INSERT = (
 )
 _RESERVED = int(ChargeState.RESERVED)
 _RESERVE_ENTRY = Charge._fields.index("reserve_entry")
+_SENT_SEQUENCE = Charge._fields.index("sent_sequence")
 # A run of charges alike (but for the message id) at least this long is written by one INSERT
 # ... SELECT over its ids; shorter ones go into one multi-row INSERT with the job's other rows.
 LONG_RUN = 8
@@ -108,16 +110,27 @@ class SqlBilling:
         self, business_account_id: str, after_sequence: int, limit: int
     ) -> list[StatusEventView]:
         charge = ", ".join(f"c.{c.strip()}" for c in _CHARGE_COLUMNS.split(","))
-        # A DELIVERED event's ledger entry is its message's CAPTURE, found by the ledger's
-        # unique (message_id, kind) key rather than written twice.
+        # The events past the cursor are the first `limit` of two ranges merged (B5): the rows
+        # appended (DELIVERED, EXPIRED, FAILED, and the SENT events of charges stored before
+        # schema 15) and the charges, each its message's SENT event. A DELIVERED event's
+        # ledger entry is its message's CAPTURE, found by the ledger's unique (message_id,
+        # kind) key rather than written twice.
         rows = self.connection.execute(
             "SELECT e.business_account_id, e.sequence, e.kind, e.message_id, e.at,"
-            f" coalesce(l.entry_id, 0), e.detail, {charge} FROM status_events e"
-            " JOIN charges c ON c.message_id = e.message_id"
+            f" coalesce(l.entry_id, 0), e.detail, {charge} FROM ("
+            " SELECT * FROM (SELECT business_account_id, sequence, kind, message_id, at, detail"
+            " FROM status_events WHERE business_account_id = ? AND sequence > ?"
+            " ORDER BY sequence LIMIT ?) AS appended"
+            " UNION ALL"
+            f" SELECT * FROM (SELECT business_account_id, sent_sequence, {int(StatusKind.SENT)},"
+            " message_id, sent_at, CAST('' AS TEXT) FROM charges"
+            " WHERE business_account_id = ? AND sent_sequence > ?"
+            " ORDER BY sent_sequence LIMIT ?) AS sent"
+            ") AS e JOIN charges c ON c.message_id = e.message_id"
             f" LEFT JOIN ledger l ON e.kind = {int(StatusKind.DELIVERED)}"
             f" AND l.message_id = e.message_id AND l.kind = {int(EntryKind.CAPTURE)}"
-            " WHERE e.business_account_id = ? AND e.sequence > ? ORDER BY e.sequence LIMIT ?",
-            (business_account_id, after_sequence, limit),
+            " ORDER BY e.sequence LIMIT ?",
+            (business_account_id, after_sequence, limit) * 2 + (limit,),
         ).fetchall()
         width = len(StatusEventRow._fields)
         return [StatusEventView(StatusEventRow(*r[:width]), Charge(*r[width:])) for r in rows]
@@ -253,6 +266,13 @@ class SqlBilling:
                 " VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, '', ?) RETURNING entry_id",
                 (business, int(EntryKind.RESERVE), -total, int(r[0]), int(r[1]), at, priced),
             ).fetchone()
+        # Each new charge is its message's SENT event: a business's are numbered from its
+        # counter in the order given (B5), the counter locked after the balance, as every
+        # writer locks them.
+        counts: dict[str, int] = {}
+        for c, ids in runs:
+            counts[c.business_account_id] = counts.get(c.business_account_id, 0) + len(ids)
+        sequence = {b: self._take_sequences(b, n) for b, n in sorted(counts.items())}
         # New charges: RESERVED, a priced one naming its job's RESERVE entry (a free one none).
         # A long run is one INSERT ... SELECT over its ids; the short ones (a job to many
         # people: one message each) are rows of one multi-row INSERT, as a statement per
@@ -261,20 +281,36 @@ class SqlBilling:
         shape = ", ".join(_CHARGE_CASTS)
         rows: list[tuple[object, ...]] = []
         for c, ids in runs:
-            entry = entries.get(c.business_account_id) if c.amount else None
-            values = (*c[1:_RESERVE_ENTRY], entry, *c[_RESERVE_ENTRY + 1 :])
+            business = c.business_account_id
+            entry = entries.get(business) if c.amount else None
+            values = (*c[1:_RESERVE_ENTRY], entry, *c[_RESERVE_ENTRY + 1 : _SENT_SEQUENCE])
+            first = sequence[business]
+            sequence[business] = first + len(ids)
             if len(ids) < LONG_RUN:
-                rows.extend((m, *values) for m in ids)
+                rows.extend((m, *values, first + k) for k, m in enumerate(ids))
                 continue
-            # No ORDER BY: each row is keyed by its own message id, so the order they go in
-            # does not matter, and sorting them would cost a temporary B-tree.
+            # No ORDER BY: each row is keyed by its own message id and numbered by its place
+            # in the list, so the order they go in does not matter, and sorting them would
+            # cost a temporary B-tree.
             conn.execute(
                 f"INSERT INTO charges (message_id, {columns})"
-                f" SELECT value, {shape} FROM {self._EACH}",
-                (*values, self._list(ids)),
+                f" SELECT value, {shape}, CAST(? AS BIGINT) + key FROM {self._EACH}",
+                (*values, first, self._list(ids)),
             )
         insert_rows(conn, f"charges ({_CHARGE_COLUMNS})", len(Charge._fields), rows)
         return True
+
+    def _take_sequences(self, business_account_id: str, n: int) -> int:
+        """Move the business's status event counter on by `n`, holding its row until commit
+        (B5); the first of the `n` sequences taken."""
+        (last,) = self.connection.execute(
+            "INSERT INTO status_event_counters (business_account_id, last_sequence)"
+            " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
+            " SET last_sequence = status_event_counters.last_sequence + excluded.last_sequence"
+            " RETURNING last_sequence",
+            (business_account_id, n),
+        ).fetchone()
+        return int(last) - n + 1
 
     def settle_charges(
         self, message_ids: list[int], state: ChargeState, at: float
@@ -398,21 +434,14 @@ class SqlBilling:
     ) -> None:
         if not message_ids:
             return
-        n = len(message_ids)
-        (last,) = self.connection.execute(
-            "INSERT INTO status_event_counters (business_account_id, last_sequence)"
-            " VALUES (?, ?) ON CONFLICT (business_account_id) DO UPDATE"
-            " SET last_sequence = status_event_counters.last_sequence + excluded.last_sequence"
-            " RETURNING last_sequence",
-            (business_account_id, n),
-        ).fetchone()
+        first = self._take_sequences(business_account_id, len(message_ids))
         # Numbered from the counter's old value on, in the order given (B5); one INSERT ...
         # SELECT over the ids rather than six bound values per event.
         self.connection.execute(
             f"INSERT INTO status_events ({_EVENT_COLUMNS})"
             f" SELECT CAST(? AS TEXT), CAST(? AS BIGINT) + key, {int(kind)}, value,"
             f" CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT) FROM {self._EACH}",
-            (business_account_id, int(last) - n + 1, at, detail, self._list(message_ids)),
+            (business_account_id, first, at, detail, self._list(message_ids)),
         )
 
 

@@ -637,6 +637,19 @@ def _v14_reservations_per_send(conn: Connection) -> None:
     _run_script(conn, "ALTER TABLE ledger ADD COLUMN message_count BIGINT")
 
 
+def _v15_sent_events_are_charges(conn: Connection) -> None:
+    """A business message's SENT status event is its charge: the charge keeps the event's
+    sequence, instead of a status_events row of its own (NULL on the charges of before)."""
+    _run_script(
+        conn,
+        """
+        ALTER TABLE charges ADD COLUMN sent_sequence BIGINT;
+        CREATE UNIQUE INDEX charges_by_sent_sequence
+            ON charges(business_account_id, sent_sequence) WHERE sent_sequence IS NOT NULL;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -671,6 +684,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         14,
         "a send's reservation is one ledger entry with its message count",
         _v14_reservations_per_send,
+    ),
+    Migration(
+        15, "a SENT status event is its charge, numbered in it", _v15_sent_events_are_charges
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -18,9 +18,9 @@ device's new stream (STREAM), removed credentials (REVOKE).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from server.domain.billing_model import ChargeState, SettledRun, StatusKind
+from server.domain.billing_model import ChargeRun, ChargeState, SettledRun, StatusKind
 from server.domain.model import MessageRow, SignedKey
 from server.domain.replicas_model import (
     ALL_DEVICES,
@@ -85,6 +85,14 @@ class PostgresTransaction(Statements):
         super().append_status_events(business_account_id, kind, message_ids, at, detail)
         if message_ids:
             self._signal(Kind.FEED, business_account_id, STATUS_EVENTS)
+
+    def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
+        # Each charge is its message's SENT event: other replicas' status streams hear of it.
+        accepted = super().reserve_many(runs, at)
+        if accepted:
+            for business in sorted({c.business_account_id for c, _ in runs}):
+                self._signal(Kind.FEED, business, STATUS_EVENTS)
+        return accepted
 
     def append_event(self, row: EventRow) -> int:
         sequence = super().append_event(row)
