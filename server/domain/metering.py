@@ -164,14 +164,14 @@ class MeteringRule:
 
     def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
         r = draft.request
-        if not self.enabled or r.online_only:
+        if not self.enabled or r.online_only or draft.to_self:
             return ()
         message = draft.message
         stamp = job.stamps.get(message.message_id)
         if stamp is None:
-            # The business rule stamps every send of a business but those to itself, so this
-            # is a person's send, a business's to itself, or a business's without that rule.
-            if draft.to_self or job.caller_kind() != AccountKind.BUSINESS:
+            # Only the business rule stamps, and only a business's sends: unstamped, this is
+            # a person's send, or a business's on a server without that rule.
+            if job.caller_kind() != AccountKind.BUSINESS:
                 return ()
             category = int(MessageCategory.SERVICE)
         else:

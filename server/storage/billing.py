@@ -241,7 +241,8 @@ class SqlBilling:
     def reserve_many(self, runs: Sequence[ChargeRun], at: float) -> bool:
         """Record a send job's charges and hold their amounts: per business one conditional
         UPDATE of the total (B1) and one RESERVE entry for it (with the balance after it and
-        the number of priced messages), then the charges, each naming its entry. Each long run
+        the number of priced messages), then the charges, each naming its entry and each its
+        message's SENT event, numbered from the business's counter (B5). Each long run
         (charges alike but for the message id) is one INSERT ... SELECT over its list of ids,
         not 14 bound values per row.
         False, with nothing written, when a business's balance is short of its total."""
