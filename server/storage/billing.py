@@ -164,15 +164,16 @@ class SqlBilling:
         message_id: int | None = None,
         reference: str | None = None,
         note: str = "",
+        message_count: int | None = None,
     ) -> int | None:
         """Append a ledger entry; None when its unique key (message and kind, or business and
         reference) is taken (B2, B3)."""
         r = self.connection.execute(
-            "INSERT INTO ledger (business_account_id, kind, amount, available_after,"
-            " reserved_after, message_id, reference, at, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING RETURNING entry_id",
-            (business_account_id, int(kind), amount, *balance, message_id, reference, at, note),
-        ).fetchone()
+            f"INSERT INTO ledger ({_LEDGER_INSERT}, message_count)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING entry_id",
+            (business_account_id, int(kind), amount, *balance, message_id, reference, at, note,
+             message_count),
+        ).fetchone()  # fmt: skip
         return None if r is None else int(r[0])
 
     def _book(
@@ -262,11 +263,12 @@ class SqlBilling:
             if r is None:
                 return False
             priced = sum(len(ids) for amount, ids in group if amount)
-            (entries[business],) = conn.execute(
-                f"INSERT INTO ledger ({_LEDGER_INSERT}, message_count)"
-                " VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, '', ?) RETURNING entry_id",
-                (business, int(EntryKind.RESERVE), -total, int(r[0]), int(r[1]), at, priced),
-            ).fetchone()
+            entry = self._entry(
+                business, EntryKind.RESERVE, -total, Balance(int(r[0]), int(r[1])), at,
+                message_count=priced,
+            )  # fmt: skip
+            assert entry is not None  # no message or reference: no unique key to be taken
+            entries[business] = entry
         # Each new charge is its message's SENT event: a business's are numbered from its
         # counter in the order given (B5), the counter locked after the balance, as every
         # writer locks them.
