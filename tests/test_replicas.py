@@ -299,6 +299,43 @@ def test_rate_limits_are_shared_by_replicas_and_survive_a_restart(
     assert start(b).verification_id
 
 
+def test_a_business_send_rate_is_shared_and_a_batch_gives_back_its_unused_tokens(
+    postgres_url: str, make_server: ServerFactory
+) -> None:
+    """3 sends/s for a business, its buckets in the database: a batch through A takes the
+    tokens of its three messages in its transaction and gives back the one refused before the
+    rate (Ana never wrote); B then has one token left, not zero, and refuses the next."""
+    clock = ManualClock()
+    common = {"admin_token": ADMIN, "test_numbers": CODES, "business_send_rate": Rate(3, 1.0)}
+    a = make_server(database=postgres_url, clock=clock, **common)
+    b = make_server(database=postgres_url, clock=clock, **common)
+    shop, ben, ana = business_member(a, SHOP), member(a, BEN), member(b, ANA)
+    stub(a).SendMessage(send_request([shop], b"hi"), metadata=ben.device.metadata)
+    results = (
+        stub(a)
+        .SendMessages(
+            mpb.SendMessagesRequest(
+                requests=[send_request([to], b"reply") for to in (ben, ana, ben)]
+            ),
+            metadata=shop.device.metadata,
+        )
+        .results
+    )
+    failed = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert [r.code for r in results] == [0, failed, 0], results
+
+    def reply(server: LiveServer) -> object:
+        return stub(server).SendMessage(
+            send_request([ben], b"reply"), metadata=shop.device.metadata
+        )
+
+    reply(b)  # the token A gave back
+    assert refused(lambda: reply(b)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused(lambda: reply(a)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    clock.advance(1)
+    reply(a)
+
+
 def test_run_cluster_starts_replicas_that_share_one_database(tmp_path: Path) -> None:
     """`make run-cluster` (python -m server.cluster): two replicas on a throwaway PostgreSQL;
     a message sent through one reaches a stream on the other; Ctrl-C stops everything and

@@ -406,6 +406,41 @@ def test_business_send_rate_and_people_are_not_limited(make_server: ServerFactor
     assert sends(server, shop, alice)
 
 
+def test_a_batch_takes_the_send_rate_s_tokens_together_and_gives_back_the_unused(
+    make_server: ServerFactory,
+) -> None:
+    """One job takes the tokens its messages could need at once and gives back what it did
+    not use: five replies at 3/s pass three and refuse two; a batch whose messages to a user
+    without a window are refused spends a token on each reply only, and the token it did not
+    use is there for the next send."""
+    from server.domain.ratelimit import Rate
+
+    server = make(make_server, business_send_rate=Rate.parse("3/s"))
+    shop, alice, bob = business(server), member(server, ALICE), member(server, BOB)
+    assert sends(server, alice, shop)  # alice's window is open; bob never wrote
+
+    def batch(*to: Member) -> list[mpb.SendResult]:
+        return list(
+            stub(server)
+            .SendMessages(
+                mpb.SendMessagesRequest(requests=[send_request([m], b"x") for m in to]),
+                metadata=shop.device.metadata,
+            )
+            .results
+        )
+
+    results = batch(*[alice] * 5)
+    assert [r.code for r in results] == [0, 0, 0] + [EXHAUSTED.value[0]] * 2
+    assert "too many messages sent by this business (limit 3 per 1 s)" in results[3].message
+    server.clock.advance(1)
+    results = batch(bob, alice, bob, alice, bob)
+    assert [r.code for r in results] == [FP.value[0], 0, FP.value[0], 0, FP.value[0]]
+    assert "needs an open customer-service window" in results[0].message
+    assert sends(server, shop, alice)  # the batch's third token, given back
+    err = failure(lambda: send(server, shop, alice))
+    assert "too many messages sent by this business" in (err.details() or "")
+
+
 def test_quality_turns_red_pauses_templates_and_stops_promotion(
     make_server: ServerFactory,
 ) -> None:

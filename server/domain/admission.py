@@ -279,6 +279,7 @@ class SendJob:
     # message id -> (category, template name, template id) a rule decided for that draft.
     stamps: dict[int, Stamp] = field(default_factory=dict)
     _caller_kind: int | None = field(default=-1, init=False)  # -1: not read yet
+    _at_end: list[Callable[[], None]] = field(default_factory=list, init=False)
 
     def memo(self, kind: str, key: Hashable, compute: Callable[[], T]) -> T:
         """`compute()` once per job for (kind, key): per-job caches of the rules."""
@@ -287,6 +288,16 @@ class SendJob:
         except KeyError:
             value = self._memo[kind, key] = compute()
             return value
+
+    def at_end(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once every draft was checked, in the job's transaction: a rule that took
+        something for the whole job at once (a batch of rate tokens) gives back the unused."""
+        self._at_end.append(fn)
+
+    def finish(self) -> None:
+        """Run what the rules asked for with `at_end`, in the order they asked."""
+        for fn in self._at_end:
+            fn()
 
     def remember(self, kind: str, key: Hashable, value: object) -> None:
         """Replace what `memo` holds for (kind, key): a rule that asked for a write which
@@ -640,6 +651,7 @@ class Admission:
                     draft = draft.with_business(*stamp)
                     self._learn(draft.request.template_id, stamp)
             out.append(Admitted(draft, writes))
+        job.finish()
         return out
 
     def _learn(self, template_id: str, stamp: Stamp) -> None:

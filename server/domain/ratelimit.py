@@ -88,16 +88,37 @@ class RateLimiter:
         if wait > 0:
             raise self._refusal(wait)
 
-    def take_in(self, tx: Transaction, key: str, cost: int = 1) -> None:
-        """`take` inside a write transaction the caller runs anyway (a rule of a send job):
-        the tokens go with its commit, and come back if it rolls back."""
+    def take_up_to(self, tx: Transaction, key: str, wanted: int) -> Grant:
+        """As many of `wanted` tokens as `key` has now, at once, inside a write transaction
+        the caller runs anyway (a send job): one bucket read and write for a whole batch
+        instead of one per message. Shared tokens go with the job's commit and come back if
+        it rolls back; the caller gives back what it did not use (`give_back_in`)."""
+        now = self._clock.now()
         if self.shared is None:
-            self.check(key, cost)
-            return
-        self._not_too_many(cost)
-        wait = self._move(tx, key, -cost, self._clock.now())
-        if wait > 0:
-            raise self._refusal(wait)
+            with self._lock:
+                self._count_call(now)
+                tokens, updated = self._buckets.get(key) or (self._capacity, now)
+                granted, tokens, wait = share(
+                    self._capacity, self._per_token, tokens, updated, now, wanted
+                )
+                self._buckets[key] = (tokens, now)
+            return Grant(granted, wait)
+        name, capacity, per_token = self._bucket()
+        held, updated = tx.lock_bucket(name, key, capacity, now)
+        granted, held, wait = share(capacity, per_token, held, updated, now, wanted)
+        tx.store_bucket(name, key, held, now, now + _FORGET_AFTER_PERIODS * self.rate.period)
+        return Grant(granted, wait)
+
+    def give_back_in(self, tx: Transaction, key: str, cost: int) -> None:
+        """Return unused tokens of `take_up_to` in the same transaction."""
+        if self.shared is None:
+            self.refund(key, cost)
+        else:
+            self._move(tx, key, cost, self._clock.now())
+
+    def refusal(self, grant: Grant) -> ResourceExhausted:
+        """What a request gets when the tokens of `grant` are used up."""
+        return self._refusal(grant.wait)
 
     async def give_back(self, key: str, cost: int = 1) -> None:
         """`refund`, wherever the buckets are."""
@@ -143,9 +164,7 @@ class RateLimiter:
             self._not_too_many(cost)
         now = self._clock.now()
         with self._lock:
-            self._calls += 1
-            if self._calls % _SWEEP_EVERY == 0:
-                self._sweep(now)
+            self._count_call(now)
             tokens, updated = self._buckets.get(key) or (capacity, now)
             tokens, wait = refill(capacity, self._per_token, tokens, updated, now, cost)
             if wait > 0:
@@ -161,6 +180,13 @@ class RateLimiter:
             tokens = min(self._capacity, tokens + (now - updated) / self._per_token + cost)
             self._buckets[key] = (tokens, now)
 
+    def _count_call(self, now: float) -> None:
+        """Forget the buckets idle long enough to be full again, every _SWEEP_EVERY calls
+        (under the lock)."""
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY == 0:
+            self._sweep(now)
+
     def _sweep(self, now: float) -> None:
         horizon = self.rate.period * _FORGET_AFTER_PERIODS
         for key in [k for k, (_, t) in self._buckets.items() if now - t > horizon]:
@@ -174,6 +200,28 @@ def refill(
     one token-bucket arithmetic, for memory and database buckets alike."""
     tokens = min(capacity, tokens + max(0.0, now - updated) / per_token)
     return tokens, 0.0 if tokens >= cost else (cost - tokens) * per_token
+
+
+def share(
+    capacity: float, per_token: float, tokens: float, updated: float, now: float, wanted: int
+) -> tuple[int, float, float]:
+    """(tokens granted, tokens left, wait before the next one: 0 when all were granted) when
+    `wanted` tokens are asked for at once and as many as there are are taken."""
+    tokens, _ = refill(capacity, per_token, tokens, updated, now, 0)
+    granted = min(wanted, int(tokens))
+    tokens -= granted
+    return granted, tokens, 0.0 if granted == wanted else (1.0 - tokens) * per_token
+
+
+class Grant:
+    """Tokens taken together for a batch (`RateLimiter.take_up_to`), handed out one by one:
+    `held` are left; past them a request waits `wait` seconds for the next token."""
+
+    __slots__ = ("held", "wait")
+
+    def __init__(self, held: int, wait: float) -> None:
+        self.held = held
+        self.wait = wait
 
 
 async def take_all(checks: Iterable[tuple[RateLimiter, str]]) -> None:

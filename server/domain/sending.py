@@ -84,7 +84,7 @@ from server.domain.links import entry_window_open
 from server.domain.model import AccountKind, MessageCategory
 from server.domain.ports import ReadTransaction, Transaction
 from server.domain.profiles import as_business, require_business_kind
-from server.domain.ratelimit import Buckets, Rate, RateLimiter
+from server.domain.ratelimit import Buckets, Grant, Rate, RateLimiter
 from server.domain.sending_model import TemplateFacts
 
 if TYPE_CHECKING:  # admission imports this module; only its types are needed here
@@ -324,7 +324,7 @@ class BusinessRule:
         )
 
     def prepare(self, job: SendJob, drafts: Sequence[Draft]) -> None:
-        pass
+        job.remember("drafts", "", drafts)  # counted only if a business's draft needs a token
 
     def check(self, draft: Draft, job: SendJob) -> Sequence[DeferredWrite]:
         if draft.to_self:
@@ -435,7 +435,7 @@ class BusinessRule:
         quiet: dict[Hashable, Stamp] = job.memo("quiet", "", dict)
         stamp = quiet.get(key)
         if stamp is not None:
-            self._rate.take_in(cast(Transaction, job.tx), business)
+            self._token(job, business)
             job.stamps[draft.message.message_id] = stamp
             return ()
         verdict = job.memo("verdict", key, lambda: _try(lambda: self._admissible(draft, job)))
@@ -449,13 +449,12 @@ class BusinessRule:
             if category == MessageCategory.MARKETING:
                 writes.append(self._marketing(job, business, user, draft.message.message_id, now))
         # 4. The business's send rate: last, so a refused send takes no token.
-        # A shared bucket is written in the job's own transaction (a rolled-back job gives
-        # its tokens back); online-only sends run in a read transaction and store nothing, so
-        # they are counted in this replica's memory.
+        # Online-only sends run in a read transaction and store nothing, so they are counted
+        # in this replica's memory.
         if r.online_only:
             self._rate.check(business)
         else:
-            self._rate.take_in(cast(Transaction, job.tx), business)
+            self._token(job, business)
         job.stamp(draft, int(category), facts.name if facts else "", r.template_id)
         if not writes and not r.online_only and category != MessageCategory.MARKETING:
             # Nothing this draft asked for changes the next one's answer: a conversation
@@ -471,6 +470,31 @@ class BusinessRule:
             elif isinstance(write, RecordMarketing):
                 self._marketing_sent(job, business, user, now).append(now)
         return writes
+
+    def _token(self, job: SendJob, business: str) -> None:
+        """One of the business's send tokens for a stored draft, or its refusal. The job takes
+        the tokens its stored drafts could need at once, at the first one that needs a token
+        (a shared bucket is written in the job's own transaction, so a rolled-back job gives
+        them back), and gives back the unused when its drafts are checked: one bucket update
+        per job rather than per message, and a draft refused by an earlier step spends none."""
+        grant = job.memo("tokens", "", lambda: self._grant(job, business))
+        if not grant.held:
+            raise self._rate.refusal(grant)
+        grant.held -= 1
+
+    def _grant(self, job: SendJob, business: str) -> Grant:
+        drafts: Sequence[Draft] = job.memo("drafts", "", tuple)
+        wanted = sum(1 for d in drafts if not d.to_self and not d.request.online_only)
+        tx = cast(Transaction, job.tx)
+        grant = self._rate.take_up_to(tx, business, max(1, wanted))
+
+        def give_back() -> None:
+            if grant.held:
+                self._rate.give_back_in(tx, business, grant.held)
+                grant.held = 0
+
+        job.at_end(give_back)
+        return grant
 
     def _start(self, job: SendJob, business: str, user: str, now: float) -> list[DeferredWrite]:
         started = job.memo("started", user, lambda: job.tx.conversation_started_at(business, user))
