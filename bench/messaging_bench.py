@@ -11,8 +11,10 @@ Delivered throughput (with the DELIVERED status back at the sender) is `bench.de
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import struct
 import tempfile
@@ -59,6 +61,7 @@ class Server:
     port: int
     database: Path | str  # a SQLite file or a postgresql:// URL
     pid: int = 0
+    log: Path | None = None  # its JSON log lines (stderr)
 
     @property
     def target(self) -> str:
@@ -69,6 +72,7 @@ class Server:
 def server_process(database: Path | str, accounts: int, *extra: str) -> Iterator[Server]:
     """A real `parley-server` process on loopback with `accounts` test numbers."""
     numbers = ",".join(f"{test_number(i)}={TEST_CODE}" for i in range(accounts))
+    log = Path(tempfile.mkdtemp(prefix="parley-bench-log-")) / "server.log"
     with tools.server_process(
         "--host",
         "127.0.0.1",
@@ -82,8 +86,12 @@ def server_process(database: Path | str, accounts: int, *extra: str) -> Iterator
         "100000/60s",
         *extra,
         env={"PARLEY_TEST_NUMBERS": numbers},
+        log=log,
     ) as (proc, port):
-        yield Server(port, database, proc.pid)
+        try:
+            yield Server(port, database, proc.pid, log)
+        finally:
+            shutil.rmtree(log.parent, ignore_errors=True)
 
 
 @dataclass
@@ -249,11 +257,14 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
             reader = asyncio.ensure_future(results())
             start = time.monotonic()
             padding = os.urandom(PAYLOAD_BYTES - 8)
+            late = 0.0  # how far behind its schedule the sender itself fell, at most
             for i in range(count):
                 due = start + i / rate
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                else:
+                    late = max(late, -delay)
                 stamp = struct.pack(">d", due)
                 request = send_request(pair.receiver, stamp + padding)
                 await sends.write(mpb.SendMessageStreamRequest(request=request))
@@ -268,7 +279,35 @@ async def latency(server: Server, pair: Pair, rate: float, seconds: float) -> di
         receiver.join(10)
         if receiver.is_alive():
             receiver.kill()
-    return {**latency_summary(latencies), "offered_per_s": rate}
+    return {
+        **latency_summary(latencies),
+        "offered_per_s": rate,
+        "sender_late_max_ms": late * 1e3,
+        "server_warnings": warnings_in(server.log),
+    }
+
+
+# What the server logs when something held it up (server.watchdog, server.storage.database).
+STALL_LOGS = ("slow write", "slow checkpoint", "event loop blocked", "garbage collection")
+
+
+def warnings_in(log: Path | None, limit: int = 20) -> list[str]:
+    """The first `limit` of the server's stall warnings in its log: where a latency spike's
+    time went, if it went inside the server."""
+    if log is None or not log.exists():
+        return []
+    found: list[str] = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        msg = str(record.get("msg", ""))
+        if msg.startswith(STALL_LOGS):
+            found.append(f"{record.get('ts', '')} {msg}")
+            if len(found) >= limit:
+                break
+    return found
 
 
 BENCH_ADMIN_TOKEN = "bench-operator-token"

@@ -266,6 +266,12 @@ def table(r: dict[str, Any]) -> str:
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
         ref = disk.get(key)
         t.row(label, lat.get(key), "" if ref is None else f"disk commit {ref:.2f} ms", " ms")
+    t.row("max", lat.get("max_ms"), "", " ms")
+    t.row("sender behind its schedule, at most", lat.get("sender_late_max_ms"), "", " ms")
+    warnings = lat.get("server_warnings") or []
+    t.text(
+        f"  server stall warnings: {len(warnings)}" + "".join(f"\n    {w}" for w in warnings[:5])
+    )
 
     con = r.get("connected", {})
     t.section(f"idle connected devices (server RSS {con.get('baseline_rss_kib', 0):,} KiB alone)")

@@ -31,7 +31,7 @@ from parley.v1 import (
     messaging_pb2_grpc,
 )
 
-from server import heap
+from server import heap, watchdog
 from server.config import Settings
 from server.domain.accounts import AccountRegistry
 from server.domain.admission import RULES
@@ -264,6 +264,7 @@ class ParleyServer:
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
         )
+        self._background.append(asyncio.create_task(watchdog.watch_loop()))
         if self.db.shared and self.signals is not None:
             self._background.append(asyncio.create_task(self.db.listen(self.signals)))
             self._background.append(asyncio.create_task(self._probe_database()))
@@ -486,6 +487,7 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     server = await build_server(settings)
     heap.settle()
+    watchdog.watch_collections()  # the process's collector: once, for the process
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

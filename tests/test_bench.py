@@ -56,6 +56,8 @@ def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path)
     for key in ("p50_ms", "p99_ms", "p999_ms", "cdf_ms"):
         assert key in saved["disk"] and key in saved["latency"]
     assert saved["latency"]["samples"] == 300
+    assert saved["latency"]["sender_late_max_ms"] >= 0
+    assert isinstance(saved["latency"]["server_warnings"], list)
     delivery = saved["delivery"]
     for key in ("one_pair", "many_pairs", "sustained"):
         assert delivery[key]["messages"] > 0 and delivery[key]["timeline_per_s"]
@@ -72,6 +74,7 @@ def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path)
     judged = {g["figure"] for g in saved["goals"]}
     assert "sustained / short run" in judged and "PQXDH setups/s" in judged
     assert "goals (each from this run)" in report.table(saved)
+    assert "server stall warnings:" in report.table(saved)
 
     with Image.open(out.with_suffix(".png")) as image:
         assert image.format == "PNG" and image.size[0] > 500
@@ -82,3 +85,27 @@ def test_the_latency_goal_follows_the_disk_only_when_it_is_slow() -> None:
     assert report.latency_goal_ms(None) == 10.0
     assert report.latency_goal_ms(2.9) == 10.0
     assert report.latency_goal_ms(5.0) == 15.0
+
+
+def test_the_latency_figures_carry_the_server_s_stall_warnings(tmp_path: Path) -> None:
+    """What the server logged about being held up (server.watchdog, the database's rule 9)
+    is picked out of its JSON log; other lines and lines that are not JSON are passed over."""
+    from bench.messaging_bench import warnings_in
+
+    log = tmp_path / "server.log"
+    log.write_text(
+        "\n".join(
+            [
+                json.dumps({"ts": "t1", "level": "INFO", "msg": "listening on 127.0.0.1:1"}),
+                "Traceback (most recent call last):",
+                json.dumps({"ts": "t2", "level": "WARNING", "msg": "slow write: 3 jobs took 1 ms"}),
+                json.dumps({"ts": "t3", "msg": "event loop blocked: a timer ran 900 ms late"}),
+            ]
+        )
+    )
+    assert warnings_in(log) == [
+        "t2 slow write: 3 jobs took 1 ms",
+        "t3 event loop blocked: a timer ran 900 ms late",
+    ]
+    assert warnings_in(log, limit=1) == ["t2 slow write: 3 jobs took 1 ms"]
+    assert warnings_in(tmp_path / "missing.log") == [] and warnings_in(None) == []

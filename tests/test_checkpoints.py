@@ -67,3 +67,49 @@ def test_under_steady_writes_the_wal_starts_over_instead_of_growing(tmp_path: Pa
         db.close()
     # Without the writer's part the WAL holds everything written: 96 MiB and more.
     assert largest <= 2 * WAL_RESET_FRAMES * 4096, f"the WAL grew to {largest} bytes"
+
+
+def test_a_slow_write_is_logged_with_where_its_time_went(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 9: a group commit slower than SLOW_WRITE_S is a WARNING that splits its time
+    between the jobs and the COMMIT; a quick one says nothing."""
+    db = Database(tmp_path / "slow.db")
+    try:
+        with caplog.at_level("WARNING", logger="server.storage.database"):
+            _write(db, b"quick")
+            assert not [r for r in caplog.records if "slow write" in r.getMessage()]
+            monkeypatch.setattr("server.storage.database.SLOW_WRITE_S", 0.05)
+
+            def slow_job(tx: SqliteTransaction) -> None:
+                time.sleep(0.1)
+                tx.connection.execute("INSERT INTO probe VALUES (x'00')")
+
+            asyncio.run(db.write(slow_job))
+        (record,) = [r for r in caplog.records if "slow write" in r.getMessage()]
+        assert record.levelname == "WARNING"
+        assert record.jobs == 1 and record.jobs_ms >= 100  # type: ignore[attr-defined]
+        assert 0 <= record.commit_ms < record.jobs_ms  # type: ignore[attr-defined]
+        assert "1 jobs took" in record.getMessage() and "COMMIT" in record.getMessage()
+    finally:
+        db.close()
+
+
+def test_a_slow_checkpoint_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 9 for the checkpoint thread: with the threshold at zero every checkpoint is slow,
+    and the log says how many frames it copied."""
+    monkeypatch.setattr("server.storage.database.SLOW_WRITE_S", 0.0)
+    db = Database(tmp_path / "cp.db")
+    try:
+        with caplog.at_level("WARNING", logger="server.storage.database"):
+            _write(db, MARKER)
+            deadline = time.monotonic() + 50 * CHECKPOINT_INTERVAL
+            while not [r for r in caplog.records if "slow checkpoint" in r.getMessage()]:
+                assert time.monotonic() < deadline, "no checkpoint was logged"
+                time.sleep(CHECKPOINT_INTERVAL / 4)
+        record = next(r for r in caplog.records if "slow checkpoint" in r.getMessage())
+        assert record.frames > 0 and record.checkpoint_ms >= 0  # type: ignore[attr-defined]
+    finally:
+        db.close()

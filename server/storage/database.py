@@ -26,6 +26,10 @@ Rules this module keeps (docs/architecture.md, "Storage"):
    message of its group would wait for them. The writer's auto-checkpoint stays, at a higher
    threshold, for what the thread cannot do under steady load: copy the last frames so that
    the WAL starts over.
+9. A group commit or a checkpoint that takes longer than SLOW_WRITE_S is logged (WARNING, with
+   the time its jobs took and the time its COMMIT took, i.e. the WAL's fsync), so a latency
+   spike seen by clients can be told apart: the disk, the jobs, or neither (then the wait was
+   elsewhere: the event loop, the garbage collector, the machine).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,6 +85,9 @@ CHECKPOINT_INTERVAL = 0.1
 # pages) SQLite's own auto-checkpoint in the writer's commit finishes the copy: only the tail
 # the thread has not reached, and its next transaction starts the WAL from the beginning.
 WAL_RESET_FRAMES = 4096
+# Rule 9: a write (its jobs and its COMMIT) or a checkpoint slower than this is logged. Two
+# orders of magnitude above a healthy group commit on a local disk.
+SLOW_WRITE_S = 0.2
 
 
 @dataclass
@@ -403,7 +411,15 @@ class Database:
                         # It reads the WAL and writes the file; it needs no cache of its own.
                         conn.execute("PRAGMA cache_size=-1024")
                         conn.execute("PRAGMA mmap_size=0")
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    started = time.perf_counter()
+                    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    took = time.perf_counter() - started
+                    if took > SLOW_WRITE_S:
+                        log.warning(
+                            "slow checkpoint: copying %d of %d WAL frames back took %.0f ms",
+                            copied, frames, took * 1e3,
+                            extra={"checkpoint_ms": round(took * 1e3, 1), "frames": copied},
+                        )  # fmt: skip
                 except sqlite3.Error as exc:  # a full or failing disk: the writer reports it
                     log.debug("checkpoint of %s failed: %s", self.path, exc)
                     self._wrote.set()  # the frames are still to copy: try again next time
@@ -488,9 +504,10 @@ class Database:
 
 def _run_group(tx: SqliteTransaction, batch: list[_Job]) -> list[_Outcome]:
     """One transaction for the batch, each job in a SAVEPOINT so a job that raises is rolled
-    back alone; raises when the transaction as a whole fails."""
+    back alone; raises when the transaction as a whole fails. Logs it when slow (rule 9)."""
     conn = tx.connection
     outcomes: list[_Outcome] = []
+    started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     for job in batch:
         conn.execute("SAVEPOINT job")
@@ -505,7 +522,19 @@ def _run_group(tx: SqliteTransaction, batch: list[_Job]) -> list[_Outcome]:
         else:
             conn.execute("RELEASE job")
             outcomes.append((True, result))
+    committing = time.perf_counter()
     conn.execute("COMMIT")
+    done = time.perf_counter()
+    if done - started > SLOW_WRITE_S:
+        log.warning(
+            "slow write: %d jobs took %.0f ms, then COMMIT (the WAL's fsync) %.0f ms",
+            len(batch), (committing - started) * 1e3, (done - committing) * 1e3,
+            extra={
+                "jobs": len(batch),
+                "jobs_ms": round((committing - started) * 1e3, 1),
+                "commit_ms": round((done - committing) * 1e3, 1),
+            },
+        )  # fmt: skip
     return outcomes
 
 
