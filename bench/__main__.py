@@ -193,13 +193,18 @@ def full_path_run(results: Results, sizes: Sizes) -> None:
         }
 
 
+# The latency section's server logs whatever holds it up longer than this (server.watchdog):
+# twice the p99 goal, so the stalls that can cost the goal are named, not every commit.
+STALL_WARNING_MS = 20
+
+
 def latency(results: Results, sizes: Sizes) -> None:
     """The earlier sections leave hundreds of MiB of deleted files and a stopped PostgreSQL
     behind; their write-back would land in this section's fsyncs. The disk is flushed first,
     so the tail measured is Parley's, on the disk the reference commit latency was taken on."""
     os.sync()
     time.sleep(1.0)
-    with fresh_server(2) as server:
+    with fresh_server(2, "--stall-warning-ms", str(STALL_WARNING_MS)) as server:
         pairs = asyncio.run(mb.make_pairs(server, 1))
         results["latency"] = asyncio.run(
             mb.latency(server, pairs[0], LATENCY_RATE, sizes.latency_seconds)

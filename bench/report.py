@@ -268,6 +268,7 @@ def table(r: dict[str, Any]) -> str:
         t.row(label, lat.get(key), "" if ref is None else f"disk commit {ref:.2f} ms", " ms")
     t.row("max", lat.get("max_ms"), "", " ms")
     t.row("sender behind its schedule, at most", lat.get("sender_late_max_ms"), "", " ms")
+    t.row("receiver's event loop late, at most", lat.get("receiver_loop_late_max_ms"), "", " ms")
     warnings = lat.get("server_warnings") or []
     t.text(
         f"  server stall warnings: {len(warnings)}" + "".join(f"\n    {w}" for w in warnings[:5])

@@ -104,6 +104,8 @@ class Settings:
     max_request_bytes: int = 16 * 1024 * 1024
     sqlite_synchronous: str = "FULL"
     max_database_mb: int = 0
+    # What holds the server up longer than this is logged (server.watchdog, database rule 9).
+    stall_warning_ms: int = 100
     shutdown_grace: float = 5.0
     # The operator's bearer token for AdminService; None disables every admin RPC.
     admin_token: str | None = None
@@ -249,6 +251,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_bytes", int, "largest request message accepted, in bytes"),
     Option("sqlite_synchronous", str.upper, "FULL (fsync every commit) or NORMAL"),
     Option(
+        "stall_warning_ms",
+        int,
+        "log a WARNING when something holds the server up longer than this (a group commit, a"
+        " checkpoint, the event loop, a garbage collection); 0: never",
+    ),
+    Option(
         "max_database_mb",
         int,
         "largest database file in MiB, 0 for no limit; past it sends get RESOURCE_EXHAUSTED "
@@ -349,6 +357,8 @@ def _check(s: Settings) -> None:
         raise SystemExit("parley-server: --http-port must differ from --port (gRPC)")
     if s.max_database_mb < 0:
         raise SystemExit("parley-server: --max-database-mb must be 0 (no limit) or more")
+    if s.stall_warning_ms < 0:
+        raise SystemExit("parley-server: --stall-warning-ms must be 0 (never) or more")
     if s.marketing_per_user < 1:
         raise SystemExit("parley-server: --marketing-per-user must be 1 or more")
 

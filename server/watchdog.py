@@ -18,13 +18,13 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# How often the loop's timer is due, and how late it may run before a stall is logged: an
-# event loop that could not run a due callback for this long held every call up that long.
-TICK_S = 0.1
-STALL_S = 0.2
-# A collection longer than this is logged (a full one over a large heap; server.heap keeps them
-# rare and small).
-SLOW_COLLECTION_S = 0.1
+# How often the loop's timer is due.
+TICK_S = 0.05
+# By default (`--stall-warning-ms`), how late the loop's timer may run, and how long a
+# collection may take, before it is logged: an event loop that could not run a due callback
+# for this long held every call up that long, and so does a collection (a full one over a
+# large heap; server.heap keeps them rare and small).
+STALL_S = 0.1
 
 
 async def watch_loop(tick: float = TICK_S, stall: float = STALL_S) -> None:
@@ -41,7 +41,7 @@ async def watch_loop(tick: float = TICK_S, stall: float = STALL_S) -> None:
             )
 
 
-def watch_collections(slow: float = SLOW_COLLECTION_S) -> Callable[[], None]:
+def watch_collections(slow: float = STALL_S) -> Callable[[], None]:
     """Log garbage collections longer than `slow` seconds; returns what stops watching."""
     started = [0.0]
 

@@ -57,6 +57,7 @@ def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path)
         assert key in saved["disk"] and key in saved["latency"]
     assert saved["latency"]["samples"] == 300
     assert saved["latency"]["sender_late_max_ms"] >= 0
+    assert saved["latency"]["receiver_loop_late_max_ms"] >= 0
     assert isinstance(saved["latency"]["server_warnings"], list)
     delivery = saved["delivery"]
     for key in ("one_pair", "many_pairs", "sustained"):

@@ -70,16 +70,15 @@ def test_under_steady_writes_the_wal_starts_over_instead_of_growing(tmp_path: Pa
 
 
 def test_a_slow_write_is_logged_with_where_its_time_went(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Rule 9: a group commit slower than SLOW_WRITE_S is a WARNING that splits its time
+    """Rule 9: a group commit slower than `slow_write_s` is a WARNING that splits its time
     between the jobs and the COMMIT; a quick one says nothing."""
-    db = Database(tmp_path / "slow.db")
+    db = Database(tmp_path / "slow.db", slow_write_s=0.05)
     try:
         with caplog.at_level("WARNING", logger="server.storage.database"):
             _write(db, b"quick")
             assert not [r for r in caplog.records if "slow write" in r.getMessage()]
-            monkeypatch.setattr("server.storage.database.SLOW_WRITE_S", 0.05)
 
             def slow_job(tx: SqliteTransaction) -> None:
                 time.sleep(0.1)
@@ -95,13 +94,18 @@ def test_a_slow_write_is_logged_with_where_its_time_went(
         db.close()
 
 
-def test_a_slow_checkpoint_is_logged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rule 9 for the checkpoint thread: with the threshold at zero every checkpoint is slow,
-    and the log says how many frames it copied."""
-    monkeypatch.setattr("server.storage.database.SLOW_WRITE_S", 0.0)
-    db = Database(tmp_path / "cp.db")
+def test_a_slow_checkpoint_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Rule 9 for the checkpoint thread: with a threshold of a nanosecond every checkpoint is
+    slow, and the log says how many frames it copied; with 0 nothing is logged."""
+    quiet = Database(tmp_path / "quiet.db", slow_write_s=0)
+    try:
+        with caplog.at_level("WARNING", logger="server.storage.database"):
+            _write(quiet, MARKER)
+            time.sleep(5 * CHECKPOINT_INTERVAL)
+        assert not caplog.records
+    finally:
+        quiet.close()
+    db = Database(tmp_path / "cp.db", slow_write_s=1e-9)
     try:
         with caplog.at_level("WARNING", logger="server.storage.database"):
             _write(db, MARKER)

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from server import watchdog
+from server.app import ParleyServer
+from tests.conftest import ServerFactory
 
 
 def test_a_blocked_event_loop_is_logged_with_how_long(caplog: pytest.LogCaptureFixture) -> None:
@@ -48,3 +50,33 @@ def test_a_long_collection_is_logged_and_watching_stops(
     finally:
         stop_quick()
     assert not caplog.records
+
+
+def test_the_threshold_is_a_setting_and_zero_turns_the_warnings_off() -> None:
+    from server import config
+
+    assert config.load([], environ={}).stall_warning_ms == 100
+    assert config.load(["--stall-warning-ms", "20"], environ={}).stall_warning_ms == 20
+    assert config.load([], environ={"PARLEY_STALL_WARNING_MS": "0"}).stall_warning_ms == 0
+    with pytest.raises(SystemExit, match="--stall-warning-ms must be 0"):
+        config.load(["--stall-warning-ms", "-1"], environ={})
+
+
+def test_a_server_logs_its_own_blocked_event_loop(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher runs in every started server, at its setting: a callback that holds the
+    server's loop for 300 ms is logged; a server with the setting at 0 logs nothing."""
+
+    async def block(parts: ParleyServer) -> None:
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: the server's loop is held
+        await asyncio.sleep(0.2)  # the watcher's timer runs, late
+
+    for setting, logged in ((50, True), (0, False)):
+        server = make_server(stall_warning_ms=setting)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="server.watchdog"):
+            server.run(block)
+        stalls = [r for r in caplog.records if "event loop blocked" in r.getMessage()]
+        assert bool(stalls) == logged, (setting, [r.getMessage() for r in stalls])
+        assert all(r.loop_late_ms >= 50 for r in stalls)  # type: ignore[attr-defined]

@@ -64,12 +64,17 @@ def parse_database(text: str) -> Path | str:
     return Path(text)
 
 
-def open_backend(database: Path | str, *, synchronous: str, max_bytes: int) -> Backend:
-    """Open (and migrate) the database `--database` names."""
+def open_backend(
+    database: Path | str, *, synchronous: str, max_bytes: int, slow_write_s: float
+) -> Backend:
+    """Open (and migrate) the database `--database` names. `slow_write_s`: SQLite's writes and
+    checkpoints slower than this are logged (PostgreSQL's are its own to log)."""
     if is_postgres_url(database):
         from server.storage.postgres.database import PostgresDatabase
 
         return PostgresDatabase(str(database))
     from server.storage.database import Database
 
-    return Database(Path(database), synchronous=synchronous, max_bytes=max_bytes)
+    return Database(
+        Path(database), synchronous=synchronous, max_bytes=max_bytes, slow_write_s=slow_write_s
+    )

@@ -26,8 +26,9 @@ Rules this module keeps (docs/architecture.md, "Storage"):
    message of its group would wait for them. The writer's auto-checkpoint stays, at a higher
    threshold, for what the thread cannot do under steady load: copy the last frames so that
    the WAL starts over.
-9. A group commit or a checkpoint that takes longer than SLOW_WRITE_S is logged (WARNING, with
-   the time its jobs took and the time its COMMIT took, i.e. the WAL's fsync), so a latency
+9. A group commit or a checkpoint that takes longer than `slow_write_s` (`--stall-warning-ms`)
+   is logged (WARNING, with the time its jobs took and the time its COMMIT took, i.e. the WAL's
+   fsync), so a latency
    spike seen by clients can be told apart: the disk, the jobs, or neither (then the wait was
    elsewhere: the event loop, the garbage collector, the machine).
 """
@@ -85,9 +86,9 @@ CHECKPOINT_INTERVAL = 0.1
 # pages) SQLite's own auto-checkpoint in the writer's commit finishes the copy: only the tail
 # the thread has not reached, and its next transaction starts the WAL from the beginning.
 WAL_RESET_FRAMES = 4096
-# Rule 9: a write (its jobs and its COMMIT) or a checkpoint slower than this is logged. Two
-# orders of magnitude above a healthy group commit on a local disk.
-SLOW_WRITE_S = 0.2
+# Rule 9: a write (its jobs and its COMMIT) or a checkpoint slower than this is logged, by
+# default: ten times a large group commit under full load on a local disk.
+DEFAULT_SLOW_WRITE_S = 0.1
 
 
 @dataclass
@@ -264,11 +265,20 @@ class Database:
 
     It is the domain's `server.domain.ports.Store`: each job gets a `SqliteTransaction`."""
 
-    def __init__(self, path: Path | str, *, synchronous: str = "FULL", max_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: str = "FULL",
+        max_bytes: int = 0,
+        slow_write_s: float = DEFAULT_SLOW_WRITE_S,
+    ) -> None:
+        """`slow_write_s`: rule 9's threshold (0: log none)."""
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self._synchronous = synchronous.upper()
+        self._slow_write_s = slow_write_s
         _check_path(self.path)
         self._lock_fd = _take_lock(self.path)
         try:
@@ -414,7 +424,7 @@ class Database:
                     started = time.perf_counter()
                     _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     took = time.perf_counter() - started
-                    if took > SLOW_WRITE_S:
+                    if self._slow_write_s and took > self._slow_write_s:
                         log.warning(
                             "slow checkpoint: copying %d of %d WAL frames back took %.0f ms",
                             copied, frames, took * 1e3,
@@ -450,7 +460,7 @@ class Database:
     def _commit_batch(self, tx: SqliteTransaction, batch: list[_Job]) -> None:
         conn = tx.connection
         try:
-            outcomes = _run_group(tx, batch)
+            outcomes = _run_group(tx, batch, self._slow_write_s)
         except (sqlite3.Error, _GroupLost) as failure:
             _rollback(conn)
             cause = failure.cause if isinstance(failure, _GroupLost) else failure
@@ -467,10 +477,9 @@ class Database:
             with contextlib.suppress(RuntimeError):
                 job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
 
-    @staticmethod
-    def _commit_alone(tx: SqliteTransaction, job: _Job) -> _Outcome:
+    def _commit_alone(self, tx: SqliteTransaction, job: _Job) -> _Outcome:
         try:
-            return _run_group(tx, [job])[0]
+            return _run_group(tx, [job], self._slow_write_s)[0]
         except (sqlite3.Error, _GroupLost) as failure:
             _rollback(tx.connection)
             return _failed(failure.cause if isinstance(failure, _GroupLost) else failure, 1)
@@ -502,9 +511,10 @@ class Database:
                 log.exception("a write-health listener failed")
 
 
-def _run_group(tx: SqliteTransaction, batch: list[_Job]) -> list[_Outcome]:
+def _run_group(tx: SqliteTransaction, batch: list[_Job], slow: float) -> list[_Outcome]:
     """One transaction for the batch, each job in a SAVEPOINT so a job that raises is rolled
-    back alone; raises when the transaction as a whole fails. Logs it when slow (rule 9)."""
+    back alone; raises when the transaction as a whole fails. Logs it when it took longer than
+    `slow` seconds (rule 9; 0: never)."""
     conn = tx.connection
     outcomes: list[_Outcome] = []
     started = time.perf_counter()
@@ -525,7 +535,7 @@ def _run_group(tx: SqliteTransaction, batch: list[_Job]) -> list[_Outcome]:
     committing = time.perf_counter()
     conn.execute("COMMIT")
     done = time.perf_counter()
-    if done - started > SLOW_WRITE_S:
+    if slow and done - started > slow:
         log.warning(
             "slow write: %d jobs took %.0f ms, then COMMIT (the WAL's fsync) %.0f ms",
             len(batch), (committing - started) * 1e3, (done - committing) * 1e3,
