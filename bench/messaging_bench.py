@@ -44,6 +44,7 @@ from parley.v1 import messaging_pb2 as mpb
 
 from bench.sizes import BATCH, PAYLOAD_BYTES
 from bench.stats import latency_summary
+from server import watchdog
 from tests import tools
 from tests.keys_helper import DeviceKeyMaker
 
@@ -227,13 +228,11 @@ def _receive_latencies(
         most: a receiver held up (its collector, its CPU) adds to every latency meanwhile."""
         late = [0.0]
 
-        async def tick() -> None:
-            while True:
-                due = time.monotonic() + 0.005
-                await asyncio.sleep(0.005)
-                late[0] = max(late[0], time.monotonic() - due)
+        def seen(lateness: float) -> None:
+            late[0] = max(late[0], lateness)
 
-        ticker = asyncio.ensure_future(tick())
+        # The server's watcher, logging nothing (stall 0), every lateness kept.
+        ticker = asyncio.ensure_future(watchdog.watch_loop(tick=0.005, stall=0, seen=seen))
         try:
             return await main(), late[0]
         finally:

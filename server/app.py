@@ -264,9 +264,9 @@ class ParleyServer:
         self._background.append(
             asyncio.create_task(self.mailbox.run_expiry(self.settings.expiry_interval))
         )
-        if self.settings.stall_warning_ms:
-            stall = self.settings.stall_warning_ms / 1000
-            self._background.append(asyncio.create_task(watchdog.watch_loop(stall=stall)))
+        if self.settings.stall_warning_s:
+            stall = watchdog.watch_loop(stall=self.settings.stall_warning_s)
+            self._background.append(asyncio.create_task(stall))
         if self.db.shared and self.signals is not None:
             self._background.append(asyncio.create_task(self.db.listen(self.signals)))
             self._background.append(asyncio.create_task(self._probe_database()))
@@ -337,7 +337,7 @@ async def build_server(
         settings.database,
         synchronous=settings.sqlite_synchronous,
         max_bytes=settings.max_database_mb * 1024 * 1024,
-        slow_write_s=settings.stall_warning_ms / 1000,
+        slow_write_s=settings.stall_warning_s,
     )
     try:
         return await _assemble(settings, db, clock, code_sender, verification_gate, prices)
@@ -490,8 +490,8 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     server = await build_server(settings)
     heap.settle()
-    if settings.stall_warning_ms:  # the process's collector: once, for the process
-        watchdog.watch_collections(settings.stall_warning_ms / 1000)
+    if settings.stall_warning_s:  # the process's collector: once, for the process
+        watchdog.watch_collections(settings.stall_warning_s)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -166,6 +166,11 @@ class Settings:
             low_watermark=self.prekey_low_watermark,
         )
 
+    @property
+    def stall_warning_s(self) -> float:
+        """`stall_warning_ms` in seconds, as the watchers take it (0: never)."""
+        return self.stall_warning_ms / 1000
+
 
 @dataclass(frozen=True)
 class Option:

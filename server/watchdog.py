@@ -27,13 +27,18 @@ TICK_S = 0.05
 STALL_S = 0.1
 
 
-async def watch_loop(tick: float = TICK_S, stall: float = STALL_S) -> None:
-    """Log each time this loop ran a due timer more than `stall` seconds late; until cancelled."""
+async def watch_loop(
+    tick: float = TICK_S, stall: float = STALL_S, seen: Callable[[float], None] | None = None
+) -> None:
+    """Log each time this loop ran a due timer more than `stall` seconds late (0: never), and
+    hand every lateness to `seen` (a client that keeps its worst); until cancelled."""
     while True:
         due = time.monotonic() + tick
         await asyncio.sleep(tick)
         late = time.monotonic() - due
-        if late > stall:
+        if seen is not None:
+            seen(late)
+        if stall and late > stall:
             log.warning(
                 "event loop blocked: a timer ran %.0f ms late (every call waited as long)",
                 late * 1e3,

@@ -28,9 +28,8 @@ Rules this module keeps (docs/architecture.md, "Storage"):
    the WAL starts over.
 9. A group commit or a checkpoint that takes longer than `slow_write_s` (`--stall-warning-ms`)
    is logged (WARNING, with the time its jobs took and the time its COMMIT took, i.e. the WAL's
-   fsync), so a latency
-   spike seen by clients can be told apart: the disk, the jobs, or neither (then the wait was
-   elsewhere: the event loop, the garbage collector, the machine).
+   fsync), so a latency spike seen by clients can be told apart: the disk, the jobs, or neither
+   (then the wait was elsewhere: the event loop, the garbage collector, the machine).
 """
 
 from __future__ import annotations
