@@ -200,6 +200,8 @@ class ParleyServer:
     signals: Dispatcher | None = None
     # Told that the server stops, so the calls the grace period cuts are not logged as abnormal.
     interceptor: ParleyInterceptor | None = None
+    # Gives free heap back to the system after a stream that buffered much ended.
+    give_back: heap.GiveBack = field(default_factory=heap.GiveBack)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
     _health_updates: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
@@ -392,10 +394,13 @@ async def _assemble(
     status_feed = StatusEventFeed()
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()), node=db.node)
     sending_policy = settings.sending_policy()
+    messaging_policy = settings.messaging_policy()
+    # A reader that filled a quarter of its buffer had fallen well behind (fanout rule 3).
+    give_back = heap.GiveBack(at_least=messaging_policy.stream_buffer_bytes // 4)
     mailbox = Mailbox(
         db,
         clock,
-        settings.messaging_policy(),
+        messaging_policy,
         ids,
         (
             *RULES,
@@ -405,6 +410,7 @@ async def _assemble(
         ),
         wake=status_feed.wake,
         shared=db.shared,
+        released=give_back.released,
     )
     messaging_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(mailbox), server)
     profiles = BusinessProfiles(db, clock)
@@ -417,7 +423,7 @@ async def _assemble(
         after_signal=sending.review,
         on_block=mailbox.settlement.release_blocked,
     )
-    support = SupportDesk(db, clock, settings.messaging_policy().keepalive_interval)
+    support = SupportDesk(db, clock, messaging_policy.keepalive_interval)
     public_url = settings.public_url or f"http://{settings.host}:{settings.http_port or 0}"
     links = ChatLinks(db, clock, public_url, settings.account_policy().test_numbers)
     business_pb2_grpc.add_BusinessServiceServicer_to_server(
@@ -444,9 +450,7 @@ async def _assemble(
             prices=PriceDesk(db, clock, book, billing=settings.billing),
             cashier=Cashier(db, clock, book),
             usage=UsageReports(db, clock, book),
-            events=StatusEventStreams(
-                db, status_feed, settings.messaging_policy().keepalive_interval
-            ),
+            events=StatusEventStreams(db, status_feed, messaging_policy.keepalive_interval),
         ),
         server,
     )
@@ -476,6 +480,7 @@ async def _assemble(
         server, port, db, health_servicer, settings, mailbox, support, links, landing,
         status_feed=status_feed,
         interceptor=interceptor,
+        give_back=give_back,
         signals=Dispatcher(
             db.node,
             mailbox.fanout,

@@ -1,12 +1,15 @@
-"""The server's collector settings (server.heap): start-up's objects frozen out of full
-collections, young collections spaced beyond what one batch keeps alive."""
+"""The server's heap settings (server.heap): start-up's objects frozen out of full
+collections, young collections spaced beyond what one batch keeps alive, large blocks in their
+own mappings, and free heap space given back after a large buffer was let go."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import platform
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -98,3 +101,76 @@ def test_large_blocks_stay_in_their_own_mappings(mode: str, mapped: int) -> None
         capture_output=True, text=True, check=True, cwd=REPO,
     ).stdout  # fmt: skip
     assert int(out) == mapped
+
+
+def test_give_back_runs_once_a_moment_after_a_large_buffer_was_let_go() -> None:
+    """Small streams schedule nothing; large ones that end in the same moment share one call,
+    made on a worker thread after the delay; a later one schedules another."""
+    threads: list[str] = []
+
+    def trim() -> bool:
+        threads.append(threading.current_thread().name)
+        return True
+
+    async def run() -> None:
+        give = heap.GiveBack(at_least=1000, delay=0.05, trim=trim)
+        give.released(999)  # below the bar
+        await asyncio.sleep(0.1)
+        assert give.calls == 0
+        give.released(1000)
+        give.released(5000)  # the same moment: the call already due covers it
+        assert give.calls == 0  # not yet: gRPC frees the call's memory after the handler
+        await asyncio.sleep(0.15)
+        assert give.calls == 1
+        give.released(1000)
+        await asyncio.sleep(0.15)
+        assert give.calls == 2
+
+    asyncio.run(run())
+    assert len(threads) == 2
+    assert threading.main_thread().name not in threads
+
+
+FRAGMENTED = """
+import ctypes, sys, threading
+from pathlib import Path
+from server import heap
+
+def anon() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError
+
+def churn() -> None:
+    # A thread's heap: 32 MiB of small blocks, then all freed but one block per MiB and the
+    # last one, so glibc cannot give the free space back from the heap's top.
+    blocks = [ctypes.create_string_buffer(4000) for _ in range(8192)]
+    kept = blocks[::256] + blocks[-1:]
+    del blocks
+    before = anon()
+    returned = heap.give_back() if sys.argv[1] == "give back" else False
+    print(before - anon(), returned, len(kept))
+
+thread = threading.Thread(target=churn)
+thread.start()
+thread.join()
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_give_back_returns_a_thread_s_free_heap_space_to_the_system() -> None:
+    """Space freed between blocks still alive stays resident until give_back (malloc_trim)
+    returns it: how a stalled reader's stream kept 18 MiB after it ended."""
+
+    def run(mode: str) -> tuple[int, str]:
+        out = subprocess.run(
+            [sys.executable, "-c", FRAGMENTED, mode],
+            capture_output=True, text=True, check=True, cwd=REPO,
+        ).stdout.split()  # fmt: skip
+        return int(out[0]), out[1]
+
+    returned, said = run("give back")
+    assert returned > 16 * 1024 * 1024 and said == "True"
+    kept, _ = run("keep")
+    assert kept < 1024 * 1024

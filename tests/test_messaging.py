@@ -6,6 +6,7 @@ end-to-end tests with real encryption live with the client.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from parley.v1 import account_pb2 as apb
 from parley.v1 import messaging_pb2 as mpb
 from parley.v1 import messaging_pb2_grpc
 
+from server import heap
+from server.app import ParleyServer
 from server.domain.ratelimit import Rate
 from tests.conftest import Device, LiveServer, ServerFactory, link, register
 from tests.keys_helper import DeviceKeyMaker
@@ -394,6 +397,38 @@ def test_a_slow_reader_falls_back_to_the_database(make_server: ServerFactory) ->
     got = stream.envelopes(300)
     assert [e.content for e in got] == [f"{i:03d}".encode() for i in range(300)]
     stream.close()
+
+
+def test_the_server_gives_memory_back_after_a_stream_that_buffered_much_ends(
+    make_server: ServerFactory,
+) -> None:
+    """The server built by the app hands fanout rule 3's `released` to its heap.GiveBack: a
+    stream that buffered a quarter of --stream-buffer-bytes has the heap given back a moment
+    after it ends, one that buffered nothing does not (tests/test_heap.py: what that returns)."""
+    server = make_server(stream_buffer_bytes=20 * 4)  # gives back after a stream held 20 bytes
+
+    async def given_back(s: ParleyServer) -> int:
+        return s.give_back.calls
+
+    alice, bob = member(server, ALICE), member(server, BOB)
+    quiet = Stream(server, alice)
+    assert quiet.until_empty() == []
+    quiet.close()
+    time.sleep(heap.GIVE_BACK_DELAY + 0.3)
+    assert server.run(given_back) == 0
+    stream = Stream(server, bob)
+    assert stream.until_empty() == []
+    batch = [send_request([bob], f"{i:03d}".encode()) for i in range(10)]  # 30 bytes at once
+    stub(server).SendMessages(
+        mpb.SendMessagesRequest(requests=batch), metadata=alice.device.metadata
+    )
+    assert len(stream.envelopes(10)) == 10
+    assert server.run(given_back) == 0  # not while the stream is open
+    stream.close()
+    deadline = time.monotonic() + 10
+    while server.run(given_back) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.run(given_back) == 1
 
 
 def test_keep_alives_on_an_idle_stream(make_server: ServerFactory) -> None:

@@ -11,7 +11,8 @@ Rules kept here:
 2. A device has one stream: a new one replaces the old, which ends ABORTED.
 3. A connected device's buffer is bounded in bytes: past it the stream forgets what it
    buffered and re-reads the database, so a stalled reader costs bounded memory, nothing is
-   lost.
+   lost. When a stream ends, `released` hears the most it buffered, so the process can give
+   a large buffer's memory back to the system (`server.heap.GiveBack`).
 4. Online-only content (typing) is never stored: it reaches the devices connected right now,
    or nobody.
 5. At shutdown every open stream ends UNAVAILABLE (reconnect) and new ones are refused.
@@ -86,6 +87,7 @@ class _Connection:
     online: collections.deque[EnvelopeRow] = field(default_factory=collections.deque)
     statuses: collections.deque[StatusRow] = field(default_factory=collections.deque)
     size: int = 0  # bytes of content (and statuses) buffered now
+    peak: int = 0  # the most it buffered
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     overflow: bool = False
     replaced: bool = False
@@ -94,13 +96,17 @@ class _Connection:
     def _room(self, size: int) -> bool:
         return self.size + size <= self.limit_bytes
 
+    def _hold(self, size: int) -> None:
+        self.size += size
+        self.peak = max(self.peak, self.size)
+
     def push_envelopes(self, rows: list[EnvelopeRow]) -> None:
         size = sum(len(r.content) for r in rows)
         if self.overflow or not self._room(size):
             self.fall_back()
         else:
             self.envelopes.extend(rows)
-            self.size += size
+            self._hold(size)
         self.wake.set()
 
     def push_statuses(self, rows: list[StatusRow]) -> None:
@@ -109,13 +115,13 @@ class _Connection:
             self.fall_back()
         else:
             self.statuses.extend(rows)
-            self.size += size
+            self._hold(size)
         self.wake.set()
 
     def push_online(self, row: EnvelopeRow) -> None:
         if self._room(len(row.content)):  # typing indicators may be dropped, never stored
             self.online.append(row)
-            self.size += len(row.content)
+            self._hold(len(row.content))
             self.wake.set()
 
     def fall_back(self) -> None:
@@ -142,9 +148,17 @@ class _Connection:
 class Fanout:
     """The open streams of this server's connected devices."""
 
-    def __init__(self, db: Store, policy: MessagingPolicy, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        db: Store,
+        policy: MessagingPolicy,
+        *,
+        shared: bool = False,
+        released: Callable[[int], None] | None = None,
+    ) -> None:
         self._db = db
         self.policy = policy
+        self._released = released or (lambda peak_bytes: None)
         # Other replicas write the database too (rule 6): streams claim epochs and poll.
         self.shared = shared
         self._connections: dict[tuple[str, int], _Connection] = {}
@@ -210,6 +224,7 @@ class Fanout:
         finally:
             if self._connections.get(key) is connection:
                 del self._connections[key]
+            self._released(connection.peak)  # rule 3
 
     def _chunks(self, rows: list[EnvelopeRow]) -> Iterator[list[EnvelopeRow]]:
         """Stream messages of at most `stream_batch` envelopes and about STREAM_CHUNK_BYTES."""

@@ -54,15 +54,17 @@ class Mailbox:
         wake: Wake | None = None,
         *,
         shared: bool = False,
+        released: Callable[[int], None] | None = None,
     ) -> None:
         """`wake` tells the status event streams of businesses that they have new events
         (metering: a business's send, a delivery, an expiry), after the commit. `shared`:
-        other replicas write the database too (fanout rule 6)."""
+        other replicas write the database too (fanout rule 6). `released` hears the most an
+        ended stream buffered (fanout rule 3)."""
         self._db = db
         self._clock = clock
         self.policy = policy
         self.admission = Admission(policy, ids) if rules is None else Admission(policy, ids, rules)
-        self.fanout = Fanout(db, policy, shared=shared)
+        self.fanout = Fanout(db, policy, shared=shared, released=released)
         self._wake: Wake = wake or (lambda businesses: None)
         self.settlement = Settlement(db, clock, policy, ids, self.fanout, self._wake)
         self._send_limit = RateLimiter(
