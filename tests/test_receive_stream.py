@@ -173,9 +173,12 @@ def test_unapplied_acks_are_bounded_while_writes_wait(server: LiveServer) -> Non
     assert total <= UNAPPLIED_ACKS + 1000, total
 
 
-def _hold_acknowledgements(server: LiveServer) -> Callable[[], Awaitable[None]]:
+def _hold_acknowledgements(
+    server: LiveServer, held_one: threading.Event | None = None
+) -> Callable[[], Awaitable[None]]:
     """Make the server's acknowledgement writes wait until the returned coroutine function is
-    run on the server: a disk that stalls, on either backend."""
+    run on the server: a disk that stalls, on either backend. `held_one` is set once a write
+    waits."""
     release = asyncio.Event()
 
     async def install(s: ParleyServer) -> None:
@@ -185,6 +188,8 @@ def _hold_acknowledgements(server: LiveServer) -> Callable[[], Awaitable[None]]:
         async def held(
             caller: Principal, envelope_ids: Sequence[int], status_ids: Sequence[int]
         ) -> tuple[int, int]:
+            if held_one is not None:
+                held_one.set()
             await release.wait()
             return await original(caller, envelope_ids, status_ids)
 

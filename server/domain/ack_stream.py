@@ -20,6 +20,10 @@ Rules kept here:
    (OK). When the events end it (ABORTED: replaced, UNAVAILABLE: the server stops), the
    acknowledgements already read are applied first. A cancelled call (the client went away, a
    revoked credential) applies nothing more: what it did not apply is delivered again.
+   grpc.aio ends the reading of the client's messages the same way for a half-close and for
+   the client's cancel, and tells the handler of the cancel separately: a cancel that reaches
+   the reading first, while no write is pending, ends the call as a half-close would (what
+   was read is applied: the client sent it) and is not logged as abnormal.
 """
 
 from __future__ import annotations
