@@ -41,6 +41,7 @@ under load, when the freed space is about to be used again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import platform
@@ -109,7 +110,8 @@ class GiveBack:
         self._due = None
         self.calls += 1
         # malloc_trim holds each heap's lock while it walks it: not on the event loop's thread.
-        asyncio.get_running_loop().run_in_executor(None, self._trim)
+        with contextlib.suppress(RuntimeError):  # the process is ending: its heap goes anyway
+            asyncio.get_running_loop().run_in_executor(None, self._trim)
 
 
 def settle() -> None:

@@ -131,6 +131,24 @@ def test_give_back_runs_once_a_moment_after_a_large_buffer_was_let_go() -> None:
     assert threading.main_thread().name not in threads
 
 
+def test_a_give_back_due_while_the_loop_shuts_down_is_skipped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio.run shuts the worker threads down before the loop closes, and a timer can
+    still fire then: no "Exception in callback" at a server's end."""
+
+    async def run() -> None:
+        give = heap.GiveBack(at_least=1, delay=0.0, trim=lambda: True)
+        await asyncio.get_running_loop().shutdown_default_executor()
+        give.released(10)
+        await asyncio.sleep(0.05)
+        assert give.calls == 1
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(run())
+    assert not caplog.records
+
+
 FRAGMENTED = """
 import ctypes, sys, threading
 from pathlib import Path
