@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import platform
 from collections.abc import Callable
@@ -64,22 +65,25 @@ GIVE_BACK_AFTER_BYTES = 2 * 1024 * 1024
 GIVE_BACK_DELAY = 1.0
 
 
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library the process already runs on, when it is glibc (not a search for one:
+    find_library runs ldconfig, ~2 ms); None for others, which keep their own rules."""
+    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+
+
 def map_large_blocks() -> bool:
     """Serve every block of MMAP_THRESHOLD or more from its own mapping, for good; True when
-    the C library is glibc and took the setting (other allocators keep their own rules)."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    # The C library the process already runs on, not a search for one (find_library runs
-    # ldconfig, ~2 ms of start-up).
-    return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    the C library is glibc and took the setting."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def give_back() -> bool:
     """Return the free space of every heap of the process to the system (glibc's
-    `malloc_trim`); True when some was returned. Other C libraries keep their own rules."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL(None).malloc_trim(0))
+    `malloc_trim`); True when some was returned."""
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 class GiveBack:
