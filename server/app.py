@@ -395,8 +395,7 @@ async def _assemble(
     ids = IdGenerator(await db.read(lambda tx: tx.max_message_id()), node=db.node)
     sending_policy = settings.sending_policy()
     messaging_policy = settings.messaging_policy()
-    # A reader that filled a quarter of its buffer had fallen well behind (fanout rule 3).
-    give_back = heap.GiveBack(at_least=messaging_policy.stream_buffer_bytes // 4)
+    give_back = heap.GiveBack(stream_buffer_bytes=messaging_policy.stream_buffer_bytes)
     mailbox = Mailbox(
         db,
         clock,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from server import watchdog
 from server.domain.accounts import AccountPolicy
 from server.domain.keys import KeyPolicy
 from server.domain.messaging_policy import MessagingPolicy
@@ -105,7 +106,7 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     max_database_mb: int = 0
     # What holds the server up longer than this is logged (server.watchdog, database rule 9).
-    stall_warning_ms: int = 100
+    stall_warning_ms: int = round(watchdog.STALL_S * 1000)
     shutdown_grace: float = 5.0
     # The operator's bearer token for AdminService; None disables every admin RPC.
     admin_token: str | None = None

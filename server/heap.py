@@ -48,6 +48,8 @@ import gc
 import platform
 from collections.abc import Callable
 
+from server.domain.messaging_policy import MessagingPolicy
+
 # Net container allocations between two young collections; CPython's default is 700.
 YOUNG = 50_000
 # Young collections per middle one, and middle ones per full one (CPython: 10 and 10).
@@ -58,9 +60,9 @@ FULL = 10
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 128 * 1024
 
-# A stream that buffered at least this much has the process give free heap space back once it
-# ended (the server passes a quarter of its --stream-buffer-bytes) ...
-GIVE_BACK_AFTER_BYTES = 2 * 1024 * 1024
+# A stream that buffered at least this share of its --stream-buffer-bytes (a reader that had
+# fallen well behind) has the process give free heap space back once it ended ...
+GIVE_BACK_SHARE = 0.25
 # ... this long after: gRPC frees the call's own memory once its handler has returned.
 GIVE_BACK_DELAY = 1.0
 
@@ -93,11 +95,11 @@ class GiveBack:
     def __init__(
         self,
         *,
-        at_least: int = GIVE_BACK_AFTER_BYTES,
+        stream_buffer_bytes: int = MessagingPolicy.stream_buffer_bytes,
         delay: float = GIVE_BACK_DELAY,
         trim: Callable[[], bool] = give_back,
     ) -> None:
-        self._at_least = at_least
+        self._at_least = stream_buffer_bytes * GIVE_BACK_SHARE
         self._delay = delay
         self._trim = trim
         self._due: asyncio.TimerHandle | None = None

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 # How often the loop's timer is due.
 TICK_S = 0.05
 # By default (`--stall-warning-ms`), how late the loop's timer may run, and how long a
-# collection may take, before it is logged: an event loop that could not run a due callback
-# for this long held every call up that long, and so does a collection (a full one over a
-# large heap; server.heap keeps them rare and small).
+# collection or a database write (`server.storage.database` rule 9) may take, before it is
+# logged: an event loop that could not run a due callback for this long held every call up
+# that long, and so does a collection (a full one over a large heap; server.heap keeps them
+# rare and small); for a write it is ten times a large group commit under full load.
 STALL_S = 0.1
 
 

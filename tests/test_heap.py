@@ -113,7 +113,7 @@ def test_give_back_runs_once_a_moment_after_a_large_buffer_was_let_go() -> None:
         return True
 
     async def run() -> None:
-        give = heap.GiveBack(at_least=1000, delay=0.05, trim=trim)
+        give = heap.GiveBack(stream_buffer_bytes=4000, delay=0.05, trim=trim)
         give.released(999)  # below the bar
         await asyncio.sleep(0.1)
         assert give.calls == 0
@@ -138,7 +138,7 @@ def test_a_give_back_due_while_the_loop_shuts_down_is_skipped_quietly(
     still fire then: no "Exception in callback" at a server's end."""
 
     async def run() -> None:
-        give = heap.GiveBack(at_least=1, delay=0.0, trim=lambda: True)
+        give = heap.GiveBack(stream_buffer_bytes=4, delay=0.0, trim=lambda: True)
         await asyncio.get_running_loop().shutdown_default_executor()
         give.released(10)
         await asyncio.sleep(0.05)

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from server import watchdog
 from server.storage import migrations
 from server.storage.errors import (
     CannotOpenDatabase,
@@ -85,9 +86,6 @@ CHECKPOINT_INTERVAL = 0.1
 # pages) SQLite's own auto-checkpoint in the writer's commit finishes the copy: only the tail
 # the thread has not reached, and its next transaction starts the WAL from the beginning.
 WAL_RESET_FRAMES = 4096
-# Rule 9: a write (its jobs and its COMMIT) or a checkpoint slower than this is logged, by
-# default: ten times a large group commit under full load on a local disk.
-DEFAULT_SLOW_WRITE_S = 0.1
 
 
 @dataclass
@@ -270,9 +268,9 @@ class Database:
         *,
         synchronous: str = "FULL",
         max_bytes: int = 0,
-        slow_write_s: float = DEFAULT_SLOW_WRITE_S,
+        slow_write_s: float = watchdog.STALL_S,
     ) -> None:
-        """`slow_write_s`: rule 9's threshold (0: log none)."""
+        """`slow_write_s`: rule 9's threshold (0: log none), by default the watchdog's."""
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
