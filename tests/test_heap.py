@@ -67,6 +67,15 @@ def test_settle_freezes_what_start_up_left_and_spaces_collections() -> None:
     assert gc.collect() >= 1
 
 
+def _printed(script: str, mode: str) -> list[str]:
+    """The words `script` prints, run with `mode` in a fresh interpreter: the heap measured is
+    one the test process's own allocations never touched."""
+    return subprocess.run(
+        [sys.executable, "-c", script, mode],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    ).stdout.split()  # fmt: skip
+
+
 MAPPED_CHUNKS = """
 import ctypes, sys
 from server import heap
@@ -102,18 +111,10 @@ def test_large_blocks_stay_in_their_own_mappings() -> None:
     With glibc's sliding threshold they all came from the shared heap, which grew by their size,
     and there a stalled reader's buffer kept 20-27 MiB resident after its end."""
 
-    def run(mode: str) -> tuple[int, int]:
-        out = subprocess.run(
-            [sys.executable, "-c", MAPPED_CHUNKS, mode],
-            capture_output=True, text=True, check=True, cwd=REPO,
-        ).stdout  # fmt: skip
-        mapped, grown = out.split()
-        return int(mapped), int(grown)
-
-    mapped, grown = run("fixed")
+    mapped, grown = map(int, _printed(MAPPED_CHUNKS, "fixed"))
     assert grown < ENVELOPE
     assert mapped >= 24
-    mapped, grown = run("glibc's default")
+    mapped, grown = map(int, _printed(MAPPED_CHUNKS, "glibc's default"))
     assert mapped == 0
     assert grown >= 24 * ENVELOPE
 
@@ -196,14 +197,7 @@ def test_give_back_returns_a_thread_s_free_heap_space_to_the_system() -> None:
     """Space freed between blocks still alive stays resident until give_back (malloc_trim)
     returns it: how a stalled reader's stream kept 18 MiB after it ended."""
 
-    def run(mode: str) -> tuple[int, str]:
-        out = subprocess.run(
-            [sys.executable, "-c", FRAGMENTED, mode],
-            capture_output=True, text=True, check=True, cwd=REPO,
-        ).stdout.split()  # fmt: skip
-        return int(out[0]), out[1]
-
-    returned, said = run("give back")
-    assert returned > 16 * 1024 * 1024 and said == "True"
-    kept, _ = run("keep")
-    assert kept < 1024 * 1024
+    returned, said, _ = _printed(FRAGMENTED, "give back")
+    assert int(returned) > 16 * 1024 * 1024 and said == "True"
+    kept, _, _ = _printed(FRAGMENTED, "keep")
+    assert int(kept) < 1024 * 1024
