@@ -263,3 +263,18 @@ class Ledger(RuleBasedStateMachine):
 
 TestLedger = Ledger.TestCase
 TestLedger.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def test_the_pending_charges_of_a_block_are_read_by_index(tmp_path: Path) -> None:
+    """A block reads the blocker's queued envelopes by their devices' index and each charge by
+    its primary key: never a scan of the charges (there is no index of them by pair)."""
+    conn, tx = _tx(tmp_path / "b.db")
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert tx.pending_charges_to(SHOP, "user") == []
+    conn.set_trace_callback(None)
+    (sql,) = statements
+    plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "SCAN" not in plan and "envelopes_by_device" in plan, plan
+    assert "PRIMARY KEY" in plan, plan
+    conn.close()

@@ -323,6 +323,29 @@ def test_expiry_and_block_release_the_price(world: World) -> None:
     assert kinds == ["TOP_UP", "RESERVE", "RELEASE", "RESERVE", "RELEASE"]
 
 
+def test_a_block_releases_only_the_blockers_messages_still_queued(world: World) -> None:
+    """A block finds what to release through the blocker's own queue: a message delivered to
+    one device (its other copy still queued) stays captured, a message queued on both devices
+    is failed and released once, and another person's pending message is left alone."""
+    world.top_up(100_000)
+    delivered = world.send(BEN)
+    assert isinstance(delivered, int)
+    world.ack(BEN, 1)
+    queued, other = world.send(BEN), world.send(ANA)
+    assert isinstance(queued, int) and isinstance(other, int)
+    assert world.balance() == (60_000, 30_000)
+    world.block(BEN)
+    assert world.charge(delivered).state == ChargeState.CAPTURED
+    assert world.events(delivered) == ["SENT", "DELIVERED"]
+    assert world.charge(queued).state == ChargeState.RELEASED
+    assert world.events(queued) == ["SENT", "FAILED"]
+    assert world.charge(other).state == ChargeState.RESERVED
+    assert world.events(other) == ["SENT"]
+    assert world.balance() == (70_000, 20_000)
+    releases = world.q("SELECT message_id FROM ledger WHERE kind = ?", int(EntryKind.RELEASE))
+    assert releases == [(queued,)]
+
+
 def test_a_free_message_costs_nothing_and_still_has_its_events(world: World) -> None:
     world.run(world.db.write(lambda tx: tx.open_entry_window(SHOP, ANA, world.clock.now(), 1e12)))
     m = world.send(ANA)  # no balance at all: free messages need none

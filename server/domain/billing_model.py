@@ -21,15 +21,18 @@ B3. `top_up` inserts its ledger entry first, on UNIQUE (business, reference) wit
     (a retry, a concurrent duplicate) returns the first entry and adds nothing.
 B4. Every read is indexed: balances and charges by primary key, the ledger by
     (business, entry_id), the price tables by effective time, the month's usage by its primary
-    key, a business's pending charges to one recipient by a partial index, status events by
-    (business, sequence).
+    key, status events by (business, sequence). A business's pending charges to one recipient
+    (read by a block only) are found through the recipient's queued envelopes, by their
+    devices' index, each charge by its primary key: an index of charges by pair and state
+    would cost every send an insert and every capture a delete.
 B5. A business's status events are numbered from a counter row bumped by one upsert per
     business and job, which holds the row until commit: a business's events commit in
     sequence order, without gaps, with any number of writers. A SENT event is its charge
     (`reserve_many` gives each new charge its `sent_sequence`; the charge's primary key makes
-    it one per message); the others are rows appended by `append_status_events`, where UNIQUE
-    (message_id, kind) refuses a second event of a kind for a message. `status_events_after`
-    reads both, merged by sequence.
+    it one per message); the others are rows appended by `append_status_events`, each by the
+    transaction that moved its charge out of RESERVED, which B2 lets happen once: one event of
+    a kind per message without an index of its own. `status_events_after` reads both, merged
+    by sequence.
 """
 
 from __future__ import annotations
@@ -207,7 +210,9 @@ class BillingReads(Protocol):
         ...
 
     def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
-        """Message ids of the business's charges to the recipient still RESERVED (B4)."""
+        """Message ids of the business's charges still RESERVED whose messages are queued for
+        the recipient, in order (B4). A message none of whose copies is queued any more (they
+        went with a removed device) is not among them: the expiry sweep releases it."""
         ...
 
 

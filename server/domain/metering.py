@@ -286,7 +286,7 @@ def release_blocked(
     at: float,
     failed: Callable[[list[int]], list[MessageRow]],
 ) -> set[str]:
-    """The user blocked the business: its messages still on their way to the user are settled
+    """The user blocked the business: its messages still queued for the user are settled
     as failed (`failed` settles the messages and deletes their envelopes), their prices
     released, each with a FAILED event (step 4)."""
     pending = tx.pending_charges_to(business, user)

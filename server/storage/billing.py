@@ -136,10 +136,16 @@ class SqlBilling:
         return [StatusEventView(StatusEventRow(*r[:width]), Charge(*r[width:])) for r in rows]
 
     def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
+        # B4: the recipient's queued envelopes (their devices' index), each joined to its
+        # charge by primary key. No index of charges by pair and state: keeping one cost every
+        # capture an index delete, and a block is rare.
         rows = self.connection.execute(
-            "SELECT message_id FROM charges WHERE business_account_id = ?"
-            " AND recipient_account_id = ? AND state = 0",
-            (business_account_id, recipient_account_id),
+            "SELECT DISTINCT c.message_id FROM envelopes e"
+            " JOIN charges c ON c.message_id = e.message_id"
+            " WHERE e.account_id = ? AND e.sender_account_id = ?"
+            f" AND c.business_account_id = e.sender_account_id AND c.state = {_RESERVED}"
+            " ORDER BY c.message_id",
+            (recipient_account_id, business_account_id),
         ).fetchall()
         return [int(r[0]) for r in rows]
 

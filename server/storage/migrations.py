@@ -599,6 +599,21 @@ def _v15_sent_events_are_charges(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v16_fewer_indexes_per_charge(conn: sqlite3.Connection) -> None:
+    """Two indexes that cost every metered message a write and guarded nothing else: a block
+    finds the pending charges to the blocker through the blocker's queued envelopes (the
+    partial index by pair was written at each send and deleted from at each capture), and a
+    status event of a kind is appended once per message because it is written by the one
+    transaction that moves its charge out of RESERVED (billing_model B2, B5)."""
+    _run_script(
+        conn,
+        """
+        DROP INDEX charges_pending_by_pair;
+        DROP INDEX status_events_once;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -636,6 +651,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         15, "a SENT status event is its charge, numbered in it", _v15_sent_events_are_charges
+    ),
+    Migration(
+        16,
+        "no index of pending charges by pair, none of status events by message",
+        _v16_fewer_indexes_per_charge,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -650,6 +650,18 @@ def _v15_sent_events_are_charges(conn: Connection) -> None:
     )
 
 
+def _v16_fewer_indexes_per_charge(conn: Connection) -> None:
+    """As SQLite's migration 16: the pending charges to a blocker are found through the
+    blocker's queued envelopes, and a status event's kind is once per message by B2."""
+    _run_script(
+        conn,
+        """
+        DROP INDEX charges_pending_by_pair;
+        DROP INDEX status_events_once;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -687,6 +699,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         15, "a SENT status event is its charge, numbered in it", _v15_sent_events_are_charges
+    ),
+    Migration(
+        16,
+        "no index of pending charges by pair, none of status events by message",
+        _v16_fewer_indexes_per_charge,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
