@@ -13,7 +13,7 @@ DEV     := $(VENV)/.dev
 PIP     := $(BIN)/python -m pip install --quiet
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run run-cluster demo test lint typecheck pytest protos docs bench format clean
+.PHONY: help install tools run run-cluster demo test lint typecheck pytest protos docs bench instructions format clean
 
 help:
 	@echo "make run      start the server on localhost:50051 (ARGS='--test-number +15550001111=123456')"
@@ -26,6 +26,8 @@ help:
 	@echo "make docs     regenerate docs/api-reference.md from the .proto comments"
 	@echo "make bench    the benchmarks, ceilings measured in the same run (about 5 min;"
 	@echo "              ARGS=--quick: every section scaled down, under 2 min); bench/results.{json,png}"
+	@echo "make instructions  instructions per delivered message, plain and template, under"
+	@echo "              valgrind's cachegrind (about 1 min): changes too small for make bench's timing"
 	@echo "make format   apply ruff's formatting"
 
 $(BIN)/python:
@@ -81,6 +83,9 @@ docs: $(DEV)
 
 bench: $(DEV)
 	$(BIN)/python -m bench $(ARGS)
+
+instructions: $(DEV)
+	$(BIN)/python -m bench.instructions
 
 format: $(DEV)
 	$(BIN)/ruff format .

@@ -16,7 +16,7 @@ from PIL import Image
 
 from bench import report
 from bench.__main__ import SECTIONS, run
-from bench.sizes import QUICK
+from bench.sizes import BATCH, QUICK
 
 TINY = replace(
     QUICK,
@@ -110,3 +110,21 @@ def test_the_latency_figures_carry_the_server_s_stall_warnings(tmp_path: Path) -
     ]
     assert warnings_in(log, limit=1) == ["t2 slow write: 3 jobs took 1 ms"]
     assert warnings_in(tmp_path / "missing.log") == [] and warnings_in(None) == []
+
+
+def test_the_instruction_count_harness_sends_bills_and_acknowledges(tmp_path: Path) -> None:
+    """`make instructions`' child, without valgrind: on a database a real server prepared,
+    plain sends leave the sender no billing event, and each template send its SENT and
+    DELIVERED (reserved, captured on the acknowledgement); the database it was given is kept
+    as it was, so every measured run starts from the same file."""
+    import asyncio
+
+    from bench import instructions
+
+    database = asyncio.run(instructions._prepare(tmp_path))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    messages = 2 * BATCH  # whole batches, each acknowledged in several parts
+    assert instructions.deliver(database, "plain", messages, count_events=True) == 0
+    events = instructions.deliver(database, "template", messages, count_events=True)
+    assert events == 2 * messages
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
