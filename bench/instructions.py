@@ -55,7 +55,7 @@ def _principal(account: dict[str, Any]) -> Principal:
     return Principal(account["account_id"], 1, hash_token(token))
 
 
-async def _prepare(folder: Path) -> Path:
+async def prepare(folder: Path) -> Path:
     """A database with both pairs ready, and the accounts beside it (accounts.json)."""
     database = folder / "bench.db"
     with mb.server_process(database, 4, *mb.BUSINESS_FLAGS) as server:
@@ -79,8 +79,9 @@ async def _prepare(folder: Path) -> Path:
 
 
 def deliver(database: Path, kind: str, messages: int, *, count_events: bool = False) -> int:
-    """Send `messages` of `kind` from the pair's sender and acknowledge them: the recipient
-    its envelopes, the sender its DELIVERED statuses. Works on a copy of `database`. With
+    """Send `messages` of `kind` (in whole batches of BATCH: rounded up) from the pair's
+    sender and acknowledge them: the recipient its envelopes, the sender its DELIVERED
+    statuses. Works on a copy of `database`. With
     `count_events`, returns the number of the sender's status events (billing's: none for
     plain, SENT and DELIVERED for each template message), read after the measured work."""
     accounts = json.loads((database.parent / "accounts.json").read_text())
@@ -176,7 +177,7 @@ def measure() -> dict[str, int]:
     """Instructions per delivered message of each kind."""
     folder = Path(tempfile.mkdtemp(prefix="parley-instructions-"))
     try:
-        database = asyncio.run(_prepare(folder))
+        database = asyncio.run(prepare(folder))
         return {
             kind: (_counted(database, kind, LARGE) - _counted(database, kind, SMALL))
             // (LARGE - SMALL)

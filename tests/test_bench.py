@@ -121,7 +121,7 @@ def test_the_instruction_count_harness_sends_bills_and_acknowledges(tmp_path: Pa
 
     from bench import instructions
 
-    database = asyncio.run(instructions._prepare(tmp_path))
+    database = asyncio.run(instructions.prepare(tmp_path))
     before = sorted(p.name for p in tmp_path.iterdir())
     messages = 2 * BATCH  # whole batches, each acknowledged in several parts
     assert instructions.deliver(database, "plain", messages, count_events=True) == 0
