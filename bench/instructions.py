@@ -82,18 +82,17 @@ async def prepare(folder: Path) -> Path:
 def deliver(database: Path, kind: str, messages: int, *, count_events: bool = False) -> int:
     """Send `messages` of `kind` (in whole batches of BATCH: rounded up) from the pair's
     sender and acknowledge them: the recipient its envelopes, the sender its DELIVERED
-    statuses. Works on a copy of `database`. With
-    `count_events`, returns the number of the sender's status events (billing's: none for
-    plain, SENT and DELIVERED for each template message), read after the measured work."""
+    statuses. Works on a copy of `database`. With `count_events`, returns the number of the
+    sender's status events (billing's: none for plain, SENT and DELIVERED for each template
+    message), read after the measured work."""
     accounts = json.loads((database.parent / "accounts.json").read_text())
     work = Path(tempfile.mkdtemp(prefix="parley-instructions-"))
     try:
         for suffix in ("", "-wal"):  # the preparing server's commits may still be in its WAL
             if Path(f"{database}{suffix}").exists():
                 shutil.copy(f"{database}{suffix}", f"{work / 'bench.db'}{suffix}")
-        argv = ["--database", str(work / "bench.db"), "--port", "0"]
-        argv += ["--send-rate", "100000000/60s", *mb.BUSINESS_FLAGS]
-        settings = config.load(argv, environ={})
+        argv = ["--database", str(work / "bench.db"), "--port", "0", *mb.LOAD_FLAGS]
+        settings = config.load([*argv, *mb.BUSINESS_FLAGS], environ={})
         return asyncio.run(_deliver(settings, accounts, kind, messages, count_events))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -69,6 +69,10 @@ class Server:
         return f"127.0.0.1:{self.port}"
 
 
+# The limits of every bench server: the load generators send far past a client's rates.
+LOAD_FLAGS = ("--send-rate", "100000000/60s", "--bundle-rate", "100000/60s")
+
+
 @contextmanager
 def server_process(database: Path | str, accounts: int, *extra: str) -> Iterator[Server]:
     """A real `parley-server` process on loopback with `accounts` test numbers."""
@@ -81,10 +85,7 @@ def server_process(database: Path | str, accounts: int, *extra: str) -> Iterator
         "0",
         "--database",
         str(database),
-        "--send-rate",
-        "100000000/60s",
-        "--bundle-rate",
-        "100000/60s",
+        *LOAD_FLAGS,
         *extra,
         env={"PARLEY_TEST_NUMBERS": numbers},
         log=log,

@@ -8,13 +8,14 @@ asserts nothing about speed: on a shared machine any such threshold would flap.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-from bench import report
+from bench import instructions, report
 from bench.__main__ import SECTIONS, run
 from bench.sizes import BATCH, QUICK
 
@@ -117,10 +118,6 @@ def test_the_instruction_count_harness_sends_bills_and_acknowledges(tmp_path: Pa
     plain sends leave the sender no billing event, and each template send its SENT and
     DELIVERED (reserved, captured on the acknowledgement); the database it was given is kept
     as it was, so every measured run starts from the same file."""
-    import asyncio
-
-    from bench import instructions
-
     database = asyncio.run(instructions.prepare(tmp_path))
     before = sorted(p.name for p in tmp_path.iterdir())
     messages = 2 * BATCH  # whole batches, each acknowledged in several parts

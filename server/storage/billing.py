@@ -136,9 +136,7 @@ class SqlBilling:
         return [StatusEventView(StatusEventRow(*r[:width]), Charge(*r[width:])) for r in rows]
 
     def pending_charges_to(self, business_account_id: str, recipient_account_id: str) -> list[int]:
-        # B4: the recipient's queued envelopes (their devices' index), each joined to its
-        # charge by primary key. No index of charges by pair and state: keeping one cost every
-        # capture an index delete, and a block is rare.
+        # B4: through the recipient's queued envelopes, not an index of charges by pair.
         rows = self.connection.execute(
             "SELECT DISTINCT c.message_id FROM envelopes e"
             " JOIN charges c ON c.message_id = e.message_id"
