@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def test_commits_leave_checkpoints_to_the_checkpoint_thread(tmp_path: Path) -> N
 
 def test_under_steady_writes_the_wal_starts_over_instead_of_growing(tmp_path: Path) -> None:
     """Commits that never pause keep the thread from copying the last frames; the writer then
-    finishes the copy between groups and the WAL starts over, cut back to its limit."""
+    finishes the copy between groups and the WAL starts over, cut back to its limit. The
+    writer's copy is SQLite's auto-checkpoint, which gives up at once while the thread holds
+    the checkpoint lock: on a loaded machine a few commits in a row may find it held (one
+    clean-clone CI run saw the WAL reach 2.05 times the reset point), so the bound is three
+    times it, a third of the 96 MiB the WAL holds without the writer's part."""
     path = tmp_path / "busy.db"
     db = Database(path, synchronous="NORMAL")
     chunk = bytes(64 * 1024)
@@ -52,21 +57,23 @@ def test_under_steady_writes_the_wal_starts_over_instead_of_growing(tmp_path: Pa
     def insert(tx: SqliteTransaction) -> None:
         tx.connection.execute("INSERT INTO blobs VALUES (?)", (chunk,))
 
-    async def write_steadily() -> int:
+    async def write_steadily() -> list[int]:
         await db.write(lambda tx: tx.connection.execute("CREATE TABLE blobs (v BLOB)"))
-        largest = 0
+        sizes: list[int] = []
         for _ in range(rounds):
             await asyncio.gather(*(db.write(insert) for _ in range(per_round)))
-            wal = path.with_name("busy.db-wal")
-            largest = max(largest, wal.stat().st_size)
-        return largest
+            sizes.append(path.with_name("busy.db-wal").stat().st_size)
+        return sizes
 
     try:
-        largest = asyncio.run(write_steadily())
+        sizes = asyncio.run(write_steadily())
     finally:
         db.close()
     # Without the writer's part the WAL holds everything written: 96 MiB and more.
-    assert largest <= 2 * WAL_RESET_FRAMES * 4096, f"the WAL grew to {largest} bytes"
+    largest = max(sizes)
+    assert largest <= 3 * WAL_RESET_FRAMES * 4096, f"the WAL grew to {largest} bytes"
+    # It started over, cut back to its limit, rather than stopping short of the bound by luck.
+    assert any(later < earlier for earlier, later in itertools.pairwise(sizes)), sizes
 
 
 def test_a_slow_write_is_logged_with_where_its_time_went(
