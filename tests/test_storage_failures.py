@@ -11,7 +11,6 @@ import asyncio
 import os
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tests.test_messaging import (
     send_request,
     stub,
 )
+from tests.writer_helpers import in_one_group
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -223,24 +223,10 @@ async def _grouped_insert_and_delete(db: Database) -> None:
             await db.write(insert)
     assert not db.writable
 
-    started, release = threading.Event(), threading.Event()
-
-    def hold(tx: SqliteTransaction) -> None:  # keeps the writer busy while the group forms
-        started.set()
-        release.wait(10)
-
     def delete(tx: SqliteTransaction) -> int:
         return tx.connection.execute("DELETE FROM blobs WHERE id <= 2").rowcount
 
-    held = asyncio.ensure_future(db.write(hold))
-    await asyncio.to_thread(started.wait, 10)
-    grouped = asyncio.gather(
-        db.write(insert), db.write(insert), db.write(delete), return_exceptions=True
-    )
-    await asyncio.sleep(0.05)  # all three are queued behind `hold`: one group
-    release.set()
-    await held
-    outcomes = await grouped
+    outcomes = await in_one_group(db, insert, insert, delete)
     assert outcomes[2] == 2, outcomes
     assert any(isinstance(o, StorageFull) for o in outcomes[:2]), outcomes
     await db.write(insert)  # the room the delete freed

@@ -11,13 +11,13 @@ import asyncio
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from server.storage.database import Database
 from server.storage.transaction import SqliteTransaction
+from tests.writer_helpers import in_one_group
 
 pytestmark = [
     pytest.mark.sqlite_only,
@@ -64,19 +64,9 @@ async def _grouped_rewrite(db: Database) -> list[str]:
         changed = tx.connection.execute("UPDATE rows SET v = zeroblob(201)").rowcount
         return changed, _open_temp_files()
 
-    started, release = threading.Event(), threading.Event()
-
-    def hold(tx: SqliteTransaction) -> None:  # keeps the writer busy while the group forms
-        started.set()
-        release.wait(10)
-
     await db.write(create)
-    held = asyncio.ensure_future(db.write(hold))
-    await asyncio.to_thread(started.wait, 10)
-    grouped = asyncio.gather(db.write(insert), db.write(rewrite))
-    await asyncio.sleep(0.05)  # both are queued behind `hold`: one group, one transaction
-    release.set()
-    await held
-    _, (changed, open_files) = await grouped
+    inserted, rewritten = await in_one_group(db, insert, rewrite)
+    assert inserted is None, inserted
+    changed, open_files = rewritten
     assert changed == ROWS
-    return open_files
+    return list(open_files)
