@@ -545,7 +545,9 @@ def test_usage_report_refusals(billing_server: LiveServer, shop: Device, person:
 
 
 def test_usage_statements_use_indexes(tmp_path: Any) -> None:
-    """Both statements read a range of the business's own charges by index, never a scan."""
+    """Both statements read ranges of the business's own charges by index, never a scan: its
+    charges with a SENT sequence between the first and last marked on the period's days, and
+    those of before schema 15 by send time; the ledger by its unique key."""
 
     conn = connect(tmp_path / "plans.db")
     migrate(conn)
@@ -559,7 +561,10 @@ def test_usage_statements_use_indexes(tmp_path: Any) -> None:
     assert len(statements) == 4
     for sql in statements:
         plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
-        assert "SCAN" not in plan and "charges_by_business" in plan, (sql, plan)
+        assert "SCAN charges" not in plan and "SCAN ledger" not in plan, (sql, plan)
+        assert "SCAN charge_days" not in plan, (sql, plan)
+        for index in ("charges_by_sent_sequence", "charges_before_sequences"):
+            assert f"SEARCH charges USING INDEX {index} (business_account_id=?" in plan, plan
     conn.close()
 
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -24,10 +24,12 @@ from server.domain.billing_model import (
     EntryKind,
     StatusKind,
 )
+from server.domain.usage_model import UsageGroup
 from server.storage.billing import LONG_RUN
 from server.storage.database import connect
 from server.storage.migrations import migrate
 from server.storage.transaction import SqliteTransaction
+from server.storage.usage import _KEYS, _SUMS, SqlUsage
 
 SHOP = "shop-account"
 
@@ -277,4 +279,119 @@ def test_the_pending_charges_of_a_block_are_read_by_index(tmp_path: Path) -> Non
     plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
     assert "SCAN" not in plan and "envelopes_by_device" in plan, plan
     assert "PRIMARY KEY" in plan, plan
+    conn.close()
+
+
+# -- the usage report's period ------------------------------------------------------------------
+
+DAY = 86_400
+T0 = 1_795_000_000 - 1_795_000_000 % DAY  # a UTC midnight (2026-11-18)
+# Offsets of send times from T0: anywhere in four days, and right at their boundaries.
+_OFFSETS = st.one_of(
+    st.floats(0, 4 * DAY, allow_nan=False),
+    st.sampled_from([d * DAY + e for d in range(1, 4) for e in (-0.5, 0.0, 0.5)]),
+)
+
+
+def _oracle(
+    conn: sqlite3.Connection, business: str, start: float, end: float
+) -> tuple[list[list[tuple[object, ...]]], int]:
+    """What a period holds, by scanning every charge: the usage report's own sums and keys
+    (one statement per grouping) and the captured total, read without any index."""
+    keys = {**_KEYS, UsageGroup.DAY: SqlUsage.day_sql}
+    rows: list[list[tuple[object, ...]]] = []
+    for group in UsageGroup:
+        rows.append(conn.execute(
+            f"SELECT {keys[group]} AS k, {_SUMS} FROM charges NOT INDEXED"
+            " WHERE business_account_id = ? AND sent_at >= ? AND sent_at < ? GROUP BY k ORDER BY k",
+            (business, start, end),
+        ).fetchall())  # fmt: skip
+    (captured,) = conn.execute(
+        "SELECT COALESCE(SUM(l.amount), 0) FROM charges c NOT INDEXED JOIN ledger l NOT INDEXED"
+        " ON l.message_id = c.message_id AND l.kind = ?"
+        " WHERE c.business_account_id = ? AND c.sent_at >= ? AND c.sent_at < ?",
+        (int(EntryKind.CAPTURE), business, start, end),
+    ).fetchone()
+    return rows, int(captured)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sends=st.lists(
+        st.tuples(
+            _OFFSETS, st.integers(1, LONG_RUN + 1), st.sampled_from(["new", "legacy", "other"])
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    periods=st.lists(
+        st.tuples(st.one_of(_OFFSETS, st.floats(-DAY, 0)), st.floats(0.25, 3 * DAY)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_a_period_reads_exactly_the_charges_sent_in_it(
+    sends: list[tuple[float, int, str]], periods: list[tuple[float, float]]
+) -> None:
+    """Jobs sent at times in any order (so SENT sequences do not follow send times), across
+    day boundaries, beside another business's and beside charges of before schema 15 (no
+    sequence, no day marked): every period's report and captured total are those of the
+    charges sent in it, counted by scanning them all."""
+    with tempfile.TemporaryDirectory() as folder:
+        conn, tx = _tx(Path(folder) / "u.db")
+        for business in (SHOP, "other"):
+            tx.top_up(business, 10**12, "r", 1.0, "")
+        message = 1
+        for offset, count, kind in sends:
+            at = T0 + offset
+            business = "other" if kind == "other" else SHOP
+            ids = list(range(message, message + count))
+            message += count
+            shape = charge(0, 1_000 * (count % 3), business)._replace(sent_at=at)
+            assert tx.reserve_many([ChargeRun(shape, ids)], at)
+            tx.settle_charges(ids[::2], ChargeState.CAPTURED, at + 1)
+            if kind == "legacy":
+                conn.executemany(
+                    "UPDATE charges SET sent_sequence = NULL WHERE message_id = ?",
+                    [(m,) for m in ids],
+                )
+        for offset, length in periods:
+            start = T0 + offset
+            end = start + length
+            rows, captured = _oracle(conn, SHOP, start, end)
+            got = [[tuple(r) for r in tx.usage_by(SHOP, start, end, g)] for g in UsageGroup]
+            assert got == [[tuple(r) for r in group] for group in rows], (start, end)
+            assert tx.captured_in(SHOP, start, end) == captured
+        conn.close()
+
+
+def test_migration_17_marks_the_days_of_the_charges_on_file(tmp_path: Path) -> None:
+    """Charges written before schema 17 (with sequences, and older ones without) are found by
+    the report after it: each business day's first and last sequence is marked, and the
+    index by send time now holds only the charges without a sequence."""
+    conn = connect(tmp_path / "old.db")
+    assert migrate(conn, target=16)[-1] == 16
+    columns = "message_id, business_account_id, recipient_account_id, category, country," \
+        " amount, reason, table_version, state, sent_at, sent_sequence"  # fmt: skip
+    conn.executemany(
+        f"INSERT INTO charges ({columns}) VALUES (?, ?, 'user', 1, 'DE', 500, 0, 1, 0, ?, ?)",
+        [
+            (1, SHOP, T0 + 10, None),
+            (2, SHOP, T0 + 20, 1),
+            (3, SHOP, T0 + DAY + 5, 3),
+            (4, SHOP, T0 + 30, 2),
+            (5, "other", T0 + 40, 1),
+        ],
+    )
+    assert migrate(conn) == [17]
+    days = conn.execute("SELECT * FROM charge_days ORDER BY 1, 2").fetchall()
+    base = T0 // DAY
+    assert days == [("other", base, 1, 1), (SHOP, base, 1, 2), (SHOP, base + 1, 3, 3)]
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(charges)")}
+    assert "charges_by_business" not in indexes and "charges_before_sequences" in indexes
+    tx = SqliteTransaction(conn)
+    (whole,) = tx.usage_by(SHOP, T0, T0 + 2 * DAY, UsageGroup.CATEGORY)
+    assert whole.sent == 4
+    (first_day,) = tx.usage_by(SHOP, T0, T0 + DAY, UsageGroup.CATEGORY)
+    assert first_day.sent == 3
     conn.close()

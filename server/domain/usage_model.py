@@ -4,9 +4,12 @@ Kept apart from `billing_model` (the money path's module) as the other areas are
 each backend implements (`server.storage.usage`), mixed into `ports.ReadTransaction`.
 
 What every backend guarantees here:
-R1. Both reads are served by the `charges_by_business` index (business, sent_at): a range of
-    the business's own charges, never a scan of other businesses' rows; the ledger is joined by
-    its unique (message_id, kind) index.
+R1. Both reads are served by indexes, never a scan of other businesses' rows: the business's
+    charges with a SENT sequence are one range of `charges_by_sent_sequence`, between the first
+    and the last sequence marked on the period's UTC days (`charge_days`, one upsert per send
+    job, where an index by send time would be a write per message); those of before schema 15
+    (no sequence) a range of a partial index by send time that no new charge enters. The
+    ledger is joined by its unique (message_id, kind) index.
 R2. Both read the same rows (the business's charges with `sent_at` in [start, end)), so a
     report read in one transaction compares the charges' captured amounts with the ledger's
     CAPTURE entries of the very same messages.

@@ -287,12 +287,16 @@ class SqlBilling:
         columns = _CHARGE_COLUMNS.split(", ", 1)[1]
         shape = ", ".join(_CHARGE_CASTS)
         rows: list[tuple[object, ...]] = []
+        days: dict[tuple[str, int], tuple[int, int]] = {}
         for c, ids in runs:
             business = c.business_account_id
             entry = entries.get(business) if c.amount else None
             values = (*c[1:_RESERVE_ENTRY], entry, *c[_RESERVE_ENTRY + 1 : _SENT_SEQUENCE])
             first = sequence[business]
             sequence[business] = first + len(ids)
+            key = (business, charge_day(c.sent_at))
+            low, high = days.get(key, (first, first))
+            days[key] = (min(low, first), max(high, first + len(ids) - 1))
             if len(ids) < LONG_RUN:
                 rows.extend((m, *values, first + k) for k, m in enumerate(ids))
                 continue
@@ -305,7 +309,25 @@ class SqlBilling:
                 (*values, first, self._list(ids)),
             )
         insert_rows(conn, f"charges ({_CHARGE_COLUMNS})", len(Charge._fields), rows)
+        for (business, day), (low, high) in sorted(days.items()):
+            self._mark_day(business, day, low, high)
         return True
+
+    def _mark_day(self, business_account_id: str, day: int, low: int, high: int) -> None:
+        """Widen the business's day to cover the SENT sequences low..high (of charges sent
+        that day): the usage report reads a period's charges as a range of sequences instead
+        of through an index by send time that every charge would write (`SqlUsage`). Min and
+        max rather than "the day's first": sequences are taken in commit order, send times on
+        each replica's clock, so a late commit may carry an earlier day."""
+        self.connection.execute(
+            "INSERT INTO charge_days (business_account_id, day, first_sequence, last_sequence)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (business_account_id, day) DO UPDATE SET"
+            " first_sequence = CASE WHEN excluded.first_sequence < charge_days.first_sequence"
+            " THEN excluded.first_sequence ELSE charge_days.first_sequence END,"
+            " last_sequence = CASE WHEN excluded.last_sequence > charge_days.last_sequence"
+            " THEN excluded.last_sequence ELSE charge_days.last_sequence END",
+            (business_account_id, day, low, high),
+        )
 
     def _take_sequences(self, business_account_id: str, n: int) -> int:
         """Move the business's status event counter on by `n`, holding its row until commit
@@ -450,6 +472,15 @@ class SqlBilling:
             f" CAST(? AS DOUBLE PRECISION), CAST(? AS TEXT) FROM {self._EACH}",
             (business_account_id, first, at, detail, self._list(message_ids)),
         )
+
+
+SECONDS_PER_DAY = 86_400
+
+
+def charge_day(sent_at: float) -> int:
+    """The UTC day (days since 1970-01-01) a charge sent at `sent_at` is marked under in
+    `charge_days`."""
+    return int(sent_at // SECONDS_PER_DAY)
 
 
 # One business's runs of a money movement: (amount, message ids), in order.

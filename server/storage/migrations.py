@@ -614,6 +614,33 @@ def _v16_fewer_indexes_per_charge(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v17_charge_days(conn: sqlite3.Connection) -> None:
+    """The usage report finds a period's charges through their SENT event sequences instead of
+    an index by send time that every metered message wrote: per business and UTC day, the
+    first and last sequence of the charges sent that day (one upsert per send job), and a
+    range of `charges_by_sent_sequence` between them. The charges of before schema 15 have no
+    sequence; a partial index by send time keeps them found, and no new charge enters it."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE charge_days (
+            business_account_id TEXT NOT NULL,
+            day                 INTEGER NOT NULL,  -- UTC days since 1970-01-01 of sent_at
+            first_sequence      INTEGER NOT NULL,
+            last_sequence       INTEGER NOT NULL,
+            PRIMARY KEY (business_account_id, day)
+        ) WITHOUT ROWID;
+        INSERT INTO charge_days
+            SELECT business_account_id, CAST(sent_at / 86400 AS INTEGER),
+                min(sent_sequence), max(sent_sequence)
+            FROM charges WHERE sent_sequence IS NOT NULL GROUP BY 1, 2;
+        CREATE INDEX charges_before_sequences ON charges(business_account_id, sent_at)
+            WHERE sent_sequence IS NULL;
+        DROP INDEX charges_by_business;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -656,6 +683,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         16,
         "no index of pending charges by pair, none of status events by message",
         _v16_fewer_indexes_per_charge,
+    ),
+    Migration(
+        17,
+        "the usage report finds a period's charges by sequence: first and last of each day",
+        _v17_charge_days,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from server.domain.billing_model import ChargeState, EntryKind
 from server.domain.usage_model import REASON_COLUMNS, UsageCounts, UsageGroup
+from server.storage.billing import charge_day
 from server.storage.sql import SqlConnection
 
 _CAPTURED = int(ChargeState.CAPTURED)
@@ -37,6 +38,32 @@ _SUMS = (
 )
 
 
+# The charges of a business sent in [start, end), as a FROM item: those with a SENT sequence
+# are a range of `charges_by_sent_sequence`, from the first to the last sequence marked on the
+# days the period touches (`charge_days`), those of before schema 15 a range of the partial
+# index by send time that no new charge enters. Both filtered by the exact send time.
+_PERIOD = (
+    "(SELECT {columns} FROM charges WHERE business_account_id = ?"
+    " AND sent_sequence >= (SELECT min(first_sequence) FROM charge_days"
+    " WHERE business_account_id = ? AND day >= ? AND day <= ?)"
+    " AND sent_sequence <= (SELECT max(last_sequence) FROM charge_days"
+    " WHERE business_account_id = ? AND day >= ? AND day <= ?)"
+    " AND sent_at >= ? AND sent_at < ?"
+    " UNION ALL SELECT {columns} FROM charges WHERE business_account_id = ?"
+    " AND sent_sequence IS NULL AND sent_at >= ? AND sent_at < ?) AS c"
+)
+
+
+def _period(
+    columns: str, business_account_id: str, start: float, end: float
+) -> tuple[str, tuple[object, ...]]:
+    """The FROM item of the business's charges sent in [start, end) with `columns`, and its
+    parameters."""
+    days = (business_account_id, charge_day(start), charge_day(end))
+    params = (business_account_id, *days, *days, start, end, business_account_id, start, end)
+    return _PERIOD.format(columns=columns), params
+
+
 class SqlUsage:
     """usage_model.UsageReads over the charges and the ledger."""
 
@@ -48,20 +75,20 @@ class SqlUsage:
         self, business_account_id: str, start: float, end: float, group: UsageGroup
     ) -> list[UsageCounts]:
         key = self.day_sql if group is UsageGroup.DAY else _KEYS[group]
+        charges, params = _period(
+            "category, country, amount, reason, state, sent_at", business_account_id, start, end
+        )
         rows = self.connection.execute(
-            f"SELECT {key} AS k, {_SUMS} FROM charges"
-            " WHERE business_account_id = ? AND sent_at >= ? AND sent_at < ?"
-            " GROUP BY k ORDER BY k",
-            (business_account_id, start, end),
+            f"SELECT {key} AS k, {_SUMS} FROM {charges} GROUP BY k ORDER BY k", params
         ).fetchall()
         return [UsageCounts(str(r[0]), *(int(n) for n in r[1:])) for r in rows]
 
     def captured_in(self, business_account_id: str, start: float, end: float) -> int:
+        charges, params = _period("message_id", business_account_id, start, end)
         (total,) = self.connection.execute(
-            "SELECT COALESCE(SUM(l.amount), 0) FROM charges c"
+            f"SELECT COALESCE(SUM(l.amount), 0) FROM {charges}"
             " JOIN ledger l ON l.message_id = c.message_id AND l.kind = ?"
-            " WHERE c.business_account_id = ? AND c.sent_at >= ? AND c.sent_at < ?"
-            " AND l.business_account_id = c.business_account_id",
-            (int(EntryKind.CAPTURE), business_account_id, start, end),
+            " WHERE l.business_account_id = ?",
+            (*params, int(EntryKind.CAPTURE), business_account_id),
         ).fetchone()
         return int(total)

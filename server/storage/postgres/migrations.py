@@ -662,6 +662,30 @@ def _v16_fewer_indexes_per_charge(conn: Connection) -> None:
     )
 
 
+def _v17_charge_days(conn: Connection) -> None:
+    """As SQLite's migration 17: the usage report finds a period's charges by the first and
+    last SENT event sequence of each business's days, not by an index every charge wrote."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE charge_days (
+            business_account_id TEXT COLLATE "C" NOT NULL,
+            day                 BIGINT NOT NULL,  -- UTC days since 1970-01-01 of sent_at
+            first_sequence      BIGINT NOT NULL,
+            last_sequence       BIGINT NOT NULL,
+            PRIMARY KEY (business_account_id, day)
+        );
+        INSERT INTO charge_days
+            SELECT business_account_id, CAST(floor(sent_at / 86400) AS BIGINT),
+                min(sent_sequence), max(sent_sequence)
+            FROM charges WHERE sent_sequence IS NOT NULL GROUP BY 1, 2;
+        CREATE INDEX charges_before_sequences ON charges(business_account_id, sent_at)
+            WHERE sent_sequence IS NULL;
+        DROP INDEX charges_by_business;
+        """,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "accounts, devices and phone verifications", _v1_accounts),
     Migration(2, "device linking codes and last-seen times", _v2_linking_and_last_seen),
@@ -704,6 +728,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         16,
         "no index of pending charges by pair, none of status events by message",
         _v16_fewer_indexes_per_charge,
+    ),
+    Migration(
+        17,
+        "the usage report finds a period's charges by sequence: first and last of each day",
+        _v17_charge_days,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
