@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench import instructions, report
-from bench.__main__ import SECTIONS, run
+from bench.__main__ import BUSINESS_ROUNDS, SECTIONS, run
 from bench.sizes import BATCH, QUICK
 
 TINY = replace(
@@ -65,7 +65,7 @@ def test_every_section_records_its_figures_and_the_plot_is_drawn(tmp_path: Path)
         assert delivery[key]["messages"] > 0 and delivery[key]["timeline_per_s"]
     assert delivery["sustained"]["database_bytes"] > 0
     business = saved["business"]
-    assert len(business["ratios"]) == 3 and min(business["ratios"]) > 0
+    assert len(business["ratios"]) == BUSINESS_ROUNDS and min(business["ratios"]) > 0
     assert min(business["ratios"]) <= business["ratio"] <= max(business["ratios"])
     assert business["plain_cpu_us"] > 0 and business["template_cpu_us"] > 0
     assert saved["stored"]["envelopes"] == 1_000
