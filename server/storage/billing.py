@@ -26,6 +26,7 @@ from server.domain.billing_model import (
 )
 from server.storage.errors import StorageConflict
 from server.storage.messages import insert_rows
+from server.storage.sending import DAY
 from server.storage.sql import SqlConnection
 
 _ENTRY_COLUMNS = (
@@ -474,13 +475,10 @@ class SqlBilling:
         )
 
 
-SECONDS_PER_DAY = 86_400
-
-
 def charge_day(sent_at: float) -> int:
     """The UTC day (days since 1970-01-01) a charge sent at `sent_at` is marked under in
     `charge_days`."""
-    return int(sent_at // SECONDS_PER_DAY)
+    return int(sent_at // DAY)
 
 
 # One business's runs of a money movement: (amount, message ids), in order.
