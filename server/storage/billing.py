@@ -295,9 +295,9 @@ class SqlBilling:
             values = (*c[1:_RESERVE_ENTRY], entry, *c[_RESERVE_ENTRY + 1 : _SENT_SEQUENCE])
             first = sequence[business]
             sequence[business] = first + len(ids)
+            # A business's sequences rise from run to run: a day's first is its first run's.
             key = (business, charge_day(c.sent_at))
-            low, high = days.get(key, (first, first))
-            days[key] = (min(low, first), max(high, first + len(ids) - 1))
+            days[key] = (days.get(key, (first, 0))[0], first + len(ids) - 1)
             if len(ids) < LONG_RUN:
                 rows.extend((m, *values, first + k) for k, m in enumerate(ids))
                 continue
